@@ -1,0 +1,388 @@
+//! Record framing: the 32-byte header, the payload, the padding, and their checks.
+//!
+//! ```text
+//! offset 0   crc32    u32 LE   over bytes [4, 32 + len)
+//!        4   len      u32 LE   exact payload length
+//!        8   lsn      u64 LE   log sequence number
+//!        16  kind     u8       RecordKind
+//!        17  reserved [u8; 15] zero
+//!        32  payload  rkyv archive, `len` bytes, root at its end
+//!        32+len       zero padding up to the next multiple of 16
+//! ```
+//!
+//! Invariants: records start 16-aligned, so payloads are 16-aligned; a header of 32 zero bytes
+//! is never a record (a record's `len` is never 0) and marks the end of a segment's records.
+
+use crate::constants::{
+    RECORD_ALIGN_BYTES, RECORD_CRC_OFFSET, RECORD_HEADER_LEN_BYTES, RECORD_KIND_OFFSET,
+    RECORD_LEN_OFFSET, RECORD_LSN_OFFSET, RECORD_RESERVED_OFFSET,
+};
+use crate::format::payload::{ArchivedDelete, ArchivedFlush, ArchivedPut, ArchivedTouch};
+use rkyv::{
+    Portable,
+    api::low::{LowSerializer, to_bytes_in_with_alloc},
+    rancor::{Failure, Strategy},
+    ser::{allocator::SubAllocator, writer::Buffer},
+    validation::{Validator, archive::ArchiveValidator},
+};
+use std::fmt;
+
+/// What a record says. The numbers are on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RecordKind {
+    /// A stored item ([`crate::format::Put`]).
+    Put = 1,
+    /// A tombstone ([`crate::format::Delete`]).
+    Delete = 2,
+    /// A new expiry ([`crate::format::Touch`]).
+    Touch = 3,
+    /// `flush_all` ([`crate::format::Flush`]).
+    Flush = 4,
+}
+
+impl RecordKind {
+    /// The kind for an on-disk byte, if it is one.
+    pub fn from_byte(byte: u8) -> Option<Self> {
+        match byte {
+            1 => Some(Self::Put),
+            2 => Some(Self::Delete),
+            3 => Some(Self::Touch),
+            4 => Some(Self::Flush),
+            _ => None,
+        }
+    }
+}
+
+/// A payload type that can be written as a record.
+pub trait RecordBody:
+    for<'b> rkyv::Serialize<LowSerializer<Buffer<'b>, SubAllocator<'static>, Failure>>
+{
+    /// The kind byte written for this payload.
+    const KIND: RecordKind;
+}
+
+impl RecordBody for crate::format::Put<'_> {
+    const KIND: RecordKind = RecordKind::Put;
+}
+impl RecordBody for crate::format::Delete<'_> {
+    const KIND: RecordKind = RecordKind::Delete;
+}
+impl RecordBody for crate::format::Touch<'_> {
+    const KIND: RecordKind = RecordKind::Touch;
+}
+impl RecordBody for crate::format::Flush {
+    const KIND: RecordKind = RecordKind::Flush;
+}
+
+/// Rounds `n` up to the record alignment.
+pub const fn align_up(n: usize) -> usize {
+    (n + RECORD_ALIGN_BYTES - 1) & !(RECORD_ALIGN_BYTES - 1)
+}
+
+/// Total bytes a record with a payload of `payload_len` bytes occupies.
+pub const fn record_len(payload_len: usize) -> usize {
+    RECORD_HEADER_LEN_BYTES + align_up(payload_len)
+}
+
+/// Size of an archived root plus the padding before it, for payload size bounds.
+const ROOT_SLACK_BYTES: usize = 8;
+
+/// An upper bound on the bytes a `Put` record with these lengths occupies, to check that it
+/// fits before writing it.
+pub const fn put_record_len_max(key_len: usize, value_len: usize) -> usize {
+    record_len(key_len + value_len + ROOT_SLACK_BYTES + size_of::<ArchivedPut<'static>>())
+}
+
+/// Exact bytes a `Touch` record for a key of `key_len` bytes occupies. The store uses it to
+/// account for a touch record becoming dead without reading it back.
+pub const fn touch_record_len(key_len: usize) -> usize {
+    record_len(align8(key_len) + size_of::<ArchivedTouch<'static>>())
+}
+
+/// An upper bound on the bytes any record other than a put occupies for a key of `key_len`.
+pub const fn small_record_len_max(key_len: usize) -> usize {
+    record_len(key_len + ROOT_SLACK_BYTES + 32)
+}
+
+const fn align8(n: usize) -> usize {
+    (n + 7) & !7
+}
+
+/// Writes a whole record — header, payload, padding — at the start of `dst`, which must be
+/// 16-aligned in memory. Returns its length, or `None` if it does not fit in `dst`.
+pub fn write_record<T: RecordBody>(dst: &mut [u8], lsn: u64, body: &T) -> Option<usize> {
+    debug_assert_eq!(dst.as_ptr() as usize % RECORD_ALIGN_BYTES, 0, "record not aligned");
+    if dst.len() < RECORD_HEADER_LEN_BYTES {
+        return None;
+    }
+    let (header, rest) = dst.split_at_mut(RECORD_HEADER_LEN_BYTES);
+    let written = to_bytes_in_with_alloc::<_, _, Failure>(
+        body,
+        Buffer::from(&mut rest[..]),
+        SubAllocator::empty(),
+    )
+    .ok()?;
+    let payload_len = written.len();
+    assert!(payload_len > 0, "an archive is never empty");
+    let padded_len = align_up(payload_len);
+    if padded_len > rest.len() {
+        return None;
+    }
+    rest[payload_len..padded_len].fill(0);
+    let len_u32 = u32::try_from(payload_len).ok()?;
+    header[RECORD_LEN_OFFSET..RECORD_LSN_OFFSET].copy_from_slice(&len_u32.to_le_bytes());
+    header[RECORD_LSN_OFFSET..RECORD_KIND_OFFSET].copy_from_slice(&lsn.to_le_bytes());
+    header[RECORD_KIND_OFFSET] = T::KIND as u8;
+    header[RECORD_RESERVED_OFFSET..].fill(0);
+    let crc = record_crc(header, &rest[..payload_len]);
+    header[RECORD_CRC_OFFSET..RECORD_LEN_OFFSET].copy_from_slice(&crc.to_le_bytes());
+    Some(RECORD_HEADER_LEN_BYTES + padded_len)
+}
+
+fn record_crc(header: &[u8], payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&header[RECORD_LEN_OFFSET..RECORD_HEADER_LEN_BYTES]);
+    hasher.update(payload);
+    hasher.finalize()
+}
+
+fn u32_at(bytes: &[u8], offset: usize) -> u32 {
+    let mut word = [0u8; 4];
+    word.copy_from_slice(&bytes[offset..offset + 4]);
+    u32::from_le_bytes(word)
+}
+
+fn u64_at(bytes: &[u8], offset: usize) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&bytes[offset..offset + 8]);
+    u64::from_le_bytes(word)
+}
+
+/// Why the bytes at an offset are not a valid record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidRecord {
+    /// The header does not fit before the end of the segment.
+    HeaderPastEnd,
+    /// The payload length is 0 or runs past the end of the segment.
+    BadLength {
+        /// The stored payload length.
+        len: u32,
+    },
+    /// The kind byte is not a known kind.
+    UnknownKind {
+        /// The stored kind byte.
+        kind: u8,
+    },
+    /// Reserved header bytes are not zero.
+    ReservedNotZero,
+    /// The checksum does not match the bytes.
+    CrcMismatch {
+        /// Checksum stored in the header.
+        stored: u32,
+        /// Checksum of the bytes on disk.
+        computed: u32,
+    },
+    /// The checksum matched but the payload is not a valid archive of its kind.
+    BadPayload {
+        /// The record kind.
+        kind: RecordKind,
+    },
+    /// A whole record, but not the one that comes next: stale bytes or damage.
+    LsnOutOfSequence {
+        /// The record's LSN.
+        found: u64,
+        /// The LSN the log expected.
+        expected: u64,
+    },
+}
+
+impl fmt::Display for InvalidRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::HeaderPastEnd => write!(f, "record header runs past the end of the segment"),
+            Self::BadLength { len } => write!(f, "payload length {len} is out of bounds"),
+            Self::UnknownKind { kind } => write!(f, "unknown record kind {kind}"),
+            Self::ReservedNotZero => write!(f, "reserved header bytes are not zero"),
+            Self::CrcMismatch { stored, computed } => write!(
+                f,
+                "checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
+            ),
+            Self::BadPayload { kind } => write!(f, "invalid {kind:?} payload"),
+            Self::LsnOutOfSequence { found, expected } => {
+                write!(f, "record LSN {found} where {expected} was expected")
+            }
+        }
+    }
+}
+
+/// One record, borrowed from the bytes it was read from.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordRef<'a> {
+    /// Log sequence number.
+    pub lsn: u64,
+    /// What the record says.
+    pub kind: RecordKind,
+    /// The payload, exactly `len` bytes, 16-aligned.
+    pub payload: &'a [u8],
+    /// Bytes the record occupies, padding included.
+    pub total_len: usize,
+}
+
+/// The payload of a record, accessed in place.
+#[derive(Clone, Copy)]
+pub enum Body<'a> {
+    /// A stored item.
+    Put(&'a ArchivedPut<'static>),
+    /// A tombstone.
+    Delete(&'a ArchivedDelete<'static>),
+    /// A new expiry.
+    Touch(&'a ArchivedTouch<'static>),
+    /// A flush.
+    Flush(&'a ArchivedFlush),
+}
+
+impl fmt::Debug for Body<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Put(put) => f
+                .debug_struct("Put")
+                .field("key_len", &put.key.len())
+                .field("value_len", &put.value.len())
+                .field("cas", &put.cas.to_native())
+                .finish(),
+            Self::Delete(delete) => f
+                .debug_struct("Delete")
+                .field("key_len", &delete.key.len())
+                .field("since_segment", &delete.since_segment.to_native())
+                .finish(),
+            Self::Touch(touch) => f
+                .debug_struct("Touch")
+                .field("key_len", &touch.key.len())
+                .field("cas", &touch.cas.to_native())
+                .field("expiry", &touch.expiry.to_native())
+                .finish(),
+            Self::Flush(flush) => f
+                .debug_struct("Flush")
+                .field("boundary_lsn", &flush.boundary_lsn.to_native())
+                .field("at", &flush.at.to_native())
+                .finish(),
+        }
+    }
+}
+
+impl<'a> RecordRef<'a> {
+    /// The payload accessed in place, without validation.
+    ///
+    /// # Safety
+    /// The record must have been validated by [`check_record`] (at recovery or right after it
+    /// was written), and its bytes not changed since.
+    pub unsafe fn body_unchecked(&self) -> Body<'a> {
+        // SAFETY: the caller guarantees that `payload` passed `check_payload` for `kind`.
+        unsafe {
+            match self.kind {
+                RecordKind::Put => Body::Put(rkyv::access_unchecked(self.payload)),
+                RecordKind::Delete => Body::Delete(rkyv::access_unchecked(self.payload)),
+                RecordKind::Touch => Body::Touch(rkyv::access_unchecked(self.payload)),
+                RecordKind::Flush => Body::Flush(rkyv::access_unchecked(self.payload)),
+            }
+        }
+    }
+}
+
+/// What is at an offset of a segment.
+#[derive(Debug, Clone, Copy)]
+pub enum RecordCheck<'a> {
+    /// A header of zero bytes (or no room for a header): no record here, the records end.
+    End,
+    /// A whole, valid record.
+    Valid(RecordRef<'a>),
+    /// Something that is not a valid record.
+    Invalid(InvalidRecord),
+}
+
+/// Reads the record at `offset` of `segment` without checking it: for offsets from our own
+/// index, which only points at records validated when they were recovered or written.
+///
+/// # Safety
+/// `offset` must be the offset of a record that passed [`check_record`] on these bytes.
+pub unsafe fn record_at_unchecked(segment: &[u8], offset: usize) -> RecordRef<'_> {
+    let header = &segment[offset..offset + RECORD_HEADER_LEN_BYTES];
+    let len = u32_at(header, RECORD_LEN_OFFSET) as usize;
+    let kind_byte = header[RECORD_KIND_OFFSET];
+    let Some(kind) = RecordKind::from_byte(kind_byte) else {
+        unreachable!("record at {offset} has unknown kind {kind_byte}, but was validated");
+    };
+    let start = offset + RECORD_HEADER_LEN_BYTES;
+    RecordRef {
+        lsn: u64_at(header, RECORD_LSN_OFFSET),
+        kind,
+        payload: &segment[start..start + len],
+        total_len: record_len(len),
+    }
+}
+
+/// Checks the record at `offset` of `segment`: bounds, reserved bytes, kind, checksum and the
+/// payload's archive structure. Does not check the LSN (the caller knows what to expect).
+pub fn check_record(segment: &[u8], offset: usize) -> RecordCheck<'_> {
+    debug_assert_eq!(offset % RECORD_ALIGN_BYTES, 0);
+    let Some(header) = segment.get(offset..offset + RECORD_HEADER_LEN_BYTES) else {
+        // No room for a header: a segment is sealed when the next record does not fit, so its
+        // records end here.
+        return if segment[offset.min(segment.len())..].iter().all(|&b| b == 0) {
+            RecordCheck::End
+        } else {
+            RecordCheck::Invalid(InvalidRecord::HeaderPastEnd)
+        };
+    };
+    if header.iter().all(|&b| b == 0) {
+        return RecordCheck::End;
+    }
+    let len = u32_at(header, RECORD_LEN_OFFSET);
+    let start = offset + RECORD_HEADER_LEN_BYTES;
+    let padded_end = start.checked_add(align_up(len as usize));
+    if len == 0 || padded_end.is_none_or(|end| end > segment.len()) {
+        return RecordCheck::Invalid(InvalidRecord::BadLength { len });
+    }
+    let kind_byte = header[RECORD_KIND_OFFSET];
+    let Some(kind) = RecordKind::from_byte(kind_byte) else {
+        return RecordCheck::Invalid(InvalidRecord::UnknownKind { kind: kind_byte });
+    };
+    if header[RECORD_RESERVED_OFFSET..].iter().any(|&b| b != 0) {
+        return RecordCheck::Invalid(InvalidRecord::ReservedNotZero);
+    }
+    let payload = &segment[start..start + len as usize];
+    let stored = u32_at(header, RECORD_CRC_OFFSET);
+    let computed = record_crc(header, payload);
+    if stored != computed {
+        return RecordCheck::Invalid(InvalidRecord::CrcMismatch { stored, computed });
+    }
+    if !check_payload(kind, payload) {
+        return RecordCheck::Invalid(InvalidRecord::BadPayload { kind });
+    }
+    RecordCheck::Valid(RecordRef {
+        lsn: u64_at(header, RECORD_LSN_OFFSET),
+        kind,
+        payload,
+        total_len: record_len(len as usize),
+    })
+}
+
+type LowValidator<'a> = Strategy<Validator<ArchiveValidator<'a>, ()>, Failure>;
+
+fn check_as<T>(payload: &[u8]) -> bool
+where
+    T: Portable + for<'a> rkyv::bytecheck::CheckBytes<LowValidator<'a>>,
+{
+    rkyv::api::low::access::<T, Failure>(payload).is_ok()
+}
+
+/// Whether `payload` is a valid archive of the payload type of `kind`.
+pub fn check_payload(kind: RecordKind, payload: &[u8]) -> bool {
+    match kind {
+        RecordKind::Put => check_as::<ArchivedPut<'static>>(payload),
+        RecordKind::Delete => check_as::<ArchivedDelete<'static>>(payload),
+        RecordKind::Touch => check_as::<ArchivedTouch<'static>>(payload),
+        RecordKind::Flush => check_as::<ArchivedFlush>(payload),
+    }
+}

@@ -1,0 +1,480 @@
+//! The log of one shard: its segments in order, appends into the mapped tail, group commit,
+//! zero-copy reads by location, recovery, pinning and capacity.
+//!
+//! Invariants:
+//! - LSNs are assigned at append, strictly increasing, consecutive within a segment, never
+//!   reused: after a restart the next LSN follows the last record of the newest segment, and
+//!   the newest segment (the tail) is never removed.
+//! - Only the tail takes appends; every other segment is sealed and immutable.
+//! - A record is durable once `commit().durable_lsn()` reaches its LSN; nothing in this
+//!   module reports durability otherwise.
+//! - After a write or sync failure the log refuses appends (fail-stop).
+
+mod group_commit;
+mod recovery;
+mod segment;
+
+pub use group_commit::{Durability, GroupCommit};
+pub use recovery::{RecoveryPolicy, RecoveryReport, TornTail};
+pub use segment::{Segment, SegmentRecords};
+
+use crate::constants::{
+    PAGE_SIZE_BYTES, RECORD_HEADER_LEN_BYTES, SEGMENT_HEADER_LEN_BYTES, SEGMENT_SIZE_DEFAULT_BYTES,
+    SEGMENT_SIZE_MAX_BYTES, SEGMENT_SIZE_MIN_BYTES,
+};
+use crate::error::WalError;
+use crate::format::{RecordBody, RecordRef, write_record};
+use crate::storage::{SegmentId, Storage};
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+/// How a log is laid out and made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Size of new segment files; a multiple of the page size. Existing segments keep the
+    /// size they were created with.
+    pub segment_size_bytes: usize,
+    /// Whether records are synced before they count as durable.
+    pub durability: Durability,
+    /// Most bytes of segment files the log may hold. One segment of it is kept in reserve for
+    /// compaction, which needs room to move live records before it can free a segment.
+    pub capacity_bytes: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            segment_size_bytes: SEGMENT_SIZE_DEFAULT_BYTES,
+            durability: Durability::Fsync,
+            capacity_bytes: u64::MAX,
+        }
+    }
+}
+
+impl LogConfig {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<(), WalError> {
+        let size = self.segment_size_bytes;
+        if !(SEGMENT_SIZE_MIN_BYTES..=SEGMENT_SIZE_MAX_BYTES).contains(&size)
+            || size % PAGE_SIZE_BYTES != 0
+        {
+            return Err(WalError::Config {
+                field: "segment_size_bytes",
+                value: size.to_string(),
+                fix: format!(
+                    "use a multiple of {PAGE_SIZE_BYTES} between {SEGMENT_SIZE_MIN_BYTES} and \
+                     {SEGMENT_SIZE_MAX_BYTES}"
+                ),
+            });
+        }
+        if self.capacity_bytes < 2 * size as u64 {
+            return Err(WalError::Config {
+                field: "capacity_bytes",
+                value: self.capacity_bytes.to_string(),
+                fix: format!(
+                    "use at least two segments ({} bytes): one to write, one in reserve for \
+                     compaction",
+                    2 * size
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The largest record a new segment holds.
+    pub fn record_len_max(&self) -> usize {
+        self.segment_size_bytes - SEGMENT_HEADER_LEN_BYTES
+    }
+}
+
+/// Who is appending: client writes may not use the compaction reserve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendClass {
+    /// A write on behalf of a client.
+    Client,
+    /// Compaction moving live records; may use the reserved segment.
+    Compaction,
+}
+
+/// Where an appended record went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Its LSN.
+    pub lsn: u64,
+    /// Its segment.
+    pub segment: SegmentId,
+    /// Its offset in the segment.
+    pub offset: usize,
+    /// Bytes it occupies, header and padding included.
+    pub len: usize,
+}
+
+/// Counters of a log's activity.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogCounters {
+    /// Records appended since open.
+    pub records_appended: u64,
+    /// Bytes appended since open (headers and padding included).
+    pub bytes_appended: u64,
+    /// fdatasync calls issued since open (segments and directory).
+    pub syncs_issued: u64,
+    /// Segments created since open.
+    pub segments_created: u64,
+    /// Segments removed since open.
+    pub segments_removed: u64,
+}
+
+/// Segments by id: ids are dense from the oldest, with holes where segments were removed.
+struct SegmentTable<F> {
+    /// Id of `slots[0]`.
+    base: SegmentId,
+    slots: VecDeque<Option<Rc<Segment<F>>>>,
+    count: usize,
+    bytes: u64,
+}
+
+impl<F: crate::storage::SegmentFile> SegmentTable<F> {
+    fn new() -> Self {
+        Self {
+            base: 1,
+            slots: VecDeque::new(),
+            count: 0,
+            bytes: 0,
+        }
+    }
+
+    fn get(&self, id: SegmentId) -> Option<&Rc<Segment<F>>> {
+        let index = id.checked_sub(self.base)?;
+        self.slots.get(usize::try_from(index).ok()?)?.as_ref()
+    }
+
+    fn push(&mut self, segment: Rc<Segment<F>>) {
+        let id = segment.id();
+        if self.slots.is_empty() {
+            self.base = id;
+        }
+        let index = usize::try_from(id - self.base).unwrap_or(usize::MAX);
+        assert!(index >= self.slots.len(), "segment {id} added out of order");
+        while self.slots.len() < index {
+            self.slots.push_back(None);
+        }
+        self.count += 1;
+        self.bytes += segment.size_bytes() as u64;
+        self.slots.push_back(Some(segment));
+    }
+
+    fn remove(&mut self, id: SegmentId) -> Option<Rc<Segment<F>>> {
+        let index = usize::try_from(id.checked_sub(self.base)?).ok()?;
+        let segment = self.slots.get_mut(index)?.take()?;
+        self.count -= 1;
+        self.bytes -= segment.size_bytes() as u64;
+        while matches!(self.slots.front(), Some(None)) {
+            self.slots.pop_front();
+            self.base += 1;
+        }
+        Some(segment)
+    }
+
+    fn iter(&self) -> impl DoubleEndedIterator<Item = &Rc<Segment<F>>> {
+        self.slots.iter().flatten()
+    }
+
+    fn last(&self) -> Option<&Rc<Segment<F>>> {
+        self.slots.back().and_then(Option::as_ref)
+    }
+}
+
+/// The log of one shard.
+pub struct Log<S: Storage> {
+    storage: Rc<S>,
+    config: LogConfig,
+    segments: SegmentTable<S::File>,
+    next_lsn: u64,
+    commit: Rc<GroupCommit<S>>,
+    records_appended: Cell<u64>,
+    bytes_appended: Cell<u64>,
+    segments_created: Cell<u64>,
+    segments_removed: Cell<u64>,
+}
+
+impl<S: Storage> std::fmt::Debug for Log<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log")
+            .field("dir", &self.storage.dir_path())
+            .field("config", &self.config)
+            .field("segments", &self.segments.count)
+            .field("next_lsn", &self.next_lsn)
+            .field("commit", &self.commit)
+            .finish()
+    }
+}
+
+impl<S: Storage> Log<S> {
+    /// Opens the log in `storage`, recovering what is there under `policy`. `visit` sees every
+    /// valid record in log order (to rebuild an index in the same pass).
+    pub async fn open(
+        storage: S,
+        config: LogConfig,
+        policy: RecoveryPolicy,
+        visit: &mut dyn FnMut(&Rc<Segment<S::File>>, usize, RecordRef<'_>),
+    ) -> Result<(Self, RecoveryReport), WalError> {
+        config.validate()?;
+        let storage = Rc::new(storage);
+        let recovered = recovery::recover(&*storage, policy, visit).await?;
+        let commit = GroupCommit::new(
+            Rc::clone(&storage),
+            config.durability,
+            recovered.next_lsn - 1,
+        );
+        let mut log = Self {
+            storage,
+            config,
+            segments: SegmentTable::new(),
+            next_lsn: recovered.next_lsn,
+            commit,
+            records_appended: Cell::new(0),
+            bytes_appended: Cell::new(0),
+            segments_created: Cell::new(0),
+            segments_removed: Cell::new(0),
+        };
+        for segment in recovered.segments {
+            log.segments.push(segment);
+        }
+        if log.segments.count == 0 {
+            if policy == RecoveryPolicy::Strict {
+                return Ok((log, recovered.report));
+            }
+            log.create_tail(AppendClass::Client)?;
+        }
+        Ok((log, recovered.report))
+    }
+
+    /// The storage.
+    pub fn storage(&self) -> &Rc<S> {
+        &self.storage
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// Group commit: wait here for durability.
+    pub fn commit(&self) -> &Rc<GroupCommit<S>> {
+        &self.commit
+    }
+
+    /// The LSN the next record gets.
+    pub fn next_lsn(&self) -> u64 {
+        self.next_lsn
+    }
+
+    /// The segment with this id, if it exists.
+    pub fn segment(&self, id: SegmentId) -> Option<&Rc<Segment<S::File>>> {
+        self.segments.get(id)
+    }
+
+    /// All segments, oldest first.
+    pub fn segments(&self) -> impl DoubleEndedIterator<Item = &Rc<Segment<S::File>>> {
+        self.segments.iter()
+    }
+
+    /// Number of segments.
+    pub fn segment_count(&self) -> usize {
+        self.segments.count
+    }
+
+    /// The segment taking appends.
+    ///
+    /// # Panics
+    /// On a log opened `Strict` on an empty directory (it has no segment).
+    pub fn tail(&self) -> &Rc<Segment<S::File>> {
+        match self.segments.last() {
+            Some(tail) => tail,
+            None => panic!("log has no segment"),
+        }
+    }
+
+    /// Bytes of segment files.
+    pub fn used_bytes(&self) -> u64 {
+        self.segments.bytes
+    }
+
+    /// Whether any segment with an id in `[from, to)` exists.
+    pub fn any_segment_in(&self, from: SegmentId, to: SegmentId) -> bool {
+        (from..to).any(|id| self.segments.get(id).is_some())
+    }
+
+    /// Counters.
+    pub fn counters(&self) -> LogCounters {
+        LogCounters {
+            records_appended: self.records_appended.get(),
+            bytes_appended: self.bytes_appended.get(),
+            syncs_issued: self.commit.syncs_issued(),
+            segments_created: self.segments_created.get(),
+            segments_removed: self.segments_removed.get(),
+        }
+    }
+
+    fn check_poisoned(&self) -> Result<(), WalError> {
+        match self.commit.failure() {
+            Some(cause) => Err(WalError::Poisoned { cause }),
+            None => Ok(()),
+        }
+    }
+
+    /// Appends a record whose length is at most `len_max` (see `format::record`'s bounds).
+    /// The record is in the mapping when this returns; it is durable once
+    /// `commit().wait_durable(lsn)` returns.
+    pub fn append<T: RecordBody>(
+        &mut self,
+        body: &T,
+        len_max: usize,
+        class: AppendClass,
+    ) -> Result<Appended, WalError> {
+        self.check_poisoned()?;
+        let record_len_max = self.config.record_len_max();
+        if len_max > record_len_max {
+            return Err(WalError::RecordTooLarge {
+                len_bytes: len_max,
+                max_bytes: record_len_max,
+            });
+        }
+        if self.tail().is_sealed() || self.tail().free_bytes() < len_max {
+            self.create_tail(class)?;
+        }
+        let lsn = self.next_lsn;
+        let tail = Rc::clone(self.tail());
+        let Some(offset) = tail.append_with(lsn, |dst| write_record(&mut dst[..len_max], lsn, body))
+        else {
+            // The bound given was wrong: a bug, but not one worth losing the shard over.
+            panic!("record larger than its bound {len_max}");
+        };
+        let len = tail.written_bytes() - offset;
+        debug_assert!(len >= RECORD_HEADER_LEN_BYTES);
+        self.next_lsn += 1;
+        self.commit.note_append(lsn, &tail);
+        self.records_appended.set(self.records_appended.get() + 1);
+        self.bytes_appended.set(self.bytes_appended.get() + len as u64);
+        Ok(Appended {
+            lsn,
+            segment: tail.id(),
+            offset,
+            len,
+        })
+    }
+
+    /// Whether a new segment fits within the capacity for `class`.
+    pub fn has_room_for_segment(&self, class: AppendClass) -> bool {
+        let size = self.config.segment_size_bytes as u64;
+        let reserve = match class {
+            AppendClass::Client => size,
+            AppendClass::Compaction => 0,
+        };
+        self.segments.bytes + size + reserve <= self.config.capacity_bytes
+    }
+
+    /// Seals the tail and starts a new one.
+    fn create_tail(&mut self, class: AppendClass) -> Result<(), WalError> {
+        if !self.has_room_for_segment(class) {
+            return Err(WalError::Full {
+                capacity_bytes: self.config.capacity_bytes,
+                used_bytes: self.segments.bytes,
+            });
+        }
+        let id = self.segments.last().map_or(1, |tail| tail.id() + 1);
+        let file = self
+            .storage
+            .create(id, self.config.segment_size_bytes)
+            .map_err(|source| WalError::Io {
+                op: "create segment",
+                path: self.storage.segment_path(id),
+                source,
+            })?;
+        if let Some(old) = self.segments.last() {
+            old.seal();
+        }
+        let segment = Rc::new(Segment::new(
+            id,
+            file,
+            self.next_lsn,
+            SEGMENT_HEADER_LEN_BYTES,
+            self.next_lsn - 1,
+            true,
+        ));
+        group_commit::write_header_if_unsynced(self.config.durability, &segment);
+        self.commit.note_new_segment(&segment);
+        self.segments.push(segment);
+        self.segments_created.set(self.segments_created.get() + 1);
+        tracing::debug!(segment = id, first_lsn = self.next_lsn, "new tail segment");
+        Ok(())
+    }
+
+    /// Removes a sealed, unpinned segment's file. The segment stays known (so decisions that
+    /// depend on what exists stay conservative) until [`Log::forget_segment`], which the caller
+    /// calls after the directory sync that makes the removal durable.
+    pub fn unlink_segment(&mut self, id: SegmentId) -> Result<(), WalError> {
+        let Some(segment) = self.segments.get(id) else {
+            return Ok(());
+        };
+        assert!(segment.is_sealed(), "removing the tail segment {id}");
+        assert!(!segment.is_pinned(), "removing pinned segment {id}");
+        self.storage.remove(id).map_err(|source| WalError::Io {
+            op: "remove segment",
+            path: self.storage.segment_path(id),
+            source,
+        })
+    }
+
+    /// Forgets a segment whose file was removed durably.
+    pub fn forget_segment(&mut self, id: SegmentId) {
+        if self.segments.remove(id).is_some() {
+            self.segments_removed.set(self.segments_removed.get() + 1);
+        }
+    }
+
+    /// Pins every segment as it is now, up to the last appended record: their files are not
+    /// removed until the pin is dropped. For snapshots and backups.
+    pub fn pin(&self) -> LogPin<S::File> {
+        let segments: Vec<_> = self
+            .segments
+            .iter()
+            .map(|segment| {
+                segment.pin();
+                (Rc::clone(segment), segment.written_bytes())
+            })
+            .collect();
+        LogPin {
+            segments,
+            last_lsn: self.next_lsn - 1,
+        }
+    }
+}
+
+/// A pin on a log's segments as they were at one moment.
+#[derive(Debug)]
+pub struct LogPin<F: crate::storage::SegmentFile> {
+    segments: Vec<(Rc<Segment<F>>, usize)>,
+    last_lsn: u64,
+}
+
+impl<F: crate::storage::SegmentFile> LogPin<F> {
+    /// The pinned segments with the end of their records at pin time.
+    pub fn segments(&self) -> impl Iterator<Item = (&Rc<Segment<F>>, usize)> {
+        self.segments.iter().map(|(s, end)| (s, *end))
+    }
+
+    /// LSN of the last record covered.
+    pub fn last_lsn(&self) -> u64 {
+        self.last_lsn
+    }
+}
+
+impl<F: crate::storage::SegmentFile> Drop for LogPin<F> {
+    fn drop(&mut self) {
+        for (segment, _) in &self.segments {
+            segment.unpin();
+        }
+    }
+}

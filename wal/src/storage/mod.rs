@@ -1,0 +1,111 @@
+//! Where segment bytes live.
+//!
+//! The log is written against two small traits so that tests can run it on a simulated disk
+//! that keeps "written" and "durable" apart and can lose power at any moment
+//! ([`SimStorage`]), and production runs it on real files ([`FsStorage`]).
+//!
+//! A [`SegmentFile`] is a fixed-size, writable memory region backed by a file: the log writes
+//! records into it through a raw pointer and reads them back as slices (zero-copy).
+//! [`SegmentFile::sync`] makes every byte written so far durable. [`Storage`] names, creates,
+//! lists and removes segment files in one shard directory.
+
+mod fs;
+mod sim;
+
+pub use fs::FsStorage;
+pub use sim::{SimCrashOptions, SimDisk, SimStorage};
+
+use crate::error::WalError;
+use std::future::Future;
+use std::io;
+use std::path::PathBuf;
+
+/// A segment's id: its position in the log, also its file name. Ids start at 1 and increase.
+pub type SegmentId = u64;
+
+/// A fixed-size memory region backed by a segment file.
+///
+/// # Safety
+/// Implementations guarantee that `as_mut_ptr()` points to `len()` bytes that stay valid,
+/// readable and writable (through this pointer only) for as long as the value lives, and that
+/// `sync` makes bytes written through that pointer durable.
+pub unsafe trait SegmentFile: 'static {
+    /// Size of the region in bytes (the segment size).
+    fn len(&self) -> usize;
+
+    /// Whether the region is empty (never, for a real segment).
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Start of the region; page-aligned.
+    fn as_mut_ptr(&self) -> *mut u8;
+
+    /// Makes every byte written to the region so far durable (fdatasync). Must not block the
+    /// executor thread.
+    fn sync(&self) -> impl Future<Output = io::Result<()>>;
+}
+
+/// One shard directory of segment files.
+pub trait Storage: 'static {
+    /// The segment files of this storage.
+    type File: SegmentFile;
+
+    /// A human-readable location of a segment, for errors and logs (its path).
+    fn segment_path(&self, id: SegmentId) -> PathBuf;
+
+    /// The directory, for errors and logs.
+    fn dir_path(&self) -> PathBuf;
+
+    /// The ids of the segment files present, in increasing order. Anything in the directory
+    /// that is not a segment file is an error: the directory belongs to the log.
+    fn list(&self) -> Result<Vec<SegmentId>, WalError>;
+
+    /// Creates a new segment file of `size_bytes` bytes, all zero, preallocated so that
+    /// writes into it cannot fail for lack of space, and maps it. Must not exist yet.
+    fn create(&self, id: SegmentId, size_bytes: usize) -> io::Result<Self::File>;
+
+    /// Maps an existing segment file.
+    fn open(&self, id: SegmentId) -> io::Result<Self::File>;
+
+    /// Removes a segment file. The removal is durable after the next [`Storage::sync_dir`].
+    fn remove(&self, id: SegmentId) -> io::Result<()>;
+
+    /// Makes creations and removals of segment files durable (fsync of the directory).
+    fn sync_dir(&self) -> impl Future<Output = io::Result<()>>;
+}
+
+/// File name of a segment: its id, zero-padded to 20 digits so that names sort like ids.
+pub fn segment_file_name(id: SegmentId) -> String {
+    format!("{id:020}.seg")
+}
+
+/// The id in a segment file name, if it is one.
+pub fn parse_segment_file_name(name: &str) -> Option<SegmentId> {
+    let digits = name.strip_suffix(".seg")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().filter(|&id| id > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_names_sort_like_ids_and_parse_back() {
+        let ids = [1u64, 9, 10, 99, 100, 12345678901234567890];
+        let names: Vec<String> = ids.iter().map(|&id| segment_file_name(id)).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted);
+        for (&id, name) in ids.iter().zip(&names) {
+            assert_eq!(parse_segment_file_name(name), Some(id));
+        }
+        for bad in ["1.seg", "00000000000000000001.seg.tmp", "0000000000000000000a.seg", "x", ""] {
+            assert_eq!(parse_segment_file_name(bad), None, "{bad}");
+        }
+        assert_eq!(parse_segment_file_name(&segment_file_name(0)), None);
+    }
+}

@@ -1,0 +1,449 @@
+//! Reclaiming space: compaction of sealed segments, and eviction when a cache is full.
+//!
+//! Compaction picks the sealed, durable segment with the least live data (below a
+//! threshold), walks its records and, for each one still needed, writes it again at the head:
+//! - a put that is still its key's item is rewritten with the item's current expiry (which
+//!   absorbs any touch) and its CAS; an expired or flushed one is dropped, leaving a tombstone
+//!   if an older record of the key may still exist;
+//! - a tombstone is dropped once no segment from its `since` up to its own exists; if the key
+//!   was stored again meanwhile, the new item inherits its `since` instead; otherwise it moves;
+//! - a touch moves if it still holds its item's expiry; a flush moves while it still matters.
+//!
+//! Liveness is checked right before each rewrite, in the same synchronous step, so client
+//! writes that interleave (compaction yields between batches) are never overwritten by stale
+//! copies. Once every needed record is rewritten and durable, the segment is retired; its file
+//! is removed (and the directory synced) when no pin holds it.
+//!
+//! Compaction runs in a task of its own, in a low-share task queue, yields between batches
+//! and limits the bytes it rewrites per second, so client requests keep their latency.
+
+use super::{Store, StoreError, index::put_of};
+use crate::constants::{
+    COMPACTION_BATCH_BYTES, COMPACTION_BYTES_PER_SEC_DEFAULT, COMPACTION_LIVE_PERCENT_DEFAULT,
+    SEGMENT_HEADER_LEN_BYTES,
+};
+use crate::error::WalError;
+use crate::format::{
+    ArchivedDelete, ArchivedFlush, ArchivedPut, ArchivedTouch, Body, Delete, Flush, RecordKind,
+    Touch, ValueParts, record::small_record_len_max, record::touch_record_len,
+};
+use crate::log::{AppendClass, Segment};
+use crate::storage::{SegmentId, Storage};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Compaction settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactionConfig {
+    /// Sealed segments whose live data is below this percentage of their size are compacted.
+    pub live_percent_max: u8,
+    /// Most bytes of records rewritten per second.
+    pub bytes_per_sec: u64,
+    /// How long the compactor sleeps when there is nothing to do.
+    pub idle_interval: Duration,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        Self {
+            live_percent_max: COMPACTION_LIVE_PERCENT_DEFAULT,
+            bytes_per_sec: COMPACTION_BYTES_PER_SEC_DEFAULT,
+            idle_interval: Duration::from_millis(200),
+        }
+    }
+}
+
+impl CompactionConfig {
+    pub(crate) fn validate(&self) -> Result<(), WalError> {
+        if self.live_percent_max == 0 || self.live_percent_max > 100 {
+            return Err(WalError::Config {
+                field: "compaction.live_percent_max",
+                value: self.live_percent_max.to_string(),
+                fix: "use a percentage from 1 to 100".into(),
+            });
+        }
+        if self.bytes_per_sec == 0 {
+            return Err(WalError::Config {
+                field: "compaction.bytes_per_sec",
+                value: "0".into(),
+                fix: "use a positive rate; compaction that never runs lets the disk fill".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// How far a call to [`Store::compact_some`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactionProgress {
+    /// Where to continue, or `None` when the segment is done.
+    pub next_offset: Option<usize>,
+    /// Bytes of records written at the head by this call.
+    pub bytes_rewritten: usize,
+}
+
+impl<S: Storage> Store<S> {
+    /// Live bytes of `segment` as compaction should see them: a segment whose items are all
+    /// expired, or all flushed, holds nothing live but maybe some tombstones.
+    fn effective_live_bytes(&self, segment: &Segment<S::File>, now: u32) -> u64 {
+        let expiry_max = segment.expiry_max();
+        let all_expired = expiry_max != 0 && expiry_max != u32::MAX && expiry_max <= now;
+        let all_flushed = segment.last_lsn() < self.state.flush.flushed_below;
+        if all_expired || all_flushed {
+            0
+        } else {
+            segment.live_bytes()
+        }
+    }
+
+    /// The segment most worth compacting now: sealed, durable, not retired, with the least
+    /// live data, below the threshold.
+    pub fn compaction_victim(&self) -> Option<SegmentId> {
+        let now = self.clock.now_secs();
+        let durable = self.log.commit().durable_lsn();
+        let percent = u64::from(self.config.compaction.live_percent_max);
+        self.log
+            .segments()
+            .filter(|s| {
+                s.is_sealed() && !s.is_retired() && !s.header_pending() && s.last_lsn() <= durable
+            })
+            .map(|s| (self.effective_live_bytes(s, now), s))
+            .filter(|(live, s)| live * 100 < percent * s.size_bytes() as u64)
+            .min_by_key(|(live, s)| (*live, s.id()))
+            .map(|(_, s)| s.id())
+    }
+
+    /// Compacts records of `victim` from `from_offset` on, about `budget_bytes` of them.
+    /// When it returns `next_offset: None`, every needed record of the segment has been
+    /// rewritten (not necessarily durably yet).
+    pub fn compact_some(
+        &mut self,
+        victim: SegmentId,
+        from_offset: usize,
+        budget_bytes: usize,
+    ) -> Result<CompactionProgress, StoreError> {
+        let Some(segment) = self.log.segment(victim).map(Rc::clone) else {
+            return Ok(CompactionProgress {
+                next_offset: None,
+                bytes_rewritten: 0,
+            });
+        };
+        assert!(segment.is_sealed(), "compacting the tail segment {victim}");
+        let before = self.log.counters().bytes_appended;
+        let end = segment.written_bytes();
+        let mut offset = from_offset.max(SEGMENT_HEADER_LEN_BYTES);
+        let mut processed = 0;
+        while offset < end && processed < budget_bytes {
+            let record = segment.record(offset);
+            // SAFETY: the record was validated when recovered or written.
+            match unsafe { record.body_unchecked() } {
+                Body::Put(put) => self.compact_put(&segment, offset, put)?,
+                Body::Delete(delete) => self.compact_delete(&segment, delete)?,
+                Body::Touch(touch) => self.compact_touch(&segment, touch)?,
+                Body::Flush(flush) => self.compact_flush(&segment, record.lsn, flush)?,
+            }
+            offset += record.total_len;
+            processed += record.total_len;
+        }
+        let bytes_rewritten = (self.log.counters().bytes_appended - before) as usize;
+        self.counters.compaction_bytes_rewritten += bytes_rewritten as u64;
+        Ok(CompactionProgress {
+            next_offset: (offset < end).then_some(offset),
+            bytes_rewritten,
+        })
+    }
+
+    fn compact_put(
+        &mut self,
+        segment: &Rc<Segment<S::File>>,
+        offset: usize,
+        put: &ArchivedPut<'static>,
+    ) -> Result<(), StoreError> {
+        let key = put.key.as_ref();
+        let hash = self.state.index.hash(key);
+        let Some(entry) = self.state.index.get(&self.log, hash, key) else {
+            return Ok(());
+        };
+        if u64::from(entry.segment) != segment.id() || entry.offset() != offset {
+            return Ok(()); // superseded
+        }
+        let now = self.clock.now_secs();
+        if self.is_live(&entry, now) {
+            let value = put.value.as_ref();
+            self.write_put(
+                key,
+                ValueParts::whole(value),
+                put.flags.to_native(),
+                entry.expiry,
+                Some(put.cas.to_native()),
+                AppendClass::Compaction,
+                Some(entry),
+            )?;
+            return Ok(());
+        }
+        // Expired or flushed: reclaim it.
+        self.counters.items_reclaimed += 1;
+        if self.log.any_segment_in(u64::from(entry.since), segment.id()) {
+            let body = Delete {
+                key,
+                since_segment: entry.since,
+            };
+            let appended = self.log.append(
+                &body,
+                small_record_len_max(key.len()),
+                AppendClass::Compaction,
+            )?;
+            let tail = Rc::clone(self.appended_segment(&appended));
+            self.state.apply_delete(&self.log, &tail, appended.len, key);
+        } else if let Some(removed) = self.state.index.remove(&self.log, hash, key) {
+            super::State::retire_entry(&self.log, &removed, key.len());
+        }
+        Ok(())
+    }
+
+    fn compact_delete(
+        &mut self,
+        segment: &Rc<Segment<S::File>>,
+        delete: &ArchivedDelete<'static>,
+    ) -> Result<(), StoreError> {
+        let key = delete.key.as_ref();
+        let since = delete.since_segment.to_native();
+        if !self.log.any_segment_in(u64::from(since), segment.id()) {
+            self.counters.tombstones_dropped += 1;
+            return Ok(());
+        }
+        let hash = self.state.index.hash(key);
+        let inherited = self.state.index.update(&self.log, hash, key, |e| {
+            e.since = e.since.min(since);
+        });
+        if inherited {
+            self.counters.tombstones_dropped += 1;
+            return Ok(());
+        }
+        let body = Delete {
+            key,
+            since_segment: since,
+        };
+        let appended =
+            self.log
+                .append(&body, small_record_len_max(key.len()), AppendClass::Compaction)?;
+        self.appended_segment(&appended).add_live(appended.len);
+        Ok(())
+    }
+
+    fn compact_touch(
+        &mut self,
+        segment: &Rc<Segment<S::File>>,
+        touch: &ArchivedTouch<'static>,
+    ) -> Result<(), StoreError> {
+        let key = touch.key.as_ref();
+        let cas = touch.cas.to_native();
+        let expiry = touch.expiry.to_native();
+        let hash = self.state.index.hash(key);
+        let Some(entry) = self.state.index.get(&self.log, hash, key) else {
+            return Ok(());
+        };
+        let current = u64::from(entry.touch_segment) == segment.id()
+            && entry.expiry == expiry
+            && put_of(&self.log, &entry).cas.to_native() == cas;
+        if !current {
+            return Ok(());
+        }
+        let body = Touch { key, cas, expiry };
+        let appended = self.log.append(
+            &body,
+            touch_record_len(key.len()),
+            AppendClass::Compaction,
+        )?;
+        let tail = Rc::clone(self.appended_segment(&appended));
+        self.state
+            .apply_touch(&self.log, &tail, appended.len, key, cas, expiry);
+        Ok(())
+    }
+
+    fn compact_flush(
+        &mut self,
+        segment: &Rc<Segment<S::File>>,
+        lsn: u64,
+        flush: &ArchivedFlush,
+    ) -> Result<(), StoreError> {
+        let boundary = flush.boundary_lsn.to_native();
+        let at = flush.at.to_native();
+        let needed = if boundary == 0 {
+            self.state.flush.pending.is_some_and(|p| p.lsn == lsn)
+        } else {
+            boundary == self.state.flush.flushed_below
+                && self
+                    .log
+                    .segments()
+                    .any(|s| s.id() != segment.id() && s.first_lsn() < boundary)
+        };
+        if !needed {
+            return Ok(());
+        }
+        let body = Flush {
+            boundary_lsn: boundary,
+            at,
+        };
+        let appended =
+            self.log
+                .append(&body, small_record_len_max(0), AppendClass::Compaction)?;
+        self.after_flush_append(&appended, boundary, at);
+        Ok(())
+    }
+
+    /// Marks a compacted segment as retired: nothing in it is needed any more.
+    pub fn retire_segment(&mut self, id: SegmentId) {
+        if let Some(segment) = self.log.segment(id) {
+            assert!(segment.is_sealed());
+            segment.retire();
+            self.counters.segments_compacted += 1;
+        }
+    }
+
+    /// Retired segments no pin holds: their files can go.
+    pub fn removable_segments(&self) -> Vec<SegmentId> {
+        self.log
+            .segments()
+            .filter(|s| s.is_retired() && !s.is_pinned())
+            .map(|s| s.id())
+            .collect()
+    }
+
+    /// Evicts the oldest unpinned sealed segment with every item in it (temporary-swap-only
+    /// when full). Returns whether there was one.
+    pub(crate) fn evict_oldest(&mut self) -> Result<bool, StoreError> {
+        let Some(victim) = self
+            .log
+            .segments()
+            .find(|s| s.is_sealed() && !s.is_pinned())
+            .map(Rc::clone)
+        else {
+            return Ok(false);
+        };
+        let mut evicted = 0u64;
+        for (offset, record) in victim.records() {
+            if record.kind != RecordKind::Put {
+                continue;
+            }
+            // SAFETY: the record was validated when written.
+            let Body::Put(put) = (unsafe { record.body_unchecked() }) else {
+                continue;
+            };
+            let key = put.key.as_ref();
+            let hash = self.state.index.hash(key);
+            let points_here = self
+                .state
+                .index
+                .get(&self.log, hash, key)
+                .is_some_and(|e| u64::from(e.segment) == victim.id() && e.offset() == offset);
+            if points_here {
+                if let Some(entry) = self.state.index.remove(&self.log, hash, key) {
+                    super::State::retire_entry(&self.log, &entry, key.len());
+                    evicted += 1;
+                }
+            }
+        }
+        self.counters.evictions += evicted;
+        self.log.unlink_segment(victim.id())?;
+        self.log.forget_segment(victim.id());
+        tracing::debug!(segment = victim.id(), items = evicted, "evicted oldest segment");
+        Ok(true)
+    }
+}
+
+/// One round of compaction work: removes retired segments no longer pinned, then compacts
+/// one victim, if there is one, to the end. Returns whether it compacted a segment.
+pub async fn compact_once<S: Storage>(store: &Rc<RefCell<Store<S>>>) -> Result<bool, StoreError> {
+    remove_retired(store).await?;
+    let Some(victim) = store.borrow().compaction_victim() else {
+        return Ok(false);
+    };
+    let config = store.borrow().config.compaction;
+    let mut offset = Some(SEGMENT_HEADER_LEN_BYTES);
+    while let Some(from) = offset {
+        let progress = store
+            .borrow_mut()
+            .compact_some(victim, from, COMPACTION_BATCH_BYTES)?;
+        offset = progress.next_offset;
+        if progress.bytes_rewritten > 0 {
+            let secs = progress.bytes_rewritten as f64 / config.bytes_per_sec as f64;
+            glommio::timer::sleep(Duration::from_secs_f64(secs)).await;
+        }
+        glommio::yield_if_needed().await;
+    }
+    let (commit, last_lsn) = {
+        let store = store.borrow();
+        (store.commit(), store.log.next_lsn() - 1)
+    };
+    // Everything moved out of the victim must be durable before its file goes.
+    commit.wait_durable(last_lsn).await?;
+    store.borrow_mut().retire_segment(victim);
+    remove_retired(store).await?;
+    Ok(true)
+}
+
+/// Removes the files of retired, unpinned segments, durably, then forgets them.
+async fn remove_retired<S: Storage>(store: &Rc<RefCell<Store<S>>>) -> Result<(), StoreError> {
+    let (ids, storage, durability) = {
+        let store = store.borrow();
+        (
+            store.removable_segments(),
+            Rc::clone(store.log.storage()),
+            store.log.config().durability,
+        )
+    };
+    if ids.is_empty() {
+        return Ok(());
+    }
+    for &id in &ids {
+        store.borrow_mut().log.unlink_segment(id)?;
+    }
+    if durability == crate::log::Durability::Fsync {
+        storage.sync_dir().await.map_err(|source| WalError::Io {
+            op: "fsync shard directory",
+            path: storage.dir_path(),
+            source,
+        })?;
+    }
+    let mut store = store.borrow_mut();
+    for id in ids {
+        store.log.forget_segment(id);
+        tracing::debug!(segment = id, "removed compacted segment");
+    }
+    Ok(())
+}
+
+/// Runs compaction for `store` until the log fails: in a task queue of its own with
+/// `shares` (low, e.g. 10 against the default 1000), so that it yields to client work.
+pub fn spawn_compactor<S: Storage>(
+    store: Rc<RefCell<Store<S>>>,
+    shares: usize,
+) -> Result<glommio::Task<()>, glommio::GlommioError<()>> {
+    let queue = glommio::executor().create_task_queue(
+        glommio::Shares::Static(shares),
+        glommio::Latency::NotImportant,
+        "compaction",
+    );
+    glommio::spawn_local_into(
+        async move {
+            let idle = store.borrow().config.compaction.idle_interval;
+            loop {
+                match compact_once(&store).await {
+                    Ok(true) => {}
+                    Ok(false) => glommio::timer::sleep(idle).await,
+                    Err(StoreError::Wal(error)) if error.is_poisoned() => {
+                        tracing::error!(%error, "compaction stops: the shard refuses writes");
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "compaction failed; retrying later");
+                        glommio::timer::sleep(idle).await;
+                    }
+                }
+            }
+        },
+        queue,
+    )
+}

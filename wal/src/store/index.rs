@@ -1,0 +1,178 @@
+//! The index of one shard: key -> where its current item lives.
+//!
+//! Keys are not copied into memory: an entry holds the location of the item's `Put` record,
+//! and the key is read from the mapping when two keys must be compared (on a hash match, or
+//! to rehash when the table grows). That keeps an entry at 20 bytes and the anonymous memory
+//! of the index near 45 bytes per key, whatever the key length (see the memory benchmark).
+//!
+//! Flags, CAS and the value are read from the record too; the entry keeps only what changes
+//! without a new put (expiry, via touch) and what compaction needs without reading records.
+
+use crate::constants::RECORD_ALIGN_BYTES;
+use crate::format::{ArchivedPut, Body};
+use crate::log::Segment;
+use crate::storage::SegmentFile;
+use hashbrown::{DefaultHashBuilder, HashTable};
+use std::hash::BuildHasher as _;
+use std::rc::Rc;
+
+/// Where a key's current item is, and what the store needs to know about it without reading
+/// the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Entry {
+    /// Segment of the item's `Put` record.
+    pub segment: u32,
+    /// Offset of that record in its segment, divided by the record alignment.
+    pub offset_div: u32,
+    /// Absolute expiry in unix seconds, 0 never. Differs from the record's after a touch.
+    pub expiry: u32,
+    /// Oldest segment that may hold any record of this key (older puts, tombstones): a
+    /// tombstone for the key is needed while a segment in `[since, tombstone's segment)` exists.
+    pub since: u32,
+    /// Segment of the latest `Touch` record that set `expiry`, 0 if none.
+    pub touch_segment: u32,
+}
+
+const _: () = assert!(size_of::<Entry>() == 20);
+
+impl Entry {
+    /// Byte offset of the put record.
+    pub fn offset(&self) -> usize {
+        self.offset_div as usize * RECORD_ALIGN_BYTES
+    }
+
+    /// The stored offset for a byte offset.
+    pub fn offset_div(offset: usize) -> u32 {
+        debug_assert_eq!(offset % RECORD_ALIGN_BYTES, 0);
+        (offset / RECORD_ALIGN_BYTES) as u32
+    }
+}
+
+/// Finds segments by id, for reading keys out of records.
+pub(crate) trait SegmentLookup<F> {
+    fn segment(&self, id: u32) -> Option<&Rc<Segment<F>>>;
+}
+
+/// The put record an entry points to.
+pub(crate) fn put_of<'a, F: SegmentFile>(
+    segments: &'a impl SegmentLookup<F>,
+    entry: &Entry,
+) -> &'a ArchivedPut<'static> {
+    let Some(segment) = segments.segment(entry.segment) else {
+        panic!("index entry points to missing segment {}", entry.segment);
+    };
+    // SAFETY: index entries only ever point at validated put records of live segments.
+    match unsafe { segment.record(entry.offset()).body_unchecked() } {
+        Body::Put(put) => put,
+        other => panic!("index entry points to a {other:?}, not a put"),
+    }
+}
+
+/// The index: a hash table of entries, keyed by the key bytes in the records.
+pub(crate) struct Index {
+    table: HashTable<Entry>,
+    hasher: DefaultHashBuilder,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index").field("len", &self.table.len()).finish()
+    }
+}
+
+impl Index {
+    pub fn new() -> Self {
+        Self {
+            table: HashTable::new(),
+            hasher: DefaultHashBuilder::default(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    pub fn hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// The entry for `key`.
+    pub fn get<F: SegmentFile>(
+        &self,
+        segments: &impl SegmentLookup<F>,
+        hash: u64,
+        key: &[u8],
+    ) -> Option<Entry> {
+        self.table
+            .find(hash, |e| put_of(segments, e).key.as_ref() == key)
+            .copied()
+    }
+
+    /// Sets the entry for `key` (its put record must be readable through `segments`);
+    /// returns the entry it replaced.
+    pub fn insert<F: SegmentFile>(
+        &mut self,
+        segments: &impl SegmentLookup<F>,
+        hash: u64,
+        key: &[u8],
+        entry: Entry,
+    ) -> Option<Entry> {
+        let hasher = &self.hasher;
+        match self.table.entry(
+            hash,
+            |e| put_of(segments, e).key.as_ref() == key,
+            |e| hasher.hash_one(put_of(segments, e).key.as_ref()),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(mut occupied) => {
+                Some(std::mem::replace(occupied.get_mut(), entry))
+            }
+            hashbrown::hash_table::Entry::Vacant(vacant) => {
+                vacant.insert(entry);
+                None
+            }
+        }
+    }
+
+    /// Changes the entry for `key` in place; returns whether it exists.
+    pub fn update<F: SegmentFile>(
+        &mut self,
+        segments: &impl SegmentLookup<F>,
+        hash: u64,
+        key: &[u8],
+        change: impl FnOnce(&mut Entry),
+    ) -> bool {
+        match self
+            .table
+            .find_mut(hash, |e| put_of(segments, e).key.as_ref() == key)
+        {
+            Some(entry) => {
+                change(entry);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes the entry for `key`.
+    pub fn remove<F: SegmentFile>(
+        &mut self,
+        segments: &impl SegmentLookup<F>,
+        hash: u64,
+        key: &[u8],
+    ) -> Option<Entry> {
+        self.table
+            .find_entry(hash, |e| put_of(segments, e).key.as_ref() == key)
+            .ok()
+            .map(|occupied| occupied.remove().0)
+    }
+
+    /// Every entry (for checks and expiry sweeps).
+    pub fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.table.iter()
+    }
+
+    /// Bytes of memory the table holds (buckets and control bytes).
+    pub fn allocation_bytes(&self) -> usize {
+        self.table.allocation_size()
+    }
+}

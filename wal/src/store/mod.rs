@@ -1,0 +1,954 @@
+//! The store of one shard: the index and memcached's semantics on top of the log.
+//!
+//! Every state change writes exactly one record, then updates the index; the caller makes it
+//! durable with `commit().wait_durable(lsn)` before acknowledging it. Reads return an [`Item`]
+//! that borrows the value from the segment mapping (zero-copy) and keeps the segment alive.
+//!
+//! Invariants:
+//! - An index entry always points at a valid `Put` record of an existing segment.
+//! - An item's CAS is the LSN of the record that first stored its value: unique, increasing,
+//!   never reused after a restart, kept when compaction moves the record, unchanged by touch.
+//! - Replaying the log in order rebuilds exactly the index the live operations built: the same
+//!   code decides both (the `apply_*` functions).
+//! - A key's older records stay dead across restarts: a tombstone is kept (or moved by
+//!   compaction) while any segment that may hold an older record of the key exists.
+//!
+//! Module map: [`expiry`] (clock, memcached exptime), `index` (the hash index), `compaction`
+//! (reclaiming dead space, eviction).
+
+mod compaction;
+pub mod expiry;
+mod index;
+
+pub use compaction::{CompactionConfig, CompactionProgress, compact_once, spawn_compactor};
+pub use expiry::{Clock, ManualClock, SystemClock};
+
+use crate::constants::KEY_LEN_MAX_BYTES;
+use crate::error::{KeyProblem, StoreError, WalError};
+use crate::format::{
+    Body, Delete, Flush, Put, RecordKind, RecordRef, Touch, ValueParts, record::put_record_len_max,
+    record::small_record_len_max, record::touch_record_len,
+};
+use crate::log::{
+    AppendClass, Appended, Durability, GroupCommit, Log, LogConfig, RecoveryPolicy,
+    RecoveryReport, Segment,
+};
+use crate::storage::Storage;
+use expiry::{expiry_from_exptime, is_expired};
+use index::{Entry, Index, SegmentLookup, put_of};
+use std::rc::Rc;
+
+/// memcached's default item size limit.
+pub const ITEM_SIZE_MAX_DEFAULT_BYTES: usize = 1 << 20;
+
+/// What to do when the capacity is used up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Refuse the write (permanent-store: nothing is ever lost).
+    Refuse,
+    /// Evict the oldest segment, with every item in it (temporary-swap-only, FIFO by
+    /// segment). Only for logs that are never recovered: without tombstones, evicted keys'
+    /// older versions could come back on recovery.
+    EvictOldest,
+}
+
+/// How a store is set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// The log under it.
+    pub log: LogConfig,
+    /// What a full capacity means.
+    pub when_full: WhenFull,
+    /// Largest value accepted (memcached's item size max).
+    pub item_size_max_bytes: usize,
+    /// Compaction settings.
+    pub compaction: CompactionConfig,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            log: LogConfig::default(),
+            when_full: WhenFull::Refuse,
+            item_size_max_bytes: ITEM_SIZE_MAX_DEFAULT_BYTES,
+            compaction: CompactionConfig::default(),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Checks the settings and how they fit together.
+    pub fn validate(&self) -> Result<(), WalError> {
+        self.log.validate()?;
+        let needed = put_record_len_max(KEY_LEN_MAX_BYTES, self.item_size_max_bytes);
+        if needed > self.log.record_len_max() {
+            return Err(WalError::Config {
+                field: "item_size_max_bytes",
+                value: self.item_size_max_bytes.to_string(),
+                fix: format!(
+                    "an item of that size needs a {needed}-byte record, more than a \
+                     {}-byte segment holds; lower it or raise segment_size_bytes",
+                    self.log.segment_size_bytes
+                ),
+            });
+        }
+        if self.when_full == WhenFull::EvictOldest && self.log.durability == Durability::Fsync {
+            return Err(WalError::Config {
+                field: "when_full",
+                value: "EvictOldest".into(),
+                fix: "eviction is for temporary-swap-only (Durability::None); a durable store \
+                      refuses writes when full"
+                    .into(),
+            });
+        }
+        self.compaction.validate()
+    }
+}
+
+/// A write that went into the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// LSN of the record: wait for it to be durable before acknowledging.
+    pub lsn: u64,
+    /// CAS of the stored item (for puts; for other records, the LSN).
+    pub cas: u64,
+}
+
+/// The set family of memcached commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetMode {
+    /// Store unconditionally.
+    Set,
+    /// Store only if the key holds no item.
+    Add,
+    /// Store only if the key holds an item.
+    Replace,
+    /// Add the data after the existing value (flags and expiry unchanged).
+    Append,
+    /// Add the data before the existing value (flags and expiry unchanged).
+    Prepend,
+    /// Store only if the item's CAS is still this one.
+    Cas(u64),
+}
+
+/// The outcome of a set-family command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOutcome {
+    /// Stored (`STORED`).
+    Stored(Written),
+    /// The condition did not hold (`NOT_STORED`).
+    NotStored,
+    /// `cas` on an item modified since (`EXISTS`).
+    Exists,
+    /// `cas` on a missing item (`NOT_FOUND`).
+    NotFound,
+}
+
+/// The outcome of `delete` and `touch`: the record written, or `None` for `NOT_FOUND`.
+pub type Changed = Option<Written>;
+
+/// Whether `incr` or `decr`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delta {
+    /// Add, wrapping at 2^64.
+    Incr(u64),
+    /// Subtract, stopping at 0.
+    Decr(u64),
+}
+
+/// Counters of a store's activity.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreCounters {
+    /// Items evicted with their segment (temporary-swap-only when full).
+    pub evictions: u64,
+    /// Segments compacted.
+    pub segments_compacted: u64,
+    /// Bytes of records rewritten by compaction.
+    pub compaction_bytes_rewritten: u64,
+    /// Expired or flushed items dropped by compaction.
+    pub items_reclaimed: u64,
+    /// Tombstones dropped because no older record of their key remained.
+    pub tombstones_dropped: u64,
+}
+
+/// A delayed `flush_all` not yet in effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PendingFlush {
+    /// When it takes effect.
+    at: u32,
+    /// LSN of its record.
+    lsn: u64,
+}
+
+/// What `flush_all` has done.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct FlushState {
+    /// Items with a CAS below this are flushed.
+    flushed_below: u64,
+    /// The boundary's record LSN is kept with it implicitly (the boundary is that LSN).
+    pending: Option<PendingFlush>,
+}
+
+/// An item, read in place from its segment. Holding it keeps the segment's mapping alive
+/// (even if compaction removes the file meanwhile), so it may be kept across awaits.
+pub struct Item<F> {
+    segment: Rc<Segment<F>>,
+    offset: usize,
+    expiry: u32,
+}
+
+impl<F> std::fmt::Debug for Item<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Item")
+            .field("segment", &self.segment.id())
+            .field("offset", &self.offset)
+            .field("expiry", &self.expiry)
+            .finish()
+    }
+}
+
+impl<F: crate::storage::SegmentFile> Item<F> {
+    fn put(&self) -> &crate::format::ArchivedPut<'static> {
+        // SAFETY: items are made from index entries, which point at validated put records.
+        match unsafe { self.segment.record(self.offset).body_unchecked() } {
+            Body::Put(put) => put,
+            other => panic!("item points to a {other:?}, not a put"),
+        }
+    }
+
+    /// The key.
+    pub fn key(&self) -> &[u8] {
+        self.put().key.as_ref()
+    }
+
+    /// The value, borrowed from the segment mapping.
+    pub fn value(&self) -> &[u8] {
+        self.put().value.as_ref()
+    }
+
+    /// Client flags.
+    pub fn flags(&self) -> u32 {
+        self.put().flags.to_native()
+    }
+
+    /// CAS unique.
+    pub fn cas(&self) -> u64 {
+        self.put().cas.to_native()
+    }
+
+    /// Absolute expiry in unix seconds, 0 never.
+    pub fn expiry(&self) -> u32 {
+        self.expiry
+    }
+
+    /// LSN of the record holding the value: the caller should not show an item to a client
+    /// before this LSN is durable.
+    pub fn lsn(&self) -> u64 {
+        self.segment.record(self.offset).lsn
+    }
+}
+
+impl<S: Storage> SegmentLookup<S::File> for Log<S> {
+    fn segment(&self, id: u32) -> Option<&Rc<Segment<S::File>>> {
+        Log::segment(self, u64::from(id))
+    }
+}
+
+/// Checks a key: 1 to 250 bytes, no whitespace or control characters.
+pub fn check_key(key: &[u8]) -> Result<(), StoreError> {
+    if key.is_empty() {
+        Err(StoreError::InvalidKey(KeyProblem::Empty))
+    } else if key.len() > KEY_LEN_MAX_BYTES {
+        Err(StoreError::InvalidKey(KeyProblem::TooLong))
+    } else if key.iter().any(|&b| b <= b' ' || b == 0x7f) {
+        Err(StoreError::InvalidKey(KeyProblem::BadByte))
+    } else {
+        Ok(())
+    }
+}
+
+/// Parses a stored value as memcached's incr/decr does: decimal digits, optionally followed
+/// by spaces (memcached pads values it shortened in place), fitting in a u64.
+fn parse_counter(value: &[u8]) -> Option<u64> {
+    let end = value.iter().rposition(|&b| b != b' ').map_or(0, |i| i + 1);
+    let digits = &value[..end];
+    if digits.is_empty() || digits.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &d in digits {
+        n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+    }
+    Some(n)
+}
+
+/// Formats `n` in decimal into `buf`, returning the digits.
+fn format_counter(n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+/// The state that replay and live operations both change, with the index.
+struct State {
+    index: Index,
+    flush: FlushState,
+}
+
+impl State {
+    /// Marks the records of an entry that is replaced or removed as dead.
+    fn retire_entry<F: crate::storage::SegmentFile>(
+        segments: &impl SegmentLookup<F>,
+        entry: &Entry,
+        key_len: usize,
+    ) {
+        if let Some(segment) = segments.segment(entry.segment) {
+            segment.sub_live(segment.record(entry.offset()).total_len);
+        }
+        if entry.touch_segment != 0 {
+            if let Some(segment) = segments.segment(entry.touch_segment) {
+                segment.sub_live(touch_record_len(key_len));
+            }
+        }
+    }
+
+    /// A put record at (`segment`, `offset`) becomes the key's item.
+    fn apply_put<F: crate::storage::SegmentFile>(
+        &mut self,
+        segments: &impl SegmentLookup<F>,
+        segment: &Segment<F>,
+        offset: usize,
+        record_len: usize,
+        key: &[u8],
+        expiry: u32,
+    ) {
+        let hash = self.index.hash(key);
+        let id = segment.id32();
+        let previous = self.index.get(segments, hash, key);
+        let since = previous.map_or(id, |p| p.since.min(id));
+        let entry = Entry {
+            segment: id,
+            offset_div: Entry::offset_div(offset),
+            expiry,
+            since,
+            touch_segment: 0,
+        };
+        if let Some(previous) = &previous {
+            Self::retire_entry(segments, previous, key.len());
+        }
+        segment.add_live(record_len);
+        segment.note_expiry(expiry);
+        self.index.insert(segments, hash, key, entry);
+    }
+
+    /// A tombstone for `key` at `segment`.
+    fn apply_delete<F: crate::storage::SegmentFile>(
+        &mut self,
+        segments: &impl SegmentLookup<F>,
+        segment: &Segment<F>,
+        record_len: usize,
+        key: &[u8],
+    ) {
+        let hash = self.index.hash(key);
+        if let Some(previous) = self.index.remove(segments, hash, key) {
+            Self::retire_entry(segments, &previous, key.len());
+        }
+        // Tombstones count as live: compaction decides whether they are still needed.
+        segment.add_live(record_len);
+    }
+
+    /// A touch record for `key`'s item with CAS `cas`.
+    fn apply_touch<F: crate::storage::SegmentFile>(
+        &mut self,
+        segments: &impl SegmentLookup<F>,
+        segment: &Segment<F>,
+        record_len: usize,
+        key: &[u8],
+        cas: u64,
+        expiry: u32,
+    ) {
+        let hash = self.index.hash(key);
+        let Some(entry) = self.index.get(segments, hash, key) else {
+            return;
+        };
+        if put_of(segments, &entry).cas.to_native() != cas {
+            return;
+        }
+        debug_assert_eq!(record_len, touch_record_len(key.len()));
+        if entry.touch_segment != 0 {
+            if let Some(old) = segments.segment(entry.touch_segment) {
+                old.sub_live(touch_record_len(key.len()));
+            }
+        }
+        if let Some(put_segment) = segments.segment(entry.segment) {
+            put_segment.note_expiry(expiry);
+        }
+        segment.add_live(record_len);
+        let id = segment.id32();
+        self.index.update(segments, hash, key, |e| {
+            e.expiry = expiry;
+            e.touch_segment = id;
+        });
+    }
+
+    /// A flush record with LSN `lsn`.
+    fn apply_flush<F: crate::storage::SegmentFile>(
+        &mut self,
+        segment: &Segment<F>,
+        record_len: usize,
+        lsn: u64,
+        boundary_lsn: u64,
+        at: u32,
+    ) {
+        segment.add_live(record_len);
+        if boundary_lsn == 0 {
+            self.flush.pending = Some(PendingFlush { at, lsn });
+        } else {
+            self.flush.flushed_below = self.flush.flushed_below.max(boundary_lsn);
+            if self.flush.pending.is_some_and(|p| boundary_lsn > p.lsn) {
+                self.flush.pending = None;
+            }
+        }
+    }
+
+    /// Replays one recovered record.
+    fn replay<F: crate::storage::SegmentFile>(
+        &mut self,
+        segments: &impl SegmentLookup<F>,
+        segment: &Segment<F>,
+        offset: usize,
+        record: RecordRef<'_>,
+    ) {
+        // SAFETY: recovery validated the record before handing it over.
+        match unsafe { record.body_unchecked() } {
+            Body::Put(put) => self.apply_put(
+                segments,
+                segment,
+                offset,
+                record.total_len,
+                put.key.as_ref(),
+                put.expiry.to_native(),
+            ),
+            Body::Delete(delete) => {
+                self.apply_delete(segments, segment, record.total_len, delete.key.as_ref());
+            }
+            Body::Touch(touch) => self.apply_touch(
+                segments,
+                segment,
+                record.total_len,
+                touch.key.as_ref(),
+                touch.cas.to_native(),
+                touch.expiry.to_native(),
+            ),
+            Body::Flush(flush) => self.apply_flush(
+                segment,
+                record.total_len,
+                record.lsn,
+                flush.boundary_lsn.to_native(),
+                flush.at.to_native(),
+            ),
+        }
+    }
+}
+
+/// Segments seen so far during recovery, for reading keys before the log exists.
+struct ReplaySegments<F> {
+    segments: Vec<Rc<Segment<F>>>,
+}
+
+impl<F> SegmentLookup<F> for ReplaySegments<F> {
+    fn segment(&self, id: u32) -> Option<&Rc<Segment<F>>> {
+        let index = self
+            .segments
+            .binary_search_by_key(&u64::from(id), |s| s.id())
+            .ok()?;
+        self.segments.get(index)
+    }
+}
+
+/// The store of one shard.
+pub struct Store<S: Storage> {
+    log: Log<S>,
+    state: State,
+    clock: Rc<dyn Clock>,
+    config: StoreConfig,
+    counters: StoreCounters,
+}
+
+impl<S: Storage> std::fmt::Debug for Store<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("log", &self.log)
+            .field("items", &self.state.index.len())
+            .field("flush", &self.state.flush)
+            .finish()
+    }
+}
+
+impl<S: Storage> Store<S> {
+    /// Opens the store in `storage`: recovers the log under `policy` and rebuilds the index.
+    pub async fn open(
+        storage: S,
+        config: StoreConfig,
+        clock: Rc<dyn Clock>,
+        policy: RecoveryPolicy,
+    ) -> Result<(Self, RecoveryReport), WalError> {
+        config.validate()?;
+        let mut state = State {
+            index: Index::new(),
+            flush: FlushState::default(),
+        };
+        let mut seen = ReplaySegments {
+            segments: Vec::new(),
+        };
+        let mut visit = |segment: &Rc<Segment<S::File>>, offset: usize, record: RecordRef<'_>| {
+            if seen.segments.last().is_none_or(|last| last.id() != segment.id()) {
+                seen.segments.push(Rc::clone(segment));
+            }
+            state.replay(&seen, segment, offset, record);
+        };
+        let (log, report) = Log::open(storage, config.log, policy, &mut visit).await?;
+        drop(seen);
+        Ok((
+            Self {
+                log,
+                state,
+                clock,
+                config,
+                counters: StoreCounters::default(),
+            },
+            report,
+        ))
+    }
+
+    /// The log.
+    pub fn log(&self) -> &Log<S> {
+        &self.log
+    }
+
+    /// Group commit, to wait for durability without holding the store.
+    pub fn commit(&self) -> Rc<GroupCommit<S>> {
+        Rc::clone(self.log.commit())
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// Counters.
+    pub fn counters(&self) -> StoreCounters {
+        self.counters
+    }
+
+    /// Keys in the index (including expired and flushed items not yet reclaimed).
+    pub fn index_len(&self) -> usize {
+        self.state.index.len()
+    }
+
+    /// Bytes the index table occupies.
+    pub fn index_bytes(&self) -> usize {
+        self.state.index.allocation_bytes()
+    }
+
+    /// The time now, from the store's clock.
+    pub fn now_secs(&self) -> u32 {
+        self.clock.now_secs()
+    }
+
+    /// Whether an entry is a live item now.
+    fn is_live(&self, entry: &Entry, now: u32) -> bool {
+        !is_expired(entry.expiry, now)
+            && put_of(&self.log, entry).cas.to_native() >= self.state.flush.flushed_below
+    }
+
+    /// The live entry for `key`.
+    fn live_entry(&self, hash: u64, key: &[u8], now: u32) -> Option<Entry> {
+        self.state
+            .index
+            .get(&self.log, hash, key)
+            .filter(|e| self.is_live(e, now))
+    }
+
+    fn item(&self, entry: &Entry) -> Item<S::File> {
+        let Some(segment) = self.log.segment(u64::from(entry.segment)) else {
+            panic!("index entry points to missing segment {}", entry.segment);
+        };
+        Item {
+            segment: Rc::clone(segment),
+            offset: entry.offset(),
+            expiry: entry.expiry,
+        }
+    }
+
+    /// Brings a delayed flush into effect once its time has come. Writing its record may
+    /// fail (full, failed disk); the flush then holds in memory, which is still right after a
+    /// restart: no item can be stored without a record after it.
+    fn tick(&mut self, now: u32) {
+        let Some(pending) = self.state.flush.pending else {
+            return;
+        };
+        if now < pending.at {
+            return;
+        }
+        let boundary = self.log.next_lsn();
+        let body = Flush {
+            boundary_lsn: boundary,
+            at: pending.at,
+        };
+        match self.log.append(&body, small_record_len_max(0), AppendClass::Compaction) {
+            Ok(appended) => self.after_flush_append(&appended, boundary, pending.at),
+            Err(error) => {
+                tracing::warn!(%error, "could not log a delayed flush_all coming into effect");
+                self.state.flush.flushed_below = boundary;
+                self.state.flush.pending = None;
+            }
+        }
+    }
+
+    fn after_flush_append(&mut self, appended: &Appended, boundary: u64, at: u32) {
+        let segment = Rc::clone(self.appended_segment(appended));
+        self.state
+            .apply_flush(&segment, appended.len, appended.lsn, boundary, at);
+    }
+
+    fn appended_segment(&self, appended: &Appended) -> &Rc<Segment<S::File>> {
+        match self.log.segment(appended.segment) {
+            Some(segment) => segment,
+            None => panic!("segment {} just appended to is gone", appended.segment),
+        }
+    }
+
+    /// Makes sure a record of up to `len_max` bytes can be appended by a client: if the tail
+    /// is too full and no new segment fits, evicts (temporary-swap-only) or refuses.
+    fn make_room(&mut self, len_max: usize) -> Result<(), StoreError> {
+        let tail = self.log.tail();
+        if !tail.is_sealed() && tail.free_bytes() >= len_max {
+            return Ok(());
+        }
+        while !self.log.has_room_for_segment(AppendClass::Client) {
+            let full = WalError::Full {
+                capacity_bytes: self.config.log.capacity_bytes,
+                used_bytes: self.log.used_bytes(),
+            };
+            match self.config.when_full {
+                WhenFull::Refuse => return Err(full.into()),
+                WhenFull::EvictOldest => {
+                    if !self.evict_oldest()? {
+                        return Err(full.into());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a put record for `key` and makes it the key's item.
+    #[expect(clippy::too_many_arguments, reason = "one record's fields, named at call sites")]
+    fn write_put(
+        &mut self,
+        key: &[u8],
+        value: ValueParts<'_>,
+        flags: u32,
+        expiry: u32,
+        cas: Option<u64>,
+        class: AppendClass,
+        previous: Option<Entry>,
+    ) -> Result<Written, WalError> {
+        let lsn = self.log.next_lsn();
+        let cas = cas.unwrap_or(lsn);
+        let body = Put {
+            key,
+            value,
+            flags,
+            expiry,
+            cas,
+        };
+        let appended = self
+            .log
+            .append(&body, put_record_len_max(key.len(), value.len()), class)?;
+        assert_eq!(appended.lsn, lsn);
+        let segment = Rc::clone(self.appended_segment(&appended));
+        debug_assert_eq!(
+            previous,
+            self.state.index.get(&self.log, self.state.index.hash(key), key)
+        );
+        self.state.apply_put(
+            &self.log,
+            &segment,
+            appended.offset,
+            appended.len,
+            key,
+            expiry,
+        );
+        Ok(Written { lsn, cas })
+    }
+
+    /// memcached's set, add, replace, append, prepend and cas. `exptime` is memcached's
+    /// (relative up to 30 days, else unix time; negative: already expired); it is ignored by
+    /// append and prepend, which keep the item's flags and expiry.
+    pub fn set(
+        &mut self,
+        mode: SetMode,
+        key: &[u8],
+        value: &[u8],
+        flags: u32,
+        exptime: i64,
+    ) -> Result<StoreOutcome, StoreError> {
+        check_key(key)?;
+        let now = self.clock.now_secs();
+        self.tick(now);
+        let item_max = self.config.item_size_max_bytes;
+        if value.len() > item_max {
+            return Err(StoreError::TooLarge {
+                len_bytes: value.len(),
+                max_bytes: item_max,
+            });
+        }
+        let hash = self.state.index.hash(key);
+        let previous = self.state.index.get(&self.log, hash, key);
+        let live = previous.filter(|e| self.is_live(e, now));
+        let (stored_len, flags, expiry) = match mode {
+            SetMode::Set => (value.len(), flags, expiry_from_exptime(exptime, now)),
+            SetMode::Add if live.is_some() => return Ok(StoreOutcome::NotStored),
+            SetMode::Add => (value.len(), flags, expiry_from_exptime(exptime, now)),
+            SetMode::Replace if live.is_none() => return Ok(StoreOutcome::NotStored),
+            SetMode::Replace => (value.len(), flags, expiry_from_exptime(exptime, now)),
+            SetMode::Cas(cas) => match &live {
+                None => return Ok(StoreOutcome::NotFound),
+                Some(e) if put_of(&self.log, e).cas.to_native() != cas => {
+                    return Ok(StoreOutcome::Exists);
+                }
+                Some(_) => (value.len(), flags, expiry_from_exptime(exptime, now)),
+            },
+            SetMode::Append | SetMode::Prepend => match &live {
+                None => return Ok(StoreOutcome::NotStored),
+                Some(e) => {
+                    let put = put_of(&self.log, e);
+                    (put.value.len() + value.len(), put.flags.to_native(), e.expiry)
+                }
+            },
+        };
+        if stored_len > item_max {
+            return Err(StoreError::TooLarge {
+                len_bytes: stored_len,
+                max_bytes: item_max,
+            });
+        }
+        self.make_room(put_record_len_max(key.len(), stored_len))?;
+        // make_room may have evicted the key's segment: look again.
+        let previous = self.state.index.get(&self.log, hash, key);
+        let written = match mode {
+            SetMode::Append | SetMode::Prepend => {
+                let Some(entry) = previous else {
+                    return Ok(StoreOutcome::NotStored);
+                };
+                // Keep the old value's segment alive while the new record is written; the
+                // new record goes to the tail, after every byte of the old one.
+                let old_item = self.item(&entry);
+                let old = old_item.value();
+                let parts = if mode == SetMode::Append {
+                    ValueParts::concat(old, value)
+                } else {
+                    ValueParts::concat(value, old)
+                };
+                self.write_put(key, parts, flags, expiry, None, AppendClass::Client, previous)?
+            }
+            _ => self.write_put(
+                key,
+                ValueParts::whole(value),
+                flags,
+                expiry,
+                None,
+                AppendClass::Client,
+                previous,
+            )?,
+        };
+        Ok(StoreOutcome::Stored(written))
+    }
+
+    /// memcached's get/gets: the live item for `key`.
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<Item<S::File>>, StoreError> {
+        check_key(key)?;
+        let now = self.clock.now_secs();
+        self.tick(now);
+        let hash = self.state.index.hash(key);
+        Ok(self.live_entry(hash, key, now).map(|e| self.item(&e)))
+    }
+
+    /// memcached's delete.
+    pub fn delete(&mut self, key: &[u8]) -> Result<Changed, StoreError> {
+        check_key(key)?;
+        let now = self.clock.now_secs();
+        self.tick(now);
+        let hash = self.state.index.hash(key);
+        if self.live_entry(hash, key, now).is_none() {
+            return Ok(None);
+        }
+        self.make_room(small_record_len_max(key.len()))?;
+        let Some(entry) = self.live_entry(hash, key, now) else {
+            return Ok(None);
+        };
+        let body = Delete {
+            key,
+            since_segment: entry.since,
+        };
+        let appended =
+            self.log
+                .append(&body, small_record_len_max(key.len()), AppendClass::Client)?;
+        let segment = Rc::clone(self.appended_segment(&appended));
+        self.state
+            .apply_delete(&self.log, &segment, appended.len, key);
+        Ok(Some(Written {
+            lsn: appended.lsn,
+            cas: appended.lsn,
+        }))
+    }
+
+    /// memcached's touch: a new expiry for the live item, keeping its CAS.
+    pub fn touch(&mut self, key: &[u8], exptime: i64) -> Result<Changed, StoreError> {
+        check_key(key)?;
+        let now = self.clock.now_secs();
+        self.tick(now);
+        let hash = self.state.index.hash(key);
+        if self.live_entry(hash, key, now).is_none() {
+            return Ok(None);
+        }
+        self.make_room(touch_record_len(key.len()))?;
+        let Some(entry) = self.live_entry(hash, key, now) else {
+            return Ok(None);
+        };
+        let cas = put_of(&self.log, &entry).cas.to_native();
+        let expiry = expiry_from_exptime(exptime, now);
+        let body = Touch { key, cas, expiry };
+        let appended = self
+            .log
+            .append(&body, touch_record_len(key.len()), AppendClass::Client)?;
+        assert_eq!(appended.len, touch_record_len(key.len()));
+        let segment = Rc::clone(self.appended_segment(&appended));
+        self.state
+            .apply_touch(&self.log, &segment, appended.len, key, cas, expiry);
+        Ok(Some(Written {
+            lsn: appended.lsn,
+            cas,
+        }))
+    }
+
+    /// memcached's gat/gats: touch, then get. One record.
+    pub fn get_and_touch(
+        &mut self,
+        key: &[u8],
+        exptime: i64,
+    ) -> Result<Option<(Item<S::File>, Written)>, StoreError> {
+        let Some(written) = self.touch(key, exptime)? else {
+            return Ok(None);
+        };
+        let hash = self.state.index.hash(key);
+        let now = self.clock.now_secs();
+        // A touch to an expiry in the past leaves no live item to return.
+        Ok(self
+            .live_entry(hash, key, now)
+            .map(|e| (self.item(&e), written)))
+    }
+
+    /// memcached's incr/decr on a decimal value: returns the new value.
+    pub fn delta(&mut self, key: &[u8], delta: Delta) -> Result<Option<(u64, Written)>, StoreError> {
+        check_key(key)?;
+        let now = self.clock.now_secs();
+        self.tick(now);
+        let hash = self.state.index.hash(key);
+        let Some(entry) = self.live_entry(hash, key, now) else {
+            return Ok(None);
+        };
+        let put = put_of(&self.log, &entry);
+        let current = parse_counter(put.value.as_ref()).ok_or(StoreError::NonNumeric)?;
+        let flags = put.flags.to_native();
+        let new = match delta {
+            Delta::Incr(n) => current.wrapping_add(n),
+            Delta::Decr(n) => current.saturating_sub(n),
+        };
+        let mut buf = [0u8; 20];
+        let digits = format_counter(new, &mut buf);
+        self.make_room(put_record_len_max(key.len(), digits.len()))?;
+        let Some(entry) = self.live_entry(hash, key, now) else {
+            return Ok(None);
+        };
+        let written = self.write_put(
+            key,
+            ValueParts::whole(digits),
+            flags,
+            entry.expiry,
+            None,
+            AppendClass::Client,
+            Some(entry),
+        )?;
+        Ok(Some((new, written)))
+    }
+
+    /// memcached's flush_all: with `delay` 0 (or negative) every item is invalid at once;
+    /// otherwise (memcached exptime rules) at that time, and every item stored before then.
+    pub fn flush_all(&mut self, delay: i64) -> Result<Written, StoreError> {
+        let now = self.clock.now_secs();
+        self.tick(now);
+        let at = if delay <= 0 {
+            now
+        } else {
+            expiry_from_exptime(delay, now)
+        };
+        self.make_room(small_record_len_max(0))?;
+        let lsn = self.log.next_lsn();
+        let immediate = at <= now;
+        let body = Flush {
+            boundary_lsn: if immediate { lsn } else { 0 },
+            at,
+        };
+        let appended = self
+            .log
+            .append(&body, small_record_len_max(0), AppendClass::Client)?;
+        self.after_flush_append(&appended, body.boundary_lsn, at);
+        Ok(Written { lsn, cas: lsn })
+    }
+
+    /// Calls `f` with every live item (for tests, checks and tools; slow: reads every record).
+    pub fn for_each_live(&self, mut f: impl FnMut(&Item<S::File>)) {
+        let now = self.clock.now_secs();
+        for entry in self.state.index.iter() {
+            if self.is_live(entry, now) {
+                f(&self.item(entry));
+            }
+        }
+    }
+
+    /// Checks the accounting invariants (for tests): every entry points at a put of its key,
+    /// and no segment has less live data than its index entries point at.
+    pub fn check_invariants(&self) {
+        use std::collections::HashMap;
+        let mut put_bytes: HashMap<u64, u64> = HashMap::new();
+        for entry in self.state.index.iter() {
+            let Some(segment) = self.log.segment(u64::from(entry.segment)) else {
+                panic!("entry points at missing segment {}", entry.segment);
+            };
+            let record = segment.record(entry.offset());
+            assert_eq!(record.kind, RecordKind::Put);
+            *put_bytes.entry(segment.id()).or_default() += record.total_len as u64;
+            assert!(entry.since <= entry.segment, "since after the put's segment");
+        }
+        for segment in self.log.segments() {
+            let puts = put_bytes.get(&segment.id()).copied().unwrap_or(0);
+            assert!(
+                segment.live_bytes() >= puts,
+                "segment {} counts {} live bytes, its items alone take {puts}",
+                segment.id(),
+                segment.live_bytes()
+            );
+        }
+    }
+}
