@@ -386,3 +386,148 @@ pub fn check_payload(kind: RecordKind, payload: &[u8]) -> bool {
         RecordKind::Flush => check_as::<ArchivedFlush>(payload),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{Delete, Flush, Put, Touch, ValueParts};
+
+    /// A 16-aligned scratch buffer.
+    fn aligned(len: usize) -> Vec<u128> {
+        vec![0u128; len.div_ceil(16)]
+    }
+
+    fn bytes_mut(buf: &mut [u128]) -> &mut [u8] {
+        // SAFETY: u128 has no invalid bit patterns and u8 has alignment 1.
+        unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u8>(), buf.len() * 16) }
+    }
+
+    #[test]
+    fn put_layout_and_bounds() {
+        for key_len in [1usize, 7, 8, 9, 250] {
+            for value_len in [0usize, 1, 15, 16, 17, 100, 4096] {
+                let key = vec![b'k'; key_len];
+                let value = vec![b'v'; value_len];
+                let mut buf = aligned(8192);
+                let dst = bytes_mut(&mut buf);
+                let body = Put {
+                    key: &key,
+                    value: ValueParts::whole(&value),
+                    flags: 7,
+                    expiry: 9,
+                    cas: 11,
+                };
+                let len = write_record(dst, 42, &body).expect("fits");
+                // key, value, padding to 8, 32-byte root (FORMAT.md).
+                let payload_len = (key_len + value_len).div_ceil(8) * 8 + 32;
+                assert_eq!(len, record_len(payload_len), "key {key_len} value {value_len}");
+                assert!(len <= put_record_len_max(key_len, value_len));
+                let RecordCheck::Valid(record) = check_record(dst, 0) else {
+                    panic!("written record does not check");
+                };
+                assert_eq!(record.lsn, 42);
+                assert_eq!(record.total_len, len);
+                // SAFETY: just checked.
+                let Body::Put(put) = (unsafe { record.body_unchecked() }) else {
+                    panic!("not a put");
+                };
+                assert_eq!(put.key.as_ref(), &key[..]);
+                assert_eq!(put.value.as_ref(), &value[..]);
+                assert_eq!(put.flags.to_native(), 7);
+                assert_eq!(put.cas.to_native(), 11);
+                // The next header is zero: the end.
+                assert!(matches!(check_record(dst, len), RecordCheck::End));
+            }
+        }
+    }
+
+    #[test]
+    fn concatenated_value_is_stored_joined() {
+        let mut buf = aligned(1024);
+        let dst = bytes_mut(&mut buf);
+        let body = Put {
+            key: b"k",
+            value: ValueParts::concat(b"hello ", b"world"),
+            flags: 0,
+            expiry: 0,
+            cas: 1,
+        };
+        write_record(dst, 1, &body).expect("fits");
+        let RecordCheck::Valid(record) = check_record(dst, 0) else {
+            panic!("invalid");
+        };
+        // SAFETY: just checked.
+        let Body::Put(put) = (unsafe { record.body_unchecked() }) else {
+            panic!("not a put");
+        };
+        assert_eq!(put.value.as_ref(), b"hello world");
+    }
+
+    #[test]
+    fn small_record_bounds_hold() {
+        for key_len in [1usize, 5, 8, 64, 250] {
+            let key = vec![b'k'; key_len];
+            let mut buf = aligned(1024);
+            let dst = bytes_mut(&mut buf);
+            let touch = Touch {
+                key: &key,
+                cas: 1,
+                expiry: 2,
+            };
+            assert_eq!(write_record(dst, 1, &touch), Some(touch_record_len(key_len)));
+            let delete = Delete {
+                key: &key,
+                since_segment: 3,
+            };
+            let len = write_record(dst, 1, &delete).expect("fits");
+            assert!(len <= small_record_len_max(key_len));
+        }
+        let mut buf = aligned(1024);
+        let flush = Flush {
+            boundary_lsn: 5,
+            at: 6,
+        };
+        let len = write_record(bytes_mut(&mut buf), 1, &flush).expect("fits");
+        assert!(len <= small_record_len_max(0));
+    }
+
+    #[test]
+    fn every_flipped_bit_of_a_record_is_caught() {
+        let mut buf = aligned(1024);
+        let dst = bytes_mut(&mut buf);
+        let body = Put {
+            key: b"some-key",
+            value: ValueParts::whole(b"some value bytes"),
+            flags: 3,
+            expiry: 0,
+            cas: 99,
+        };
+        let len = write_record(dst, 5, &body).expect("fits");
+        let payload_len = u32_at(dst, RECORD_LEN_OFFSET) as usize;
+        let covered = RECORD_HEADER_LEN_BYTES + payload_len;
+        let original = dst[..len].to_vec();
+        for bit in 0..covered * 8 {
+            dst[..len].copy_from_slice(&original);
+            dst[bit / 8] ^= 1 << (bit % 8);
+            assert!(
+                matches!(check_record(dst, 0), RecordCheck::Invalid(_)),
+                "flip of bit {bit} not caught"
+            );
+        }
+    }
+
+    #[test]
+    fn a_record_too_large_for_its_space_is_refused() {
+        let mut buf = aligned(256);
+        let dst = bytes_mut(&mut buf);
+        let value = [0u8; 300];
+        let body = Put {
+            key: b"k",
+            value: ValueParts::whole(&value),
+            flags: 0,
+            expiry: 0,
+            cas: 1,
+        };
+        assert_eq!(write_record(dst, 1, &body), None);
+    }
+}
