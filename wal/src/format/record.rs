@@ -112,7 +112,11 @@ const fn align8(n: usize) -> usize {
 /// Writes a whole record — header, payload, padding — at the start of `dst`, which must be
 /// 16-aligned in memory. Returns its length, or `None` if it does not fit in `dst`.
 pub fn write_record<T: RecordBody>(dst: &mut [u8], lsn: u64, body: &T) -> Option<usize> {
-    debug_assert_eq!(dst.as_ptr() as usize % RECORD_ALIGN_BYTES, 0, "record not aligned");
+    debug_assert_eq!(
+        dst.as_ptr() as usize % RECORD_ALIGN_BYTES,
+        0,
+        "record not aligned"
+    );
     if dst.len() < RECORD_HEADER_LEN_BYTES {
         return None;
     }
@@ -420,7 +424,11 @@ mod tests {
                 let len = write_record(dst, 42, &body).expect("fits");
                 // key, value, padding to 8, 32-byte root (FORMAT.md).
                 let payload_len = (key_len + value_len).div_ceil(8) * 8 + 32;
-                assert_eq!(len, record_len(payload_len), "key {key_len} value {value_len}");
+                assert_eq!(
+                    len,
+                    record_len(payload_len),
+                    "key {key_len} value {value_len}"
+                );
                 assert!(len <= put_record_len_max(key_len, value_len));
                 let RecordCheck::Valid(record) = check_record(dst, 0) else {
                     panic!("written record does not check");
@@ -474,7 +482,10 @@ mod tests {
                 cas: 1,
                 expiry: 2,
             };
-            assert_eq!(write_record(dst, 1, &touch), Some(touch_record_len(key_len)));
+            assert_eq!(
+                write_record(dst, 1, &touch),
+                Some(touch_record_len(key_len))
+            );
             let delete = Delete {
                 key: &key,
                 since_segment: 3,

@@ -128,12 +128,18 @@ mod tests {
             first_lsn: 12345,
         };
         let bytes = header.encode();
-        assert_eq!(SegmentHeader::check(&bytes), SegmentHeaderCheck::Valid(header));
+        assert_eq!(
+            SegmentHeader::check(&bytes),
+            SegmentHeaderCheck::Valid(header)
+        );
         for bit in 0..SEGMENT_HEADER_LEN_BYTES * 8 {
             let mut flipped = bytes;
             flipped[bit / 8] ^= 1 << (bit % 8);
             assert!(
-                matches!(SegmentHeader::check(&flipped), SegmentHeaderCheck::Invalid(_)),
+                matches!(
+                    SegmentHeader::check(&flipped),
+                    SegmentHeaderCheck::Invalid(_)
+                ),
                 "bit {bit} flip not detected"
             );
         }

@@ -127,7 +127,11 @@ impl<S: Storage> GroupCommit<S> {
     /// Notes that `lsn` was appended into `segment`.
     pub(crate) fn note_append(&self, lsn: u64, segment: &Rc<Segment<S::File>>) {
         let mut st = self.state.borrow_mut();
-        assert!(lsn > st.appended_lsn, "LSN {lsn} appended after {}", st.appended_lsn);
+        assert!(
+            lsn > st.appended_lsn,
+            "LSN {lsn} appended after {}",
+            st.appended_lsn
+        );
         st.appended_lsn = lsn;
         if self.durability == Durability::Fsync {
             Self::mark_dirty(&mut st, segment);
@@ -149,7 +153,10 @@ impl<S: Storage> GroupCommit<S> {
         match st.dirty.last() {
             Some(last) if last.id() == segment.id() => {}
             Some(last) => {
-                assert!(last.id() < segment.id(), "segments become dirty in id order");
+                assert!(
+                    last.id() < segment.id(),
+                    "segments become dirty in id order"
+                );
                 st.dirty.push(Rc::clone(segment));
             }
             None => st.dirty.push(Rc::clone(segment)),
@@ -261,22 +268,21 @@ impl<S: Storage> GroupCommit<S> {
                 segment.write_header();
             }
             self.syncs_issued.set(self.syncs_issued.get() + 1);
-            segment
-                .file()
-                .sync()
-                .await
-                .map_err(|source| WalError::Io {
-                    op: "fdatasync segment",
-                    path: self.storage.segment_path(segment.id()),
-                    source,
-                })?;
+            segment.file().sync().await.map_err(|source| WalError::Io {
+                op: "fdatasync segment",
+                path: self.storage.segment_path(segment.id()),
+                source,
+            })?;
         }
         Ok(())
     }
 }
 
 /// Makes sure a segment created with a pending header gets it even in a log that never syncs.
-pub(crate) fn write_header_if_unsynced<F: SegmentFile>(durability: Durability, segment: &Segment<F>) {
+pub(crate) fn write_header_if_unsynced<F: SegmentFile>(
+    durability: Durability,
+    segment: &Segment<F>,
+) {
     if durability == Durability::None && segment.header_pending() {
         segment.write_header();
     }

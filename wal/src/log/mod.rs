@@ -346,7 +346,8 @@ impl<S: Storage> Log<S> {
         }
         let lsn = self.next_lsn;
         let tail = Rc::clone(self.tail());
-        let Some(offset) = tail.append_with(lsn, |dst| write_record(&mut dst[..len_max], lsn, body))
+        let Some(offset) =
+            tail.append_with(lsn, |dst| write_record(&mut dst[..len_max], lsn, body))
         else {
             // The bound given was wrong: a bug, but not one worth losing the shard over.
             panic!("record larger than its bound {len_max}");
@@ -356,7 +357,8 @@ impl<S: Storage> Log<S> {
         self.next_lsn += 1;
         self.commit.note_append(lsn, &tail);
         self.records_appended.set(self.records_appended.get() + 1);
-        self.bytes_appended.set(self.bytes_appended.get() + len as u64);
+        self.bytes_appended
+            .set(self.bytes_appended.get() + len as u64);
         Ok(Appended {
             lsn,
             segment: tail.id(),

@@ -18,7 +18,9 @@
 
 use crate::constants::{PAGE_SIZE_BYTES, SEGMENT_HEADER_LEN_BYTES};
 use crate::error::WalError;
-use crate::format::{InvalidRecord, RecordCheck, RecordRef, SegmentHeader, SegmentHeaderCheck, check_record};
+use crate::format::{
+    InvalidRecord, RecordCheck, RecordRef, SegmentHeader, SegmentHeaderCheck, check_record,
+};
 use crate::log::segment::Segment;
 use crate::storage::{SegmentFile as _, SegmentId, Storage};
 use std::rc::Rc;
@@ -143,9 +145,7 @@ pub(crate) async fn recover<S: Storage>(
     let mut never_activated = Vec::new();
     for (id, file) in files {
         // SAFETY: the mapping is `len` bytes and nothing writes it during recovery.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(file.as_mut_ptr(), file.len())
-        };
+        let bytes = unsafe { std::slice::from_raw_parts(file.as_mut_ptr(), file.len()) };
         match SegmentHeader::check(bytes) {
             SegmentHeaderCheck::Zero => never_activated.push((id, file)),
             SegmentHeaderCheck::Invalid(reason) => {
@@ -163,7 +163,10 @@ pub(crate) async fn recover<S: Storage>(
                     return Err(corrupt(
                         id,
                         0,
-                        format!("header says segment {}, file name says {id}", header.segment_id),
+                        format!(
+                            "header says segment {}, file name says {id}",
+                            header.segment_id
+                        ),
                     ));
                 }
                 if header.size_bytes != bytes.len() as u64 {
@@ -287,11 +290,13 @@ pub(crate) async fn recover<S: Storage>(
             "cutting torn tail: records that were appended but never acknowledged"
         );
         segment.zero_tail(from, to);
-        segment
-            .file()
-            .sync()
-            .await
-            .map_err(|source| io_error("fdatasync segment after cutting its torn tail", segment.id(), source))?;
+        segment.file().sync().await.map_err(|source| {
+            io_error(
+                "fdatasync segment after cutting its torn tail",
+                segment.id(),
+                source,
+            )
+        })?;
     }
     if !never_activated.is_empty() {
         for (id, file) in never_activated {

@@ -149,7 +149,11 @@ impl<F: SegmentFile> Segment<F> {
     /// Writes the header. Called once every earlier segment is durable (or, for logs that are
     /// never synced, at creation).
     pub(crate) fn write_header(&self) {
-        assert!(self.header_pending.get(), "segment {} header written twice", self.id);
+        assert!(
+            self.header_pending.get(),
+            "segment {} header written twice",
+            self.id
+        );
         let header = SegmentHeader {
             segment_id: self.id,
             size_bytes: self.file.len() as u64,
@@ -169,7 +173,11 @@ impl<F: SegmentFile> Segment<F> {
     /// # Panics
     /// While the header is pending.
     pub fn bytes(&self) -> &[u8] {
-        assert!(!self.header_pending.get(), "segment {} header pending", self.id);
+        assert!(
+            !self.header_pending.get(),
+            "segment {} header pending",
+            self.id
+        );
         // SAFETY: `[0, written)` is inside the mapping and never written again (invariants).
         unsafe { std::slice::from_raw_parts(self.file.as_mut_ptr(), self.written.get()) }
     }
@@ -220,12 +228,19 @@ impl<F: SegmentFile> Segment<F> {
         write: impl FnOnce(&mut [u8]) -> Option<usize>,
     ) -> Option<usize> {
         assert!(!self.sealed.get(), "append to sealed segment {}", self.id);
-        assert_eq!(lsn, self.last_lsn.get() + 1, "LSNs are consecutive in a segment");
+        assert_eq!(
+            lsn,
+            self.last_lsn.get() + 1,
+            "LSNs are consecutive in a segment"
+        );
         let start = self.written.get();
         // SAFETY: `[written, len)` is inside the mapping, and no slice of it exists: slices are
         // only handed out for `[0, written)`.
         let tail = unsafe {
-            std::slice::from_raw_parts_mut(self.file.as_mut_ptr().add(start), self.file.len() - start)
+            std::slice::from_raw_parts_mut(
+                self.file.as_mut_ptr().add(start),
+                self.file.len() - start,
+            )
         };
         let used = write(tail)?;
         assert!(used > 0 && used % RECORD_ALIGN_BYTES == 0 && used <= self.file.len() - start);
@@ -260,7 +275,11 @@ impl<F: SegmentFile> Segment<F> {
 
     pub(crate) fn sub_live(&self, bytes: usize) {
         let live = self.live_bytes.get();
-        debug_assert!(live >= bytes as u64, "segment {} live bytes underflow", self.id);
+        debug_assert!(
+            live >= bytes as u64,
+            "segment {} live bytes underflow",
+            self.id
+        );
         self.live_bytes.set(live.saturating_sub(bytes as u64));
     }
 

@@ -31,13 +31,11 @@ impl FsStorage {
             path: dir.clone(),
             source,
         })?;
-        let dir_handle = Directory::open(&dir)
-            .await
-            .map_err(|e| WalError::Io {
-                op: "open shard directory",
-                path: dir.clone(),
-                source: e.into(),
-            })?;
+        let dir_handle = Directory::open(&dir).await.map_err(|e| WalError::Io {
+            op: "open shard directory",
+            path: dir.clone(),
+            source: e.into(),
+        })?;
         Ok(Self { dir, dir_handle })
     }
 }
@@ -132,7 +130,10 @@ pub struct FsSegment {
 impl FsSegment {
     fn map(file: std::fs::File, len: usize) -> io::Result<Self> {
         if len == 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "segment file is empty"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "segment file is empty",
+            ));
         }
         let map = MmapOptions::new().len(len).map_raw(&file)?;
         // SAFETY: `into_raw_fd` hands over a valid, owned descriptor; BufferedFile closes it.

@@ -103,7 +103,13 @@ mod tests {
         for (&id, name) in ids.iter().zip(&names) {
             assert_eq!(parse_segment_file_name(name), Some(id));
         }
-        for bad in ["1.seg", "00000000000000000001.seg.tmp", "0000000000000000000a.seg", "x", ""] {
+        for bad in [
+            "1.seg",
+            "00000000000000000001.seg.tmp",
+            "0000000000000000000a.seg",
+            "x",
+            "",
+        ] {
             assert_eq!(parse_segment_file_name(bad), None, "{bad}");
         }
         assert_eq!(parse_segment_file_name(&segment_file_name(0)), None);

@@ -360,7 +360,9 @@ unsafe impl SegmentFile for SimSegment {
         let number = state.syncs;
         state.syncs += 1;
         if state.fail_syncs_from.is_some_and(|n| number >= n) {
-            return Err(io::Error::from_raw_os_error(rustix::io::Errno::IO.raw_os_error()));
+            return Err(io::Error::from_raw_os_error(
+                rustix::io::Errno::IO.raw_os_error(),
+            ));
         }
         let id = self.id;
         if let Some(file) = state.files.get_mut(&id) {

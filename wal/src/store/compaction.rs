@@ -184,7 +184,10 @@ impl<S: Storage> Store<S> {
         }
         // Expired or flushed: reclaim it.
         self.counters.items_reclaimed += 1;
-        if self.log.any_segment_in(u64::from(entry.since), segment.id()) {
+        if self
+            .log
+            .any_segment_in(u64::from(entry.since), segment.id())
+        {
             let body = Delete {
                 key,
                 since_segment: entry.since,
@@ -225,9 +228,11 @@ impl<S: Storage> Store<S> {
             key,
             since_segment: since,
         };
-        let appended =
-            self.log
-                .append(&body, small_record_len_max(key.len()), AppendClass::Compaction)?;
+        let appended = self.log.append(
+            &body,
+            small_record_len_max(key.len()),
+            AppendClass::Compaction,
+        )?;
         self.appended_segment(&appended).add_live(appended.len);
         Ok(())
     }
@@ -251,11 +256,9 @@ impl<S: Storage> Store<S> {
             return Ok(());
         }
         let body = Touch { key, cas, expiry };
-        let appended = self.log.append(
-            &body,
-            touch_record_len(key.len()),
-            AppendClass::Compaction,
-        )?;
+        let appended =
+            self.log
+                .append(&body, touch_record_len(key.len()), AppendClass::Compaction)?;
         let tail = Rc::clone(self.appended_segment(&appended));
         self.state
             .apply_touch(&self.log, &tail, appended.len, key, cas, expiry);
@@ -286,9 +289,9 @@ impl<S: Storage> Store<S> {
             boundary_lsn: boundary,
             at,
         };
-        let appended =
-            self.log
-                .append(&body, small_record_len_max(0), AppendClass::Compaction)?;
+        let appended = self
+            .log
+            .append(&body, small_record_len_max(0), AppendClass::Compaction)?;
         self.after_flush_append(&appended, boundary, at);
         Ok(())
     }
@@ -348,7 +351,11 @@ impl<S: Storage> Store<S> {
         self.counters.evictions += evicted;
         self.log.unlink_segment(victim.id())?;
         self.log.forget_segment(victim.id());
-        tracing::debug!(segment = victim.id(), items = evicted, "evicted oldest segment");
+        tracing::debug!(
+            segment = victim.id(),
+            items = evicted,
+            "evicted oldest segment"
+        );
         Ok(true)
     }
 }

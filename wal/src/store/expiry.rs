@@ -101,7 +101,10 @@ mod tests {
             now + EXPTIME_RELATIVE_MAX_SECS as u32
         );
         // Larger than 30 days: absolute. In the past: expired at once.
-        assert_eq!(expiry_from_exptime(EXPTIME_RELATIVE_MAX_SECS + 1, now), EXPIRED);
+        assert_eq!(
+            expiry_from_exptime(EXPTIME_RELATIVE_MAX_SECS + 1, now),
+            EXPIRED
+        );
         assert_eq!(expiry_from_exptime(i64::from(now) + 5, now), now + 5);
         assert_eq!(expiry_from_exptime(i64::MAX, now), u32::MAX);
         assert!(is_expired(EXPIRED, now));

@@ -76,7 +76,9 @@ pub(crate) struct Index {
 
 impl std::fmt::Debug for Index {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Index").field("len", &self.table.len()).finish()
+        f.debug_struct("Index")
+            .field("len", &self.table.len())
+            .finish()
     }
 }
 

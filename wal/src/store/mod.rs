@@ -30,8 +30,8 @@ use crate::format::{
     record::small_record_len_max, record::touch_record_len,
 };
 use crate::log::{
-    AppendClass, Appended, Durability, GroupCommit, Log, LogConfig, RecoveryPolicy,
-    RecoveryReport, Segment,
+    AppendClass, Appended, Durability, GroupCommit, Log, LogConfig, RecoveryPolicy, RecoveryReport,
+    Segment,
 };
 use crate::storage::Storage;
 use expiry::{expiry_from_exptime, is_expired};
@@ -510,7 +510,11 @@ impl<S: Storage> Store<S> {
             segments: Vec::new(),
         };
         let mut visit = |segment: &Rc<Segment<S::File>>, offset: usize, record: RecordRef<'_>| {
-            if seen.segments.last().is_none_or(|last| last.id() != segment.id()) {
+            if seen
+                .segments
+                .last()
+                .is_none_or(|last| last.id() != segment.id())
+            {
                 seen.segments.push(Rc::clone(segment));
             }
             state.replay(&seen, segment, offset, record);
@@ -604,7 +608,10 @@ impl<S: Storage> Store<S> {
             boundary_lsn: boundary,
             at: pending.at,
         };
-        match self.log.append(&body, small_record_len_max(0), AppendClass::Compaction) {
+        match self
+            .log
+            .append(&body, small_record_len_max(0), AppendClass::Compaction)
+        {
             Ok(appended) => self.after_flush_append(&appended, boundary, pending.at),
             Err(error) => {
                 tracing::warn!(%error, "could not log a delayed flush_all coming into effect");
@@ -652,7 +659,10 @@ impl<S: Storage> Store<S> {
     }
 
     /// Writes a put record for `key` and makes it the key's item.
-    #[expect(clippy::too_many_arguments, reason = "one record's fields, named at call sites")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one record's fields, named at call sites"
+    )]
     fn write_put(
         &mut self,
         key: &[u8],
@@ -679,7 +689,9 @@ impl<S: Storage> Store<S> {
         let segment = Rc::clone(self.appended_segment(&appended));
         debug_assert_eq!(
             previous,
-            self.state.index.get(&self.log, self.state.index.hash(key), key)
+            self.state
+                .index
+                .get(&self.log, self.state.index.hash(key), key)
         );
         self.state.apply_put(
             &self.log,
@@ -733,7 +745,11 @@ impl<S: Storage> Store<S> {
                 None => return Ok(StoreOutcome::NotStored),
                 Some(e) => {
                     let put = put_of(&self.log, e);
-                    (put.value.len() + value.len(), put.flags.to_native(), e.expiry)
+                    (
+                        put.value.len() + value.len(),
+                        put.flags.to_native(),
+                        e.expiry,
+                    )
                 }
             },
         };
@@ -760,7 +776,15 @@ impl<S: Storage> Store<S> {
                 } else {
                     ValueParts::concat(value, old)
                 };
-                self.write_put(key, parts, flags, expiry, None, AppendClass::Client, previous)?
+                self.write_put(
+                    key,
+                    parts,
+                    flags,
+                    expiry,
+                    None,
+                    AppendClass::Client,
+                    previous,
+                )?
             }
             _ => self.write_put(
                 key,
@@ -860,7 +884,11 @@ impl<S: Storage> Store<S> {
     }
 
     /// memcached's incr/decr on a decimal value: returns the new value.
-    pub fn delta(&mut self, key: &[u8], delta: Delta) -> Result<Option<(u64, Written)>, StoreError> {
+    pub fn delta(
+        &mut self,
+        key: &[u8],
+        delta: Delta,
+    ) -> Result<Option<(u64, Written)>, StoreError> {
         check_key(key)?;
         let now = self.clock.now_secs();
         self.tick(now);
@@ -939,7 +967,10 @@ impl<S: Storage> Store<S> {
             let record = segment.record(entry.offset());
             assert_eq!(record.kind, RecordKind::Put);
             *put_bytes.entry(segment.id()).or_default() += record.total_len as u64;
-            assert!(entry.since <= entry.segment, "since after the put's segment");
+            assert!(
+                entry.since <= entry.segment,
+                "since after the put's segment"
+            );
         }
         for segment in self.log.segments() {
             let puts = put_bytes.get(&segment.id()).copied().unwrap_or(0);
