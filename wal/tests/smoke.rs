@@ -15,7 +15,9 @@ fn set_get_reopen() {
         for i in 0..2000u32 {
             let key = format!("key-{}", i % 300);
             let value = format!("value-{i}-{}", "x".repeat((i % 50) as usize));
-            let out = store.set(SetMode::Set, key.as_bytes(), value.as_bytes(), i, 0).unwrap();
+            let out = store
+                .set(SetMode::Set, key.as_bytes(), value.as_bytes(), i, 0)
+                .unwrap();
             assert!(matches!(out, StoreOutcome::Stored(_)));
         }
         sync_all(&store).await;

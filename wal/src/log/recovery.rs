@@ -189,6 +189,8 @@ pub(crate) async fn recover<S: Storage>(
     let mut segments: Vec<Rc<Segment<S::File>>> = Vec::with_capacity(activated.len());
     let newest_index = activated.len().checked_sub(1);
     let mut last_lsn = 0u64;
+    // The previous segment: its id and the end of its records.
+    let mut previous: Option<(SegmentId, usize)> = None;
     let mut torn: Option<(Rc<Segment<S::File>>, usize, usize)> = None;
     for (index, (header, file)) in activated.into_iter().enumerate() {
         let id = header.segment_id;
@@ -202,6 +204,22 @@ pub(crate) async fn recover<S: Storage>(
                     header.first_lsn
                 ),
             ));
+        }
+        // LSNs are consecutive across the whole log when written; only removed segments leave
+        // gaps. Between neighbours, a gap means records lost at the end of the older one (a
+        // zeroed tail there would otherwise look like a clean end).
+        if let Some((previous_id, previous_end)) = previous {
+            if previous_id + 1 == id && header.first_lsn != last_lsn + 1 {
+                return Err(corrupt(
+                    previous_id,
+                    previous_end,
+                    format!(
+                        "records end at LSN {last_lsn} but the next segment starts at LSN {}: \
+                         records at the end of this segment are missing",
+                        header.first_lsn
+                    ),
+                ));
+            }
         }
         let segment = Rc::new(Segment::new(
             id,
@@ -269,6 +287,7 @@ pub(crate) async fn recover<S: Storage>(
             // An invalid record whose bytes are all zero cannot happen (a zero header is End).
             unreachable!("invalid record ({reason}) made of zero bytes in segment {id}");
         }
+        previous = Some((id, offset));
         segments.push(segment);
     }
 
