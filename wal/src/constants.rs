@@ -81,13 +81,13 @@ pub const COMPACTION_BYTES_PER_SEC_DEFAULT: u64 = 64 << 20;
 /// memcached: relative expiry times are at most 30 days; larger numbers are unix times.
 pub const EXPTIME_RELATIVE_MAX_SECS: i64 = 60 * 60 * 24 * 30;
 
-const _: () = assert!(SEGMENT_HEADER_LEN_BYTES % RECORD_ALIGN_BYTES == 0);
-const _: () = assert!(RECORD_HEADER_LEN_BYTES % RECORD_ALIGN_BYTES == 0);
+const _: () = assert!(SEGMENT_HEADER_LEN_BYTES.is_multiple_of(RECORD_ALIGN_BYTES));
+const _: () = assert!(RECORD_HEADER_LEN_BYTES.is_multiple_of(RECORD_ALIGN_BYTES));
 const _: () = assert!(RECORD_ALIGN_BYTES.is_power_of_two());
 const _: () = assert!(SEGMENT_HEADER_LEN_BYTES <= SECTOR_SIZE_BYTES);
 const _: () = assert!(SEGMENT_HEADER_CRC_OFFSET + 4 == SEGMENT_HEADER_LEN_BYTES);
 const _: () = assert!(SEGMENT_HEADER_RESERVED_OFFSET + 20 == SEGMENT_HEADER_CRC_OFFSET);
 const _: () = assert!(RECORD_RESERVED_OFFSET + 15 == RECORD_HEADER_LEN_BYTES);
-const _: () = assert!(SEGMENT_SIZE_DEFAULT_BYTES % PAGE_SIZE_BYTES == 0);
-const _: () = assert!(SEGMENT_SIZE_MIN_BYTES % PAGE_SIZE_BYTES == 0);
+const _: () = assert!(SEGMENT_SIZE_DEFAULT_BYTES.is_multiple_of(PAGE_SIZE_BYTES));
+const _: () = assert!(SEGMENT_SIZE_MIN_BYTES.is_multiple_of(PAGE_SIZE_BYTES));
 const _: () = assert!(SEGMENT_SIZE_MAX_BYTES / RECORD_ALIGN_BYTES <= u32::MAX as usize + 1);

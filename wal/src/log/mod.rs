@@ -15,7 +15,7 @@ mod recovery;
 mod segment;
 
 pub use group_commit::{Durability, GroupCommit};
-pub use recovery::{RecoveryPolicy, RecoveryReport, TornTail};
+pub use recovery::{RecordVisitor, RecoveryPolicy, RecoveryReport, TornTail};
 pub use segment::{Segment, SegmentRecords};
 
 use crate::constants::{
@@ -23,7 +23,7 @@ use crate::constants::{
     SEGMENT_SIZE_MAX_BYTES, SEGMENT_SIZE_MIN_BYTES,
 };
 use crate::error::WalError;
-use crate::format::{RecordBody, RecordRef, write_record};
+use crate::format::{RecordBody, write_record};
 use crate::storage::{SegmentId, Storage};
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -57,7 +57,7 @@ impl LogConfig {
     pub fn validate(&self) -> Result<(), WalError> {
         let size = self.segment_size_bytes;
         if !(SEGMENT_SIZE_MIN_BYTES..=SEGMENT_SIZE_MAX_BYTES).contains(&size)
-            || size % PAGE_SIZE_BYTES != 0
+            || !size.is_multiple_of(PAGE_SIZE_BYTES)
         {
             return Err(WalError::Config {
                 field: "segment_size_bytes",
@@ -217,7 +217,7 @@ impl<S: Storage> Log<S> {
         storage: S,
         config: LogConfig,
         policy: RecoveryPolicy,
-        visit: &mut dyn FnMut(&Rc<Segment<S::File>>, usize, RecordRef<'_>),
+        visit: &mut RecordVisitor<'_, S::File>,
     ) -> Result<(Self, RecoveryReport), WalError> {
         config.validate()?;
         let storage = Rc::new(storage);

@@ -26,6 +26,12 @@ use crate::storage::{SegmentFile as _, SegmentId, Storage};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+/// Called by recovery with every valid record, in log order: its segment, its offset, the record.
+pub type RecordVisitor<'v, F> = dyn FnMut(&Rc<Segment<F>>, usize, RecordRef<'_>) + 'v;
+
+/// A torn region found in the newest segment: the segment, where the region starts and ends.
+type TornRegion<F> = (Rc<Segment<F>>, usize, usize);
+
 /// What to do with bytes that are not whole records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecoveryPolicy {
@@ -117,7 +123,7 @@ fn first_nonzero(bytes: &[u8]) -> Option<usize> {
 pub(crate) async fn recover<S: Storage>(
     storage: &S,
     policy: RecoveryPolicy,
-    visit: &mut dyn FnMut(&Rc<Segment<S::File>>, usize, RecordRef<'_>),
+    visit: &mut RecordVisitor<'_, S::File>,
 ) -> Result<Recovered<S::File>, WalError> {
     let started = Instant::now();
     let mut report = RecoveryReport::default();
@@ -191,7 +197,7 @@ pub(crate) async fn recover<S: Storage>(
     let mut last_lsn = 0u64;
     // The previous segment: its id and the end of its records.
     let mut previous: Option<(SegmentId, usize)> = None;
-    let mut torn: Option<(Rc<Segment<S::File>>, usize, usize)> = None;
+    let mut torn: Option<TornRegion<S::File>> = None;
     for (index, (header, file)) in activated.into_iter().enumerate() {
         let id = header.segment_id;
         let is_newest = Some(index) == newest_index;
@@ -208,18 +214,19 @@ pub(crate) async fn recover<S: Storage>(
         // LSNs are consecutive across the whole log when written; only removed segments leave
         // gaps. Between neighbours, a gap means records lost at the end of the older one (a
         // zeroed tail there would otherwise look like a clean end).
-        if let Some((previous_id, previous_end)) = previous {
-            if previous_id + 1 == id && header.first_lsn != last_lsn + 1 {
-                return Err(corrupt(
-                    previous_id,
-                    previous_end,
-                    format!(
-                        "records end at LSN {last_lsn} but the next segment starts at LSN {}: \
-                         records at the end of this segment are missing",
-                        header.first_lsn
-                    ),
-                ));
-            }
+        if let Some((previous_id, previous_end)) = previous
+            && previous_id + 1 == id
+            && header.first_lsn != last_lsn + 1
+        {
+            return Err(corrupt(
+                previous_id,
+                previous_end,
+                format!(
+                    "records end at LSN {last_lsn} but the next segment starts at LSN {}: \
+                     records at the end of this segment are missing",
+                    header.first_lsn
+                ),
+            ));
         }
         let segment = Rc::new(Segment::new(
             id,

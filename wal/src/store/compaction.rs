@@ -341,11 +341,9 @@ impl<S: Storage> Store<S> {
                 .index
                 .get(&self.log, hash, key)
                 .is_some_and(|e| u64::from(e.segment) == victim.id() && e.offset() == offset);
-            if points_here {
-                if let Some(entry) = self.state.index.remove(&self.log, hash, key) {
-                    super::State::retire_entry(&self.log, &entry, key.len());
-                    evicted += 1;
-                }
+            if points_here && let Some(entry) = self.state.index.remove(&self.log, hash, key) {
+                super::State::retire_entry(&self.log, &entry, key.len());
+                evicted += 1;
             }
         }
         self.counters.evictions += evicted;

@@ -147,6 +147,9 @@ pub enum StoreOutcome {
 /// The outcome of `delete` and `touch`: the record written, or `None` for `NOT_FOUND`.
 pub type Changed = Option<Written>;
 
+/// What `gat` returns: the item, and the touch record to wait for.
+pub type TouchedItem<F> = (Item<F>, Written);
+
 /// Whether `incr` or `decr`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delta {
@@ -313,10 +316,19 @@ impl State {
         if let Some(segment) = segments.segment(entry.segment) {
             segment.sub_live(segment.record(entry.offset()).total_len);
         }
-        if entry.touch_segment != 0 {
-            if let Some(segment) = segments.segment(entry.touch_segment) {
-                segment.sub_live(touch_record_len(key_len));
-            }
+        Self::retire_touch(segments, entry, key_len);
+    }
+
+    /// Marks the touch record that set an entry's expiry, if any, as dead.
+    fn retire_touch<F: crate::storage::SegmentFile>(
+        segments: &impl SegmentLookup<F>,
+        entry: &Entry,
+        key_len: usize,
+    ) {
+        if entry.touch_segment != 0
+            && let Some(segment) = segments.segment(entry.touch_segment)
+        {
+            segment.sub_live(touch_record_len(key_len));
         }
     }
 
@@ -383,11 +395,7 @@ impl State {
             return;
         }
         debug_assert_eq!(record_len, touch_record_len(key.len()));
-        if entry.touch_segment != 0 {
-            if let Some(old) = segments.segment(entry.touch_segment) {
-                old.sub_live(touch_record_len(key.len()));
-            }
-        }
+        Self::retire_touch(segments, &entry, key.len());
         if let Some(put_segment) = segments.segment(entry.segment) {
             put_segment.note_expiry(expiry);
         }
@@ -871,7 +879,7 @@ impl<S: Storage> Store<S> {
         &mut self,
         key: &[u8],
         exptime: i64,
-    ) -> Result<Option<(Item<S::File>, Written)>, StoreError> {
+    ) -> Result<Option<TouchedItem<S::File>>, StoreError> {
         let Some(written) = self.touch(key, exptime)? else {
             return Ok(None);
         };
