@@ -110,14 +110,14 @@ impl Index {
             .copied()
     }
 
-    /// Sets the entry for `key` (its put record must be readable through `segments`);
-    /// returns the entry it replaced.
-    pub fn insert<F: SegmentFile>(
+    /// Sets the entry for `key` to `make(previous entry)`, in one probe; returns the entry it
+    /// replaced. The new entry's put record must be readable through `segments`.
+    pub fn upsert<F: SegmentFile>(
         &mut self,
         segments: &impl SegmentLookup<F>,
         hash: u64,
         key: &[u8],
-        entry: Entry,
+        make: impl FnOnce(Option<&Entry>) -> Entry,
     ) -> Option<Entry> {
         let hasher = &self.hasher;
         match self.table.entry(
@@ -126,10 +126,11 @@ impl Index {
             |e| hasher.hash_one(put_of(segments, e).key.as_ref()),
         ) {
             hashbrown::hash_table::Entry::Occupied(mut occupied) => {
+                let entry = make(Some(occupied.get()));
                 Some(std::mem::replace(occupied.get_mut(), entry))
             }
             hashbrown::hash_table::Entry::Vacant(vacant) => {
-                vacant.insert(entry);
+                vacant.insert(make(None));
                 None
             }
         }

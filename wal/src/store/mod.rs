@@ -344,21 +344,18 @@ impl State {
     ) {
         let hash = self.index.hash(key);
         let id = segment.id32();
-        let previous = self.index.get(segments, hash, key);
-        let since = previous.map_or(id, |p| p.since.min(id));
-        let entry = Entry {
+        let previous = self.index.upsert(segments, hash, key, |previous| Entry {
             segment: id,
             offset_div: Entry::offset_div(offset),
             expiry,
-            since,
+            since: previous.map_or(id, |p| p.since.min(id)),
             touch_segment: 0,
-        };
+        });
         if let Some(previous) = &previous {
             Self::retire_entry(segments, previous, key.len());
         }
         segment.add_live(record_len);
         segment.note_expiry(expiry);
-        self.index.insert(segments, hash, key, entry);
     }
 
     /// A tombstone for `key` at `segment`.
