@@ -1,0 +1,350 @@
+//! Compaction: disk use stays bounded, every live value survives, deleted and expired keys
+//! never come back, touches and pins are respected, and it runs in the background.
+
+mod common;
+
+use common::recovery::live_items;
+use common::{open_sim, run, small_config};
+use rand::rngs::SmallRng;
+use rand::{Rng as _, SeedableRng as _};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use terrace_wal::log::Durability;
+use terrace_wal::storage::{SimCrashOptions, SimDisk, SimStorage};
+use terrace_wal::store::{
+    ManualClock, SetMode, Store, StoreConfig, StoreOutcome, compact_once, spawn_compactor,
+};
+
+const SEGMENT: usize = 32 << 10;
+
+type Shared = Rc<RefCell<Store<SimStorage>>>;
+
+fn config() -> StoreConfig {
+    let mut config = small_config(SEGMENT, Durability::Fsync);
+    config.compaction.bytes_per_sec = 1 << 40;
+    config
+}
+
+async fn set(store: &Shared, key: &[u8], value: &[u8], exptime: i64) {
+    let out = store
+        .borrow_mut()
+        .set(SetMode::Set, key, value, 7, exptime)
+        .expect("set");
+    let StoreOutcome::Stored(written) = out else {
+        panic!("{out:?}");
+    };
+    let commit = store.borrow().commit();
+    commit.wait_durable(written.lsn).await.expect("durable");
+}
+
+async fn delete(store: &Shared, key: &[u8]) {
+    let written = store
+        .borrow_mut()
+        .delete(key)
+        .expect("delete")
+        .expect("present");
+    let commit = store.borrow().commit();
+    commit.wait_durable(written.lsn).await.expect("durable");
+}
+
+/// Compacts until there is nothing left below the threshold (bounded).
+async fn compact_all(store: &Shared) -> usize {
+    let mut compacted = 0;
+    for _ in 0..1000 {
+        if !compact_once(store).await.expect("compact") {
+            return compacted;
+        }
+        compacted += 1;
+    }
+    panic!("compaction never ran out of work");
+}
+
+/// Syncs, crashes (nothing unsynced), reopens.
+async fn reopen(
+    store: Shared,
+    disk: &SimDisk,
+    clock: &ManualClock,
+    seed: u64,
+) -> (Shared, SimDisk) {
+    common::sync_all(&store.borrow()).await;
+    drop(store);
+    let crashed = disk.crash(SimCrashOptions::with_seed(seed));
+    let (store, _) = open_sim(&crashed, config(), clock).await;
+    (Rc::new(RefCell::new(store)), crashed)
+}
+
+#[test]
+fn overwrites_keep_disk_use_bounded_and_values_survive() {
+    run(|| async {
+        let disk = SimDisk::new();
+        let clock = ManualClock::new(1_000);
+        let (store, _) = open_sim(&disk, config(), &clock).await;
+        let store: Shared = Rc::new(RefCell::new(store));
+        let mut rng = SmallRng::seed_from_u64(11);
+        let mut model = BTreeMap::new();
+        let mut max_used = 0;
+        for i in 0..6000u32 {
+            let key = format!("key-{}", rng.random_range(0..50));
+            let value = vec![b'a' + (i % 26) as u8; rng.random_range(10..400)];
+            set(&store, key.as_bytes(), &value, 0).await;
+            model.insert(key.into_bytes(), value);
+            if i % 50 == 0 {
+                compact_all(&store).await;
+                let used = store.borrow().log().used_bytes();
+                max_used = max_used.max(used);
+                // Live data is at most 50 keys of 400 bytes plus record overhead.
+                let live_max: u64 = 50 * (400 + 100 + 64);
+                let bound = 2 * live_max + 2 * SEGMENT as u64 + SEGMENT as u64;
+                assert!(
+                    used <= bound,
+                    "step {i}: {used} bytes of segments, bound {bound}"
+                );
+                store.borrow().check_invariants();
+            }
+        }
+        assert!(store.borrow().counters().segments_compacted > 10);
+        let (store, _) = reopen(store, &disk, &clock, 1).await;
+        let items = live_items(&store.borrow());
+        assert_eq!(items.len(), model.len());
+        for (key, value) in &model {
+            assert_eq!(&items[key].0, value, "{}", String::from_utf8_lossy(key));
+            assert_eq!(items[key].1, 7);
+        }
+    });
+}
+
+/// The dangerous case: the tombstone's segment B is compacted while the segment A holding the
+/// key's old put still exists; later A goes too. The key must never come back, across
+/// reopens, also after being stored and deleted again.
+#[test]
+fn deleted_keys_stay_deleted_through_compaction_and_reopen() {
+    run(|| async {
+        let disk = SimDisk::new();
+        let clock = ManualClock::new(1_000);
+        let (store, _) = open_sim(&disk, config(), &clock).await;
+        let store: Shared = Rc::new(RefCell::new(store));
+        // Segment A: the victim's put, then long-lived data until A is sealed.
+        set(&store, b"victim", b"old value", 0).await;
+        let a = store.borrow().log().tail().id();
+        let mut keeps = 0;
+        while store.borrow().log().tail().id() == a {
+            set(&store, format!("keep-{keeps}").as_bytes(), &[b'k'; 600], 0).await;
+            keeps += 1;
+        }
+        // Segment B: the tombstone, then data that is overwritten later, so B dies.
+        delete(&store, b"victim").await;
+        let b = store.borrow().log().tail().id();
+        assert!(b > a);
+        for round in 0..3 {
+            for i in 0..30 {
+                set(
+                    &store,
+                    format!("churn-{i}").as_bytes(),
+                    &[b'c' + round; 700],
+                    0,
+                )
+                .await;
+            }
+        }
+        compact_all(&store).await;
+        assert!(
+            store.borrow().log().segment(b).is_none(),
+            "B was not compacted"
+        );
+        assert!(
+            store.borrow().log().segment(a).is_some(),
+            "A should still be live"
+        );
+        let (store, disk) = reopen(store, &disk, &clock, 1).await;
+        assert!(
+            store.borrow_mut().get(b"victim").expect("get").is_none(),
+            "victim came back: its tombstone was dropped while A still held its put"
+        );
+        // Now A dies too.
+        for i in 0..keeps {
+            set(&store, format!("keep-{i}").as_bytes(), &[b'n'; 600], 0).await;
+        }
+        compact_all(&store).await;
+        assert!(
+            store.borrow().log().segment(a).is_none(),
+            "A was not compacted"
+        );
+        let (store, disk) = reopen(store, &disk, &clock, 2).await;
+        assert!(store.borrow_mut().get(b"victim").expect("get").is_none());
+        // Stored again, deleted again, everything churned and compacted: still gone.
+        set(&store, b"victim", b"second life", 0).await;
+        delete(&store, b"victim").await;
+        for round in 0..3 {
+            for i in 0..30 {
+                set(
+                    &store,
+                    format!("churn-{i}").as_bytes(),
+                    &[b'x' + round; 700],
+                    0,
+                )
+                .await;
+            }
+            compact_all(&store).await;
+        }
+        let (store, _) = reopen(store, &disk, &clock, 3).await;
+        assert!(store.borrow_mut().get(b"victim").expect("get").is_none());
+        for i in 0..keeps {
+            let item = store
+                .borrow_mut()
+                .get(format!("keep-{i}").as_bytes())
+                .expect("get");
+            assert_eq!(item.expect("kept").value(), &[b'n'; 600]);
+        }
+        // Tombstones whose older records are all gone were dropped, not kept forever.
+        assert!(store.borrow().log().used_bytes() <= 4 * SEGMENT as u64);
+    });
+}
+
+#[test]
+fn expired_items_are_reclaimed_and_stay_gone() {
+    run(|| async {
+        let disk = SimDisk::new();
+        let clock = ManualClock::new(1_000);
+        let (store, _) = open_sim(&disk, config(), &clock).await;
+        let store: Shared = Rc::new(RefCell::new(store));
+        for i in 0..400 {
+            set(&store, format!("ttl-{i}").as_bytes(), &[b't'; 300], 60).await;
+        }
+        set(&store, b"forever", b"stays", 0).await;
+        let used_before = store.borrow().log().used_bytes();
+        assert!(used_before >= 4 * SEGMENT as u64);
+        assert_eq!(compact_all(&store).await, 0, "nothing is dead yet");
+        clock.advance(61);
+        compact_all(&store).await;
+        let used_after = store.borrow().log().used_bytes();
+        assert!(
+            used_after <= 2 * SEGMENT as u64,
+            "expired data not reclaimed: {used_before} -> {used_after}"
+        );
+        assert!(store.borrow().counters().items_reclaimed >= 300);
+        let (store, _) = reopen(store, &disk, &clock, 5).await;
+        let items = live_items(&store.borrow());
+        assert_eq!(items.len(), 1, "{:?}", items.keys().collect::<Vec<_>>());
+        // The expired items are gone from the index too, not only invisible.
+        assert!(
+            store.borrow().index_len() <= 1 + 100,
+            "{}",
+            store.borrow().index_len()
+        );
+        assert!(store.borrow_mut().get(b"ttl-7").expect("get").is_none());
+    });
+}
+
+#[test]
+fn a_touched_expiry_survives_compaction_and_reopen() {
+    run(|| async {
+        let disk = SimDisk::new();
+        let clock = ManualClock::new(1_000);
+        let (store, _) = open_sim(&disk, config(), &clock).await;
+        let store: Shared = Rc::new(RefCell::new(store));
+        set(&store, b"touched", b"value", 10).await;
+        let written = store
+            .borrow_mut()
+            .touch(b"touched", 0)
+            .expect("touch")
+            .expect("present");
+        let commit = store.borrow().commit();
+        commit.wait_durable(written.lsn).await.expect("durable");
+        // Bury both records under dead data so their segments get compacted.
+        for round in 0..4u8 {
+            for i in 0..40 {
+                set(&store, format!("churn-{i}").as_bytes(), &[round; 700], 0).await;
+            }
+            compact_all(&store).await;
+        }
+        clock.advance(100);
+        let (store, _) = reopen(store, &disk, &clock, 8).await;
+        let item = store
+            .borrow_mut()
+            .get(b"touched")
+            .expect("get")
+            .expect("touch kept it alive");
+        assert_eq!(item.expiry(), 0);
+        assert_eq!(item.value(), b"value");
+    });
+}
+
+#[test]
+fn a_pinned_segment_is_kept_until_unpinned() {
+    run(|| async {
+        let disk = SimDisk::new();
+        let clock = ManualClock::new(1_000);
+        let (store, _) = open_sim(&disk, config(), &clock).await;
+        let store: Shared = Rc::new(RefCell::new(store));
+        for round in 0..3u8 {
+            for i in 0..40 {
+                set(&store, format!("k-{i}").as_bytes(), &[round; 700], 0).await;
+            }
+        }
+        let pin = store.borrow().log().pin();
+        let pinned: Vec<u64> = pin.segments().map(|(s, _)| s.id()).collect();
+        compact_all(&store).await;
+        assert!(store.borrow().counters().segments_compacted > 0);
+        for id in &pinned {
+            assert!(
+                disk.segment_ids().contains(id),
+                "pinned segment {id} removed"
+            );
+        }
+        let retired: Vec<u64> = store
+            .borrow()
+            .log()
+            .segments()
+            .filter(|s| s.is_retired())
+            .map(|s| s.id())
+            .collect();
+        assert!(!retired.is_empty());
+        drop(pin);
+        compact_all(&store).await;
+        compact_once(&store).await.expect("compact");
+        for id in &retired {
+            assert!(
+                !disk.segment_ids().contains(id),
+                "retired segment {id} kept after unpin"
+            );
+        }
+        for i in 0..40 {
+            let item = store
+                .borrow_mut()
+                .get(format!("k-{i}").as_bytes())
+                .expect("get");
+            assert_eq!(item.expect("present").value(), &[2u8; 700]);
+        }
+    });
+}
+
+#[test]
+fn the_background_compactor_reclaims_while_a_writer_runs() {
+    run(|| async {
+        let disk = SimDisk::new();
+        let clock = ManualClock::new(1_000);
+        let mut config = config();
+        config.compaction.idle_interval = Duration::from_millis(1);
+        let (store, _) = open_sim(&disk, config, &clock).await;
+        let store: Shared = Rc::new(RefCell::new(store));
+        let compactor = spawn_compactor(Rc::clone(&store), 10).expect("spawn");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut i = 0u32;
+        while store.borrow().counters().segments_compacted < 5 {
+            assert!(
+                Instant::now() < deadline,
+                "no background compaction after {i} writes"
+            );
+            set(&store, format!("k-{}", i % 40).as_bytes(), &[b'w'; 500], 0).await;
+            i += 1;
+            if i % 100 == 0 {
+                glommio::timer::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        compactor.cancel().await;
+        assert!(store.borrow().log().used_bytes() < 8 * SEGMENT as u64);
+        store.borrow().check_invariants();
+    });
+}
