@@ -1,0 +1,490 @@
+//! memcached semantics of the store, one behaviour per test, with exact outcomes.
+
+mod common;
+
+use common::{open_sim, run, small_config, sync_all};
+use terrace_wal::error::{KeyProblem, StoreError};
+use terrace_wal::log::Durability;
+use terrace_wal::storage::{SimCrashOptions, SimDisk, SimStorage};
+use terrace_wal::store::{Delta, ManualClock, SetMode, Store, StoreOutcome, Written};
+
+const NOW: u32 = 1_700_000_000;
+
+struct Fixture {
+    disk: SimDisk,
+    clock: ManualClock,
+    store: Store<SimStorage>,
+}
+
+async fn fixture() -> Fixture {
+    let disk = SimDisk::new();
+    let clock = ManualClock::new(NOW);
+    let (store, _) = open_sim(&disk, small_config(64 << 10, Durability::Fsync), &clock).await;
+    Fixture { disk, clock, store }
+}
+
+impl Fixture {
+    fn set(
+        &mut self,
+        mode: SetMode,
+        key: &[u8],
+        value: &[u8],
+        flags: u32,
+        exptime: i64,
+    ) -> StoreOutcome {
+        self.store
+            .set(mode, key, value, flags, exptime)
+            .expect("set")
+    }
+
+    fn stored(&mut self, key: &[u8], value: &[u8], flags: u32, exptime: i64) -> Written {
+        match self.set(SetMode::Set, key, value, flags, exptime) {
+            StoreOutcome::Stored(written) => written,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn value(&mut self, key: &[u8]) -> Option<Vec<u8>> {
+        self.store
+            .get(key)
+            .expect("get")
+            .map(|item| item.value().to_vec())
+    }
+
+    fn cas(&mut self, key: &[u8]) -> u64 {
+        self.store.get(key).expect("get").expect("present").cas()
+    }
+
+    fn records(&self) -> u64 {
+        self.store.log().counters().records_appended
+    }
+
+    /// Syncs everything, cuts the power, reopens.
+    async fn reopen(&mut self) {
+        sync_all(&self.store).await;
+        self.disk = self.disk.crash(SimCrashOptions::with_seed(1));
+        let config = self.store.config().clone();
+        let (store, _) = open_sim(&self.disk, config, &self.clock).await;
+        self.store = store;
+    }
+}
+
+#[test]
+fn set_get_and_flags() {
+    run(|| async {
+        let mut f = fixture().await;
+        f.stored(b"k", b"value", 0xdead_beef, 0);
+        let item = f.store.get(b"k").expect("get").expect("present");
+        assert_eq!(item.key(), b"k");
+        assert_eq!(item.value(), b"value");
+        assert_eq!(item.flags(), 0xdead_beef);
+        assert_eq!(item.expiry(), 0);
+        assert_eq!(f.value(b"missing"), None);
+        f.stored(b"k", b"", 1, 0);
+        assert_eq!(f.value(b"k"), Some(Vec::new()));
+    });
+}
+
+#[test]
+fn add_only_when_absent_or_expired() {
+    run(|| async {
+        let mut f = fixture().await;
+        assert!(matches!(
+            f.set(SetMode::Add, b"k", b"1", 0, 0),
+            StoreOutcome::Stored(_)
+        ));
+        assert!(matches!(
+            f.set(SetMode::Add, b"k", b"2", 0, 0),
+            StoreOutcome::NotStored
+        ));
+        assert_eq!(f.value(b"k"), Some(b"1".to_vec()));
+        f.stored(b"ttl", b"old", 0, 10);
+        f.clock.advance(10);
+        assert!(matches!(
+            f.set(SetMode::Add, b"ttl", b"new", 0, 0),
+            StoreOutcome::Stored(_)
+        ));
+        assert_eq!(f.value(b"ttl"), Some(b"new".to_vec()));
+    });
+}
+
+#[test]
+fn replace_only_when_present() {
+    run(|| async {
+        let mut f = fixture().await;
+        assert!(matches!(
+            f.set(SetMode::Replace, b"k", b"1", 0, 0),
+            StoreOutcome::NotStored
+        ));
+        assert_eq!(f.value(b"k"), None);
+        f.stored(b"k", b"1", 0, 0);
+        assert!(matches!(
+            f.set(SetMode::Replace, b"k", b"2", 5, 0),
+            StoreOutcome::Stored(_)
+        ));
+        assert_eq!(f.value(b"k"), Some(b"2".to_vec()));
+    });
+}
+
+#[test]
+fn append_and_prepend_keep_flags_and_expiry_and_change_cas() {
+    run(|| async {
+        let mut f = fixture().await;
+        assert!(matches!(
+            f.set(SetMode::Append, b"k", b"x", 0, 0),
+            StoreOutcome::NotStored
+        ));
+        assert!(matches!(
+            f.set(SetMode::Prepend, b"k", b"x", 0, 0),
+            StoreOutcome::NotStored
+        ));
+        f.stored(b"k", b"middle", 42, 100);
+        let cas = f.cas(b"k");
+        assert!(matches!(
+            f.set(SetMode::Append, b"k", b"-end", 7, 0),
+            StoreOutcome::Stored(_)
+        ));
+        assert!(matches!(
+            f.set(SetMode::Prepend, b"k", b"start-", 7, 0),
+            StoreOutcome::Stored(_)
+        ));
+        let item = f.store.get(b"k").expect("get").expect("present");
+        assert_eq!(item.value(), b"start-middle-end");
+        assert_eq!(item.flags(), 42);
+        assert_eq!(item.expiry(), NOW + 100);
+        assert!(item.cas() > cas);
+    });
+}
+
+#[test]
+fn cas_outcomes() {
+    run(|| async {
+        let mut f = fixture().await;
+        assert!(matches!(
+            f.set(SetMode::Cas(1), b"k", b"v", 0, 0),
+            StoreOutcome::NotFound
+        ));
+        f.stored(b"k", b"v1", 0, 0);
+        let cas = f.cas(b"k");
+        assert!(matches!(
+            f.set(SetMode::Cas(cas + 1), b"k", b"v2", 0, 0),
+            StoreOutcome::Exists
+        ));
+        assert_eq!(f.value(b"k"), Some(b"v1".to_vec()));
+        let StoreOutcome::Stored(written) = f.set(SetMode::Cas(cas), b"k", b"v2", 0, 0) else {
+            panic!("cas with the current value's CAS must store");
+        };
+        assert_eq!(f.cas(b"k"), written.cas);
+        assert!(matches!(
+            f.set(SetMode::Cas(cas), b"k", b"v3", 0, 0),
+            StoreOutcome::Exists
+        ));
+    });
+}
+
+#[test]
+fn cas_values_increase_and_are_never_reused_after_a_restart() {
+    run(|| async {
+        let mut f = fixture().await;
+        let mut last = 0;
+        for i in 0..50 {
+            let written = f.stored(format!("k{}", i % 7).as_bytes(), b"v", 0, 0);
+            assert!(written.cas > last);
+            last = written.cas;
+        }
+        // Unsynced writes are lost at the crash, but their CAS values are never handed out
+        // again: only synced state is the reference, and CAS follows the highest LSN on disk.
+        f.reopen().await;
+        let written = f.stored(b"after", b"v", 0, 0);
+        assert!(
+            written.cas > last,
+            "{} reused after restart (last {last})",
+            written.cas
+        );
+    });
+}
+
+#[test]
+fn touch_changes_expiry_keeps_cas_and_survives_a_restart() {
+    run(|| async {
+        let mut f = fixture().await;
+        assert_eq!(f.store.touch(b"missing", 10).expect("touch"), None);
+        f.stored(b"k", b"v", 3, 10);
+        let cas = f.cas(b"k");
+        let before = f.records();
+        assert!(f.store.touch(b"k", 1000).expect("touch").is_some());
+        assert_eq!(f.records(), before + 1);
+        f.clock.advance(500);
+        let item = f.store.get(b"k").expect("get").expect("touch kept it");
+        assert_eq!(item.cas(), cas);
+        assert_eq!(item.expiry(), NOW + 1000);
+        f.reopen().await;
+        let item = f.store.get(b"k").expect("get").expect("survives");
+        assert_eq!(
+            (item.cas(), item.expiry(), item.flags()),
+            (cas, NOW + 1000, 3)
+        );
+        f.clock.advance(500);
+        assert_eq!(f.value(b"k"), None);
+    });
+}
+
+#[test]
+fn get_and_touch() {
+    run(|| async {
+        let mut f = fixture().await;
+        assert!(f.store.get_and_touch(b"k", 10).expect("gat").is_none());
+        f.stored(b"k", b"v", 0, 5);
+        let (item, written) = f
+            .store
+            .get_and_touch(b"k", 100)
+            .expect("gat")
+            .expect("present");
+        assert_eq!(item.value(), b"v");
+        assert_eq!(item.expiry(), NOW + 100);
+        assert_eq!(written.cas, item.cas());
+        // Touching to the past leaves nothing to return.
+        assert!(f.store.get_and_touch(b"k", -1).expect("gat").is_none());
+        assert_eq!(f.value(b"k"), None);
+    });
+}
+
+#[test]
+fn incr_and_decr() {
+    run(|| async {
+        let mut f = fixture().await;
+        assert!(f.store.delta(b"n", Delta::Incr(1)).expect("incr").is_none());
+        f.stored(b"n", b"10", 9, 100);
+        let (value, _) = f
+            .store
+            .delta(b"n", Delta::Incr(5))
+            .expect("incr")
+            .expect("present");
+        assert_eq!(value, 15);
+        let (value, _) = f
+            .store
+            .delta(b"n", Delta::Decr(100))
+            .expect("decr")
+            .expect("present");
+        assert_eq!(value, 0, "decr stops at 0");
+        let item = f.store.get(b"n").expect("get").expect("present");
+        assert_eq!(
+            (item.value(), item.flags(), item.expiry()),
+            (&b"0"[..], 9, NOW + 100)
+        );
+        f.stored(b"max", b"18446744073709551615", 0, 0);
+        let (value, _) = f
+            .store
+            .delta(b"max", Delta::Incr(2))
+            .expect("incr")
+            .expect("present");
+        assert_eq!(value, 1, "incr wraps at 2^64");
+        f.stored(b"padded", b"12  ", 0, 0);
+        let (value, _) = f
+            .store
+            .delta(b"padded", Delta::Incr(1))
+            .expect("incr")
+            .expect("present");
+        assert_eq!(value, 13);
+        assert_eq!(f.value(b"padded"), Some(b"13".to_vec()));
+        for bad in [
+            &b"abc"[..],
+            b"",
+            b"1x",
+            b"-1",
+            b"18446744073709551616",
+            b" 1",
+        ] {
+            f.stored(b"bad", bad, 0, 0);
+            let before = f.records();
+            let result = f.store.delta(b"bad", Delta::Incr(1));
+            assert!(
+                matches!(result, Err(StoreError::NonNumeric)),
+                "{bad:?}: {result:?}"
+            );
+            assert_eq!(f.records(), before, "a refused incr writes nothing");
+        }
+    });
+}
+
+#[test]
+fn delete_and_deleted_keys_stay_deleted() {
+    run(|| async {
+        let mut f = fixture().await;
+        assert_eq!(f.store.delete(b"k").expect("delete"), None);
+        f.stored(b"k", b"v", 0, 0);
+        assert!(f.store.delete(b"k").expect("delete").is_some());
+        assert_eq!(f.value(b"k"), None);
+        assert_eq!(f.store.delete(b"k").expect("delete"), None);
+        f.reopen().await;
+        assert_eq!(f.value(b"k"), None);
+    });
+}
+
+#[test]
+fn expiry_relative_absolute_negative() {
+    run(|| async {
+        let mut f = fixture().await;
+        f.stored(b"rel", b"v", 0, 10);
+        f.stored(b"abs", b"v", 0, i64::from(NOW) + 20);
+        f.stored(b"never", b"v", 0, 0);
+        assert_eq!(
+            f.store.get(b"abs").expect("get").expect("present").expiry(),
+            NOW + 20
+        );
+        f.clock.advance(9);
+        assert!(f.value(b"rel").is_some());
+        f.clock.advance(1);
+        assert_eq!(f.value(b"rel"), None, "expired at exactly its time");
+        assert!(f.value(b"abs").is_some());
+        f.reopen().await;
+        assert!(
+            f.value(b"abs").is_some(),
+            "absolute expiry survives a restart"
+        );
+        f.clock.advance(10);
+        assert_eq!(f.value(b"abs"), None);
+        assert!(f.value(b"never").is_some());
+        // Negative: already expired, and it replaces the old value.
+        f.stored(b"never", b"v2", 0, -1);
+        assert_eq!(f.value(b"never"), None);
+        // An absolute time in the past, too.
+        f.stored(b"past", b"v", 0, i64::from(NOW) - 100);
+        assert_eq!(f.value(b"past"), None);
+    });
+}
+
+#[test]
+fn immediate_flush_all() {
+    run(|| async {
+        let mut f = fixture().await;
+        f.stored(b"a", b"1", 0, 0);
+        f.stored(b"b", b"2", 0, 0);
+        let before = f.records();
+        f.store.flush_all(0).expect("flush");
+        assert_eq!(f.records(), before + 1);
+        assert_eq!(f.value(b"a"), None);
+        f.stored(b"c", b"3", 0, 0);
+        f.reopen().await;
+        assert_eq!(f.value(b"a"), None);
+        assert_eq!(f.value(b"b"), None);
+        assert_eq!(f.value(b"c"), Some(b"3".to_vec()));
+        assert!(matches!(
+            f.set(SetMode::Add, b"a", b"again", 0, 0),
+            StoreOutcome::Stored(_)
+        ));
+    });
+}
+
+#[test]
+fn delayed_flush_all() {
+    run(|| async {
+        let mut f = fixture().await;
+        f.stored(b"before", b"1", 0, 0);
+        f.store.flush_all(100).expect("flush");
+        f.clock.advance(50);
+        f.stored(b"between", b"2", 0, 0);
+        assert!(f.value(b"before").is_some(), "not yet in effect");
+        // Survives a restart while pending.
+        f.reopen().await;
+        assert!(f.value(b"before").is_some());
+        f.clock.advance(50);
+        assert_eq!(f.value(b"before"), None);
+        assert_eq!(
+            f.value(b"between"),
+            None,
+            "stored before the flush time: flushed"
+        );
+        f.stored(b"after", b"3", 0, 0);
+        // And after it took effect.
+        f.reopen().await;
+        assert_eq!(f.value(b"before"), None);
+        assert_eq!(f.value(b"between"), None);
+        assert_eq!(f.value(b"after"), Some(b"3".to_vec()));
+    });
+}
+
+#[test]
+fn keys_are_checked() {
+    run(|| async {
+        let mut f = fixture().await;
+        let long = vec![b'k'; 251];
+        let cases: [(&[u8], KeyProblem); 6] = [
+            (b"", KeyProblem::Empty),
+            (&long, KeyProblem::TooLong),
+            (b"a b", KeyProblem::BadByte),
+            (b"a\nb", KeyProblem::BadByte),
+            (b"a\x01", KeyProblem::BadByte),
+            (b"\x7f", KeyProblem::BadByte),
+        ];
+        for (key, problem) in cases {
+            let result = f.store.set(SetMode::Set, key, b"v", 0, 0);
+            assert!(
+                matches!(result, Err(StoreError::InvalidKey(p)) if p == problem),
+                "{key:?}: {result:?}"
+            );
+            assert!(matches!(f.store.get(key), Err(StoreError::InvalidKey(_))));
+        }
+        f.stored(&[b'k'; 250], b"ok", 0, 0);
+        assert_eq!(f.value(&[b'k'; 250]), Some(b"ok".to_vec()));
+        assert_eq!(f.records(), 1, "refused keys write nothing");
+    });
+}
+
+#[test]
+fn oversized_values_are_refused_and_the_old_value_stays() {
+    run(|| async {
+        let mut f = fixture().await;
+        let max = f.store.config().item_size_max_bytes;
+        f.stored(b"k", b"old", 0, 0);
+        let result = f.store.set(SetMode::Set, b"k", &vec![0u8; max + 1], 0, 0);
+        assert!(
+            matches!(result, Err(StoreError::TooLarge { len_bytes, max_bytes }) if len_bytes == max + 1 && max_bytes == max),
+            "{result:?}"
+        );
+        assert_eq!(f.value(b"k"), Some(b"old".to_vec()));
+        f.stored(b"k", &vec![1u8; max], 0, 0);
+        // Append past the limit is refused too.
+        let result = f.store.set(SetMode::Append, b"k", b"x", 0, 0);
+        assert!(
+            matches!(result, Err(StoreError::TooLarge { .. })),
+            "{result:?}"
+        );
+    });
+}
+
+#[test]
+fn each_change_writes_one_record_and_misses_write_none() {
+    run(|| async {
+        let mut f = fixture().await;
+        let mut expect = f.records();
+        let mut check = |f: &mut Fixture, writes: bool, what: &str| {
+            if writes {
+                expect += 1;
+            }
+            assert_eq!(f.records(), expect, "{what}");
+        };
+        f.set(SetMode::Set, b"k", b"1", 0, 0);
+        check(&mut f, true, "set");
+        f.set(SetMode::Add, b"k", b"1", 0, 0);
+        check(&mut f, false, "add on present");
+        f.set(SetMode::Replace, b"missing", b"1", 0, 0);
+        check(&mut f, false, "replace on missing");
+        f.set(SetMode::Cas(0), b"k", b"1", 0, 0);
+        check(&mut f, false, "cas exists");
+        f.set(SetMode::Append, b"k", b"2", 0, 0);
+        check(&mut f, true, "append");
+        f.store.delta(b"k", Delta::Incr(1)).expect("incr");
+        check(&mut f, true, "incr");
+        f.store.touch(b"k", 10).expect("touch");
+        check(&mut f, true, "touch");
+        f.store.get(b"k").expect("get");
+        check(&mut f, false, "get");
+        f.store.delete(b"missing").expect("delete");
+        check(&mut f, false, "delete missing");
+        f.store.delete(b"k").expect("delete");
+        check(&mut f, true, "delete");
+        f.store.flush_all(0).expect("flush");
+        check(&mut f, true, "flush_all");
+    });
+}
