@@ -1,6 +1,12 @@
 //! Capacity: a durable store refuses writes when full and loses nothing; a cache evicts its
 //! oldest segment.
 
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "tests stop at the first unexpected result"
+)]
+
 mod common;
 
 use common::recovery::live_items;
@@ -88,11 +94,10 @@ fn a_full_durable_store_refuses_writes_and_loses_nothing() {
         let mut written_again = 0;
         for i in 0..10 {
             let key = format!("again-{i}");
-            if let Ok(StoreOutcome::Stored(w)) =
-                store
-                    .borrow_mut()
-                    .set(SetMode::Set, key.as_bytes(), &value, 0, 0)
-            {
+            let outcome = store
+                .borrow_mut()
+                .set(SetMode::Set, key.as_bytes(), &value, 0, 0);
+            if let Ok(StoreOutcome::Stored(w)) = outcome {
                 commit.wait_durable(w.lsn).await.expect("durable");
                 written_again += 1;
             }

@@ -1,6 +1,12 @@
 //! Compaction: disk use stays bounded, every live value survives, deleted and expired keys
 //! never come back, touches and pins are respected, and it runs in the background.
 
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "tests stop at the first unexpected result"
+)]
+
 mod common;
 
 use common::recovery::live_items;
@@ -68,7 +74,8 @@ async fn reopen(
     clock: &ManualClock,
     seed: u64,
 ) -> (Shared, SimDisk) {
-    common::sync_all(&store.borrow()).await;
+    let synced = common::sync_all(&store.borrow());
+    synced.await;
     drop(store);
     let crashed = disk.crash(SimCrashOptions::with_seed(seed));
     let (store, _) = open_sim(&crashed, config(), clock).await;

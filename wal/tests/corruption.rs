@@ -6,6 +6,12 @@
 //! naming the file and the exact byte offset, and must change nothing. In the newest segment
 //! the same damage cannot be told apart from a torn write, so it is cut as a torn tail.
 
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "tests stop at the first unexpected result"
+)]
+
 mod common;
 
 use common::recovery::{
@@ -371,7 +377,9 @@ fn strict_refuses_a_torn_tail_and_changes_nothing() {
         let garbage = last_nonzero(&torn[&newest][last.offset..]).expect("non-zero") + 1;
 
         let (disk, result) = open_image(&torn, SEGMENT_BYTES, RecoveryPolicy::Strict).await;
-        let error = result.err().expect("strict open of a torn tail must fail");
+        let Err(error) = result else {
+            panic!("strict open of a torn tail must fail");
+        };
         let message = error.to_string();
         assert!(
             matches!(
@@ -586,7 +594,9 @@ fn bit_flip_in_a_sealed_segment_file_names_the_file_and_offset() {
             RecoveryPolicy::TruncateTornTail,
         )
         .await;
-        let error = result.err().expect("corrupt segment opened");
+        let Err(error) = result else {
+            panic!("corrupt segment opened");
+        };
         assert!(
             matches!(&error, WalError::Corrupt { path: p, offset, .. } if *p == path && *offset == victim.offset as u64),
             "{error:?}"

@@ -1,6 +1,12 @@
 //! Fail-stop: after a failed fsync the shard refuses every write, and what was acknowledged
 //! before survives.
 
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "tests stop at the first unexpected result"
+)]
+
 mod common;
 
 use common::recovery::live_items;
@@ -77,26 +83,27 @@ fn a_failed_sync_stops_every_later_write() {
         assert!(commit.failure().is_some());
 
         // Every later write is refused, whatever the operation.
-        let mut s = store.borrow_mut();
-        let refusals = [
-            s.set(SetMode::Set, b"after", b"x", 0, 0).map(|_| ()),
-            s.set(SetMode::Add, b"after-add", b"x", 0, 0).map(|_| ()),
-            s.set(SetMode::Append, b"before-1", b"x", 0, 0).map(|_| ()),
-            s.delete(b"before-2").map(|_| ()),
-            s.touch(b"before-3", 100).map(|_| ()),
-            s.delta(b"counter", Delta::Incr(1)).map(|_| ()),
-            s.flush_all(0).map(|_| ()),
-        ];
-        for (i, refusal) in refusals.into_iter().enumerate() {
-            match refusal {
-                Err(error) => assert!(is_poisoned(&error), "op {i}: {error}"),
-                // Every key exists, so every op would write: each must be refused.
-                Ok(()) => panic!("op {i} succeeded after a failed sync"),
+        {
+            let mut s = store.borrow_mut();
+            let refusals = [
+                s.set(SetMode::Set, b"after", b"x", 0, 0).map(|_| ()),
+                s.set(SetMode::Add, b"after-add", b"x", 0, 0).map(|_| ()),
+                s.set(SetMode::Append, b"before-1", b"x", 0, 0).map(|_| ()),
+                s.delete(b"before-2").map(|_| ()),
+                s.touch(b"before-3", 100).map(|_| ()),
+                s.delta(b"counter", Delta::Incr(1)).map(|_| ()),
+                s.flush_all(0).map(|_| ()),
+            ];
+            for (i, refusal) in refusals.into_iter().enumerate() {
+                match refusal {
+                    Err(error) => assert!(is_poisoned(&error), "op {i}: {error}"),
+                    // Every key exists, so every op would write: each must be refused.
+                    Ok(()) => panic!("op {i} succeeded after a failed sync"),
+                }
             }
+            // Reads still work.
+            assert!(s.get(b"before-7").expect("get").is_some());
         }
-        // Reads still work.
-        assert!(s.get(b"before-7").expect("get").is_some());
-        drop(s);
 
         // After a restart the acknowledged data is intact.
         let crashed = disk.crash(SimCrashOptions::with_seed(7));

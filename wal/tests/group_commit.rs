@@ -1,6 +1,12 @@
 //! Group commit: concurrent writers share fdatasyncs, and nobody hears "durable" before the
 //! sync that covers their record has completed.
 
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "tests stop at the first unexpected result"
+)]
+
 mod common;
 
 use common::recovery::{live_items, open_image};
@@ -98,7 +104,7 @@ fn nothing_is_reported_durable_before_the_disk_holds_it() {
         let (disk_for_check, checks_for_check) = (disk.clone(), Rc::clone(&checks));
         let check = move |writer: usize, lsn: u64| {
             seen.set(seen.get() + 1);
-            if seen.get() % 37 == 0 {
+            if seen.get().is_multiple_of(37) {
                 checks_for_check
                     .borrow_mut()
                     .push((writer, lsn, disk_for_check.durable_image()));

@@ -1,5 +1,11 @@
 //! memcached semantics of the store, one behaviour per test, with exact outcomes.
 
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "tests stop at the first unexpected result"
+)]
+
 mod common;
 
 use common::{open_sim, run, small_config, sync_all};

@@ -1,3 +1,9 @@
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "tests stop at the first unexpected result"
+)]
+
 mod common;
 
 use common::{open_sim, run, small_config, sync_all};

@@ -16,6 +16,12 @@
 //! Stress: `TERRACE_TORN_TAIL_SAMPLES` (default 48) sets how many random offsets further back
 //! in the segment, and how many random middle slices of the last record, are tried.
 
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "tests stop at the first unexpected result"
+)]
+
 mod common;
 
 use common::recovery::{

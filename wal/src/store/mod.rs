@@ -573,10 +573,20 @@ impl<S: Storage> Store<S> {
         self.clock.now_secs()
     }
 
+    /// Items with a CAS below this are flushed at `now`. A delayed flush that is due counts
+    /// even before an operation has written its record (`tick`): reads that do not tick, like
+    /// `for_each_live`, see the same as `get`.
+    fn flush_boundary(&self, now: u32) -> u64 {
+        match self.state.flush.pending {
+            Some(pending) if now >= pending.at => self.log.next_lsn(),
+            _ => self.state.flush.flushed_below,
+        }
+    }
+
     /// Whether an entry is a live item now.
     fn is_live(&self, entry: &Entry, now: u32) -> bool {
         !is_expired(entry.expiry, now)
-            && put_of(&self.log, entry).cas.to_native() >= self.state.flush.flushed_below
+            && put_of(&self.log, entry).cas.to_native() >= self.flush_boundary(now)
     }
 
     /// The live entry for `key`.

@@ -52,10 +52,12 @@ pub async fn open_sim(
     .expect("open store")
 }
 
-/// Waits until everything the store appended is durable.
-pub async fn sync_all<S: Storage>(store: &Store<S>) {
+/// Waits until everything the store appended is durable. The future does not borrow the
+/// store, so a `RefCell` borrow used to call this ends before the wait.
+pub fn sync_all<S: Storage>(store: &Store<S>) -> impl Future<Output = ()> + use<S> {
     let lsn = store.log().next_lsn() - 1;
-    store.commit().wait_durable(lsn).await.expect("sync");
+    let commit = store.commit();
+    async move { commit.wait_durable(lsn).await.expect("sync") }
 }
 
 // ==== Recovery, torn-tail, corruption and crash helpers ===================================
