@@ -57,12 +57,10 @@ async fn delete(store: &Shared, key: &[u8]) {
 
 /// Compacts until there is nothing left below the threshold (bounded).
 async fn compact_all(store: &Shared) -> usize {
-    let mut compacted = 0;
-    for _ in 0..1000 {
+    for compacted in 0..1000 {
         if !compact_once(store).await.expect("compact") {
             return compacted;
         }
-        compacted += 1;
     }
     panic!("compaction never ran out of work");
 }
@@ -346,7 +344,7 @@ fn the_background_compactor_reclaims_while_a_writer_runs() {
             );
             set(&store, format!("k-{}", i % 40).as_bytes(), &[b'w'; 500], 0).await;
             i += 1;
-            if i % 100 == 0 {
+            if i.is_multiple_of(100) {
                 glommio::timer::sleep(Duration::from_millis(2)).await;
             }
         }
