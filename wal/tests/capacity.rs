@@ -38,10 +38,10 @@ fn a_full_durable_store_refuses_writes_and_loses_nothing() {
         let mut refused = None;
         for i in 0..1000 {
             let key = format!("key-{i}");
-            match store
+            let outcome = store
                 .borrow_mut()
-                .set(SetMode::Set, key.as_bytes(), &value, 0, 0)
-            {
+                .set(SetMode::Set, key.as_bytes(), &value, 0, 0);
+            match outcome {
                 Ok(StoreOutcome::Stored(written)) => {
                     commit.wait_durable(written.lsn).await.expect("durable");
                     acknowledged.push(key);
