@@ -41,7 +41,7 @@ type History = Rc<RefCell<Vec<Op>>>;
 fn config(seed: u64) -> StoreConfig {
     let mut config = small_config(SEGMENT, Durability::Fsync);
     config.compaction.bytes_per_sec = 1 << 40;
-    config.compaction.live_percent_max = if seed % 3 == 0 { 100 } else { 50 };
+    config.compaction.live_percent_max = if seed.is_multiple_of(3) { 100 } else { 50 };
     config
 }
 
@@ -133,7 +133,7 @@ async fn epoch(
             seed * 100 + w,
         )));
     }
-    if seed % 3 == 0 {
+    if seed.is_multiple_of(3) {
         tasks.push(glommio::spawn_local(compactor(
             Rc::clone(store),
             Rc::clone(&stop),
