@@ -404,22 +404,28 @@ fn strict_refuses_a_torn_tail_and_changes_nothing() {
         assert_eq!(disk.syncs(), 0);
         assert_eq!(disk.dir_syncs(), 0);
 
-        // A created but never activated segment after the newest: strict refuses it too, and
-        // leaves it in place; the repairing open removes it.
-        let mut unactivated = image.clone();
-        unactivated.insert(newest + 1, vec![0u8; SEGMENT_BYTES]);
+        // An all-zero, never activated segment after the newest is the spare the log prepares
+        // ahead of need: strict accepts it and leaves it; with any non-zero byte it is refused.
+        let mut spare = image.clone();
+        spare.insert(newest + 1, vec![0u8; SEGMENT_BYTES]);
+        let (disk, result) = open_image(&spare, SEGMENT_BYTES, RecoveryPolicy::Strict).await;
+        let (_, _, seen) = result.expect("strict open with a spare");
+        assert_eq!(seen, records);
+        assert_eq!(disk.durable_image(), spare);
+        let mut unactivated = spare.clone();
+        unactivated.get_mut(&(newest + 1)).expect("spare")[1000] = 7;
         let (disk, result) = open_image(&unactivated, SEGMENT_BYTES, RecoveryPolicy::Strict).await;
         assert!(
             matches!(
                 &result,
-                Err(WalError::TornTail { path, offset: 0, garbage_bytes: 0 }) if *path == sim_path(newest + 1)
+                Err(WalError::TornTail { path, offset: 0, garbage_bytes: 1001 }) if *path == sim_path(newest + 1)
             ),
             "{:?}",
             result.as_ref().err()
         );
         drop(result);
         assert_eq!(disk.durable_image(), unactivated);
-        assert_eq!(disk.segment_ids(), ids(&unactivated));
+        // The repairing open removes it (and prepares a fresh spare, not yet durable).
         let (disk, result) = open_image(
             &unactivated,
             SEGMENT_BYTES,
@@ -429,8 +435,8 @@ fn strict_refuses_a_torn_tail_and_changes_nothing() {
         let (_, report, seen) = result.expect("repairing open");
         assert_eq!(report.removed_segments, vec![newest + 1]);
         assert_eq!(seen, records);
-        assert_eq!(disk.segment_ids(), ids(&image));
         assert_eq!(disk.durable_image(), image);
+        assert!(disk.visible_image()[&(newest + 1)].iter().all(|&b| b == 0));
     });
 }
 

@@ -212,6 +212,10 @@ impl<S: Storage> GroupCommit<S> {
     /// The sync task: runs rounds until no waiter wants more.
     async fn run_rounds(self: Rc<Self>) {
         loop {
+            // Let every task that is ready run first: the writers just woken by the last round
+            // append their next records now and share this round, instead of the first of
+            // them starting a round that covers only its own record.
+            glommio::executor().yield_now().await;
             let (target, segments, dir) = {
                 let mut st = self.state.borrow_mut();
                 if st.failure.is_some() || st.requested_lsn <= st.durable_lsn {

@@ -24,7 +24,7 @@ use crate::constants::{
 };
 use crate::error::WalError;
 use crate::format::{RecordBody, write_record};
-use crate::storage::{SegmentId, Storage};
+use crate::storage::{Preparation, SegmentFile as _, SegmentId, Storage};
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -190,6 +190,9 @@ pub struct Log<S: Storage> {
     storage: Rc<S>,
     config: LogConfig,
     segments: SegmentTable<S::File>,
+    /// The next segment, created ahead of need and not yet in the log (its header is zero,
+    /// so recovery removes it if the process stops first).
+    spare: Option<(SegmentId, S::File)>,
     next_lsn: u64,
     commit: Rc<GroupCommit<S>>,
     records_appended: Cell<u64>,
@@ -231,6 +234,7 @@ impl<S: Storage> Log<S> {
             storage,
             config,
             segments: SegmentTable::new(),
+            spare: None,
             next_lsn: recovered.next_lsn,
             commit,
             records_appended: Cell::new(0),
@@ -246,6 +250,19 @@ impl<S: Storage> Log<S> {
                 return Ok((log, recovered.report));
             }
             log.create_tail(AppendClass::Client)?;
+        }
+        if policy != RecoveryPolicy::Strict {
+            // The tail was not prepared ahead (new, or cut short by a crash): prepare the part
+            // still unused now, before any record goes in, then the spare in the background.
+            let tail = Rc::clone(log.tail());
+            let prepared = log
+                .storage
+                .prepare(tail.file(), tail.written_bytes(), log.preparation())
+                .await;
+            if let Err(error) = prepared {
+                tracing::debug!(%error, "preparing the tail segment failed; writes will be slower");
+            }
+            log.prepare_spare();
         }
         Ok((log, recovered.report))
     }
@@ -298,7 +315,8 @@ impl<S: Storage> Log<S> {
 
     /// Bytes of segment files.
     pub fn used_bytes(&self) -> u64 {
-        self.segments.bytes
+        let spare = self.spare.as_ref().map_or(0, |(_, file)| file.len() as u64);
+        self.segments.bytes + spare
     }
 
     /// Whether any segment with an id in `[from, to)` exists.
@@ -374,26 +392,78 @@ impl<S: Storage> Log<S> {
             AppendClass::Client => size,
             AppendClass::Compaction => 0,
         };
-        self.segments.bytes + size + reserve <= self.config.capacity_bytes
+        self.used_bytes() + size + reserve <= self.config.capacity_bytes
+    }
+
+    /// Whether the tail can be replaced by a new segment for `class`: a spare is ready, or
+    /// a new file fits within the capacity.
+    pub fn can_roll_over(&self, class: AppendClass) -> bool {
+        self.spare.is_some() || self.has_room_for_segment(class)
+    }
+
+    /// Prepares the next segment ahead of need: created now (cheap), its pages faulted in by
+    /// a background thread, so that the appends that fill it do not stall the executor on
+    /// page faults (the kernel zero-fills every new page). Best effort: without a spare, the
+    /// next roll-over creates the segment itself.
+    fn prepare_spare(&mut self) {
+        if self.spare.is_some() || !self.has_room_for_segment(AppendClass::Client) {
+            return;
+        }
+        let id = self.segments.last().map_or(1, |tail| tail.id() + 1);
+        match self.storage.create(id, self.config.segment_size_bytes) {
+            Ok(file) => {
+                let prepared = self.storage.prepare(&file, 0, self.preparation());
+                glommio::spawn_local(async move {
+                    if let Err(error) = prepared.await {
+                        tracing::debug!(%error, "preparing a spare segment failed; writes into it will be slower");
+                    }
+                })
+                .detach();
+                self.spare = Some((id, file));
+            }
+            Err(error) => tracing::warn!(
+                segment = %self.storage.segment_path(id).display(),
+                %error,
+                "could not prepare the next segment ahead of need"
+            ),
+        }
+    }
+
+    /// How segments are prepared ahead of use (see `Preparation`).
+    fn preparation(&self) -> Preparation {
+        match self.config.durability {
+            Durability::Fsync => Preparation::PopulateRead,
+            Durability::None => Preparation::PopulateWrite,
+        }
     }
 
     /// Seals the tail and starts a new one.
     fn create_tail(&mut self, class: AppendClass) -> Result<(), WalError> {
-        if !self.has_room_for_segment(class) {
-            return Err(WalError::Full {
-                capacity_bytes: self.config.capacity_bytes,
-                used_bytes: self.segments.bytes,
-            });
-        }
         let id = self.segments.last().map_or(1, |tail| tail.id() + 1);
-        let file = self
-            .storage
-            .create(id, self.config.segment_size_bytes)
-            .map_err(|source| WalError::Io {
-                op: "create segment",
-                path: self.storage.segment_path(id),
-                source,
-            })?;
+        let file = match self.spare.take() {
+            Some((spare_id, file)) => {
+                assert_eq!(
+                    spare_id, id,
+                    "the spare is always the segment after the tail"
+                );
+                file
+            }
+            None => {
+                if !self.has_room_for_segment(class) {
+                    return Err(WalError::Full {
+                        capacity_bytes: self.config.capacity_bytes,
+                        used_bytes: self.used_bytes(),
+                    });
+                }
+                self.storage
+                    .create(id, self.config.segment_size_bytes)
+                    .map_err(|source| WalError::Io {
+                        op: "create segment",
+                        path: self.storage.segment_path(id),
+                        source,
+                    })?
+            }
+        };
         if let Some(old) = self.segments.last() {
             old.seal();
         }
@@ -410,6 +480,7 @@ impl<S: Storage> Log<S> {
         self.segments.push(segment);
         self.segments_created.set(self.segments_created.get() + 1);
         tracing::debug!(segment = id, first_lsn = self.next_lsn, "new tail segment");
+        self.prepare_spare();
         Ok(())
     }
 

@@ -298,13 +298,21 @@ pub(crate) async fn recover<S: Storage>(
         segments.push(segment);
     }
 
-    if policy == RecoveryPolicy::Strict && !never_activated.is_empty() {
-        let (id, _) = &never_activated[0];
-        return Err(WalError::TornTail {
-            path: storage.segment_path(*id),
-            offset: 0,
-            garbage_bytes: 0,
-        });
+    if policy == RecoveryPolicy::Strict {
+        // An all-zero segment after the newest is the spare the log prepares ahead of need:
+        // nothing to repair. Anything else in a never-activated segment would be cut.
+        for (id, file) in &never_activated {
+            // SAFETY: the mapping is `len` bytes and nothing writes it during recovery.
+            let bytes = unsafe { std::slice::from_raw_parts(file.as_mut_ptr(), file.len()) };
+            if let Some(last) = last_nonzero(bytes) {
+                return Err(WalError::TornTail {
+                    path: storage.segment_path(*id),
+                    offset: 0,
+                    garbage_bytes: last as u64 + 1,
+                });
+            }
+        }
+        never_activated.clear();
     }
 
     // Repairs, now that the scan succeeded.
@@ -327,9 +335,9 @@ pub(crate) async fn recover<S: Storage>(
     if !never_activated.is_empty() {
         for (id, file) in never_activated {
             drop(file);
-            tracing::warn!(
+            tracing::info!(
                 segment = %storage.segment_path(id).display(),
-                "removing segment that was created but never activated: it holds no acknowledged record"
+                "removing a segment that was prepared but never used: it holds no acknowledged record"
             );
             storage
                 .remove(id)

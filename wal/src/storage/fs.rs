@@ -5,14 +5,18 @@
 //! Must be used inside a glommio executor (syncs go through its ring). Never uses `DmaFile`:
 //! see NOTES.md on glommio's O_DIRECT probe bug.
 
-use super::{SegmentFile, SegmentId, Storage, parse_segment_file_name, segment_file_name};
+use super::{
+    Preparation, SegmentFile, SegmentId, Storage, parse_segment_file_name, segment_file_name,
+};
 use crate::error::WalError;
 use glommio::io::{BufferedFile, Directory};
 use memmap2::{MmapOptions, MmapRaw};
 use std::fs::OpenOptions;
+use std::future::Future;
 use std::io;
 use std::os::fd::{FromRawFd as _, IntoRawFd as _};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// A shard directory of segment files on a real filesystem.
 #[derive(Debug)]
@@ -114,6 +118,25 @@ impl Storage for FsStorage {
         std::fs::remove_file(self.segment_path(id))
     }
 
+    fn prepare(
+        &self,
+        file: &FsSegment,
+        from: usize,
+        how: Preparation,
+    ) -> impl Future<Output = io::Result<()>> + 'static {
+        // On a thread of glommio's blocking pool, so the work is done off the executor's core.
+        // The Arc keeps the mapping alive until the thread is done.
+        let map = Arc::clone(&file.map);
+        let advice = match how {
+            Preparation::PopulateWrite => memmap2::Advice::PopulateWrite,
+            Preparation::PopulateRead => memmap2::Advice::PopulateRead,
+        };
+        glommio::executor().spawn_blocking(move || {
+            let len = map.len().saturating_sub(from);
+            map.advise_range(advice, from, len)
+        })
+    }
+
     async fn sync_dir(&self) -> io::Result<()> {
         self.dir_handle.sync().await.map_err(Into::into)
     }
@@ -122,7 +145,8 @@ impl Storage for FsStorage {
 /// One mapped segment file.
 #[derive(Debug)]
 pub struct FsSegment {
-    map: MmapRaw,
+    /// Shared with a background preparation, which must not outlive the mapping.
+    map: Arc<MmapRaw>,
     /// The same file, for io_uring fdatasync; owns the descriptor.
     file: BufferedFile,
 }
@@ -138,7 +162,10 @@ impl FsSegment {
         let map = MmapOptions::new().len(len).map_raw(&file)?;
         // SAFETY: `into_raw_fd` hands over a valid, owned descriptor; BufferedFile closes it.
         let file = unsafe { BufferedFile::from_raw_fd(file.into_raw_fd()) };
-        Ok(Self { map, file })
+        Ok(Self {
+            map: Arc::new(map),
+            file,
+        })
     }
 }
 

@@ -20,6 +20,18 @@ use std::future::Future;
 use std::io;
 use std::path::PathBuf;
 
+/// How to prepare a segment ahead of need. Both map its pages in off the executor's core
+/// (the kernel zero-fills every new page, which would otherwise happen in a page fault on the
+/// executor thread, in the middle of an append); neither changes its contents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preparation {
+    /// Map the pages writable. This marks them dirty: right for logs that are never synced,
+    /// wrong for synced ones, whose next fdatasync would write the whole segment.
+    PopulateWrite,
+    /// Map the pages for reading only: the first store to each still faults, but cheaply.
+    PopulateRead,
+}
+
 /// A segment's id: its position in the log, also its file name. Ids start at 1 and increase.
 pub type SegmentId = u64;
 
@@ -70,6 +82,20 @@ pub trait Storage: 'static {
 
     /// Removes a segment file. The removal is durable after the next [`Storage::sync_dir`].
     fn remove(&self, id: SegmentId) -> io::Result<()>;
+
+    /// Starts preparing bytes `[from, len)` of a segment, which hold zeros and are not in use
+    /// yet, in the background so that writing into them later is cheap (see
+    /// [`Preparation`]). The work starts at once; the future only reports its end (it may be
+    /// dropped). The contents stay zero. A no-op where there is nothing to gain.
+    fn prepare(
+        &self,
+        file: &Self::File,
+        from: usize,
+        how: Preparation,
+    ) -> impl Future<Output = io::Result<()>> + 'static {
+        let _ = (file, from, how);
+        std::future::ready(Ok(()))
+    }
 
     /// Makes creations and removals of segment files durable (fsync of the directory).
     fn sync_dir(&self) -> impl Future<Output = io::Result<()>>;

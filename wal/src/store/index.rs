@@ -169,6 +169,27 @@ impl Index {
             .map(|occupied| occupied.remove().0)
     }
 
+    /// Makes room for `additional` more entries without growing (recovery, which would
+    /// otherwise rehash the table, reading every key from the mappings, each time it grows).
+    pub fn reserve<F: SegmentFile>(&mut self, segments: &impl SegmentLookup<F>, additional: usize) {
+        let hasher = &self.hasher;
+        self.table.reserve(additional, |e| {
+            hasher.hash_one(put_of(segments, e).key.as_ref())
+        });
+    }
+
+    /// Gives back memory reserved beyond need.
+    pub fn shrink_to_fit<F: SegmentFile>(&mut self, segments: &impl SegmentLookup<F>) {
+        let hasher = &self.hasher;
+        self.table
+            .shrink_to_fit(|e| hasher.hash_one(put_of(segments, e).key.as_ref()));
+    }
+
+    /// Entries the table holds without growing.
+    pub fn capacity(&self) -> usize {
+        self.table.capacity()
+    }
+
     /// Every entry (for checks and expiry sweeps).
     pub fn iter(&self) -> impl Iterator<Item = &Entry> {
         self.table.iter()

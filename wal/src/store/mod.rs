@@ -514,17 +514,31 @@ impl<S: Storage> Store<S> {
         let mut seen = ReplaySegments {
             segments: Vec::new(),
         };
+        // Size the index once, from the first segment's records per segment, instead of
+        // letting it grow (and rehash, reading every key back from the mappings) repeatedly.
+        let segment_count = storage.list()?.len();
+        let mut records = 0usize;
         let mut visit = |segment: &Rc<Segment<S::File>>, offset: usize, record: RecordRef<'_>| {
             if seen
                 .segments
                 .last()
                 .is_none_or(|last| last.id() != segment.id())
             {
+                if seen.segments.len() == 1 {
+                    let estimate = records.saturating_mul(segment_count);
+                    state
+                        .index
+                        .reserve(&seen, estimate.saturating_sub(state.index.len()));
+                }
                 seen.segments.push(Rc::clone(segment));
             }
+            records += 1;
             state.replay(&seen, segment, offset, record);
         };
         let (log, report) = Log::open(storage, config.log, policy, &mut visit).await?;
+        if state.index.capacity() > 2 * state.index.len() + 1024 {
+            state.index.shrink_to_fit(&log);
+        }
         drop(seen);
         Ok((
             Self {
@@ -656,7 +670,7 @@ impl<S: Storage> Store<S> {
         if !tail.is_sealed() && tail.free_bytes() >= len_max {
             return Ok(());
         }
-        while !self.log.has_room_for_segment(AppendClass::Client) {
+        while !self.log.can_roll_over(AppendClass::Client) {
             let full = WalError::Full {
                 capacity_bytes: self.config.log.capacity_bytes,
                 used_bytes: self.log.used_bytes(),
