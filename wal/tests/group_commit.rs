@@ -125,19 +125,24 @@ fn nothing_is_reported_durable_before_the_disk_holds_it() {
     });
 }
 
+/// Opens (or reopens) a durable store on real files in `dir`.
+async fn open_fs(dir: &std::path::Path) -> (Store<FsStorage>, terrace_wal::log::RecoveryReport) {
+    let storage = FsStorage::open(dir).await.expect("open dir");
+    Store::open(
+        storage,
+        small_config(1 << 20, Durability::Fsync),
+        Rc::new(SystemClock) as Rc<dyn Clock>,
+        RecoveryPolicy::TruncateTornTail,
+    )
+    .await
+    .expect("open")
+}
+
 #[test]
 fn sixty_four_writers_share_syncs_on_real_files() {
     run(|| async {
         let dir = tempfile::tempdir().expect("tempdir");
-        let storage = FsStorage::open(dir.path()).await.expect("open dir");
-        let (store, _) = Store::open(
-            storage,
-            small_config(1 << 20, Durability::Fsync),
-            Rc::new(SystemClock) as Rc<dyn Clock>,
-            RecoveryPolicy::TruncateTornTail,
-        )
-        .await
-        .expect("open");
+        let (store, _) = open_fs(dir.path()).await;
         let store = Rc::new(RefCell::new(store));
         many_writers(&store, Rc::new(|_, _| {})).await;
         let counters = store.borrow().log().counters();
@@ -150,15 +155,7 @@ fn sixty_four_writers_share_syncs_on_real_files() {
         );
         // And they are all there after a reopen.
         drop(store);
-        let storage = FsStorage::open(dir.path()).await.expect("reopen dir");
-        let (store, report) = Store::open(
-            storage,
-            small_config(1 << 20, Durability::Fsync),
-            Rc::new(SystemClock) as Rc<dyn Clock>,
-            RecoveryPolicy::TruncateTornTail,
-        )
-        .await
-        .expect("reopen");
+        let (store, report) = open_fs(dir.path()).await;
         assert_eq!(report.records, records);
         assert_eq!(live_items(&store).len(), WRITERS * 5);
     });

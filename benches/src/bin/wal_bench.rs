@@ -154,6 +154,18 @@ fn fsync_baseline(dir: &Path, iterations: u64) -> Result<(Histogram<u64>, Histog
     Ok((append, overwrite))
 }
 
+/// A put record of `key` and `value`, and its length bound.
+fn put<'a>(key: &'a str, value: &'a [u8], cas: u64) -> (Put<'a>, usize) {
+    let body = Put {
+        key: key.as_bytes(),
+        value: ValueParts::whole(value),
+        flags: 0,
+        expiry: 0,
+        cas,
+    };
+    (body, put_record_len_max(key.len(), value.len()))
+}
+
 /// Durable appends of 100-byte values by `writers` tasks for `seconds`. Returns
 /// (records per second, append-to-durable latency histogram).
 async fn durable_appends(
@@ -195,14 +207,7 @@ async fn durable_appends(
                 }
                 let key = format!("w{writer:03}-{i:010}");
                 i += 1;
-                let body = Put {
-                    key: key.as_bytes(),
-                    value: ValueParts::whole(&value),
-                    flags: 0,
-                    expiry: 0,
-                    cas: 0,
-                };
-                let len_max = put_record_len_max(key.len(), value.len());
+                let (body, len_max) = put(&key, &value, 0);
                 let appended = log
                     .borrow_mut()
                     .append(&body, len_max, AppendClass::Client)
@@ -262,18 +267,8 @@ async fn volatile_appends(
         // A million distinct keys, overwritten: the recovery part rebuilds a real index.
         let key = format!("key:{:08}", i % 1_000_000);
         i += 1;
-        let body = Put {
-            key: key.as_bytes(),
-            value: ValueParts::whole(&value),
-            flags: 0,
-            expiry: 0,
-            cas: i,
-        };
-        log.append(
-            &body,
-            put_record_len_max(key.len(), value.len()),
-            AppendClass::Client,
-        )?;
+        let (body, len_max) = put(&key, &value, i);
+        log.append(&body, len_max, AppendClass::Client)?;
         if i.is_multiple_of(4096) {
             glommio::yield_if_needed().await;
         }
