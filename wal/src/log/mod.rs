@@ -255,10 +255,9 @@ impl<S: Storage> Log<S> {
             // The tail was not prepared ahead (new, or cut short by a crash): prepare the part
             // still unused now, before any record goes in, then the spare in the background.
             let tail = Rc::clone(log.tail());
-            let prepared = log
-                .storage
-                .prepare(tail.file(), tail.written_bytes(), log.preparation())
-                .await;
+            let prepared =
+                log.storage
+                    .prepare(tail.file(), tail.written_bytes(), log.preparation());
             if let Err(error) = prepared {
                 tracing::debug!(%error, "preparing the tail segment failed; writes will be slower");
             }
@@ -412,13 +411,9 @@ impl<S: Storage> Log<S> {
         let id = self.segments.last().map_or(1, |tail| tail.id() + 1);
         match self.storage.create(id, self.config.segment_size_bytes) {
             Ok(file) => {
-                let prepared = self.storage.prepare(&file, 0, self.preparation());
-                glommio::spawn_local(async move {
-                    if let Err(error) = prepared.await {
-                        tracing::debug!(%error, "preparing a spare segment failed; writes into it will be slower");
-                    }
-                })
-                .detach();
+                if let Err(error) = self.storage.prepare(&file, 0, self.preparation()) {
+                    tracing::debug!(%error, "preparing a spare segment failed; writes into it will be slower");
+                }
                 self.spare = Some((id, file));
             }
             Err(error) => tracing::warn!(
@@ -432,8 +427,8 @@ impl<S: Storage> Log<S> {
     /// How segments are prepared ahead of use (see `Preparation`).
     fn preparation(&self) -> Preparation {
         match self.config.durability {
-            Durability::Fsync => Preparation::PopulateRead,
-            Durability::None => Preparation::PopulateWrite,
+            Durability::Fsync => Preparation::Synced,
+            Durability::None => Preparation::Unsynced,
         }
     }
 

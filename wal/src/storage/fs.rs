@@ -12,9 +12,8 @@ use crate::error::WalError;
 use glommio::io::{BufferedFile, Directory};
 use memmap2::{MmapOptions, MmapRaw};
 use std::fs::OpenOptions;
-use std::future::Future;
 use std::io;
-use std::os::fd::{FromRawFd as _, IntoRawFd as _};
+use std::os::fd::{AsRawFd as _, FromRawFd as _, IntoRawFd as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -102,7 +101,7 @@ impl Storage for FsStorage {
             let _ = std::fs::remove_file(&path);
             return Err(e.into());
         }
-        FsSegment::map(file, size_bytes)
+        FsSegment::map(file, size_bytes, id)
     }
 
     fn open(&self, id: SegmentId) -> io::Result<FsSegment> {
@@ -111,30 +110,35 @@ impl Storage for FsStorage {
         let len = file.metadata()?.len();
         let len = usize::try_from(len)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "segment too large"))?;
-        FsSegment::map(file, len)
+        FsSegment::map(file, len, id)
     }
 
     fn remove(&self, id: SegmentId) -> io::Result<()> {
         std::fs::remove_file(self.segment_path(id))
     }
 
-    fn prepare(
-        &self,
-        file: &FsSegment,
-        from: usize,
-        how: Preparation,
-    ) -> impl Future<Output = io::Result<()>> + 'static {
-        // On a thread of glommio's blocking pool, so the work is done off the executor's core.
-        // The Arc keeps the mapping alive until the thread is done.
-        let map = Arc::clone(&file.map);
-        let advice = match how {
-            Preparation::PopulateWrite => memmap2::Advice::PopulateWrite,
-            Preparation::PopulateRead => memmap2::Advice::PopulateRead,
+    fn prepare(&self, file: &FsSegment, from: usize, how: Preparation) -> io::Result<()> {
+        let (advice, populate_from) = match how {
+            Preparation::Unsynced => (memmap2::Advice::PopulateWrite, from),
+            // Here, before any append can touch the region: cheap, and it must not race them.
+            Preparation::Synced => (memmap2::Advice::PopulateRead, file.small_folios_from(from)?),
         };
-        glommio::executor().spawn_blocking(move || {
-            let len = map.len().saturating_sub(from);
-            map.advise_range(advice, from, len)
-        })
+        // The populating on a thread of its own, off the executor's core. Not glommio's
+        // blocking pool: its threads panic when they finish after their executor has exited,
+        // which a server shutting down (or a log dropped) mid-preparation would do. The Arc
+        // keeps the mapping alive until the thread is done.
+        let map = Arc::clone(&file.map);
+        let path = self.segment_path(file.id);
+        std::thread::Builder::new()
+            .name("terrace-prepare".into())
+            .spawn(move || {
+                let len = map.len().saturating_sub(populate_from);
+                if let Err(error) = map.advise_range(advice, populate_from, len) {
+                    tracing::debug!(segment = %path.display(), %error,
+                        "preparing a segment failed; appends into it will be slower");
+                }
+            })?;
+        Ok(())
     }
 
     async fn sync_dir(&self) -> io::Result<()> {
@@ -149,10 +153,12 @@ pub struct FsSegment {
     map: Arc<MmapRaw>,
     /// The same file, for io_uring fdatasync; owns the descriptor.
     file: BufferedFile,
+    /// Which segment this is, for logs.
+    id: SegmentId,
 }
 
 impl FsSegment {
-    fn map(file: std::fs::File, len: usize) -> io::Result<Self> {
+    fn map(file: std::fs::File, len: usize, id: SegmentId) -> io::Result<Self> {
         if len == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -165,7 +171,51 @@ impl FsSegment {
         Ok(Self {
             map: Arc::new(map),
             file,
+            id,
         })
+    }
+}
+
+impl FsSegment {
+    /// Makes the page cache of bytes `[from, len)` hold only small (one-page) folios, so that
+    /// each fdatasync writes back only the pages that appends dirtied. Returns where the
+    /// eviction started (at or before `from`). Every byte before `from` must be clean (synced,
+    /// or never written); its contents are not changed.
+    ///
+    /// Why: the kernel's readahead fills the page cache with large folios (up to 2 MiB here,
+    /// with `read_ahead_kb` = 8192), and dirtiness is tracked per folio. An append that
+    /// dirties a few bytes of a 2 MiB folio makes the next fdatasync write all 2 MiB:
+    /// measured here, mmap appends + fdatasync went from 160 us to 1.2 ms per sync as
+    /// readahead ramped up (see NOTES.md). With `MADV_RANDOM` a fault maps one page and
+    /// reads nothing ahead; folios that readahead already made (recovery scans the tail
+    /// segment) are dropped, to come back one page at a time.
+    fn small_folios_from(&self, from: usize) -> io::Result<usize> {
+        // Large folios are naturally aligned, so evicting from a multiple of the largest one
+        // drops the folio that holds `from` as well. 8 MiB covers every architecture's PMD.
+        const LARGEST_FOLIO_BYTES: usize = 8 << 20;
+        self.map.advise(memmap2::Advice::Random)?;
+        let start = from.min(self.map.len()) / LARGEST_FOLIO_BYTES * LARGEST_FOLIO_BYTES;
+        let len = self.map.len() - start;
+        if len == 0 {
+            return Ok(start);
+        }
+        // SAFETY: on a shared file mapping MADV_DONTNEED only unmaps the pages; the next
+        // access maps the same page-cache pages (or reads them back from the file), so the
+        // contents seen through the mapping do not change. Dirty pages stay dirty in the cache.
+        unsafe {
+            self.map
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len)?;
+        }
+        // Now unmapped, clean folios of the range can be dropped; dirty ones are left alone.
+        // SAFETY: `self.file` owns this descriptor and outlives the borrow.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.file.as_raw_fd()) };
+        rustix::fs::fadvise(
+            fd,
+            start as u64,
+            std::num::NonZeroU64::new(len as u64),
+            rustix::fs::Advice::DontNeed,
+        )?;
+        Ok(start)
     }
 }
 

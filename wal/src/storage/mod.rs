@@ -20,16 +20,20 @@ use std::future::Future;
 use std::io;
 use std::path::PathBuf;
 
-/// How to prepare a segment ahead of need. Both map its pages in off the executor's core
-/// (the kernel zero-fills every new page, which would otherwise happen in a page fault on the
-/// executor thread, in the middle of an append); neither changes its contents.
+/// How to prepare a segment ahead of need, by the log that will append to it. Both map its
+/// pages in off the executor's core (the kernel zero-fills every new page, which would
+/// otherwise happen in a page fault on the executor thread, in the middle of an append);
+/// neither changes its contents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Preparation {
-    /// Map the pages writable. This marks them dirty: right for logs that are never synced,
-    /// wrong for synced ones, whose next fdatasync would write the whole segment.
-    PopulateWrite,
-    /// Map the pages for reading only: the first store to each still faults, but cheaply.
-    PopulateRead,
+    /// For a log that never syncs: map the pages writable, in whatever page-cache folios the
+    /// kernel likes. This marks them dirty, which would make a synced log's next fdatasync
+    /// write the whole segment.
+    Unsynced,
+    /// For a log that syncs: keep the page cache in one-page folios (so that an fdatasync
+    /// writes only the pages appends dirtied) and map the pages for reading only (the first
+    /// store to each still faults, but cheaply).
+    Synced,
 }
 
 /// A segment's id: its position in the log, also its file name. Ids start at 1 and increase.
@@ -84,17 +88,13 @@ pub trait Storage: 'static {
     fn remove(&self, id: SegmentId) -> io::Result<()>;
 
     /// Starts preparing bytes `[from, len)` of a segment, which hold zeros and are not in use
-    /// yet, in the background so that writing into them later is cheap (see
-    /// [`Preparation`]). The work starts at once; the future only reports its end (it may be
-    /// dropped). The contents stay zero. A no-op where there is nothing to gain.
-    fn prepare(
-        &self,
-        file: &Self::File,
-        from: usize,
-        how: Preparation,
-    ) -> impl Future<Output = io::Result<()>> + 'static {
+    /// yet, so that appending into them later is cheap (see [`Preparation`]). What must
+    /// precede any append is done before this returns; the rest (populating the pages)
+    /// continues in the background, best effort. The contents stay the same. A no-op where
+    /// there is nothing to gain.
+    fn prepare(&self, file: &Self::File, from: usize, how: Preparation) -> io::Result<()> {
         let _ = (file, from, how);
-        std::future::ready(Ok(()))
+        Ok(())
     }
 
     /// Makes creations and removals of segment files durable (fsync of the directory).
