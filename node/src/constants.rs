@@ -1,0 +1,50 @@
+//! Every limit of the server, in one place. Units last in names.
+
+/// memcached's limit on a request line that is not a multi-key get: a line this long without
+/// a newline closes the connection.
+pub const LINE_LEN_MAX_BYTES: usize = 2048;
+
+/// A `get`/`gets`/`gat`/`gats` line may carry many keys: it may be this long.
+pub const GET_LINE_LEN_MAX_BYTES: usize = 256 << 10;
+
+/// Keys per `get` line: a limit on the work one request line can ask for.
+pub const GET_KEYS_MAX: usize = 8192;
+
+/// Tokens in a request line that is not a multi-key get (memcached's MAX_TOKENS is 24).
+pub const TOKENS_MAX: usize = 24;
+
+/// Replies gathered for one connection before they are written even if more requests of
+/// the same read burst wait: bounds a connection's memory under deep pipelining.
+pub const REPLY_FLUSH_BYTES: usize = 1 << 20;
+
+/// First size of a connection's receive buffer; it grows to hold one whole request (at most
+/// a line plus the largest item) and shrinks back when idle.
+pub const RECV_BUFFER_INITIAL_BYTES: usize = 16 << 10;
+
+/// Bytes read from a socket per read call.
+pub const RECV_CHUNK_BYTES: usize = 64 << 10;
+
+/// Capacity of each cross-core request and reply channel (messages).
+pub const MESH_CHANNEL_CAPACITY: usize = 1024;
+
+/// Shard count of a new data dir unless configured.
+pub const SHARDS_DEFAULT: u32 = 8;
+
+/// Largest shard count accepted.
+pub const SHARDS_MAX: u32 = 1024;
+
+/// glommio's registered I/O memory per executor. We use no DMA buffers; keep it small so
+/// that it fits a default memlock limit (8 MiB here).
+pub const EXECUTOR_IO_MEMORY_BYTES: usize = 1 << 20;
+
+/// glommio refuses to start with less locked memory than this.
+pub const GLOMMIO_MEMLOCK_MIN_BYTES: u64 = 512 << 10;
+
+/// How often stopping tasks look at the shutdown flag.
+pub const SHUTDOWN_POLL_MILLIS: u64 = 20;
+
+/// Connections accepted per executor before new ones are refused.
+pub const CONNECTIONS_MAX_DEFAULT: usize = 4096;
+
+const _: () = assert!(LINE_LEN_MAX_BYTES < GET_LINE_LEN_MAX_BYTES);
+const _: () = assert!(SHARDS_DEFAULT <= SHARDS_MAX);

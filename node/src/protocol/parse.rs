@@ -1,0 +1,526 @@
+//! Parsing requests in place from a connection's receive buffer.
+//!
+//! [`parse`] looks at the front of the buffer and says what is there: not enough bytes yet,
+//! one whole request (borrowing its key and data from the buffer), a bad request to answer
+//! with an error, a data block to skip, or a reason to close the connection. It never
+//! allocates and never panics on any input; "need more bytes" is not an error.
+//!
+//! Tokenizing follows memcached: tokens are separated by one or more spaces, a line ends at
+//! `\n` with an optional `\r` before it, `noreply` counts only as the last token.
+
+use super::ProtocolError;
+use crate::constants::{
+    GET_KEYS_MAX, GET_LINE_LEN_MAX_BYTES, LINE_LEN_MAX_BYTES, TOKENS_MAX,
+};
+use terrace_wal::constants::KEY_LEN_MAX_BYTES;
+use terrace_wal::store::{Delta, SetMode};
+
+/// What the parser needs to know about the server.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest value accepted; a larger data block is skipped, not buffered.
+    pub item_size_max_bytes: usize,
+}
+
+/// One request, borrowing from the receive buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command<'a> {
+    /// `get`/`gets <key>*`.
+    Get { keys: Keys<'a>, with_cas: bool },
+    /// `gat`/`gats <exptime> <key>*`.
+    GetAndTouch {
+        exptime: i64,
+        keys: Keys<'a>,
+        with_cas: bool,
+    },
+    /// `set`/`add`/`replace`/`append`/`prepend`/`cas`.
+    Store {
+        mode: SetMode,
+        key: &'a [u8],
+        flags: u32,
+        exptime: i64,
+        data: &'a [u8],
+        noreply: bool,
+    },
+    /// `delete <key> [0] [noreply]`.
+    Delete { key: &'a [u8], noreply: bool },
+    /// `incr`/`decr <key> <delta> [noreply]`.
+    Delta {
+        key: &'a [u8],
+        delta: Delta,
+        noreply: bool,
+    },
+    /// `touch <key> <exptime> [noreply]`.
+    Touch {
+        key: &'a [u8],
+        exptime: i64,
+        noreply: bool,
+    },
+    /// `flush_all [delay] [noreply]`.
+    FlushAll { delay: i64, noreply: bool },
+    /// `version`.
+    Version,
+    /// `verbosity <level> [noreply]` (accepted, changes nothing: logging is set at start).
+    Verbosity { noreply: bool },
+    /// `quit`.
+    Quit,
+    /// `stats [args]`: the arguments, trimmed (empty for the general block).
+    Stats { args: &'a [u8] },
+    /// `debugtime <seconds>`: shift the server clock (only with `--enable-debugtime`).
+    DebugTime { shift_secs: i64 },
+}
+
+impl Command<'_> {
+    /// Whether the client asked for no reply.
+    pub fn noreply(&self) -> bool {
+        match self {
+            Self::Store { noreply, .. }
+            | Self::Delete { noreply, .. }
+            | Self::Delta { noreply, .. }
+            | Self::Touch { noreply, .. }
+            | Self::FlushAll { noreply, .. }
+            | Self::Verbosity { noreply } => *noreply,
+            _ => false,
+        }
+    }
+}
+
+/// The keys of a get line, in order (already checked: 1 to `GET_KEYS_MAX` keys, each 1 to
+/// 250 bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keys<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Keys<'a> {
+    /// The keys in request order.
+    pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
+        tokens(self.rest)
+    }
+}
+
+/// What the front of the receive buffer holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed<'a> {
+    /// Not a whole request yet: read more.
+    Incomplete,
+    /// A whole request, `len` bytes long.
+    Request { command: Command<'a>, len: usize },
+    /// A bad request, `len` bytes long: answer with `error` and go on.
+    Invalid { error: ProtocolError, len: usize },
+    /// A storage request whose data block will not be stored: consume the `len`-byte line,
+    /// then skip `skip_bytes` more (the data block and its `\r\n`, not buffered), answer
+    /// with `error`. `delete_key`: a `set` that is refused also removes the key's old value,
+    /// as memcached does (so a reader never sees a stale value the client thinks replaced).
+    Swallow {
+        error: ProtocolError,
+        len: usize,
+        skip_bytes: usize,
+        delete_key: Option<&'a [u8]>,
+    },
+    /// The connection must be closed (a line too long to be a request).
+    Close,
+}
+
+/// Parses the request at the front of `buf`.
+pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<'a> {
+    let Some(newline) = find_newline(buf) else {
+        return if buf.len() > line_len_max(buf) {
+            Parsed::Close
+        } else {
+            Parsed::Incomplete
+        };
+    };
+    let line_len = newline + 1;
+    if newline > line_len_max(buf) {
+        return Parsed::Close;
+    }
+    let line = strip_cr(&buf[..newline]);
+    let mut words = tokens(line);
+    let Some(name) = words.next() else {
+        return invalid(ProtocolError::UnknownCommand, line_len);
+    };
+    let rest = after(line, name);
+    match name {
+        b"get" => parse_get(rest, false, line_len),
+        b"gets" => parse_get(rest, true, line_len),
+        b"gat" => parse_gat(rest, false, line_len),
+        b"gats" => parse_gat(rest, true, line_len),
+        b"set" => parse_store(SetKind::Set, rest, buf, line_len, limits),
+        b"add" => parse_store(SetKind::Add, rest, buf, line_len, limits),
+        b"replace" => parse_store(SetKind::Replace, rest, buf, line_len, limits),
+        b"append" => parse_store(SetKind::Append, rest, buf, line_len, limits),
+        b"prepend" => parse_store(SetKind::Prepend, rest, buf, line_len, limits),
+        b"cas" => parse_store(SetKind::Cas, rest, buf, line_len, limits),
+        b"delete" => parse_delete(rest, line_len),
+        b"incr" => parse_delta(rest, true, line_len),
+        b"decr" => parse_delta(rest, false, line_len),
+        b"touch" => parse_touch(rest, line_len),
+        b"flush_all" => parse_flush_all(rest, line_len),
+        b"version" => simple(rest, Command::Version, line_len),
+        b"quit" => simple(rest, Command::Quit, line_len),
+        b"verbosity" => parse_verbosity(rest, line_len),
+        b"stats" => request(Command::Stats { args: trim(rest) }, line_len),
+        b"debugtime" => parse_debugtime(rest, line_len),
+        _ => invalid(ProtocolError::UnknownCommand, line_len),
+    }
+}
+
+/// The line limit that applies to the request starting `buf`: multi-key gets may be long.
+fn line_len_max(buf: &[u8]) -> usize {
+    let head = &buf[..buf.len().min(5)];
+    let is_get = [&b"get "[..], b"gets ", b"gat ", b"gats "]
+        .iter()
+        .any(|prefix| head.starts_with(prefix));
+    if is_get {
+        GET_LINE_LEN_MAX_BYTES
+    } else {
+        LINE_LEN_MAX_BYTES
+    }
+}
+
+fn find_newline(buf: &[u8]) -> Option<usize> {
+    buf.iter().position(|&b| b == b'\n')
+}
+
+fn strip_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// Space-separated tokens, skipping runs of spaces.
+fn tokens(line: &[u8]) -> impl Iterator<Item = &[u8]> {
+    line.split(|&b| b == b' ').filter(|t| !t.is_empty())
+}
+
+/// The part of `line` after the token `word` (a subslice of it).
+fn after<'a>(line: &'a [u8], word: &'a [u8]) -> &'a [u8] {
+    let end = (word.as_ptr() as usize - line.as_ptr() as usize) + word.len();
+    &line[end..]
+}
+
+fn trim(bytes: &[u8]) -> &[u8] {
+    let start = bytes.iter().position(|&b| b != b' ').unwrap_or(bytes.len());
+    let end = bytes.iter().rposition(|&b| b != b' ').map_or(start, |i| i + 1);
+    &bytes[start..end.max(start)]
+}
+
+fn request(command: Command<'_>, len: usize) -> Parsed<'_> {
+    Parsed::Request { command, len }
+}
+
+fn invalid<'a>(error: ProtocolError, len: usize) -> Parsed<'a> {
+    Parsed::Invalid { error, len }
+}
+
+/// Up to `TOKENS_MAX` tokens; `None` if there are more.
+fn collect_tokens(rest: &[u8]) -> Option<([&[u8]; TOKENS_MAX], usize)> {
+    let mut out: [&[u8]; TOKENS_MAX] = [&[]; TOKENS_MAX];
+    let mut n = 0;
+    for token in tokens(rest) {
+        if n == TOKENS_MAX {
+            return None;
+        }
+        out[n] = token;
+        n += 1;
+    }
+    Some((out, n))
+}
+
+/// Splits off a trailing `noreply`.
+fn split_noreply<'t, 'a>(args: &'t [&'a [u8]]) -> (&'t [&'a [u8]], bool) {
+    match args.split_last() {
+        Some((last, init)) if *last == b"noreply" => (init, true),
+        _ => (args, false),
+    }
+}
+
+fn key_ok(key: &[u8]) -> bool {
+    !key.is_empty()
+        && key.len() <= KEY_LEN_MAX_BYTES
+        && key.iter().all(|&b| b > b' ' && b != 0x7f)
+}
+
+fn parse_u64(token: &[u8]) -> Option<u64> {
+    if token.is_empty() || token.len() > 20 || !token.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(token).ok()?.parse().ok()
+}
+
+fn parse_u32(token: &[u8]) -> Option<u32> {
+    parse_u64(token).and_then(|v| u32::try_from(v).ok())
+}
+
+/// A signed decimal that fits memcached's 32-bit `exptime`/`vlen`.
+fn parse_i32(token: &[u8]) -> Option<i64> {
+    let (negative, digits) = match token.strip_prefix(b"-") {
+        Some(digits) => (true, digits),
+        None => (false, token),
+    };
+    let magnitude = i64::try_from(parse_u64(digits)?).ok()?;
+    let value = if negative { -magnitude } else { magnitude };
+    i32::try_from(value).ok().map(i64::from)
+}
+
+fn simple<'a>(rest: &'a [u8], command: Command<'a>, len: usize) -> Parsed<'a> {
+    if tokens(rest).next().is_some() {
+        return invalid(ProtocolError::UnknownCommand, len);
+    }
+    request(command, len)
+}
+
+fn get_keys(rest: &[u8]) -> Result<Keys<'_>, ProtocolError> {
+    let mut count = 0;
+    for key in tokens(rest) {
+        count += 1;
+        if !key_ok(key) || count > GET_KEYS_MAX {
+            return Err(ProtocolError::BadCommandLine);
+        }
+    }
+    if count == 0 {
+        return Err(ProtocolError::UnknownCommand);
+    }
+    Ok(Keys { rest })
+}
+
+fn parse_get(rest: &[u8], with_cas: bool, len: usize) -> Parsed<'_> {
+    match get_keys(rest) {
+        Ok(keys) => request(Command::Get { keys, with_cas }, len),
+        Err(error) => invalid(error, len),
+    }
+}
+
+fn parse_gat(rest: &[u8], with_cas: bool, len: usize) -> Parsed<'_> {
+    let Some(first) = tokens(rest).next() else {
+        return invalid(ProtocolError::UnknownCommand, len);
+    };
+    let Some(exptime) = parse_i32(first) else {
+        return invalid(ProtocolError::InvalidExptime, len);
+    };
+    match get_keys(after(rest, first)) {
+        Ok(keys) => request(
+            Command::GetAndTouch {
+                exptime,
+                keys,
+                with_cas,
+            },
+            len,
+        ),
+        Err(error) => invalid(error, len),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SetKind {
+    Set,
+    Add,
+    Replace,
+    Append,
+    Prepend,
+    Cas,
+}
+
+fn parse_store<'a>(
+    kind: SetKind,
+    rest: &'a [u8],
+    buf: &'a [u8],
+    line_len: usize,
+    limits: &Limits,
+) -> Parsed<'a> {
+    let Some((tokens, n)) = collect_tokens(rest) else {
+        return invalid(ProtocolError::BadCommandLine, line_len);
+    };
+    let (args, noreply) = split_noreply(&tokens[..n]);
+    let expected = if kind == SetKind::Cas { 5 } else { 4 };
+    if args.len() != expected {
+        return invalid(ProtocolError::BadCommandLine, line_len);
+    }
+    let (key, flags, exptime, vlen) = (args[0], parse_u32(args[1]), parse_i32(args[2]), args[3]);
+    let cas = if kind == SetKind::Cas {
+        match parse_u64(args[4]) {
+            Some(cas) => Some(cas),
+            None => return invalid(ProtocolError::BadCommandLine, line_len),
+        }
+    } else {
+        None
+    };
+    // Without a length we cannot know where the data block ends: answer and read on, as
+    // memcached does (the data line will then get its own error).
+    let Some(vlen) = parse_i32(vlen).and_then(|v| usize::try_from(v).ok()) else {
+        return invalid(ProtocolError::BadCommandLine, line_len);
+    };
+    let skip_bytes = vlen.saturating_add(2);
+    let (Some(flags), Some(exptime)) = (flags, exptime) else {
+        return swallow(ProtocolError::BadCommandLine, line_len, skip_bytes, None);
+    };
+    if !key_ok(key) {
+        // memcached answers and then parses the data block as commands; we know its length,
+        // so skip it instead: a value must never be executed as a request.
+        return swallow(ProtocolError::BadCommandLine, line_len, skip_bytes, None);
+    }
+    if vlen > limits.item_size_max_bytes {
+        let delete_key = (kind == SetKind::Set).then_some(key);
+        return swallow(ProtocolError::TooLarge, line_len, skip_bytes, delete_key);
+    }
+    let total = line_len + skip_bytes;
+    if buf.len() < total {
+        return Parsed::Incomplete;
+    }
+    if &buf[line_len + vlen..total] != b"\r\n" {
+        return invalid(ProtocolError::BadDataChunk, total);
+    }
+    let mode = match (kind, cas) {
+        (SetKind::Set, _) => SetMode::Set,
+        (SetKind::Add, _) => SetMode::Add,
+        (SetKind::Replace, _) => SetMode::Replace,
+        (SetKind::Append, _) => SetMode::Append,
+        (SetKind::Prepend, _) => SetMode::Prepend,
+        (SetKind::Cas, Some(cas)) => SetMode::Cas(cas),
+        (SetKind::Cas, None) => return invalid(ProtocolError::BadCommandLine, line_len),
+    };
+    request(
+        Command::Store {
+            mode,
+            key,
+            flags,
+            exptime,
+            data: &buf[line_len..line_len + vlen],
+            noreply,
+        },
+        total,
+    )
+}
+
+fn swallow<'a>(
+    error: ProtocolError,
+    len: usize,
+    skip_bytes: usize,
+    delete_key: Option<&'a [u8]>,
+) -> Parsed<'a> {
+    Parsed::Swallow {
+        error,
+        len,
+        skip_bytes,
+        delete_key,
+    }
+}
+
+fn parse_delete(rest: &[u8], len: usize) -> Parsed<'_> {
+    let Some((tokens, n)) = collect_tokens(rest) else {
+        return invalid(ProtocolError::BadCommandLine, len);
+    };
+    let (args, noreply) = split_noreply(&tokens[..n]);
+    let ok = match args {
+        [_] => true,
+        // memcached still accepts the old hold time, if it is zero.
+        [_, hold] => *hold == b"0",
+        _ => false,
+    };
+    if !ok {
+        return invalid(ProtocolError::DeleteUsage, len);
+    }
+    if !key_ok(args[0]) {
+        return invalid(ProtocolError::BadCommandLine, len);
+    }
+    request(
+        Command::Delete {
+            key: args[0],
+            noreply,
+        },
+        len,
+    )
+}
+
+fn parse_delta(rest: &[u8], incr: bool, len: usize) -> Parsed<'_> {
+    let Some((tokens, n)) = collect_tokens(rest) else {
+        return invalid(ProtocolError::BadCommandLine, len);
+    };
+    let (args, noreply) = split_noreply(&tokens[..n]);
+    let [key, amount] = args else {
+        return invalid(ProtocolError::UnknownCommand, len);
+    };
+    if !key_ok(key) {
+        return invalid(ProtocolError::BadCommandLine, len);
+    }
+    let Some(amount) = parse_u64(amount) else {
+        return invalid(ProtocolError::InvalidDelta, len);
+    };
+    let delta = if incr {
+        Delta::Incr(amount)
+    } else {
+        Delta::Decr(amount)
+    };
+    request(
+        Command::Delta {
+            key,
+            delta,
+            noreply,
+        },
+        len,
+    )
+}
+
+fn parse_touch(rest: &[u8], len: usize) -> Parsed<'_> {
+    let Some((tokens, n)) = collect_tokens(rest) else {
+        return invalid(ProtocolError::BadCommandLine, len);
+    };
+    let (args, noreply) = split_noreply(&tokens[..n]);
+    let [key, exptime] = args else {
+        return invalid(ProtocolError::UnknownCommand, len);
+    };
+    if !key_ok(key) {
+        return invalid(ProtocolError::BadCommandLine, len);
+    }
+    let Some(exptime) = parse_i32(exptime) else {
+        return invalid(ProtocolError::InvalidExptime, len);
+    };
+    request(
+        Command::Touch {
+            key,
+            exptime,
+            noreply,
+        },
+        len,
+    )
+}
+
+fn parse_flush_all(rest: &[u8], len: usize) -> Parsed<'_> {
+    let Some((tokens, n)) = collect_tokens(rest) else {
+        return invalid(ProtocolError::BadCommandLine, len);
+    };
+    let (args, noreply) = split_noreply(&tokens[..n]);
+    let delay = match args {
+        [] => 0,
+        [delay] => match parse_i32(delay) {
+            Some(delay) => delay,
+            None => return invalid(ProtocolError::BadCommandLine, len),
+        },
+        _ => return invalid(ProtocolError::BadCommandLine, len),
+    };
+    request(Command::FlushAll { delay, noreply }, len)
+}
+
+fn parse_verbosity(rest: &[u8], len: usize) -> Parsed<'_> {
+    let Some((tokens, n)) = collect_tokens(rest) else {
+        return invalid(ProtocolError::BadCommandLine, len);
+    };
+    let (args, noreply) = split_noreply(&tokens[..n]);
+    match args {
+        [level] if parse_u32(level).is_some() => request(Command::Verbosity { noreply }, len),
+        [] => invalid(ProtocolError::UnknownCommand, len),
+        _ => invalid(ProtocolError::BadCommandLine, len),
+    }
+}
+
+fn parse_debugtime(rest: &[u8], len: usize) -> Parsed<'_> {
+    let Some((tokens, n)) = collect_tokens(rest) else {
+        return invalid(ProtocolError::BadCommandLine, len);
+    };
+    match &tokens[..n] {
+        [shift] => match parse_i32(shift) {
+            Some(shift_secs) => request(Command::DebugTime { shift_secs }, len),
+            None => invalid(ProtocolError::BadCommandLine, len),
+        },
+        _ => invalid(ProtocolError::BadCommandLine, len),
+    }
+}

@@ -1,0 +1,307 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+use super::*;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use terrace_wal::store::{Delta, SetMode};
+
+const LIMITS: Limits = Limits {
+    item_size_max_bytes: 1024,
+};
+
+fn one(input: &[u8]) -> Parsed<'_> {
+    parse(input, &LIMITS)
+}
+
+#[test]
+fn storage_commands_borrow_key_and_data_and_accept_bare_newlines() {
+    let input = b"set k 5 100 3\r\nabc\r\nrest";
+    assert_eq!(
+        one(input),
+        Parsed::Request {
+            command: Command::Store {
+                mode: SetMode::Set,
+                key: b"k",
+                flags: 5,
+                exptime: 100,
+                data: b"abc",
+                noreply: false,
+            },
+            len: 20,
+        }
+    );
+    let Parsed::Request { command, .. } = one(b"cas  k 0 -1 0 77 noreply\n\r\n") else {
+        panic!("cas with bare newline and double space");
+    };
+    assert_eq!(
+        command,
+        Command::Store {
+            mode: SetMode::Cas(77),
+            key: b"k",
+            flags: 0,
+            exptime: -1,
+            data: b"",
+            noreply: true,
+        }
+    );
+    assert_eq!(one(b"set k 0 0 3\r\nab"), Parsed::Incomplete);
+    assert_eq!(one(b"set k 0 0"), Parsed::Incomplete);
+}
+
+#[test]
+fn bad_requests_get_memcached_errors() {
+    let cases: &[(&[u8], ProtocolError)] = &[
+        (b"bogus\r\n", ProtocolError::UnknownCommand),
+        (b"\r\n", ProtocolError::UnknownCommand),
+        (b"get\r\n", ProtocolError::UnknownCommand),
+        (b"set k 0 0\r\n", ProtocolError::BadCommandLine),
+        (b"set k 0 0 -1\r\n", ProtocolError::BadCommandLine),
+        (b"set k 0 0 x\r\n", ProtocolError::BadCommandLine),
+        (b"set k 0 0 1\r\nabc", ProtocolError::BadDataChunk),
+        (b"incr k x\r\n", ProtocolError::InvalidDelta),
+        (b"incr k -1\r\n", ProtocolError::InvalidDelta),
+        (b"touch k x\r\n", ProtocolError::InvalidExptime),
+        (b"gat x k\r\n", ProtocolError::InvalidExptime),
+        (b"delete k 5\r\n", ProtocolError::DeleteUsage),
+        (b"delete k 0 noreply extra\r\n", ProtocolError::DeleteUsage),
+        (b"flush_all x\r\n", ProtocolError::BadCommandLine),
+        (b"version x\r\n", ProtocolError::UnknownCommand),
+    ];
+    for (input, error) in cases {
+        match one(input) {
+            Parsed::Invalid { error: got, len } => {
+                assert_eq!(got, *error, "{}", String::from_utf8_lossy(input));
+                assert_eq!(len, input.len(), "{}", String::from_utf8_lossy(input));
+            }
+            other => panic!("{}: {other:?}", String::from_utf8_lossy(input)),
+        }
+    }
+    let long_key = format!("get {}\r\n", "k".repeat(251));
+    assert!(matches!(
+        one(long_key.as_bytes()),
+        Parsed::Invalid {
+            error: ProtocolError::BadCommandLine,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn refused_data_blocks_are_swallowed_and_set_deletes_the_old_value() {
+    assert_eq!(
+        one(b"set k 0 0 2000\r\n"),
+        Parsed::Swallow {
+            error: ProtocolError::TooLarge,
+            len: 16,
+            skip_bytes: 2002,
+            delete_key: Some(b"k"),
+        }
+    );
+    assert!(matches!(
+        one(b"add k 0 0 2000\r\n"),
+        Parsed::Swallow {
+            delete_key: None,
+            ..
+        }
+    ));
+    let long_key = format!("set {} 0 0 1\r\n", "k".repeat(251));
+    assert!(matches!(
+        one(long_key.as_bytes()),
+        Parsed::Swallow {
+            error: ProtocolError::BadCommandLine,
+            skip_bytes: 3,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn long_lines_close_the_connection_but_long_gets_do_not() {
+    let line = vec![b'x'; 2049];
+    assert_eq!(one(&line), Parsed::Close);
+    assert_eq!(one(&line[..2000]), Parsed::Incomplete);
+    let mut get = b"get ".to_vec();
+    while get.len() < 10_000 {
+        get.extend_from_slice(b"key ");
+    }
+    assert_eq!(one(&get), Parsed::Incomplete);
+    get.extend_from_slice(b"\r\n");
+    let Parsed::Request {
+        command: Command::Get { keys, with_cas },
+        ..
+    } = one(&get)
+    else {
+        panic!("long get");
+    };
+    assert!(!with_cas);
+    assert_eq!(keys.iter().count(), 2499);
+}
+
+#[test]
+fn other_commands() {
+    let expect = |input: &[u8], command: Command<'_>| {
+        assert_eq!(
+            one(input),
+            Parsed::Request {
+                command,
+                len: input.len()
+            },
+            "{}",
+            String::from_utf8_lossy(input)
+        );
+    };
+    expect(
+        b"delete k 0 noreply\r\n",
+        Command::Delete {
+            key: b"k",
+            noreply: true,
+        },
+    );
+    expect(
+        b"decr k 18446744073709551615\r\n",
+        Command::Delta {
+            key: b"k",
+            delta: Delta::Decr(u64::MAX),
+            noreply: false,
+        },
+    );
+    expect(
+        b"touch k -5 noreply\n",
+        Command::Touch {
+            key: b"k",
+            exptime: -5,
+            noreply: true,
+        },
+    );
+    expect(
+        b"flush_all 10 noreply\r\n",
+        Command::FlushAll {
+            delay: 10,
+            noreply: true,
+        },
+    );
+    expect(b"verbosity 1\r\n", Command::Verbosity { noreply: false });
+    expect(b"stats  settings \r\n", Command::Stats { args: b"settings" });
+    expect(b"debugtime 60\r\n", Command::DebugTime { shift_secs: 60 });
+    let Parsed::Request {
+        command:
+            Command::GetAndTouch {
+                exptime,
+                keys,
+                with_cas,
+            },
+        ..
+    } = one(b"gats 100 a b\r\n")
+    else {
+        panic!("gats");
+    };
+    assert_eq!((exptime, with_cas), (100, true));
+    assert_eq!(keys.iter().collect::<Vec<_>>(), vec![&b"a"[..], b"b"]);
+}
+
+/// What a byte stream parses into, request by request, fed to the parser in chunks as a
+/// connection would: bytes arrive at the given split points, and swallowed bytes are
+/// skipped without being parsed.
+fn outcomes(stream: &[u8], splits: &[usize]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut skip = 0usize;
+    let mut fed = 0;
+    let mut points: Vec<usize> = splits.to_vec();
+    points.push(stream.len());
+    for &point in &points {
+        buf.extend_from_slice(&stream[fed..point.max(fed)]);
+        fed = point.max(fed);
+        loop {
+            if skip > 0 {
+                let n = skip.min(buf.len());
+                buf.drain(..n);
+                skip -= n;
+                if skip > 0 {
+                    break;
+                }
+            }
+            match parse(&buf, &LIMITS) {
+                Parsed::Incomplete => break,
+                Parsed::Close => {
+                    out.push("close".into());
+                    return out;
+                }
+                Parsed::Request { command, len } => {
+                    assert!(len > 0 && len <= buf.len());
+                    out.push(format!("{command:?}"));
+                    buf.drain(..len);
+                }
+                Parsed::Invalid { error, len } => {
+                    assert!(len > 0 && len <= buf.len());
+                    out.push(format!("{error:?}"));
+                    buf.drain(..len);
+                }
+                Parsed::Swallow {
+                    error,
+                    len,
+                    skip_bytes,
+                    ..
+                } => {
+                    assert!(len > 0 && len <= buf.len());
+                    out.push(format!("{error:?}"));
+                    buf.drain(..len);
+                    skip = skip_bytes;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A random stream of mostly plausible requests, some broken.
+fn random_stream(rng: &mut SmallRng) -> Vec<u8> {
+    const WORDS: &[&str] = &[
+        "get", "gets", "gat", "set", "add", "cas", "append", "delete", "incr", "decr", "touch",
+        "flush_all", "stats", "version", "noreply", "0", "-1", "5", "k", "key2", "\r", "\n",
+        "\r\n", " ", "  ",
+    ];
+    let mut stream = Vec::new();
+    for _ in 0..rng.random_range(1..40) {
+        match rng.random_range(0..10) {
+            0 => stream.extend((0..rng.random_range(0..64)).map(|_| rng.random::<u8>())),
+            1..=3 => {
+                let len = rng.random_range(0..1100);
+                stream.extend_from_slice(format!("set k 1 0 {len}\r\n").as_bytes());
+                stream.extend(std::iter::repeat_n(b'v', len));
+                stream.extend_from_slice(if rng.random_bool(0.9) { b"\r\n" } else { b"xx" });
+            }
+            _ => {
+                for _ in 0..rng.random_range(1..8) {
+                    stream.extend_from_slice(WORDS[rng.random_range(0..WORDS.len())].as_bytes());
+                    stream.push(b' ');
+                }
+                stream.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+    stream
+}
+
+/// Property: however a stream is split into reads, the parser sees the same requests, and
+/// no input makes it panic or claim bytes it does not have.
+#[test]
+fn any_split_of_any_stream_parses_the_same() {
+    let seeds: u64 = std::env::var("TERRACE_PARSER_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    for seed in 0..seeds {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let stream = random_stream(&mut rng);
+        let whole = outcomes(&stream, &[]);
+        let mut splits: Vec<usize> = (0..rng.random_range(1..20))
+            .map(|_| rng.random_range(0..=stream.len()))
+            .collect();
+        splits.sort_unstable();
+        let split = outcomes(&stream, &splits);
+        assert_eq!(whole, split, "seed {seed}: splits {splits:?}");
+        let bytewise: Vec<usize> = (0..stream.len()).collect();
+        assert_eq!(whole, outcomes(&stream, &bytewise), "seed {seed}: byte by byte");
+    }
+}
