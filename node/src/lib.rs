@@ -15,4 +15,7 @@
 //! - [`server`]: executors, start-up and shutdown.
 
 pub mod constants;
+pub mod config;
+pub mod data_dir;
+pub mod preflight;
 pub mod protocol;

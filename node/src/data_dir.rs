@@ -1,0 +1,308 @@
+//! The data directory: locked while a server runs, described by a small meta file, one
+//! sub-directory per shard.
+//!
+//! ```text
+//! <data>/LOCK                 flock'ed by the running server; holds its pid
+//! <data>/terrace-meta.toml    format version, shard count, persistence it was written with
+//! <data>/shards/0000/ ...     one shard's segment files (terrace-wal)
+//! ```
+//!
+//! Safety rules, because this code may delete things:
+//! - a directory that holds anything but these files is not ours: refuse, delete nothing;
+//! - temporary-swap-only empties `shards/` at start (its data is never promised to survive),
+//!   but refuses a data dir written by permanent-store;
+//! - the shard count is fixed at creation: a different configured count is an error, never a
+//!   silent re-sharding.
+
+use crate::config::{Persistence, Settings};
+use serde::Deserialize;
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+/// Version of the data dir layout.
+pub const DATA_DIR_FORMAT: u32 = 1;
+const LOCK_FILE: &str = "LOCK";
+const META_FILE: &str = "terrace-meta.toml";
+const SHARDS_DIR: &str = "shards";
+
+/// A data dir problem, naming the path and the fix.
+#[derive(Debug, thiserror::Error)]
+#[error("data dir {path}: {problem}; {fix}")]
+pub struct DataDirError {
+    /// The data dir or the file in it.
+    pub path: PathBuf,
+    /// What is wrong.
+    pub problem: String,
+    /// What to do.
+    pub fix: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Meta {
+    format: u32,
+    shards: u32,
+    persistence: String,
+}
+
+/// An open, locked data dir. The lock is released when this is dropped (or the process ends).
+#[derive(Debug)]
+pub struct DataDir {
+    path: PathBuf,
+    shards: u32,
+    /// Holds the flock.
+    _lock: File,
+}
+
+impl DataDir {
+    /// Opens (creating if needed) and locks the data dir for `settings`.
+    pub fn open(settings: &Settings) -> Result<Self, DataDirError> {
+        let path = settings.data_dir.clone();
+        let fail = |problem: String, fix: &str| DataDirError {
+            path: path.clone(),
+            problem,
+            fix: fix.to_string(),
+        };
+        std::fs::create_dir_all(&path).map_err(|e| {
+            fail(
+                format!("cannot create it: {e}"),
+                "check the path and its permissions (servers[].data or --data)",
+            )
+        })?;
+        let mut lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path.join(LOCK_FILE))
+            .map_err(|e| {
+                fail(
+                    format!("cannot open {LOCK_FILE}: {e}"),
+                    "check the directory's permissions",
+                )
+            })?;
+        if let Err(errno) = rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            let holder = std::fs::read_to_string(path.join(LOCK_FILE)).unwrap_or_default();
+            let holder = holder.trim();
+            return Err(fail(
+                format!(
+                    "in use by another terrace-server (pid {}) ({errno})",
+                    if holder.is_empty() { "unknown" } else { holder }
+                ),
+                "stop that server, or give this one its own data dir (--data)",
+            ));
+        }
+        lock.set_len(0)
+            .and_then(|()| writeln!(lock, "{}", std::process::id()))
+            .map_err(|e| fail(format!("cannot write {LOCK_FILE}: {e}"), "check the disk"))?;
+
+        let meta_path = path.join(META_FILE);
+        let meta = match std::fs::read_to_string(&meta_path) {
+            Ok(text) => Some(toml::from_str::<Meta>(&text).map_err(|e| DataDirError {
+                path: meta_path.clone(),
+                problem: format!("unreadable: {}", e.message()),
+                fix: "restore it from a backup; do not edit it by hand".into(),
+            })?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(fail(format!("cannot read {META_FILE}: {e}"), "check the disk")),
+        };
+        let shards_dir = path.join(SHARDS_DIR);
+        match &meta {
+            None => {
+                let foreign: Vec<String> = std::fs::read_dir(&path)
+                    .map_err(|e| fail(format!("cannot list it: {e}"), "check its permissions"))?
+                    .filter_map(Result::ok)
+                    .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                    .filter(|name| name != LOCK_FILE)
+                    .collect();
+                if !foreign.is_empty() {
+                    return Err(fail(
+                        format!(
+                            "not a Terrace data dir (no {META_FILE}) and not empty: holds {}",
+                            foreign.join(", ")
+                        ),
+                        "give the server an empty or new directory; nothing was touched",
+                    ));
+                }
+            }
+            Some(meta) => {
+                if meta.format != DATA_DIR_FORMAT {
+                    return Err(fail(
+                        format!("layout version {} (this server reads {DATA_DIR_FORMAT})", meta.format),
+                        "use the terrace-server version that wrote it",
+                    ));
+                }
+                if meta.shards != settings.shards {
+                    return Err(fail(
+                        format!(
+                            "created with {} shards, but storage.shards is {}",
+                            meta.shards, settings.shards
+                        ),
+                        "the shard count is fixed when a data dir is created: set storage.shards \
+                         back, or start on a new data dir",
+                    ));
+                }
+                let written_by = Persistence::from_name(&meta.persistence);
+                if written_by == Some(Persistence::PermanentStore)
+                    && settings.persistence == Persistence::TemporarySwapOnly
+                {
+                    return Err(fail(
+                        "holds permanent-store data, and temporary-swap-only empties its data \
+                         dir at start"
+                            .into(),
+                        "start with --persistence permanent-store, or give this server another \
+                         data dir; nothing was deleted",
+                    ));
+                }
+            }
+        }
+        let written_by = meta
+            .as_ref()
+            .and_then(|m| Persistence::from_name(&m.persistence));
+        // Temporary data was never promised to survive; data written without fsync cannot be
+        // trusted by a permanent-store recovery either.
+        if written_by.is_some_and(|p| p == Persistence::TemporarySwapOnly) && shards_dir.exists() {
+            let segments = count_files(&shards_dir);
+            std::fs::remove_dir_all(&shards_dir).map_err(|e| {
+                fail(format!("cannot empty {SHARDS_DIR}/: {e}"), "check the disk and permissions")
+            })?;
+            tracing::info!(
+                data_dir = %path.display(),
+                segments,
+                "emptied the data dir: it held temporary-swap-only data, which does not survive a restart"
+            );
+        }
+        write_meta(&path, settings).map_err(|e| {
+            fail(format!("cannot write {META_FILE}: {e}"), "check the disk")
+        })?;
+        for shard in 0..settings.shards {
+            let dir = shard_dir_in(&path, shard);
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                fail(format!("cannot create {}: {e}", dir.display()), "check the disk")
+            })?;
+        }
+        sync_dir(&shards_dir)
+            .and_then(|()| sync_dir(&path))
+            .map_err(|e| fail(format!("cannot fsync it: {e}"), "check the disk"))?;
+        Ok(Self {
+            path,
+            shards: settings.shards,
+            _lock: lock,
+        })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Shards in it.
+    pub fn shards(&self) -> u32 {
+        self.shards
+    }
+
+    /// The directory of shard `shard`.
+    pub fn shard_dir(&self, shard: u32) -> PathBuf {
+        shard_dir_in(&self.path, shard)
+    }
+}
+
+fn shard_dir_in(data: &Path, shard: u32) -> PathBuf {
+    data.join(SHARDS_DIR).join(format!("{shard:04}"))
+}
+
+fn count_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| {
+                    if e.path().is_dir() {
+                        count_files(&e.path())
+                    } else {
+                        1
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Writes the meta file atomically: a temporary file, fsynced, renamed over.
+fn write_meta(data: &Path, settings: &Settings) -> std::io::Result<()> {
+    let text = format!(
+        "# Written by terrace-server {}. Do not edit: it describes the data in this directory.\n\
+         format = {DATA_DIR_FORMAT}\nshards = {}\npersistence = \"{}\"\n",
+        env!("CARGO_PKG_VERSION"),
+        settings.shards,
+        settings.persistence.name()
+    );
+    let tmp = data.join(format!("{META_FILE}.tmp"));
+    let mut file = File::create(&tmp)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, data.join(META_FILE))?;
+    sync_dir(data)
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+    use super::*;
+    use crate::config::Overrides;
+
+    fn settings(dir: &Path, persistence: Persistence, shards: u32) -> Settings {
+        let mut s = Settings::load(None, None, &Overrides::default()).unwrap();
+        s.data_dir = dir.to_path_buf();
+        s.persistence = persistence;
+        s.shards = shards;
+        s
+    }
+
+    #[test]
+    fn lock_meta_and_safety_rules() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("data");
+        let perm = settings(&dir, Persistence::PermanentStore, 4);
+        let open = DataDir::open(&perm).unwrap();
+        assert!(open.shard_dir(3).is_dir());
+        // A second server on the same dir is refused while the first holds it.
+        let error = DataDir::open(&perm).unwrap_err().to_string();
+        assert!(error.contains("in use by another terrace-server"), "{error}");
+        std::fs::write(open.shard_dir(0).join("marker"), b"x").unwrap();
+        drop(open);
+        // Another shard count, or temporary-swap-only over permanent data: refused, kept.
+        let error = DataDir::open(&settings(&dir, Persistence::PermanentStore, 8)).unwrap_err();
+        assert!(error.to_string().contains("created with 4 shards"), "{error}");
+        let error = DataDir::open(&settings(&dir, Persistence::TemporarySwapOnly, 4)).unwrap_err();
+        assert!(error.to_string().contains("holds permanent-store data"), "{error}");
+        let reopened = DataDir::open(&perm).unwrap();
+        assert!(reopened.shard_dir(0).join("marker").exists());
+        drop(reopened);
+
+        // A directory that is not ours is never touched.
+        let foreign = root.path().join("home");
+        std::fs::create_dir(&foreign).unwrap();
+        std::fs::write(foreign.join("thesis.tex"), b"years of work").unwrap();
+        let error = DataDir::open(&settings(&foreign, Persistence::TemporarySwapOnly, 4))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("not a Terrace data dir"), "{error}");
+        assert!(foreign.join("thesis.tex").exists());
+
+        // temporary-swap-only starts empty.
+        let temp_dir = root.path().join("cache");
+        let temp = settings(&temp_dir, Persistence::TemporarySwapOnly, 2);
+        let open = DataDir::open(&temp).unwrap();
+        std::fs::write(open.shard_dir(1).join("old"), b"x").unwrap();
+        drop(open);
+        let open = DataDir::open(&temp).unwrap();
+        assert!(!open.shard_dir(1).join("old").exists());
+        assert!(open.shard_dir(1).is_dir());
+    }
+}
