@@ -219,7 +219,10 @@ impl Settings {
                 })?;
                 (path.display().to_string(), text)
             }
-            None => ("the embedded default (configs/dev.toml)".to_string(), DEV_CONFIG.to_string()),
+            None => (
+                "the embedded default (configs/dev.toml)".to_string(),
+                DEV_CONFIG.to_string(),
+            ),
         };
         Self::from_toml(&source_name, &text, name, overrides)
     }
@@ -317,9 +320,16 @@ impl Settings {
             ));
         }
 
-        let data_dir = overrides.data.clone().unwrap_or_else(|| server.data.clone());
+        let data_dir = overrides
+            .data
+            .clone()
+            .unwrap_or_else(|| server.data.clone());
         if data_dir.as_os_str().is_empty() {
-            return Err(error(&field("data"), "empty path".into(), "name a directory"));
+            return Err(error(
+                &field("data"),
+                "empty path".into(),
+                "name a directory",
+            ));
         }
         let persistence = overrides
             .persistence
@@ -346,13 +356,14 @@ impl Settings {
         }
         let segment_size = storage
             .segment_size
-            .unwrap_or(Size(terrace_wal::constants::SEGMENT_SIZE_DEFAULT_BYTES as u64))
+            .unwrap_or(Size(
+                terrace_wal::constants::SEGMENT_SIZE_DEFAULT_BYTES as u64,
+            ))
             .0;
         let segment_size_bytes = usize::try_from(segment_size)
             .ok()
             .filter(|&s| {
-                s % terrace_wal::constants::PAGE_SIZE_BYTES == 0
-                    && (1 << 20..=1 << 30).contains(&s)
+                s % terrace_wal::constants::PAGE_SIZE_BYTES == 0 && (1 << 20..=1 << 30).contains(&s)
             })
             .ok_or_else(|| {
                 error(
@@ -361,9 +372,10 @@ impl Settings {
                     "use a multiple of 4 KiB from 1 MiB to 1 GiB, e.g. \"64MiB\"",
                 )
             })?;
-        let item_size_max_bytes = storage
-            .item_size_max
-            .map_or(terrace_wal::store::ITEM_SIZE_MAX_DEFAULT_BYTES as u64, |s| s.0);
+        let item_size_max_bytes = storage.item_size_max.map_or(
+            terrace_wal::store::ITEM_SIZE_MAX_DEFAULT_BYTES as u64,
+            |s| s.0,
+        );
         let item_size_max_bytes = usize::try_from(item_size_max_bytes)
             .ok()
             .filter(|&s| s >= 1024 && s <= segment_size_bytes / 2)
@@ -380,7 +392,9 @@ impl Settings {
         if capacity_bytes < capacity_min {
             return Err(error(
                 "storage.capacity",
-                format!("{capacity_bytes} bytes is less than 4 segments per shard ({capacity_min})"),
+                format!(
+                    "{capacity_bytes} bytes is less than 4 segments per shard ({capacity_min})"
+                ),
                 "raise it, or lower storage.shards or storage.segment_size",
             ));
         }
@@ -438,7 +452,9 @@ mod tests {
     #[test]
     fn shipped_configs_load() {
         for file in ["dev.toml", "reliable.toml"] {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs").join(file);
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../configs")
+                .join(file);
             Settings::load(Some(&path), None, &Overrides::default())
                 .unwrap_or_else(|e| panic!("{file}: {e}"));
         }
@@ -468,12 +484,39 @@ mod tests {
         let cases: &[(&str, Option<&str>, &str)] = &[
             (TWO, None, "-n"),
             (TWO, Some("s9"), "pick one of: s1, s2"),
-            (&TWO.replace("shards = 4", "shards = 0"), Some("s1"), "storage.shards"),
-            (&TWO.replace("\"4MiB\"", "\"3 parsecs\""), Some("s1"), "not a size"),
-            (&TWO.replace("\"4MiB\"", "\"1000\""), Some("s1"), "storage.segment_size"),
-            (&TWO.replace("persistence = \"permanent-store\"", "persistence = \"forever\""), Some("s1"), "line 3"),
-            (&TWO.replace("[storage]", "[storage]\nshard = 3"), Some("s1"), "unknown field `shard`"),
-            (&TWO.replace("name = \"s2\"", "name = \"s1\""), Some("s1"), "servers[1].name"),
+            (
+                &TWO.replace("shards = 4", "shards = 0"),
+                Some("s1"),
+                "storage.shards",
+            ),
+            (
+                &TWO.replace("\"4MiB\"", "\"3 parsecs\""),
+                Some("s1"),
+                "not a size",
+            ),
+            (
+                &TWO.replace("\"4MiB\"", "\"1000\""),
+                Some("s1"),
+                "storage.segment_size",
+            ),
+            (
+                &TWO.replace(
+                    "persistence = \"permanent-store\"",
+                    "persistence = \"forever\"",
+                ),
+                Some("s1"),
+                "line 3",
+            ),
+            (
+                &TWO.replace("[storage]", "[storage]\nshard = 3"),
+                Some("s1"),
+                "unknown field `shard`",
+            ),
+            (
+                &TWO.replace("name = \"s2\"", "name = \"s1\""),
+                Some("s1"),
+                "servers[1].name",
+            ),
             ("", None, "servers"),
         ];
         for (text, name, needle) in cases {

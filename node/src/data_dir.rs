@@ -81,7 +81,9 @@ impl DataDir {
                     "check the directory's permissions",
                 )
             })?;
-        if let Err(errno) = rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        if let Err(errno) =
+            rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        {
             let holder = std::fs::read_to_string(path.join(LOCK_FILE)).unwrap_or_default();
             let holder = holder.trim();
             return Err(fail(
@@ -104,7 +106,12 @@ impl DataDir {
                 fix: "restore it from a backup; do not edit it by hand".into(),
             })?),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(fail(format!("cannot read {META_FILE}: {e}"), "check the disk")),
+            Err(e) => {
+                return Err(fail(
+                    format!("cannot read {META_FILE}: {e}"),
+                    "check the disk",
+                ));
+            }
         };
         let shards_dir = path.join(SHARDS_DIR);
         match &meta {
@@ -128,7 +135,10 @@ impl DataDir {
             Some(meta) => {
                 if meta.format != DATA_DIR_FORMAT {
                     return Err(fail(
-                        format!("layout version {} (this server reads {DATA_DIR_FORMAT})", meta.format),
+                        format!(
+                            "layout version {} (this server reads {DATA_DIR_FORMAT})",
+                            meta.format
+                        ),
                         "use the terrace-server version that wrote it",
                     ));
                 }
@@ -164,7 +174,10 @@ impl DataDir {
         if written_by.is_some_and(|p| p == Persistence::TemporarySwapOnly) && shards_dir.exists() {
             let segments = count_files(&shards_dir);
             std::fs::remove_dir_all(&shards_dir).map_err(|e| {
-                fail(format!("cannot empty {SHARDS_DIR}/: {e}"), "check the disk and permissions")
+                fail(
+                    format!("cannot empty {SHARDS_DIR}/: {e}"),
+                    "check the disk and permissions",
+                )
             })?;
             tracing::info!(
                 data_dir = %path.display(),
@@ -172,13 +185,15 @@ impl DataDir {
                 "emptied the data dir: it held temporary-swap-only data, which does not survive a restart"
             );
         }
-        write_meta(&path, settings).map_err(|e| {
-            fail(format!("cannot write {META_FILE}: {e}"), "check the disk")
-        })?;
+        write_meta(&path, settings)
+            .map_err(|e| fail(format!("cannot write {META_FILE}: {e}"), "check the disk"))?;
         for shard in 0..settings.shards {
             let dir = shard_dir_in(&path, shard);
             std::fs::create_dir_all(&dir).map_err(|e| {
-                fail(format!("cannot create {}: {e}", dir.display()), "check the disk")
+                fail(
+                    format!("cannot create {}: {e}", dir.display()),
+                    "check the disk",
+                )
             })?;
         }
         sync_dir(&shards_dir)
@@ -273,14 +288,23 @@ mod tests {
         assert!(open.shard_dir(3).is_dir());
         // A second server on the same dir is refused while the first holds it.
         let error = DataDir::open(&perm).unwrap_err().to_string();
-        assert!(error.contains("in use by another terrace-server"), "{error}");
+        assert!(
+            error.contains("in use by another terrace-server"),
+            "{error}"
+        );
         std::fs::write(open.shard_dir(0).join("marker"), b"x").unwrap();
         drop(open);
         // Another shard count, or temporary-swap-only over permanent data: refused, kept.
         let error = DataDir::open(&settings(&dir, Persistence::PermanentStore, 8)).unwrap_err();
-        assert!(error.to_string().contains("created with 4 shards"), "{error}");
+        assert!(
+            error.to_string().contains("created with 4 shards"),
+            "{error}"
+        );
         let error = DataDir::open(&settings(&dir, Persistence::TemporarySwapOnly, 4)).unwrap_err();
-        assert!(error.to_string().contains("holds permanent-store data"), "{error}");
+        assert!(
+            error.to_string().contains("holds permanent-store data"),
+            "{error}"
+        );
         let reopened = DataDir::open(&perm).unwrap();
         assert!(reopened.shard_dir(0).join("marker").exists());
         drop(reopened);

@@ -14,8 +14,12 @@
 //! - [`stats`]: counters and the `stats` reply.
 //! - [`server`]: executors, start-up and shutdown.
 
-pub mod constants;
 pub mod config;
+pub mod constants;
 pub mod data_dir;
+pub mod net;
 pub mod preflight;
 pub mod protocol;
+pub mod server;
+pub mod shard;
+pub mod stats;

@@ -9,9 +9,7 @@
 //! `\n` with an optional `\r` before it, `noreply` counts only as the last token.
 
 use super::ProtocolError;
-use crate::constants::{
-    GET_KEYS_MAX, GET_LINE_LEN_MAX_BYTES, LINE_LEN_MAX_BYTES, TOKENS_MAX,
-};
+use crate::constants::{GET_KEYS_MAX, GET_LINE_LEN_MAX_BYTES, LINE_LEN_MAX_BYTES, TOKENS_MAX};
 use terrace_wal::constants::KEY_LEN_MAX_BYTES;
 use terrace_wal::store::{Delta, SetMode};
 
@@ -200,7 +198,10 @@ fn after<'a>(line: &'a [u8], word: &'a [u8]) -> &'a [u8] {
 
 fn trim(bytes: &[u8]) -> &[u8] {
     let start = bytes.iter().position(|&b| b != b' ').unwrap_or(bytes.len());
-    let end = bytes.iter().rposition(|&b| b != b' ').map_or(start, |i| i + 1);
+    let end = bytes
+        .iter()
+        .rposition(|&b| b != b' ')
+        .map_or(start, |i| i + 1);
     &bytes[start..end.max(start)]
 }
 
@@ -235,9 +236,7 @@ fn split_noreply<'t, 'a>(args: &'t [&'a [u8]]) -> (&'t [&'a [u8]], bool) {
 }
 
 fn key_ok(key: &[u8]) -> bool {
-    !key.is_empty()
-        && key.len() <= KEY_LEN_MAX_BYTES
-        && key.iter().all(|&b| b > b' ' && b != 0x7f)
+    !key.is_empty() && key.len() <= KEY_LEN_MAX_BYTES && key.iter().all(|&b| b > b' ' && b != 0x7f)
 }
 
 fn parse_u64(token: &[u8]) -> Option<u64> {

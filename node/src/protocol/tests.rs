@@ -181,7 +181,10 @@ fn other_commands() {
         },
     );
     expect(b"verbosity 1\r\n", Command::Verbosity { noreply: false });
-    expect(b"stats  settings \r\n", Command::Stats { args: b"settings" });
+    expect(
+        b"stats  settings \r\n",
+        Command::Stats { args: b"settings" },
+    );
     expect(b"debugtime 60\r\n", Command::DebugTime { shift_secs: 60 });
     let Parsed::Request {
         command:
@@ -257,9 +260,31 @@ fn outcomes(stream: &[u8], splits: &[usize]) -> Vec<String> {
 /// A random stream of mostly plausible requests, some broken.
 fn random_stream(rng: &mut SmallRng) -> Vec<u8> {
     const WORDS: &[&str] = &[
-        "get", "gets", "gat", "set", "add", "cas", "append", "delete", "incr", "decr", "touch",
-        "flush_all", "stats", "version", "noreply", "0", "-1", "5", "k", "key2", "\r", "\n",
-        "\r\n", " ", "  ",
+        "get",
+        "gets",
+        "gat",
+        "set",
+        "add",
+        "cas",
+        "append",
+        "delete",
+        "incr",
+        "decr",
+        "touch",
+        "flush_all",
+        "stats",
+        "version",
+        "noreply",
+        "0",
+        "-1",
+        "5",
+        "k",
+        "key2",
+        "\r",
+        "\n",
+        "\r\n",
+        " ",
+        "  ",
     ];
     let mut stream = Vec::new();
     for _ in 0..rng.random_range(1..40) {
@@ -302,6 +327,10 @@ fn any_split_of_any_stream_parses_the_same() {
         let split = outcomes(&stream, &splits);
         assert_eq!(whole, split, "seed {seed}: splits {splits:?}");
         let bytewise: Vec<usize> = (0..stream.len()).collect();
-        assert_eq!(whole, outcomes(&stream, &bytewise), "seed {seed}: byte by byte");
+        assert_eq!(
+            whole,
+            outcomes(&stream, &bytewise),
+            "seed {seed}: byte by byte"
+        );
     }
 }

@@ -1,0 +1,550 @@
+//! One client connection: read, run every complete request of the read, write all their
+//! replies at once, in order.
+//!
+//! Replies of one read burst are gathered in one buffer. Requests for shards of this
+//! executor run inline and write their reply straight into it; requests for other
+//! executors' shards are sent at once (so they run concurrently) and their replies are
+//! spliced in at their place when the burst is written. Before anything is written, every
+//! write of the burst is durable (permanent-store: its group-committed fdatasync), and so is
+//! every value a `get` returns: a client never sees what a crash could take back.
+
+use super::Executor;
+use crate::constants::{
+    GET_LINE_LEN_MAX_BYTES, LINE_LEN_MAX_BYTES, RECV_BUFFER_INITIAL_BYTES, RECV_CHUNK_BYTES,
+    REPLY_FLUSH_BYTES,
+};
+use crate::protocol::{Command, Parsed, ProtocolError, parse, reply};
+use crate::shard::Durable;
+use crate::shard::route::{Answer, Op, Slot, refusal_bytes};
+use crate::stats::Stat;
+use futures_lite::{AsyncReadExt as _, AsyncWriteExt as _};
+use glommio::net::TcpStream;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+/// A reply still to come from another executor, and where its parts go.
+struct Remote {
+    slot: Rc<Slot>,
+    /// (offset in the reply buffer, sequence number, part index).
+    places: Vec<(usize, u64, usize)>,
+}
+
+/// The replies of one burst.
+#[derive(Default)]
+struct Replies {
+    out: Vec<u8>,
+    waits: Vec<Durable>,
+    remotes: Vec<Remote>,
+    seq: u64,
+    quit: bool,
+}
+
+impl Replies {
+    fn is_empty(&self) -> bool {
+        self.out.is_empty() && self.remotes.is_empty() && self.waits.is_empty()
+    }
+
+    fn place(&mut self, part: usize) -> (usize, u64, usize) {
+        self.seq += 1;
+        (self.out.len(), self.seq, part)
+    }
+}
+
+/// Serves one connection until the client leaves, breaks the protocol beyond repair, or
+/// the server stops.
+pub async fn serve(stream: TcpStream, executor: Rc<Executor>, id: u64) {
+    let counters = &executor.shards.counters;
+    counters.bump(Stat::total_connections);
+    counters
+        .curr_connections
+        .set(counters.curr_connections.get() + 1);
+    let mut connection = Connection {
+        stream,
+        executor: Rc::clone(&executor),
+        id,
+    };
+    if let Err(reason) = connection.run().await {
+        tracing::debug!(connection = id, %reason, "connection closed");
+    }
+    executor.stop.forget(id);
+    let counters = &executor.shards.counters;
+    counters
+        .curr_connections
+        .set(counters.curr_connections.get().saturating_sub(1));
+}
+
+struct Connection {
+    stream: TcpStream,
+    executor: Rc<Executor>,
+    id: u64,
+}
+
+impl Connection {
+    async fn run(&mut self) -> Result<(), String> {
+        let limit = GET_LINE_LEN_MAX_BYTES
+            .max(LINE_LEN_MAX_BYTES + self.executor.limits.item_size_max_bytes + 2);
+        let mut buf = vec![0u8; RECV_BUFFER_INITIAL_BYTES];
+        let (mut start, mut filled) = (0usize, 0usize);
+        // Bytes of a refused data block still to skip.
+        let mut swallow = 0usize;
+        let mut replies = Replies::default();
+        loop {
+            // Every complete request in the buffer.
+            loop {
+                if swallow > 0 {
+                    let n = swallow.min(filled - start);
+                    start += n;
+                    swallow -= n;
+                    if swallow > 0 {
+                        break;
+                    }
+                }
+                match parse(&buf[start..filled], &self.executor.limits) {
+                    Parsed::Incomplete => break,
+                    Parsed::Close => {
+                        self.flush(&mut replies).await?;
+                        return Err("request line too long".into());
+                    }
+                    Parsed::Invalid { error, len } => {
+                        replies.out.extend_from_slice(error.reply());
+                        start += len;
+                    }
+                    Parsed::Swallow {
+                        error,
+                        len,
+                        skip_bytes,
+                        delete_key,
+                    } => {
+                        if let Some(key) = delete_key {
+                            // memcached drops the old value of a refused set; so do we, with
+                            // no reply of its own.
+                            self.keyed(
+                                key,
+                                true,
+                                &mut replies,
+                                |shards, out| shards.delete(key, false, out),
+                                || Op::Delete {
+                                    key: key.to_vec(),
+                                    count: false,
+                                },
+                            )
+                            .await;
+                        }
+                        replies.out.extend_from_slice(error.reply());
+                        start += len;
+                        swallow = skip_bytes;
+                    }
+                    Parsed::Request { command, len } => {
+                        let command_start = start;
+                        start += len;
+                        self.execute(command, &mut replies).await;
+                        debug_assert!(command_start < start);
+                        if replies.quit {
+                            self.flush(&mut replies).await?;
+                            return Ok(());
+                        }
+                    }
+                }
+                if replies.out.len() >= REPLY_FLUSH_BYTES {
+                    self.flush(&mut replies).await?;
+                }
+            }
+            if !replies.is_empty() {
+                self.flush(&mut replies).await?;
+            }
+
+            // Make room for the next read.
+            if start == filled {
+                start = 0;
+                filled = 0;
+                if buf.len() > RECV_BUFFER_INITIAL_BYTES {
+                    buf = vec![0u8; RECV_BUFFER_INITIAL_BYTES];
+                }
+            } else if start > 0 && buf.len() - filled < RECV_CHUNK_BYTES.min(buf.len() / 2) {
+                buf.copy_within(start..filled, 0);
+                filled -= start;
+                start = 0;
+            }
+            if filled == buf.len() {
+                if buf.len() >= limit {
+                    return Err("request larger than any request can be".into());
+                }
+                buf.resize((buf.len() * 2).min(limit), 0);
+            }
+
+            let stop = &self.executor.stop;
+            let read = futures_lite::future::or(
+                async { Some(self.stream.read(&mut buf[filled..]).await) },
+                async {
+                    stop.wait(self.id).await;
+                    None
+                },
+            )
+            .await;
+            match read {
+                None => return Ok(()),
+                Some(Ok(0)) => return Ok(()),
+                Some(Ok(n)) => {
+                    filled += n;
+                    self.executor
+                        .shards
+                        .counters
+                        .add(Stat::bytes_read, n as u64);
+                }
+                Some(Err(e)) => return Err(format!("read: {e}")),
+            }
+        }
+    }
+
+    /// Waits for durability and remote replies, then writes the burst's replies at once.
+    async fn flush(&mut self, replies: &mut Replies) -> Result<(), String> {
+        for wait in replies.waits.drain(..) {
+            if let Err(error) = wait.wait().await {
+                // Nothing of this burst may be acknowledged: say why, and close.
+                let mut out = Vec::new();
+                reply::server_error(&mut out, &format!("write not durable: {error}"));
+                let _ = self.stream.write_all(&out).await;
+                return Err(format!("sync failed: {error}"));
+            }
+        }
+        let mut out = std::mem::take(&mut replies.out);
+        if !replies.remotes.is_empty() {
+            let mut inserts: BTreeMap<(usize, u64), Vec<u8>> = BTreeMap::new();
+            for remote in replies.remotes.drain(..) {
+                match remote.slot.answer().await {
+                    Answer::Bytes(bytes) => {
+                        if let Some(&(at, seq, _)) = remote.places.first() {
+                            inserts.insert((at, seq), bytes);
+                        }
+                    }
+                    Answer::Parts(mut parts) => {
+                        for (at, seq, part) in remote.places {
+                            if let Some(bytes) = parts.get_mut(part) {
+                                inserts.insert((at, seq), std::mem::take(bytes));
+                            }
+                        }
+                    }
+                    Answer::Stats(_) => {}
+                }
+            }
+            let extra: usize = inserts.values().map(Vec::len).sum();
+            let mut spliced = Vec::with_capacity(out.len() + extra);
+            let mut from = 0;
+            for ((at, _), bytes) in inserts {
+                spliced.extend_from_slice(&out[from..at]);
+                spliced.extend_from_slice(&bytes);
+                from = at;
+            }
+            spliced.extend_from_slice(&out[from..]);
+            out = spliced;
+        }
+        replies.seq = 0;
+        if out.is_empty() {
+            return Ok(());
+        }
+        self.stream
+            .write_all(&out)
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        self.executor
+            .shards
+            .counters
+            .add(Stat::bytes_written, out.len() as u64);
+        out.clear();
+        replies.out = out;
+        Ok(())
+    }
+
+    fn me(&self) -> usize {
+        self.executor.router.me()
+    }
+
+    /// Sends `op` to executor `owner`; its reply goes at the current end of the buffer.
+    async fn remote(&self, owner: usize, op: Op, noreply: bool, replies: &mut Replies) {
+        let slot = self.executor.router.send(owner, op).await;
+        if !noreply {
+            let place = replies.place(0);
+            replies.remotes.push(Remote {
+                slot,
+                places: vec![place],
+            });
+        }
+    }
+
+    /// Runs a one-key write locally or remotely; `noreply` drops its reply unless it is an
+    /// error.
+    async fn keyed(
+        &mut self,
+        key: &[u8],
+        noreply: bool,
+        replies: &mut Replies,
+        local: impl FnOnce(
+            &crate::shard::LocalShards,
+            &mut Vec<u8>,
+        ) -> Result<Option<Durable>, crate::shard::Refusal>,
+        remote: impl FnOnce() -> Op,
+    ) {
+        let owner = self.executor.topology.owner_of_key(key);
+        if owner != self.me() {
+            return self.remote(owner, remote(), noreply, replies).await;
+        }
+        let mark = replies.out.len();
+        match local(&self.executor.shards, &mut replies.out) {
+            Ok(wait) => {
+                if noreply {
+                    replies.out.truncate(mark);
+                } else {
+                    replies.waits.extend(wait);
+                }
+            }
+            Err(refusal) => replies.out.extend_from_slice(&refusal_bytes(refusal)),
+        }
+    }
+
+    async fn execute(&mut self, command: Command<'_>, replies: &mut Replies) {
+        let counters = &self.executor.shards.counters;
+        let noreply = command.noreply();
+        match command {
+            Command::Get { keys, with_cas } => {
+                self.gets(keys.iter(), None, with_cas, replies).await;
+            }
+            Command::GetAndTouch {
+                exptime,
+                keys,
+                with_cas,
+            } => {
+                self.gets(keys.iter(), Some(exptime), with_cas, replies)
+                    .await;
+            }
+            Command::Store {
+                mode,
+                key,
+                flags,
+                exptime,
+                data,
+                ..
+            } => {
+                counters.bump(Stat::cmd_set);
+                self.keyed(
+                    key,
+                    noreply,
+                    replies,
+                    |shards, out| shards.store(mode, key, flags, exptime, data, out),
+                    || Op::Store {
+                        mode,
+                        key: key.to_vec(),
+                        flags,
+                        exptime,
+                        data: data.to_vec(),
+                    },
+                )
+                .await;
+            }
+            Command::Delete { key, .. } => {
+                self.keyed(
+                    key,
+                    noreply,
+                    replies,
+                    |shards, out| shards.delete(key, true, out),
+                    || Op::Delete {
+                        key: key.to_vec(),
+                        count: true,
+                    },
+                )
+                .await;
+            }
+            Command::Delta { key, delta, .. } => {
+                self.keyed(
+                    key,
+                    noreply,
+                    replies,
+                    |shards, out| shards.delta(key, delta, out),
+                    || Op::Delta {
+                        key: key.to_vec(),
+                        delta,
+                    },
+                )
+                .await;
+            }
+            Command::Touch { key, exptime, .. } => {
+                counters.bump(Stat::cmd_touch);
+                self.keyed(
+                    key,
+                    noreply,
+                    replies,
+                    |shards, out| shards.touch(key, exptime, out),
+                    || Op::Touch {
+                        key: key.to_vec(),
+                        exptime,
+                    },
+                )
+                .await;
+            }
+            Command::FlushAll { delay, .. } => {
+                counters.bump(Stat::cmd_flush);
+                let reply = self.flush_all(delay).await;
+                if !noreply || reply != reply::OK {
+                    replies.out.extend_from_slice(&reply);
+                }
+            }
+            Command::Version => {
+                replies.out.extend_from_slice(b"VERSION ");
+                replies
+                    .out
+                    .extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
+                replies.out.extend_from_slice(b"\r\n");
+            }
+            Command::Verbosity { .. } => {
+                if !noreply {
+                    replies.out.extend_from_slice(reply::OK);
+                }
+            }
+            Command::Quit => replies.quit = true,
+            Command::Stats { args } => self.stats(args, replies).await,
+            Command::DebugTime { shift_secs } => {
+                if self.executor.shared.debugtime_enabled {
+                    self.executor.shared.clock.shift(shift_secs);
+                    tracing::info!(
+                        shift_secs,
+                        total_shift_secs = self.executor.shared.clock.shift_secs(),
+                        "debugtime: server clock shifted"
+                    );
+                    replies.out.extend_from_slice(reply::OK);
+                } else {
+                    replies
+                        .out
+                        .extend_from_slice(ProtocolError::UnknownCommand.reply());
+                }
+            }
+        }
+    }
+
+    /// `get`, `gets`, `gat`, `gats`: local keys inline, the rest in one request per executor.
+    async fn gets<'k>(
+        &mut self,
+        keys: impl Iterator<Item = &'k [u8]>,
+        touch: Option<i64>,
+        with_cas: bool,
+        replies: &mut Replies,
+    ) {
+        let counters = &self.executor.shards.counters;
+        let me = self.me();
+        let topology = self.executor.topology;
+        // Per remote executor: its keys, and where each one's reply goes.
+        let mut remote: BTreeMap<usize, (Vec<Vec<u8>>, Vec<(usize, u64, usize)>)> = BTreeMap::new();
+        for key in keys {
+            counters.bump(Stat::cmd_get);
+            if touch.is_some() {
+                counters.bump(Stat::cmd_touch);
+            }
+            let owner = topology.owner_of_key(key);
+            if owner != me {
+                let place = replies.place(0);
+                let (keys, places) = remote.entry(owner).or_default();
+                places.push((place.0, place.1, keys.len()));
+                keys.push(key.to_vec());
+                continue;
+            }
+            let shards = &self.executor.shards;
+            match touch {
+                None => replies
+                    .waits
+                    .extend(shards.get(key, with_cas, &mut replies.out)),
+                Some(exptime) => {
+                    match shards.get_and_touch(key, exptime, with_cas, &mut replies.out) {
+                        Ok(wait) => replies.waits.extend(wait),
+                        Err(refusal) => replies.out.extend_from_slice(&refusal_bytes(refusal)),
+                    }
+                }
+            }
+        }
+        for (owner, (keys, places)) in remote {
+            let op = match touch {
+                None => Op::Get { keys, with_cas },
+                Some(exptime) => Op::GetAndTouch {
+                    keys,
+                    exptime,
+                    with_cas,
+                },
+            };
+            let slot = self.executor.router.send(owner, op).await;
+            replies.remotes.push(Remote { slot, places });
+        }
+        replies.out.extend_from_slice(reply::END);
+    }
+
+    /// Runs `op` on every executor (this one inline); returns each answer.
+    async fn everywhere(&self, op: impl Fn() -> Op) -> Vec<Answer> {
+        let mut slots = Vec::new();
+        for executor in 0..self.executor.shared.executors {
+            if executor != self.me() {
+                slots.push(self.executor.router.send(executor, op()).await);
+            }
+        }
+        let mut answers = Vec::new();
+        for slot in slots {
+            answers.push(slot.answer().await);
+        }
+        answers
+    }
+
+    async fn flush_all(&mut self, delay: i64) -> Vec<u8> {
+        let local = self.executor.shards.flush_all(delay);
+        let mut result = match local {
+            Ok(waits) => {
+                let mut result = reply::OK.to_vec();
+                for wait in waits {
+                    if let Err(error) = wait.wait().await {
+                        result.clear();
+                        reply::server_error(
+                            &mut result,
+                            &format!("flush_all not durable: {error}"),
+                        );
+                        break;
+                    }
+                }
+                result
+            }
+            Err(refusal) => refusal_bytes(refusal),
+        };
+        for answer in self.everywhere(|| Op::FlushAll { delay }).await {
+            if let Answer::Bytes(bytes) = answer
+                && bytes != reply::OK
+                && result == reply::OK
+            {
+                result = bytes;
+            }
+        }
+        result
+    }
+
+    async fn stats(&mut self, args: &[u8], replies: &mut Replies) {
+        // Earlier replies first: stats gathers from every executor and answers in place.
+        let mut earlier = std::mem::take(replies);
+        let quit = earlier.quit;
+        if self.flush(&mut earlier).await.is_err() {
+            replies.quit = true;
+            return;
+        }
+        replies.quit = quit;
+        let out = &mut replies.out;
+        match args {
+            b"" => {
+                let mut total = self.executor.shards.snapshot();
+                for answer in self.everywhere(|| Op::Stats).await {
+                    if let Answer::Stats(snapshot) = answer {
+                        total.add(&snapshot);
+                    }
+                }
+                crate::stats::general(out, &self.executor.shared, &total);
+            }
+            b"settings" => crate::stats::settings(out, &self.executor.shared),
+            b"reset" => {
+                self.executor.shards.counters.reset();
+                let _ = self.everywhere(|| Op::ResetStats).await;
+                out.extend_from_slice(reply::RESET);
+            }
+            _ => out.extend_from_slice(reply::ERROR),
+        }
+    }
+}

@@ -1,0 +1,437 @@
+//! Start-up and shutdown: one pinned glommio executor per core, each owning its shards,
+//! listening on the client port (SO_REUSEPORT), and serving the other executors' requests.
+//!
+//! Shutdown (SIGTERM/SIGINT): every executor stops accepting and ends its connections after
+//! their in-flight requests; once all executors are there (other executors' connections may
+//! still route requests to this one's shards, so it keeps serving those until then), each
+//! syncs its shards and exits. The process exits 0.
+
+use crate::config::{Persistence, Settings};
+use crate::constants::{EXECUTOR_IO_MEMORY_BYTES, MESH_CHANNEL_CAPACITY, SHUTDOWN_POLL_MILLIS};
+use crate::data_dir::DataDir;
+use crate::net::{Executor, LocalStop, Shared};
+use crate::protocol::Limits;
+use crate::shard::clock::ServerClock;
+use crate::shard::route::{self, Reply, Request, Router};
+use crate::shard::{LocalShards, ShardStore, Topology};
+use glommio::channels::channel_mesh::{Full, MeshBuilder};
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, SystemTime};
+use terrace_wal::log::{Durability, LogConfig, RecoveryPolicy};
+use terrace_wal::storage::FsStorage;
+use terrace_wal::store::{CompactionConfig, StoreConfig, WhenFull, spawn_compactor};
+
+/// Start-up options that are not in the config.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Allow the `debugtime` command (tests).
+    pub enable_debugtime: bool,
+}
+
+/// Why the server could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A start-up check failed.
+    #[error(transparent)]
+    Preflight(#[from] crate::preflight::PreflightError),
+    /// The data dir cannot be used.
+    #[error(transparent)]
+    DataDir(#[from] crate::data_dir::DataDirError),
+    /// Binding the client port failed.
+    #[error("cannot listen on {addr}: {source}; pick a free port (--listen) or stop what uses it")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// An executor failed.
+    #[error("executor {executor}: {message}")]
+    Executor {
+        /// Which.
+        executor: usize,
+        /// What happened.
+        message: String,
+    },
+}
+
+/// State every executor thread sees, for shutdown.
+#[derive(Debug)]
+struct Control {
+    stopping: AtomicBool,
+    /// Executors whose connections have ended.
+    drained: AtomicUsize,
+}
+
+/// Runs the server until SIGTERM/SIGINT. Returns after a clean shutdown.
+pub fn run(settings: Settings, options: RunOptions) -> Result<(), ServerError> {
+    crate::preflight::check_io_uring()?;
+    let cpus = crate::preflight::pick_cpus(settings.cores)?;
+    crate::preflight::raise_memlock(cpus.len())?;
+    let data = DataDir::open(&settings)?;
+
+    // Bind once here to learn the port when 0 was asked for, and to fail early and clearly.
+    let listen = std::net::TcpListener::bind(settings.listen)
+        .and_then(|l| l.local_addr())
+        .map_err(|source| ServerError::Listen {
+            addr: settings.listen,
+            source,
+        })?;
+    let executors = cpus.len();
+    let topology = Topology {
+        shards: data.shards(),
+        executors,
+    };
+    tracing::info!(
+        server = %settings.name,
+        config = %settings.source,
+        persistence = %settings.persistence,
+        data = %data.path().display(),
+        cores = executors,
+        cpus = ?cpus,
+        shards = topology.shards,
+        segment_size = settings.segment_size_bytes,
+        capacity = settings.capacity_bytes,
+        item_size_max = settings.item_size_max_bytes,
+        "Terrace server starting"
+    );
+
+    let shared = Arc::new(Shared {
+        settings: settings.clone(),
+        clock: ServerClock::default(),
+        debugtime_enabled: options.enable_debugtime,
+        started: SystemTime::now(),
+        executors,
+    });
+    let control = Arc::new(Control {
+        stopping: AtomicBool::new(false),
+        drained: AtomicUsize::new(0),
+    });
+    install_signal_handler(&control);
+
+    let request_mesh: MeshBuilder<Request, Full> =
+        MeshBuilder::full(executors, MESH_CHANNEL_CAPACITY);
+    let reply_mesh: MeshBuilder<Reply, Full> = MeshBuilder::full(executors, MESH_CHANNEL_CAPACITY);
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, String>>();
+    let shard_dirs: Vec<_> = (0..topology.shards).map(|s| data.shard_dir(s)).collect();
+    let mut handles = Vec::new();
+    for (index, &cpu) in cpus.iter().enumerate() {
+        let context = ExecutorStart {
+            index,
+            topology,
+            listen,
+            shared: Arc::clone(&shared),
+            control: Arc::clone(&control),
+            shard_dirs: shard_dirs.clone(),
+            meshes: (executors > 1).then(|| (request_mesh.clone(), reply_mesh.clone())),
+            ready: ready_tx.clone(),
+        };
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("terrace-{index}"))
+            .io_memory(EXECUTOR_IO_MEMORY_BYTES)
+            .spawn(move || run_executor(context))
+            .map_err(|e| ServerError::Executor {
+                executor: index,
+                message: format!("cannot start on CPU {cpu}: {e}"),
+            })?;
+        handles.push(handle);
+    }
+    drop(ready_tx);
+
+    let mut failure = None;
+    for _ in 0..executors {
+        match ready_rx.recv() {
+            Ok(Ok(_)) => {}
+            Ok(Err(message)) => {
+                failure.get_or_insert(message);
+                control.stopping.store(true, Ordering::SeqCst);
+            }
+            Err(_) => {
+                failure.get_or_insert_with(|| "an executor exited during start-up".into());
+                control.stopping.store(true, Ordering::SeqCst);
+                break;
+            }
+        }
+    }
+    if failure.is_none() {
+        tracing::info!(
+            listen = %listen,
+            data = %data.path().display(),
+            persistence = %settings.persistence,
+            "Terrace server listening"
+        );
+        // Also on stdout, for people and scripts waiting for the server to be up.
+        println!(
+            "terrace-server {} listening on {listen} ({}, data in {})",
+            settings.name,
+            settings.persistence,
+            data.path().display()
+        );
+    }
+    let mut results = Vec::new();
+    for handle in handles {
+        results.push(handle.join());
+    }
+    if let Some(message) = failure {
+        return Err(ServerError::Executor {
+            executor: 0,
+            message,
+        });
+    }
+    for (executor, result) in results.into_iter().enumerate() {
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => return Err(ServerError::Executor { executor, message }),
+            Err(e) => {
+                return Err(ServerError::Executor {
+                    executor,
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+    tracing::info!(server = %settings.name, "Terrace server stopped cleanly");
+    drop(data);
+    Ok(())
+}
+
+fn install_signal_handler(control: &Arc<Control>) {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let control = Arc::clone(control);
+    match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
+        Ok(mut signals) => {
+            let spawned = std::thread::Builder::new()
+                .name("terrace-signals".into())
+                .spawn(move || {
+                    if let Some(signal) = signals.forever().next() {
+                        tracing::info!(
+                            signal,
+                            "stopping: finishing in-flight requests, then syncing"
+                        );
+                        control.stopping.store(true, Ordering::SeqCst);
+                    }
+                });
+            if let Err(error) = spawned {
+                tracing::error!(%error, "cannot watch for SIGTERM/SIGINT");
+            }
+        }
+        Err(error) => tracing::error!(%error, "cannot watch for SIGTERM/SIGINT"),
+    }
+}
+
+struct ExecutorStart {
+    index: usize,
+    topology: Topology,
+    listen: SocketAddr,
+    shared: Arc<Shared>,
+    control: Arc<Control>,
+    shard_dirs: Vec<std::path::PathBuf>,
+    meshes: Option<(MeshBuilder<Request, Full>, MeshBuilder<Reply, Full>)>,
+    ready: mpsc::Sender<Result<usize, String>>,
+}
+
+fn store_config(settings: &Settings, shards: u32) -> StoreConfig {
+    let permanent = settings.persistence == Persistence::PermanentStore;
+    StoreConfig {
+        log: LogConfig {
+            segment_size_bytes: settings.segment_size_bytes,
+            durability: if permanent {
+                Durability::Fsync
+            } else {
+                Durability::None
+            },
+            capacity_bytes: settings.capacity_bytes / u64::from(shards),
+        },
+        when_full: if permanent {
+            WhenFull::Refuse
+        } else {
+            WhenFull::EvictOldest
+        },
+        item_size_max_bytes: settings.item_size_max_bytes,
+        compaction: CompactionConfig::default(),
+    }
+}
+
+async fn run_executor(start: ExecutorStart) -> Result<(), String> {
+    let ExecutorStart {
+        index,
+        topology,
+        listen,
+        shared,
+        control,
+        shard_dirs,
+        meshes,
+        ready,
+    } = start;
+    let started = async {
+        // First, before anything that can fail: the other executors wait for this.
+        let joined = match meshes {
+            Some((requests, replies)) => Some(route::join(requests, replies).await?),
+            None => None,
+        };
+        let settings = &shared.settings;
+        let config = store_config(settings, topology.shards);
+        let mut stores: Vec<Option<Rc<RefCell<ShardStore>>>> = Vec::new();
+        for (shard, dir) in shard_dirs.iter().enumerate() {
+            let shard = shard as u32;
+            if topology.owner_of(shard) != index {
+                stores.push(None);
+                continue;
+            }
+            let storage = FsStorage::open(dir)
+                .await
+                .map_err(|e| format!("shard {shard}: {e}"))?;
+            let clock: Rc<dyn terrace_wal::store::Clock> = Rc::new(shared.clock.clone());
+            let (store, report) = ShardStore::open(
+                storage,
+                config.clone(),
+                clock,
+                RecoveryPolicy::TruncateTornTail,
+            )
+            .await
+            .map_err(|e| format!("shard {shard} ({}): {e}", dir.display()))?;
+            if report.records > 0 || report.torn_tail.is_some() {
+                tracing::info!(
+                    shard,
+                    segments = report.segments,
+                    records = report.records,
+                    bytes = report.record_bytes,
+                    last_lsn = report.last_lsn,
+                    truncated_bytes = report.truncated_bytes(),
+                    millis = report.duration.as_millis() as u64,
+                    items = store.index_len(),
+                    "shard recovered"
+                );
+            }
+            if let Some(torn) = &report.torn_tail {
+                tracing::warn!(
+                    shard,
+                    segment = torn.segment,
+                    offset = torn.offset,
+                    bytes = torn.garbage_bytes,
+                    "cut a torn tail (records that were never acknowledged)"
+                );
+            }
+            let store = Rc::new(RefCell::new(store));
+            spawn_compactor(Rc::clone(&store), 10)
+                .map_err(|e| format!("shard {shard}: cannot start compaction: {e}"))?
+                .detach();
+            stores.push(Some(store));
+        }
+        let shards = Rc::new(LocalShards::new(topology, stores));
+        let router = match joined {
+            Some(joined) => joined.serve(&shards),
+            None => Rc::new(Router::single()),
+        };
+        let listener =
+            TcpListener::bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        let executor = Rc::new(Executor {
+            shared: Arc::clone(&shared),
+            shards,
+            router,
+            topology,
+            limits: Limits {
+                item_size_max_bytes: shared.settings.item_size_max_bytes,
+            },
+            stop: Rc::new(LocalStop::default()),
+        });
+        Ok::<_, String>((executor, listener))
+    };
+    let (executor, listener) = match started.await {
+        Ok(started) => {
+            let _ = ready.send(Ok(index));
+            started
+        }
+        Err(message) => {
+            let _ = ready.send(Err(message.clone()));
+            control.drained.fetch_add(1, Ordering::SeqCst);
+            return Err(message);
+        }
+    };
+
+    // Watch the process-wide flag; tell this executor's tasks.
+    let stop = Rc::clone(&executor.stop);
+    let watcher_control = Arc::clone(&control);
+    glommio::spawn_local(async move {
+        while !watcher_control.stopping.load(Ordering::SeqCst) {
+            glommio::timer::sleep(Duration::from_millis(SHUTDOWN_POLL_MILLIS)).await;
+        }
+        stop.stop();
+    })
+    .detach();
+
+    let open = Rc::new(Cell::new(0usize));
+    let mut next_id = 0u64;
+    let max_per_executor = shared.settings.max_connections.div_ceil(shared.executors);
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            executor.stop.wait(u64::MAX).await;
+            None
+        })
+        .await;
+        let stream = match accepted {
+            None => break,
+            Some(Ok(stream)) => stream,
+            Some(Err(error)) => {
+                tracing::warn!(%error, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if open.get() >= max_per_executor {
+            executor
+                .shards
+                .counters
+                .bump(crate::stats::Stat::rejected_connections);
+            tracing::warn!(
+                max_connections = shared.settings.max_connections,
+                "connection refused: too many connections"
+            );
+            drop(stream);
+            continue;
+        }
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "set_nodelay failed");
+        }
+        next_id += 1;
+        open.set(open.get() + 1);
+        let (executor, open) = (Rc::clone(&executor), Rc::clone(&open));
+        let id = next_id;
+        glommio::spawn_local(async move {
+            crate::net::serve(stream, executor, id).await;
+            open.set(open.get() - 1);
+        })
+        .detach();
+    }
+    drop(listener);
+
+    // Connections end after their in-flight requests (they see the stop at their next read).
+    while open.get() > 0 {
+        glommio::timer::sleep(Duration::from_millis(SHUTDOWN_POLL_MILLIS)).await;
+    }
+    control.drained.fetch_add(1, Ordering::SeqCst);
+    // Other executors' connections may still route requests here: serve them until all
+    // executors have drained.
+    while control.drained.load(Ordering::SeqCst) < shared.executors {
+        glommio::timer::sleep(Duration::from_millis(SHUTDOWN_POLL_MILLIS)).await;
+    }
+    for (shard, store) in executor.shards.owned() {
+        let (commit, last) = {
+            let store = store.borrow();
+            (store.commit(), store.log().next_lsn().saturating_sub(1))
+        };
+        if last > 0
+            && let Err(error) = commit.wait_durable(last).await
+        {
+            tracing::error!(shard, %error, "final sync failed");
+            return Err(format!("shard {shard}: final sync failed: {error}"));
+        }
+    }
+    Ok(())
+}

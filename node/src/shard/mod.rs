@@ -1,0 +1,347 @@
+//! Shards: which executor owns which, and memcached's operations on a shard's store.
+//!
+//! A key's shard is `crc32(key) % shards` (stable across processes and versions); shard `s`
+//! is owned by executor `s % executors`. Operations here run on the owning executor, write
+//! their reply into a buffer, and say which LSN must be durable before the reply may be
+//! sent ([`Durable`]). Requests for another executor's shards go through [`route`].
+
+pub mod clock;
+pub mod route;
+
+use crate::protocol::reply;
+use crate::stats::{Counters, Snapshot, Stat};
+use std::cell::RefCell;
+use std::rc::Rc;
+use terrace_wal::error::{StoreError, WalError};
+use terrace_wal::log::GroupCommit;
+use terrace_wal::storage::FsStorage;
+use terrace_wal::store::{Delta, SetMode, Store, StoreOutcome};
+
+/// A shard's store on real files.
+pub type ShardStore = Store<FsStorage>;
+
+/// Which executor owns which shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Topology {
+    /// Shards of the server.
+    pub shards: u32,
+    /// Executors of the server.
+    pub executors: usize,
+}
+
+impl Topology {
+    /// The shard of `key`.
+    pub fn shard_of(&self, key: &[u8]) -> u32 {
+        crc32fast::hash(key) % self.shards
+    }
+
+    /// The executor that owns `shard`.
+    pub fn owner_of(&self, shard: u32) -> usize {
+        shard as usize % self.executors
+    }
+
+    /// The executor that owns `key`.
+    pub fn owner_of_key(&self, key: &[u8]) -> usize {
+        self.owner_of(self.shard_of(key))
+    }
+}
+
+/// A reply may be sent once this LSN of this shard is durable.
+#[derive(Debug, Clone)]
+pub struct Durable {
+    /// The shard's group commit.
+    pub commit: Rc<GroupCommit<FsStorage>>,
+    /// The LSN.
+    pub lsn: u64,
+}
+
+impl Durable {
+    /// Waits for it. An error means the shard failed a sync: the reply must not be sent.
+    pub async fn wait(&self) -> Result<(), WalError> {
+        if self.commit.durable_lsn() >= self.lsn {
+            return Ok(());
+        }
+        self.commit.wait_durable(self.lsn).await
+    }
+}
+
+/// The shards one executor owns, and its counters.
+#[derive(Debug)]
+pub struct LocalShards {
+    topology: Topology,
+    /// By shard id; `None` for shards other executors own.
+    stores: Vec<Option<Rc<RefCell<ShardStore>>>>,
+    /// This executor's counters.
+    pub counters: Counters,
+}
+
+impl LocalShards {
+    /// Shards of `topology` owned by this executor, in `stores` (by shard id).
+    pub fn new(topology: Topology, stores: Vec<Option<Rc<RefCell<ShardStore>>>>) -> Self {
+        assert_eq!(stores.len(), topology.shards as usize);
+        Self {
+            topology,
+            stores,
+            counters: Counters::default(),
+        }
+    }
+
+    /// The topology.
+    pub fn topology(&self) -> Topology {
+        self.topology
+    }
+
+    /// The stores this executor owns, with their shard ids.
+    pub fn owned(&self) -> impl Iterator<Item = (u32, &Rc<RefCell<ShardStore>>)> {
+        self.stores
+            .iter()
+            .enumerate()
+            .filter_map(|(id, store)| store.as_ref().map(|s| (id as u32, s)))
+    }
+
+    /// The store of `key`, which this executor must own.
+    fn store_of(&self, key: &[u8]) -> (u32, &Rc<RefCell<ShardStore>>) {
+        let shard = self.topology.shard_of(key);
+        match &self.stores[shard as usize] {
+            Some(store) => (shard, store),
+            None => panic!("shard {shard} is not owned by this executor"),
+        }
+    }
+
+    fn durable(store: &Rc<RefCell<ShardStore>>, lsn: u64) -> Option<Durable> {
+        let commit = store.borrow().commit();
+        (commit.durable_lsn() < lsn).then_some(Durable { commit, lsn })
+    }
+
+    /// `get`/`gets` of one key: writes its `VALUE` block if it is there.
+    pub fn get(&self, key: &[u8], with_cas: bool, out: &mut Vec<u8>) -> Option<Durable> {
+        let (_, store) = self.store_of(key);
+        let item = store.borrow_mut().get(key);
+        match item {
+            Ok(Some(item)) => {
+                self.counters.bump(Stat::get_hits);
+                reply::value(
+                    out,
+                    key,
+                    item.flags(),
+                    item.value(),
+                    with_cas.then(|| item.cas()),
+                );
+                Self::durable(store, item.lsn())
+            }
+            Ok(None) | Err(_) => {
+                self.counters.bump(Stat::get_misses);
+                None
+            }
+        }
+    }
+
+    /// `gat`/`gats` of one key.
+    pub fn get_and_touch(
+        &self,
+        key: &[u8],
+        exptime: i64,
+        with_cas: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<Durable>, Refusal> {
+        let (shard, store) = self.store_of(key);
+        let touched = store.borrow_mut().get_and_touch(key, exptime);
+        match touched {
+            Ok(Some((item, written))) => {
+                self.counters.bump(Stat::get_hits);
+                self.counters.bump(Stat::touch_hits);
+                reply::value(
+                    out,
+                    key,
+                    item.flags(),
+                    item.value(),
+                    with_cas.then(|| item.cas()),
+                );
+                Ok(Self::durable(store, written.lsn.max(item.lsn())))
+            }
+            Ok(None) => {
+                self.counters.bump(Stat::get_misses);
+                self.counters.bump(Stat::touch_misses);
+                Ok(None)
+            }
+            Err(error) => Err(Refusal::new(shard, error)),
+        }
+    }
+
+    /// The set family.
+    pub fn store(
+        &self,
+        mode: SetMode,
+        key: &[u8],
+        flags: u32,
+        exptime: i64,
+        data: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Option<Durable>, Refusal> {
+        let (shard, store) = self.store_of(key);
+        let outcome = store.borrow_mut().set(mode, key, data, flags, exptime);
+        let outcome = outcome.map_err(|error| Refusal::new(shard, error))?;
+        let is_cas = matches!(mode, SetMode::Cas(_));
+        let (text, durable) = match outcome {
+            StoreOutcome::Stored(written) => {
+                if is_cas {
+                    self.counters.bump(Stat::cas_hits);
+                }
+                (reply::STORED, Self::durable(store, written.lsn))
+            }
+            StoreOutcome::NotStored => (reply::NOT_STORED, None),
+            StoreOutcome::Exists => {
+                self.counters.bump(Stat::cas_badval);
+                (reply::EXISTS, None)
+            }
+            StoreOutcome::NotFound => {
+                self.counters.bump(Stat::cas_misses);
+                (reply::NOT_FOUND, None)
+            }
+        };
+        out.extend_from_slice(text);
+        Ok(durable)
+    }
+
+    /// `delete`. `count`: false for the delete that follows a refused `set`, which is not a
+    /// client's delete.
+    pub fn delete(
+        &self,
+        key: &[u8],
+        count: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<Durable>, Refusal> {
+        let (shard, store) = self.store_of(key);
+        let deleted = store.borrow_mut().delete(key);
+        match deleted.map_err(|error| Refusal::new(shard, error))? {
+            Some(written) => {
+                if count {
+                    self.counters.bump(Stat::delete_hits);
+                }
+                out.extend_from_slice(reply::DELETED);
+                Ok(Self::durable(store, written.lsn))
+            }
+            None => {
+                if count {
+                    self.counters.bump(Stat::delete_misses);
+                }
+                out.extend_from_slice(reply::NOT_FOUND);
+                Ok(None)
+            }
+        }
+    }
+
+    /// `incr`/`decr`.
+    pub fn delta(
+        &self,
+        key: &[u8],
+        delta: Delta,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<Durable>, Refusal> {
+        let (shard, store) = self.store_of(key);
+        let (hit, miss) = match delta {
+            Delta::Incr(_) => (Stat::incr_hits, Stat::incr_misses),
+            Delta::Decr(_) => (Stat::decr_hits, Stat::decr_misses),
+        };
+        let result = store.borrow_mut().delta(key, delta);
+        match result.map_err(|error| Refusal::new(shard, error))? {
+            Some((value, written)) => {
+                self.counters.bump(hit);
+                reply::counter(out, value);
+                Ok(Self::durable(store, written.lsn))
+            }
+            None => {
+                self.counters.bump(miss);
+                out.extend_from_slice(reply::NOT_FOUND);
+                Ok(None)
+            }
+        }
+    }
+
+    /// `touch`.
+    pub fn touch(
+        &self,
+        key: &[u8],
+        exptime: i64,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<Durable>, Refusal> {
+        let (shard, store) = self.store_of(key);
+        let touched = store.borrow_mut().touch(key, exptime);
+        match touched.map_err(|error| Refusal::new(shard, error))? {
+            Some(written) => {
+                self.counters.bump(Stat::touch_hits);
+                out.extend_from_slice(reply::TOUCHED);
+                Ok(Self::durable(store, written.lsn))
+            }
+            None => {
+                self.counters.bump(Stat::touch_misses);
+                out.extend_from_slice(reply::NOT_FOUND);
+                Ok(None)
+            }
+        }
+    }
+
+    /// `flush_all` on every shard of this executor. Returns what to wait for.
+    pub fn flush_all(&self, delay: i64) -> Result<Vec<Durable>, Refusal> {
+        let mut waits = Vec::new();
+        for (shard, store) in self.owned() {
+            let written = store.borrow_mut().flush_all(delay);
+            let written = written.map_err(|error| Refusal::new(shard, error))?;
+            waits.extend(Self::durable(store, written.lsn));
+        }
+        Ok(waits)
+    }
+
+    /// This executor's numbers for `stats`.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut snapshot = self.counters.snapshot();
+        for (_, store) in self.owned() {
+            let store = store.borrow();
+            let log = store.log().counters();
+            snapshot.curr_items += store.index_len() as u64;
+            snapshot.bytes += store.log().used_bytes();
+            snapshot.evictions += store.counters().evictions;
+            snapshot.total_items += log.records_appended;
+            snapshot.syncs += log.syncs_issued;
+            snapshot.records_appended += log.records_appended;
+            snapshot.failed_shards += u64::from(store.commit().failure().is_some());
+        }
+        snapshot
+    }
+}
+
+/// A write the store refused, as a memcached reply.
+#[derive(Debug)]
+pub struct Refusal {
+    /// The reply line, with `\r\n`.
+    pub reply: Vec<u8>,
+    /// The shard failed (fail-stop): log it.
+    pub failed: bool,
+}
+
+impl Refusal {
+    fn new(shard: u32, error: StoreError) -> Self {
+        let mut reply = Vec::new();
+        let mut failed = false;
+        match &error {
+            StoreError::InvalidKey(_) => {
+                reply.extend_from_slice(crate::protocol::ProtocolError::BadCommandLine.reply());
+            }
+            StoreError::TooLarge { .. } => reply.extend_from_slice(reply::TOO_LARGE),
+            StoreError::NonNumeric => reply.extend_from_slice(reply::NON_NUMERIC),
+            StoreError::Wal(WalError::Full { .. }) => {
+                reply.extend_from_slice(reply::OUT_OF_MEMORY);
+            }
+            StoreError::Wal(wal) => {
+                failed = true;
+                let message = if wal.is_poisoned() {
+                    format!("shard {shard} refuses writes after a disk error: {wal}")
+                } else {
+                    format!("shard {shard}: {wal}")
+                };
+                reply::server_error(&mut reply, &message);
+            }
+        }
+        Self { reply, failed }
+    }
+}

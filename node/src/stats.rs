@@ -1,0 +1,266 @@
+//! Counters, kept per executor without atomics (each executor counts its own work), summed
+//! over executors when a client asks for `stats`.
+
+use std::cell::Cell;
+
+macro_rules! counters {
+    ($($name:ident),* $(,)?) => {
+        /// One counter of memcached's general stats block.
+        #[allow(non_camel_case_types, reason = "the names are memcached's stat names")]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Stat { $($name),* }
+
+        impl Stat {
+            /// Every counter, in the order `stats` prints them.
+            pub const ALL: &[Stat] = &[$(Stat::$name),*];
+
+            /// memcached's name for it.
+            pub fn name(self) -> &'static str {
+                match self { $(Stat::$name => stringify!($name)),* }
+            }
+        }
+    };
+}
+
+counters! {
+    cmd_get, cmd_set, cmd_flush, cmd_touch,
+    get_hits, get_misses, get_expired, get_flushed,
+    delete_misses, delete_hits,
+    incr_misses, incr_hits, decr_misses, decr_hits,
+    cas_misses, cas_hits, cas_badval,
+    touch_hits, touch_misses,
+    bytes_read, bytes_written,
+    total_connections, rejected_connections,
+}
+
+/// One executor's counters.
+#[derive(Debug)]
+pub struct Counters {
+    values: Vec<Cell<u64>>,
+    /// Open client connections (not reset by `stats reset`).
+    pub curr_connections: Cell<u64>,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self {
+            values: Stat::ALL.iter().map(|_| Cell::new(0)).collect(),
+            curr_connections: Cell::new(0),
+        }
+    }
+}
+
+impl Counters {
+    /// Adds `n` to `stat`.
+    pub fn add(&self, stat: Stat, n: u64) {
+        let cell = &self.values[stat as usize];
+        cell.set(cell.get().wrapping_add(n));
+    }
+
+    /// Adds one to `stat`.
+    pub fn bump(&self, stat: Stat) {
+        self.add(stat, 1);
+    }
+
+    /// `stats reset`.
+    pub fn reset(&self) {
+        for cell in &self.values {
+            cell.set(0);
+        }
+    }
+
+    /// The values, to send to another executor.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            counters: self.values.iter().map(Cell::get).collect(),
+            curr_connections: self.curr_connections.get(),
+            ..Snapshot::default()
+        }
+    }
+}
+
+/// One executor's numbers (counters and its shards' state); `Send`, summed by `add`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// By `Stat` index.
+    pub counters: Vec<u64>,
+    /// Open connections.
+    pub curr_connections: u64,
+    /// Live items (index entries) in its shards.
+    pub curr_items: u64,
+    /// Bytes of segment files its shards use.
+    pub bytes: u64,
+    /// Items evicted (temporary-swap-only when full).
+    pub evictions: u64,
+    /// Items written since start.
+    pub total_items: u64,
+    /// fdatasync calls.
+    pub syncs: u64,
+    /// Records appended.
+    pub records_appended: u64,
+    /// Shards that refuse writes after a disk error.
+    pub failed_shards: u64,
+}
+
+impl Snapshot {
+    /// Adds `other` into `self`.
+    pub fn add(&mut self, other: &Snapshot) {
+        if self.counters.len() < other.counters.len() {
+            self.counters.resize(other.counters.len(), 0);
+        }
+        for (a, b) in self.counters.iter_mut().zip(&other.counters) {
+            *a = a.wrapping_add(*b);
+        }
+        self.curr_connections += other.curr_connections;
+        self.curr_items += other.curr_items;
+        self.bytes += other.bytes;
+        self.evictions += other.evictions;
+        self.total_items += other.total_items;
+        self.syncs += other.syncs;
+        self.records_appended += other.records_appended;
+        self.failed_shards += other.failed_shards;
+    }
+
+    /// A counter's value.
+    pub fn get(&self, stat: Stat) -> u64 {
+        self.counters.get(stat as usize).copied().unwrap_or(0)
+    }
+}
+
+/// memcached's general `stats` block, with Terrace's own numbers after it.
+pub fn general(out: &mut Vec<u8>, shared: &crate::net::Shared, total: &Snapshot) {
+    use crate::protocol::reply::stat;
+    let now = std::time::SystemTime::now();
+    let unix = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    };
+    let usage = ProcessUsage::read();
+    let settings = &shared.settings;
+    stat(out, "pid", std::process::id());
+    stat(
+        out,
+        "uptime",
+        now.duration_since(shared.started)
+            .map_or(0, |d| d.as_secs()),
+    );
+    stat(
+        out,
+        "time",
+        i64::try_from(unix(now)).unwrap_or(0) + shared.clock.shift_secs(),
+    );
+    stat(out, "version", env!("CARGO_PKG_VERSION"));
+    stat(out, "pointer_size", usize::BITS);
+    stat(out, "rusage_user", usage.user_secs());
+    stat(out, "rusage_system", usage.system_secs());
+    stat(out, "max_connections", settings.max_connections);
+    stat(out, "curr_connections", total.curr_connections);
+    for &counter in &Stat::ALL[Stat::total_connections as usize..] {
+        stat(out, counter.name(), total.get(counter));
+    }
+    stat(out, "connection_structures", total.curr_connections);
+    for &counter in &Stat::ALL[..Stat::bytes_read as usize] {
+        stat(out, counter.name(), total.get(counter));
+    }
+    stat(out, "auth_cmds", 0);
+    stat(out, "auth_errors", 0);
+    stat(out, "bytes_read", total.get(Stat::bytes_read));
+    stat(out, "bytes_written", total.get(Stat::bytes_written));
+    stat(out, "limit_maxbytes", settings.capacity_bytes);
+    stat(out, "accepting_conns", 1);
+    stat(out, "threads", shared.executors);
+    stat(out, "conn_yields", 0);
+    stat(out, "curr_items", total.curr_items);
+    stat(out, "total_items", total.total_items);
+    stat(out, "evictions", total.evictions);
+    stat(out, "bytes", total.bytes);
+    stat(out, "terrace_persistence", settings.persistence);
+    stat(out, "terrace_shards", settings.shards);
+    stat(out, "terrace_syncs", total.syncs);
+    stat(out, "terrace_records_appended", total.records_appended);
+    stat(out, "terrace_failed_shards", total.failed_shards);
+    stat(out, "terrace_major_faults", usage.major_faults);
+    out.extend_from_slice(crate::protocol::reply::END);
+}
+
+/// `stats settings`.
+pub fn settings(out: &mut Vec<u8>, shared: &crate::net::Shared) {
+    use crate::protocol::reply::stat;
+    let s = &shared.settings;
+    stat(out, "maxbytes", s.capacity_bytes);
+    stat(out, "maxconns", s.max_connections);
+    stat(out, "tcpport", s.listen.port());
+    stat(out, "interface", s.listen.ip());
+    stat(out, "num_threads", shared.executors);
+    stat(out, "item_size_max", s.item_size_max_bytes);
+    stat(out, "cas_enabled", "yes");
+    stat(
+        out,
+        "evictions",
+        if s.persistence == crate::config::Persistence::TemporarySwapOnly {
+            "on"
+        } else {
+            "off"
+        },
+    );
+    stat(out, "terrace_name", &s.name);
+    stat(out, "terrace_persistence", s.persistence);
+    stat(out, "terrace_data", s.data_dir.display());
+    stat(out, "terrace_shards", s.shards);
+    stat(out, "terrace_segment_size", s.segment_size_bytes);
+    stat(
+        out,
+        "terrace_debugtime",
+        if shared.debugtime_enabled {
+            "on"
+        } else {
+            "off"
+        },
+    );
+    out.extend_from_slice(crate::protocol::reply::END);
+}
+
+/// CPU time and major page faults of this process, from `/proc/self/stat`.
+#[derive(Debug, Default, Clone, Copy)]
+struct ProcessUsage {
+    user_ticks: u64,
+    system_ticks: u64,
+    major_faults: u64,
+}
+
+impl ProcessUsage {
+    /// Linux reports CPU time in clock ticks of USER_HZ, which is 100 on every architecture
+    /// Linux supports in practice.
+    const TICKS_PER_SEC: u64 = 100;
+
+    fn read() -> Self {
+        let Ok(text) = std::fs::read_to_string("/proc/self/stat") else {
+            return Self::default();
+        };
+        // The command name (field 2) is in parentheses and may hold spaces: count fields
+        // after its closing parenthesis, which is field 3 (state).
+        let Some(after) = text.rfind(')').map(|i| &text[i + 1..]) else {
+            return Self::default();
+        };
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse().ok()).unwrap_or(0);
+        Self {
+            major_faults: field(12),
+            user_ticks: field(14),
+            system_ticks: field(15),
+        }
+    }
+
+    fn format(ticks: u64) -> String {
+        let micros = ticks * 1_000_000 / Self::TICKS_PER_SEC;
+        format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
+    }
+
+    fn user_secs(&self) -> String {
+        Self::format(self.user_ticks)
+    }
+
+    fn system_secs(&self) -> String {
+        Self::format(self.system_ticks)
+    }
+}
