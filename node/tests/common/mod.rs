@@ -1,0 +1,235 @@
+//! Starting the real `terrace-server` binary for tests: on 127.0.0.1, a free port, its own
+//! data dir; always killed when the handle is dropped.
+
+#![allow(dead_code, reason = "each test file uses part of this")]
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a server may take to start or stop.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A free port on 127.0.0.1 (bound and released; the server binds it right after).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// A config for tests: small segments so a server starts fast and takes little disk.
+pub fn write_config(dir: &Path, persistence: &str) -> PathBuf {
+    let path = dir.join("test.toml");
+    let text = format!(
+        r#"
+[cluster]
+persistence = "{persistence}"
+[storage]
+shards = 8
+segment_size = "2MiB"
+capacity = "512MiB"
+item_size_max = "1MiB"
+[[servers]]
+name = "t1"
+host = "127.0.0.1"
+client_port = 11211
+data = "{}"
+"#,
+        dir.join("data").display()
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// A running server.
+pub struct Server {
+    pub child: Option<Child>,
+    pub port: u16,
+    pub config: PathBuf,
+    pub extra_args: Vec<String>,
+    pub stderr_log: PathBuf,
+}
+
+impl Server {
+    /// Starts a server with `config` on a free port, waits until it listens.
+    pub fn start(config: &Path, extra_args: &[&str]) -> Self {
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+            config: config.to_path_buf(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            stderr_log: config.with_extension("stderr.log"),
+        };
+        server.restart();
+        server
+    }
+
+    /// Starts the server again (same port, config and arguments).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.stderr_log)
+            .expect("stderr log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_terrace-server"))
+            .arg("-f")
+            .arg(&self.config)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .args(&self.extra_args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn terrace-server");
+        // The server prints one line on stdout when every executor listens.
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        match rx.recv_timeout(START_TIMEOUT) {
+            Ok(line) if line.contains("listening on") => {}
+            other => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "server did not start ({other:?}); stderr:\n{}",
+                    std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+                );
+            }
+        }
+        self.child = Some(child);
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("server did not stop within {START_TIMEOUT:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A client connection.
+    pub fn connect(&self) -> Client {
+        Client::connect(self.port)
+    }
+
+    /// The server's stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A raw memcached text-protocol client.
+pub struct Client {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(port: u16) -> Self {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        stream.set_nodelay(true).expect("nodelay");
+        Self {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    /// Reads until the received bytes end with `terminator` (e.g. "END\r\n"), or fails.
+    pub fn read_until(&mut self, terminator: &[u8]) -> Vec<u8> {
+        let mut chunk = [0u8; 65536];
+        while !self.buf.ends_with(terminator) {
+            let n = self.stream.read(&mut chunk).expect("read (timed out?)");
+            assert!(
+                n > 0,
+                "connection closed; got {:?}",
+                String::from_utf8_lossy(&self.buf)
+            );
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+        std::mem::take(&mut self.buf)
+    }
+
+    /// Reads exactly `n` bytes.
+    pub fn read_exact_n(&mut self, n: usize) -> Vec<u8> {
+        let mut chunk = [0u8; 65536];
+        while self.buf.len() < n {
+            let got = self.stream.read(&mut chunk).expect("read (timed out?)");
+            assert!(got > 0, "connection closed");
+            self.buf.extend_from_slice(&chunk[..got]);
+        }
+        let rest = self.buf.split_off(n);
+        std::mem::replace(&mut self.buf, rest)
+    }
+
+    /// Sends `request` and reads one line of reply.
+    pub fn call(&mut self, request: &str) -> String {
+        self.send(request.as_bytes());
+        String::from_utf8(self.read_until(b"\r\n")).expect("utf8")
+    }
+
+    /// Sends `request` and returns everything up to and including `END\r\n`.
+    pub fn call_end(&mut self, request: &str) -> String {
+        self.send(request.as_bytes());
+        String::from_utf8(self.read_until(b"END\r\n")).expect("utf8")
+    }
+
+    /// Whether the server closed the connection (reads EOF within the timeout).
+    pub fn is_closed(&mut self) -> bool {
+        let mut chunk = [0u8; 1024];
+        matches!(self.stream.read(&mut chunk), Ok(0) | Err(_))
+    }
+
+    pub fn set(&mut self, key: &str, value: &str) -> String {
+        self.call(&format!("set {key} 0 0 {}\r\n{value}\r\n", value.len()))
+    }
+
+    /// The value of `key`, if any.
+    pub fn get(&mut self, key: &str) -> Option<String> {
+        let reply = self.call_end(&format!("get {key}\r\n"));
+        let mut lines = reply.split("\r\n");
+        let header = lines.next()?;
+        if header == "END" {
+            return None;
+        }
+        Some(lines.next().expect("value line").to_string())
+    }
+}

@@ -1,0 +1,179 @@
+//! The memcached text protocol over real TCP against the real binary: exact reply bytes.
+#![allow(clippy::expect_used, clippy::unwrap_used, reason = "tests")]
+
+mod common;
+
+use common::{Client, Server, write_config};
+
+fn server(persistence: &str, extra: &[&str]) -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), persistence);
+    let server = Server::start(&config, extra);
+    (dir, server)
+}
+
+#[test]
+fn every_command_answers_like_memcached() {
+    let (_dir, server) = server("permanent-store", &["--enable-debugtime"]);
+    let mut c = server.connect();
+    let steps: &[(&str, &str)] = &[
+        ("set k 5 0 3\r\nabc\r\n", "STORED\r\n"),
+        ("get k\r\n", "VALUE k 5 3\r\nabc\r\nEND\r\n"),
+        ("add k 0 0 1\r\nx\r\n", "NOT_STORED\r\n"),
+        ("add k2 0 0 1\r\nx\r\n", "STORED\r\n"),
+        ("replace nope 0 0 1\r\nx\r\n", "NOT_STORED\r\n"),
+        ("replace k2 7 0 2\r\nyy\r\n", "STORED\r\n"),
+        ("append k 0 0 2\r\nde\r\n", "STORED\r\n"),
+        ("prepend k 0 0 2\r\n__\r\n", "STORED\r\n"),
+        ("get k k2\r\n", "VALUE k 5 7\r\n__abcde\r\nVALUE k2 7 2\r\nyy\r\nEND\r\n"),
+        ("append nope 0 0 1\r\nx\r\n", "NOT_STORED\r\n"),
+        ("set n 0 0 2\r\n10\r\n", "STORED\r\n"),
+        ("incr n 5\r\n", "15\r\n"),
+        ("decr n 100\r\n", "0\r\n"),
+        ("incr nope 1\r\n", "NOT_FOUND\r\n"),
+        ("incr k 1\r\n", "CLIENT_ERROR cannot increment or decrement non-numeric value\r\n"),
+        ("incr n abc\r\n", "CLIENT_ERROR invalid numeric delta argument\r\n"),
+        ("set big 0 0 20\r\n18446744073709551615\r\n", "STORED\r\n"),
+        ("incr big 1\r\n", "0\r\n"),
+        ("touch n 100\r\n", "TOUCHED\r\n"),
+        ("touch nope 100\r\n", "NOT_FOUND\r\n"),
+        ("touch n abc\r\n", "CLIENT_ERROR invalid exptime argument\r\n"),
+        ("delete k2\r\n", "DELETED\r\n"),
+        ("delete k2\r\n", "NOT_FOUND\r\n"),
+        ("delete k 1\r\n", "CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n"),
+        ("get k2\r\n", "END\r\n"),
+        ("cas k 0 0 1 1\r\nx\r\n", "EXISTS\r\n"),
+        ("cas nope 0 0 1 1\r\nx\r\n", "NOT_FOUND\r\n"),
+        ("bogus\r\n", "ERROR\r\n"),
+        ("set k 0 0\r\n", "CLIENT_ERROR bad command line format\r\n"),
+        ("set k 0 0 1\r\nab\r\n", "CLIENT_ERROR bad data chunk\r\nERROR\r\n"),
+        ("verbosity 1\r\n", "OK\r\n"),
+        ("stats nonsense\r\n", "ERROR\r\n"),
+        ("stats reset\r\n", "RESET\r\n"),
+        ("gat 100 nope\r\n", "END\r\n"),
+        ("gat x k\r\n", "CLIENT_ERROR invalid exptime argument\r\n"),
+    ];
+    for (request, expected) in steps {
+        let got = c.call_exact(request, expected.len());
+        assert_eq!(&got, expected, "request {request:?}");
+    }
+    // gets returns a CAS that cas accepts once.
+    let reply = c.call_end("gets k\r\n");
+    let cas: u64 = reply.split("\r\n").next().unwrap().rsplit(' ').next().unwrap().parse().unwrap();
+    assert_eq!(c.call(&format!("cas k 3 0 1 {cas}\r\nz\r\n")), "STORED\r\n");
+    assert_eq!(c.call(&format!("cas k 3 0 1 {cas}\r\nw\r\n")), "EXISTS\r\n");
+    let reply = c.call_end("gats 0 k\r\n");
+    assert!(reply.starts_with("VALUE k 3 1 "), "{reply}");
+    assert!(c.call("version\r\n").starts_with("VERSION "));
+    assert!(c.call_end("stats\r\n").contains("STAT cmd_set "));
+    assert!(c.call_end("stats settings\r\n").contains("STAT item_size_max 1048576\r\n"));
+
+    // Expiry, with the server clock moved by debugtime.
+    assert_eq!(c.call("set e 0 100 1\r\nx\r\n"), "STORED\r\n");
+    assert_eq!(c.call("set gone 0 -1 1\r\nx\r\n"), "STORED\r\n");
+    assert_eq!(c.get("gone"), None);
+    assert_eq!(c.get("e").as_deref(), Some("x"));
+    assert_eq!(c.call("debugtime 101\r\n"), "OK\r\n");
+    assert_eq!(c.get("e"), None);
+    // flush_all with a delay, then now.
+    c.set("f", "1");
+    assert_eq!(c.call("flush_all 10\r\n"), "OK\r\n");
+    assert_eq!(c.get("f").as_deref(), Some("1"));
+    assert_eq!(c.call("debugtime 11\r\n"), "OK\r\n");
+    assert_eq!(c.get("f"), None);
+    c.set("after", "1");
+    assert_eq!(c.call("flush_all\r\n"), "OK\r\n");
+    assert_eq!(c.get("after"), None);
+    c.send(b"quit\r\n");
+    assert!(c.is_closed());
+}
+
+#[test]
+fn debugtime_is_refused_unless_enabled() {
+    let (_dir, server) = server("temporary-swap-only", &[]);
+    let mut c = server.connect();
+    assert_eq!(c.call("debugtime 100\r\n"), "ERROR\r\n");
+}
+
+#[test]
+fn noreply_pipelining_and_limits() {
+    let (_dir, server) = server("permanent-store", &[]);
+    let mut c = server.connect();
+    // noreply: no reply at all, but the effect happens.
+    c.send(b"set a 0 0 1 noreply\r\n1\r\nincr a 4 noreply\r\ntouch a 0 noreply\r\ndelete zz noreply\r\nflush_all 0 noreply\r\nset b 0 0 1 noreply\r\n2\r\n");
+    assert_eq!(c.call_end("get a b\r\n"), "VALUE b 0 1\r\n2\r\nEND\r\n");
+
+    // Thousands of requests in one write, replies in order, across shards and cores.
+    let n = 3000;
+    let mut batch = Vec::new();
+    for i in 0..n {
+        batch.extend_from_slice(format!("set key{i} {i} 0 {}\r\nv{i}\r\n", format!("v{i}").len()).as_bytes());
+    }
+    for i in 0..n {
+        batch.extend_from_slice(format!("get key{i}\r\n").as_bytes());
+    }
+    c.send(&batch);
+    let mut expected = String::new();
+    for _ in 0..n {
+        expected.push_str("STORED\r\n");
+    }
+    for i in 0..n {
+        expected.push_str(&format!("VALUE key{i} {i} {}\r\nv{i}\r\nEND\r\n", format!("v{i}").len()));
+    }
+    let got = String::from_utf8(c.read_exact_n(expected.len())).unwrap();
+    assert!(got == expected, "pipelined replies out of order or wrong");
+
+    // One multi-key get across every shard, in request order, misses skipped.
+    let mut line = String::from("get");
+    let mut expected = String::new();
+    for i in (0..n).step_by(7) {
+        line.push_str(&format!(" key{i} missing{i}"));
+        expected.push_str(&format!("VALUE key{i} {i} {}\r\nv{i}\r\n", format!("v{i}").len()));
+    }
+    expected.push_str("END\r\n");
+    assert_eq!(c.call_end(&format!("{line}\r\n")), expected);
+
+    // Keys: 250 bytes is fine, 251 is not.
+    let k250 = "k".repeat(250);
+    assert_eq!(c.set(&k250, "x"), "STORED\r\n");
+    assert_eq!(c.get(&k250).as_deref(), Some("x"));
+    let k251 = "k".repeat(251);
+    assert_eq!(c.set(&k251, "x"), "CLIENT_ERROR bad command line format\r\n");
+    assert_eq!(c.call(&format!("get {k251}\r\n")), "CLIENT_ERROR bad command line format\r\n");
+
+    // Values: 1 MiB is fine; larger is refused, swallowed, and a set drops the old value.
+    let mib = "m".repeat(1 << 20);
+    assert_eq!(c.set("v", &mib), "STORED\r\n");
+    assert_eq!(c.get("v").map(|v| v.len()), Some(1 << 20));
+    let over = "o".repeat((1 << 20) + 1);
+    assert_eq!(c.set("v", &over), "SERVER_ERROR object too large for cache\r\n");
+    assert_eq!(c.get("v"), None);
+    c.set("w", "keep");
+    assert_eq!(
+        c.call(&format!("add w 0 0 {}\r\n{over}\r\n", over.len())),
+        "SERVER_ERROR object too large for cache\r\n"
+    );
+    assert_eq!(c.get("w").as_deref(), Some("keep"));
+
+    // Bare \n line endings.
+    c.send(b"set bare 0 0 2\nhi\r\nget bare\n");
+    assert_eq!(String::from_utf8(c.read_until(b"END\r\n")).unwrap(), "STORED\r\nVALUE bare 0 2\r\nhi\r\nEND\r\n");
+
+    // A line over 2048 bytes without a newline closes the connection.
+    let mut long = server.connect();
+    long.send(&vec![b'x'; 3000]);
+    assert!(long.is_closed());
+    // The server is fine.
+    assert_eq!(c.get("bare").as_deref(), Some("hi"));
+}
+
+trait CallExact {
+    fn call_exact(&mut self, request: &str, len: usize) -> String;
+}
+
+impl CallExact for Client {
+    fn call_exact(&mut self, request: &str, len: usize) -> String {
+        self.send(request.as_bytes());
+        String::from_utf8(self.read_exact_n(len)).unwrap()
+    }
+}
