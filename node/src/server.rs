@@ -76,13 +76,7 @@ pub fn run(settings: Settings, options: RunOptions) -> Result<(), ServerError> {
     crate::preflight::raise_memlock(cpus.len())?;
     let data = DataDir::open(&settings)?;
 
-    // Bind once here to learn the port when 0 was asked for, and to fail early and clearly.
-    let listen = std::net::TcpListener::bind(settings.listen)
-        .and_then(|l| l.local_addr())
-        .map_err(|source| ServerError::Listen {
-            addr: settings.listen,
-            source,
-        })?;
+    let listen = resolve_listen(settings.listen)?;
     let executors = cpus.len();
     let topology = Topology {
         shards: data.shards(),
@@ -199,6 +193,34 @@ pub fn run(settings: Settings, options: RunOptions) -> Result<(), ServerError> {
     tracing::info!(server = %settings.name, "Terrace server stopped cleanly");
     drop(data);
     Ok(())
+}
+
+/// The address to listen on: port 0 becomes a free port. Executors bind with SO_REUSEPORT
+/// (glommio always sets it), which would let this server silently share a port with another
+/// process of the same user; so first check that nothing answers there. A plain bind is no
+/// check: after kill -9, the old server's closed connections (FIN_WAIT) block it for a
+/// minute, though a SO_REUSEPORT bind works.
+fn resolve_listen(addr: SocketAddr) -> Result<SocketAddr, ServerError> {
+    if addr.port() == 0 {
+        return std::net::TcpListener::bind(addr)
+            .and_then(|l| l.local_addr())
+            .map_err(|source| ServerError::Listen { addr, source });
+    }
+    let probe = if addr.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+    } else {
+        addr
+    };
+    if std::net::TcpStream::connect_timeout(&probe, Duration::from_millis(300)).is_ok() {
+        return Err(ServerError::Listen {
+            addr,
+            source: std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another process is already listening there",
+            ),
+        });
+    }
+    Ok(addr)
 }
 
 fn install_signal_handler(control: &Arc<Control>) {

@@ -97,9 +97,9 @@ impl Server {
             Ok(line) if line.contains("listening on") => {}
             other => {
                 let _ = child.kill();
-                let _ = child.wait();
+                let status = child.wait();
                 panic!(
-                    "server did not start ({other:?}); stderr:\n{}",
+                    "server did not start ({other:?}, {status:?}); stderr:\n{}",
                     std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
                 );
             }

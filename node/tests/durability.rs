@@ -1,0 +1,150 @@
+//! kill -9 while clients write (permanent-store): after a restart every acknowledged write
+//! is there with its flags, and nothing that was never written appears.
+//!
+//! Rounds: TERRACE_KILL_ROUNDS (default 3); seed: TERRACE_KILL_SEED.
+#![allow(clippy::expect_used, clippy::unwrap_used, reason = "tests")]
+
+mod common;
+
+use common::{Client, Server, write_config};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+use std::io::{Read as _, Write as _};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// What a writer knows: per key, the values it sent, and the last one acknowledged.
+#[derive(Default, Clone)]
+struct Knowledge {
+    /// key -> every value ever sent for it (acknowledged or not), in order.
+    sent: HashMap<String, Vec<String>>,
+    /// key -> index into `sent` of the last acknowledged value.
+    acked: HashMap<String, usize>,
+}
+
+/// Writes `set`s on its own keys until the connection breaks; records what was acked.
+fn writer(port: u16, id: usize, seed: u64, knowledge: Arc<Mutex<Knowledge>>, deadline: Instant) {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut counter = 0u64;
+    while Instant::now() < deadline {
+        // A small pipeline of sets, then read their replies.
+        let batch: Vec<(String, String)> = (0..rng.random_range(1..8))
+            .map(|_| {
+                counter += 1;
+                let key = format!("w{id}-k{}", rng.random_range(0..40));
+                let value = format!("{id}-{counter}-{}", "x".repeat(rng.random_range(0..200)));
+                (key, value)
+            })
+            .collect();
+        let mut request = Vec::new();
+        {
+            let mut k = knowledge.lock().unwrap();
+            for (key, value) in &batch {
+                request.extend_from_slice(
+                    format!("set {key} {} 0 {}\r\n{value}\r\n", counter % 1000, value.len()).as_bytes(),
+                );
+                k.sent.entry(key.clone()).or_default().push(value.clone());
+            }
+        }
+        if stream.write_all(&request).is_err() {
+            return;
+        }
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while got.iter().filter(|&&b| b == b'\n').count() < batch.len() {
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let text = String::from_utf8_lossy(&got).to_string();
+        let mut k = knowledge.lock().unwrap();
+        for ((key, value), line) in batch.iter().zip(text.split("\r\n")) {
+            assert_eq!(line, "STORED", "unexpected reply");
+            let index = k.sent[key].iter().rposition(|v| v == value).unwrap();
+            k.acked.insert(key.clone(), index);
+        }
+    }
+}
+
+#[test]
+fn acknowledged_writes_survive_kill_9() {
+    let rounds = env_u64("TERRACE_KILL_ROUNDS", 3);
+    let seed = env_u64("TERRACE_KILL_SEED", 7);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "permanent-store");
+    let mut server = Server::start(&config, &[]);
+    let knowledge = Arc::new(Mutex::new(Knowledge::default()));
+    let mut rng = SmallRng::seed_from_u64(seed);
+    for round in 0..rounds {
+        let run_for = Duration::from_millis(rng.random_range(200..1200));
+        let deadline = Instant::now() + run_for + Duration::from_secs(5);
+        let writers: Vec<_> = (0..8)
+            .map(|id| {
+                let knowledge = Arc::clone(&knowledge);
+                let port = server.port;
+                let writer_seed = seed ^ (round << 8) ^ id as u64;
+                std::thread::spawn(move || writer(port, id, writer_seed, knowledge, deadline))
+            })
+            .collect();
+        std::thread::sleep(run_for);
+        server.kill();
+        for w in writers {
+            w.join().expect("writer panicked (bad reply?)");
+        }
+        server.restart();
+        let mut c: Client = server.connect();
+        let k = knowledge.lock().unwrap().clone();
+        let mut checked = 0;
+        for (key, values) in &k.sent {
+            let found = c.get(key);
+            match (found, k.acked.get(key)) {
+                (Some(value), Some(&acked)) => {
+                    // The acknowledged value or a later one that was sent (its reply lost).
+                    let at = values.iter().rposition(|v| *v == value);
+                    assert!(
+                        at.is_some_and(|at| at >= acked),
+                        "seed {seed} round {round}: {key} holds an older or unknown value"
+                    );
+                }
+                (Some(value), None) => assert!(
+                    values.contains(&value),
+                    "seed {seed} round {round}: {key} holds a value never written"
+                ),
+                (None, Some(_)) => {
+                    panic!("seed {seed} round {round}: acknowledged {key} is lost")
+                }
+                (None, None) => {}
+            }
+            checked += 1;
+        }
+        assert!(checked > 0, "no writes happened");
+        // Writes after a restart continue: settle the knowledge to what is there now.
+        let mut k = knowledge.lock().unwrap();
+        let keys: Vec<String> = k.sent.keys().cloned().collect();
+        for key in keys {
+            match c.get(&key) {
+                Some(value) => {
+                    k.sent.insert(key.clone(), vec![value]);
+                    k.acked.insert(key, 0);
+                }
+                None => {
+                    k.sent.remove(&key);
+                    k.acked.remove(&key);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Start, stop, restart, modes, locks, config errors, and bad input — against the binary.
+#![allow(clippy::expect_used, clippy::unwrap_used, reason = "tests")]
+
+mod common;
+
+use common::{Server, write_config};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::io::{Read as _, Write as _};
+use std::process::Command;
+use std::time::Duration;
+
+fn env_count(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[test]
+fn permanent_store_survives_sigterm_and_restart_with_flags_expiry_and_cas() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "permanent-store");
+    let mut server = Server::start(&config, &[]);
+    let mut c = server.connect();
+    assert_eq!(c.call("set a 42 100000 5\r\nhello\r\n"), "STORED\r\n");
+    c.set("gone", "x");
+    assert_eq!(c.call("delete gone\r\n"), "DELETED\r\n");
+    c.set("t", "1");
+    assert_eq!(c.call("touch t 200000\r\n"), "TOUCHED\r\n");
+    let before = c.call_end("gets a t\r\n");
+    drop(c);
+    let status = server.terminate();
+    assert!(status.success(), "SIGTERM exit: {status:?}");
+    assert!(server.log().contains("stopped cleanly"));
+
+    server.restart();
+    let mut c = server.connect();
+    assert_eq!(c.call_end("gets a t\r\n"), before, "values, flags and CAS after restart");
+    assert_eq!(c.get("gone"), None);
+    // The expiries came back as set: the touched one is still far in the future.
+    assert!(server.log().contains("shard recovered"));
+}
+
+#[test]
+fn temporary_swap_only_starts_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "temporary-swap-only");
+    let mut server = Server::start(&config, &[]);
+    server.connect().set("k", "v");
+    assert_eq!(server.connect().get("k").as_deref(), Some("v"));
+    assert!(server.terminate().success());
+    server.restart();
+    assert_eq!(server.connect().get("k"), None);
+}
+
+#[test]
+fn a_second_server_on_the_same_data_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "permanent-store");
+    let _server = Server::start(&config, &[]);
+    let output = Command::new(env!("CARGO_BIN_EXE_terrace-server"))
+        .args(["-f", config.to_str().unwrap(), "--listen"])
+        .arg(format!("127.0.0.1:{}", common::free_port()))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("in use by another terrace-server"), "{stderr}");
+}
+
+#[test]
+fn config_errors_name_the_field_and_exit_nonzero() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[storage]\nshards = 0\n[[servers]]\nname='a'\nhost='127.0.0.1'\nclient_port=1\ndata='d'\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_terrace-server"))
+        .args(["-f", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("storage.shards"), "{stderr}");
+    let help = Command::new(env!("CARGO_BIN_EXE_terrace-server"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in ["--cores", "--listen", "--data", "--persistence", "--enable-debugtime", "-n"] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+}
+
+/// Random and malformed byte streams, split at random points, never crash the server or
+/// touch stored data.
+#[test]
+fn garbage_never_crashes_the_server_or_corrupts_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "permanent-store");
+    let server = Server::start(&config, &[]);
+    let mut c = server.connect();
+    for i in 0..50 {
+        c.set(&format!("keep{i}"), &format!("value{i}"));
+    }
+    let rounds = env_count("TERRACE_GARBAGE_ROUNDS", 40);
+    let seed = env_count("TERRACE_GARBAGE_SEED", 1);
+    for round in 0..rounds {
+        let mut rng = SmallRng::seed_from_u64(seed * 1_000_003 + round);
+        let mut stream = Vec::new();
+        for _ in 0..rng.random_range(1..30) {
+            match rng.random_range(0..4) {
+                0 => stream.extend((0..rng.random_range(1..300)).map(|_| rng.random::<u8>())),
+                1 => stream.extend_from_slice(b"set x 0 0 99999999999\r\n"),
+                2 => stream.extend_from_slice(b"get \x00\xff\r\nincr\r\ncas a b c d e\r\n"),
+                _ => stream.extend_from_slice(b"set junk 1 2 3\r\nabcdef\r\n\r\n\n"),
+            }
+        }
+        let mut socket = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let mut sent = 0;
+        while sent < stream.len() {
+            let n = rng.random_range(1..=stream.len() - sent);
+            if socket.write_all(&stream[sent..sent + n]).is_err() {
+                break; // the server may close on a line it cannot accept
+            }
+            sent += n;
+        }
+        let mut sink = [0u8; 65536];
+        let _ = socket.read(&mut sink);
+        drop(socket);
+        assert!(
+            server.connect().call("version\r\n").starts_with("VERSION"),
+            "seed {seed} round {round}: server stopped answering"
+        );
+    }
+    for i in 0..50 {
+        assert_eq!(c.get(&format!("keep{i}")), Some(format!("value{i}")), "keep{i}");
+    }
+}
