@@ -53,7 +53,12 @@ fn writer(port: u16, id: usize, seed: u64, knowledge: Arc<Mutex<Knowledge>>, dea
             let mut k = knowledge.lock().unwrap();
             for (key, value) in &batch {
                 request.extend_from_slice(
-                    format!("set {key} {} 0 {}\r\n{value}\r\n", counter % 1000, value.len()).as_bytes(),
+                    format!(
+                        "set {key} {} 0 {}\r\n{value}\r\n",
+                        counter % 1000,
+                        value.len()
+                    )
+                    .as_bytes(),
                 );
                 k.sent.entry(key.clone()).or_default().push(value.clone());
             }

@@ -36,7 +36,11 @@ fn permanent_store_survives_sigterm_and_restart_with_flags_expiry_and_cas() {
 
     server.restart();
     let mut c = server.connect();
-    assert_eq!(c.call_end("gets a t\r\n"), before, "values, flags and CAS after restart");
+    assert_eq!(
+        c.call_end("gets a t\r\n"),
+        before,
+        "values, flags and CAS after restart"
+    );
     assert_eq!(c.get("gone"), None);
     // The expiries came back as set: the touched one is still far in the future.
     assert!(server.log().contains("shard recovered"));
@@ -66,14 +70,21 @@ fn a_second_server_on_the_same_data_dir_is_refused() {
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("in use by another terrace-server"), "{stderr}");
+    assert!(
+        stderr.contains("in use by another terrace-server"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn config_errors_name_the_field_and_exit_nonzero() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
-    std::fs::write(&path, "[storage]\nshards = 0\n[[servers]]\nname='a'\nhost='127.0.0.1'\nclient_port=1\ndata='d'\n").unwrap();
+    std::fs::write(
+        &path,
+        "[storage]\nshards = 0\n[[servers]]\nname='a'\nhost='127.0.0.1'\nclient_port=1\ndata='d'\n",
+    )
+    .unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_terrace-server"))
         .args(["-f", path.to_str().unwrap()])
         .output()
@@ -86,7 +97,14 @@ fn config_errors_name_the_field_and_exit_nonzero() {
         .output()
         .unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
-    for flag in ["--cores", "--listen", "--data", "--persistence", "--enable-debugtime", "-n"] {
+    for flag in [
+        "--cores",
+        "--listen",
+        "--data",
+        "--persistence",
+        "--enable-debugtime",
+        "-n",
+    ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
 }
@@ -116,7 +134,9 @@ fn garbage_never_crashes_the_server_or_corrupts_data() {
             }
         }
         let mut socket = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-        socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
         let mut sent = 0;
         while sent < stream.len() {
             let n = rng.random_range(1..=stream.len() - sent);
@@ -134,6 +154,10 @@ fn garbage_never_crashes_the_server_or_corrupts_data() {
         );
     }
     for i in 0..50 {
-        assert_eq!(c.get(&format!("keep{i}")), Some(format!("value{i}")), "keep{i}");
+        assert_eq!(
+            c.get(&format!("keep{i}")),
+            Some(format!("value{i}")),
+            "keep{i}"
+        );
     }
 }

@@ -25,28 +25,46 @@ fn every_command_answers_like_memcached() {
         ("replace k2 7 0 2\r\nyy\r\n", "STORED\r\n"),
         ("append k 0 0 2\r\nde\r\n", "STORED\r\n"),
         ("prepend k 0 0 2\r\n__\r\n", "STORED\r\n"),
-        ("get k k2\r\n", "VALUE k 5 7\r\n__abcde\r\nVALUE k2 7 2\r\nyy\r\nEND\r\n"),
+        (
+            "get k k2\r\n",
+            "VALUE k 5 7\r\n__abcde\r\nVALUE k2 7 2\r\nyy\r\nEND\r\n",
+        ),
         ("append nope 0 0 1\r\nx\r\n", "NOT_STORED\r\n"),
         ("set n 0 0 2\r\n10\r\n", "STORED\r\n"),
         ("incr n 5\r\n", "15\r\n"),
         ("decr n 100\r\n", "0\r\n"),
         ("incr nope 1\r\n", "NOT_FOUND\r\n"),
-        ("incr k 1\r\n", "CLIENT_ERROR cannot increment or decrement non-numeric value\r\n"),
-        ("incr n abc\r\n", "CLIENT_ERROR invalid numeric delta argument\r\n"),
+        (
+            "incr k 1\r\n",
+            "CLIENT_ERROR cannot increment or decrement non-numeric value\r\n",
+        ),
+        (
+            "incr n abc\r\n",
+            "CLIENT_ERROR invalid numeric delta argument\r\n",
+        ),
         ("set big 0 0 20\r\n18446744073709551615\r\n", "STORED\r\n"),
         ("incr big 1\r\n", "0\r\n"),
         ("touch n 100\r\n", "TOUCHED\r\n"),
         ("touch nope 100\r\n", "NOT_FOUND\r\n"),
-        ("touch n abc\r\n", "CLIENT_ERROR invalid exptime argument\r\n"),
+        (
+            "touch n abc\r\n",
+            "CLIENT_ERROR invalid exptime argument\r\n",
+        ),
         ("delete k2\r\n", "DELETED\r\n"),
         ("delete k2\r\n", "NOT_FOUND\r\n"),
-        ("delete k 1\r\n", "CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n"),
+        (
+            "delete k 1\r\n",
+            "CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n",
+        ),
         ("get k2\r\n", "END\r\n"),
         ("cas k 0 0 1 1\r\nx\r\n", "EXISTS\r\n"),
         ("cas nope 0 0 1 1\r\nx\r\n", "NOT_FOUND\r\n"),
         ("bogus\r\n", "ERROR\r\n"),
         ("set k 0 0\r\n", "CLIENT_ERROR bad command line format\r\n"),
-        ("set k 0 0 1\r\nab\r\n", "CLIENT_ERROR bad data chunk\r\nERROR\r\n"),
+        (
+            "set k 0 0 1\r\nab\r\n",
+            "CLIENT_ERROR bad data chunk\r\nERROR\r\n",
+        ),
         ("verbosity 1\r\n", "OK\r\n"),
         ("stats nonsense\r\n", "ERROR\r\n"),
         ("stats reset\r\n", "RESET\r\n"),
@@ -59,14 +77,25 @@ fn every_command_answers_like_memcached() {
     }
     // gets returns a CAS that cas accepts once.
     let reply = c.call_end("gets k\r\n");
-    let cas: u64 = reply.split("\r\n").next().unwrap().rsplit(' ').next().unwrap().parse().unwrap();
+    let cas: u64 = reply
+        .split("\r\n")
+        .next()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(c.call(&format!("cas k 3 0 1 {cas}\r\nz\r\n")), "STORED\r\n");
     assert_eq!(c.call(&format!("cas k 3 0 1 {cas}\r\nw\r\n")), "EXISTS\r\n");
     let reply = c.call_end("gats 0 k\r\n");
     assert!(reply.starts_with("VALUE k 3 1 "), "{reply}");
     assert!(c.call("version\r\n").starts_with("VERSION "));
     assert!(c.call_end("stats\r\n").contains("STAT cmd_set "));
-    assert!(c.call_end("stats settings\r\n").contains("STAT item_size_max 1048576\r\n"));
+    assert!(
+        c.call_end("stats settings\r\n")
+            .contains("STAT item_size_max 1048576\r\n")
+    );
 
     // Expiry, with the server clock moved by debugtime.
     assert_eq!(c.call("set e 0 100 1\r\nx\r\n"), "STORED\r\n");
@@ -107,7 +136,9 @@ fn noreply_pipelining_and_limits() {
     let n = 3000;
     let mut batch = Vec::new();
     for i in 0..n {
-        batch.extend_from_slice(format!("set key{i} {i} 0 {}\r\nv{i}\r\n", format!("v{i}").len()).as_bytes());
+        batch.extend_from_slice(
+            format!("set key{i} {i} 0 {}\r\nv{i}\r\n", format!("v{i}").len()).as_bytes(),
+        );
     }
     for i in 0..n {
         batch.extend_from_slice(format!("get key{i}\r\n").as_bytes());
@@ -118,7 +149,10 @@ fn noreply_pipelining_and_limits() {
         expected.push_str("STORED\r\n");
     }
     for i in 0..n {
-        expected.push_str(&format!("VALUE key{i} {i} {}\r\nv{i}\r\nEND\r\n", format!("v{i}").len()));
+        expected.push_str(&format!(
+            "VALUE key{i} {i} {}\r\nv{i}\r\nEND\r\n",
+            format!("v{i}").len()
+        ));
     }
     let got = String::from_utf8(c.read_exact_n(expected.len())).unwrap();
     assert!(got == expected, "pipelined replies out of order or wrong");
@@ -128,7 +162,10 @@ fn noreply_pipelining_and_limits() {
     let mut expected = String::new();
     for i in (0..n).step_by(7) {
         line.push_str(&format!(" key{i} missing{i}"));
-        expected.push_str(&format!("VALUE key{i} {i} {}\r\nv{i}\r\n", format!("v{i}").len()));
+        expected.push_str(&format!(
+            "VALUE key{i} {i} {}\r\nv{i}\r\n",
+            format!("v{i}").len()
+        ));
     }
     expected.push_str("END\r\n");
     assert_eq!(c.call_end(&format!("{line}\r\n")), expected);
@@ -138,15 +175,24 @@ fn noreply_pipelining_and_limits() {
     assert_eq!(c.set(&k250, "x"), "STORED\r\n");
     assert_eq!(c.get(&k250).as_deref(), Some("x"));
     let k251 = "k".repeat(251);
-    assert_eq!(c.set(&k251, "x"), "CLIENT_ERROR bad command line format\r\n");
-    assert_eq!(c.call(&format!("get {k251}\r\n")), "CLIENT_ERROR bad command line format\r\n");
+    assert_eq!(
+        c.set(&k251, "x"),
+        "CLIENT_ERROR bad command line format\r\n"
+    );
+    assert_eq!(
+        c.call(&format!("get {k251}\r\n")),
+        "CLIENT_ERROR bad command line format\r\n"
+    );
 
     // Values: 1 MiB is fine; larger is refused, swallowed, and a set drops the old value.
     let mib = "m".repeat(1 << 20);
     assert_eq!(c.set("v", &mib), "STORED\r\n");
     assert_eq!(c.get("v").map(|v| v.len()), Some(1 << 20));
     let over = "o".repeat((1 << 20) + 1);
-    assert_eq!(c.set("v", &over), "SERVER_ERROR object too large for cache\r\n");
+    assert_eq!(
+        c.set("v", &over),
+        "SERVER_ERROR object too large for cache\r\n"
+    );
     assert_eq!(c.get("v"), None);
     c.set("w", "keep");
     assert_eq!(
@@ -157,7 +203,10 @@ fn noreply_pipelining_and_limits() {
 
     // Bare \n line endings.
     c.send(b"set bare 0 0 2\nhi\r\nget bare\n");
-    assert_eq!(String::from_utf8(c.read_until(b"END\r\n")).unwrap(), "STORED\r\nVALUE bare 0 2\r\nhi\r\nEND\r\n");
+    assert_eq!(
+        String::from_utf8(c.read_until(b"END\r\n")).unwrap(),
+        "STORED\r\nVALUE bare 0 2\r\nhi\r\nEND\r\n"
+    );
 
     // A line over 2048 bytes without a newline closes the connection.
     let mut long = server.connect();

@@ -22,11 +22,14 @@ use glommio::net::TcpStream;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
+/// Where a remote reply part goes: (offset in the reply buffer, sequence number among
+/// parts at the same offset, part index in the answer).
+type Place = (usize, u64, usize);
+
 /// A reply still to come from another executor, and where its parts go.
 struct Remote {
     slot: Rc<Slot>,
-    /// (offset in the reply buffer, sequence number, part index).
-    places: Vec<(usize, u64, usize)>,
+    places: Vec<Place>,
 }
 
 /// The replies of one burst.
@@ -44,7 +47,7 @@ impl Replies {
         self.out.is_empty() && self.remotes.is_empty() && self.waits.is_empty()
     }
 
-    fn place(&mut self, part: usize) -> (usize, u64, usize) {
+    fn place(&mut self, part: usize) -> Place {
         self.seq += 1;
         (self.out.len(), self.seq, part)
     }
@@ -431,7 +434,7 @@ impl Connection {
         let me = self.me();
         let topology = self.executor.topology;
         // Per remote executor: its keys, and where each one's reply goes.
-        let mut remote: BTreeMap<usize, (Vec<Vec<u8>>, Vec<(usize, u64, usize)>)> = BTreeMap::new();
+        let mut remote: BTreeMap<usize, (Vec<Vec<u8>>, Vec<Place>)> = BTreeMap::new();
         for key in keys {
             counters.bump(Stat::cmd_get);
             if touch.is_some() {
