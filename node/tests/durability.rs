@@ -14,13 +14,6 @@ use std::io::{Read as _, Write as _};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// What a writer knows: per key, the values it sent, and the last one acknowledged.
 #[derive(Default, Clone)]
 struct Knowledge {
@@ -86,8 +79,8 @@ fn writer(port: u16, id: usize, seed: u64, knowledge: Arc<Mutex<Knowledge>>, dea
 
 #[test]
 fn acknowledged_writes_survive_kill_9() {
-    let rounds = env_u64("TERRACE_KILL_ROUNDS", 3);
-    let seed = env_u64("TERRACE_KILL_SEED", 7);
+    let rounds = common::env_count("TERRACE_KILL_ROUNDS", 3);
+    let seed = common::env_count("TERRACE_KILL_SEED", 7);
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "permanent-store");
     let mut server = Server::start(&config, &[]);

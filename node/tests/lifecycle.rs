@@ -10,13 +10,6 @@ use std::io::{Read as _, Write as _};
 use std::process::Command;
 use std::time::Duration;
 
-fn env_count(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 #[test]
 fn permanent_store_survives_sigterm_and_restart_with_flags_expiry_and_cas() {
     let dir = tempfile::tempdir().unwrap();
@@ -120,8 +113,8 @@ fn garbage_never_crashes_the_server_or_corrupts_data() {
     for i in 0..50 {
         c.set(&format!("keep{i}"), &format!("value{i}"));
     }
-    let rounds = env_count("TERRACE_GARBAGE_ROUNDS", 40);
-    let seed = env_count("TERRACE_GARBAGE_SEED", 1);
+    let rounds = common::env_count("TERRACE_GARBAGE_ROUNDS", 40);
+    let seed = common::env_count("TERRACE_GARBAGE_SEED", 1);
     for round in 0..rounds {
         let mut rng = SmallRng::seed_from_u64(seed * 1_000_003 + round);
         let mut stream = Vec::new();

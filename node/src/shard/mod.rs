@@ -15,7 +15,7 @@ use std::rc::Rc;
 use terrace_wal::error::{StoreError, WalError};
 use terrace_wal::log::GroupCommit;
 use terrace_wal::storage::FsStorage;
-use terrace_wal::store::{Delta, SetMode, Store, StoreOutcome};
+use terrace_wal::store::{Delta, SetMode, Store, StoreOutcome, Written};
 
 /// A shard's store on real files.
 pub type ShardStore = Store<FsStorage>;
@@ -211,24 +211,16 @@ impl LocalShards {
         count: bool,
         out: &mut Vec<u8>,
     ) -> Result<Option<Durable>, Refusal> {
-        let (shard, store) = self.store_of(key);
-        let deleted = store.borrow_mut().delete(key);
-        match deleted.map_err(|error| Refusal::new(shard, error))? {
-            Some(written) => {
-                if count {
-                    self.counters.bump(Stat::delete_hits);
-                }
+        let stats = count.then_some((Stat::delete_hits, Stat::delete_misses));
+        self.change(
+            key,
+            stats,
+            out,
+            |store| store.delete(key).map(|r| r.map(|written| (written, ()))),
+            |_, out| {
                 out.extend_from_slice(reply::DELETED);
-                Ok(Self::durable(store, written.lsn))
-            }
-            None => {
-                if count {
-                    self.counters.bump(Stat::delete_misses);
-                }
-                out.extend_from_slice(reply::NOT_FOUND);
-                Ok(None)
-            }
-        }
+            },
+        )
     }
 
     /// `incr`/`decr`.
@@ -238,24 +230,21 @@ impl LocalShards {
         delta: Delta,
         out: &mut Vec<u8>,
     ) -> Result<Option<Durable>, Refusal> {
-        let (shard, store) = self.store_of(key);
-        let (hit, miss) = match delta {
+        let stats = match delta {
             Delta::Incr(_) => (Stat::incr_hits, Stat::incr_misses),
             Delta::Decr(_) => (Stat::decr_hits, Stat::decr_misses),
         };
-        let result = store.borrow_mut().delta(key, delta);
-        match result.map_err(|error| Refusal::new(shard, error))? {
-            Some((value, written)) => {
-                self.counters.bump(hit);
-                reply::counter(out, value);
-                Ok(Self::durable(store, written.lsn))
-            }
-            None => {
-                self.counters.bump(miss);
-                out.extend_from_slice(reply::NOT_FOUND);
-                Ok(None)
-            }
-        }
+        self.change(
+            key,
+            Some(stats),
+            out,
+            |store| {
+                store
+                    .delta(key, delta)
+                    .map(|r| r.map(|(value, written)| (written, value)))
+            },
+            |value, out| reply::counter(out, value),
+        )
     }
 
     /// `touch`.
@@ -265,16 +254,44 @@ impl LocalShards {
         exptime: i64,
         out: &mut Vec<u8>,
     ) -> Result<Option<Durable>, Refusal> {
+        let stats = (Stat::touch_hits, Stat::touch_misses);
+        self.change(
+            key,
+            Some(stats),
+            out,
+            |store| {
+                store
+                    .touch(key, exptime)
+                    .map(|r| r.map(|written| (written, ())))
+            },
+            |(), out| out.extend_from_slice(reply::TOUCHED),
+        )
+    }
+
+    /// A one-key change that either happened (a record was written: `found` writes the
+    /// reply) or found no item (`NOT_FOUND`); `stats` are the (hit, miss) counters.
+    fn change<T>(
+        &self,
+        key: &[u8],
+        stats: Option<(Stat, Stat)>,
+        out: &mut Vec<u8>,
+        run: impl FnOnce(&mut ShardStore) -> Result<Option<(Written, T)>, StoreError>,
+        found: impl FnOnce(T, &mut Vec<u8>),
+    ) -> Result<Option<Durable>, Refusal> {
         let (shard, store) = self.store_of(key);
-        let touched = store.borrow_mut().touch(key, exptime);
-        match touched.map_err(|error| Refusal::new(shard, error))? {
-            Some(written) => {
-                self.counters.bump(Stat::touch_hits);
-                out.extend_from_slice(reply::TOUCHED);
+        let result = run(&mut store.borrow_mut());
+        match result.map_err(|error| Refusal::new(shard, error))? {
+            Some((written, value)) => {
+                if let Some((hit, _)) = stats {
+                    self.counters.bump(hit);
+                }
+                found(value, out);
                 Ok(Self::durable(store, written.lsn))
             }
             None => {
-                self.counters.bump(Stat::touch_misses);
+                if let Some((_, miss)) = stats {
+                    self.counters.bump(miss);
+                }
                 out.extend_from_slice(reply::NOT_FOUND);
                 Ok(None)
             }

@@ -12,6 +12,14 @@ use std::time::{Duration, Instant};
 /// How long a server may take to start or stop.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A count from the environment (stress tests), or `default`.
+pub fn env_count(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A free port on 127.0.0.1 (bound and released; the server binds it right after).
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
