@@ -47,6 +47,20 @@ impl Replies {
         self.out.is_empty() && self.remotes.is_empty() && self.waits.is_empty()
     }
 
+    /// Adds a durability wait, merged with an earlier one on the same shard (the later LSN
+    /// covers both): a pipelined burst of writes to one shard waits once.
+    fn wait_for(&mut self, wait: Option<Durable>) {
+        let Some(wait) = wait else { return };
+        match self
+            .waits
+            .iter_mut()
+            .find(|w| Rc::ptr_eq(&w.commit, &wait.commit))
+        {
+            Some(earlier) => earlier.lsn = earlier.lsn.max(wait.lsn),
+            None => self.waits.push(wait),
+        }
+    }
+
     fn place(&mut self, part: usize) -> Place {
         self.seq += 1;
         (self.out.len(), self.seq, part)
@@ -297,7 +311,7 @@ impl Connection {
                 if noreply {
                     replies.out.truncate(mark);
                 } else {
-                    replies.waits.extend(wait);
+                    replies.wait_for(wait);
                 }
             }
             Err(refusal) => replies.out.extend_from_slice(&refusal_bytes(refusal)),
@@ -450,12 +464,13 @@ impl Connection {
             }
             let shards = &self.executor.shards;
             match touch {
-                None => replies
-                    .waits
-                    .extend(shards.get(key, with_cas, &mut replies.out)),
+                None => {
+                    let wait = shards.get(key, with_cas, &mut replies.out);
+                    replies.wait_for(wait);
+                }
                 Some(exptime) => {
                     match shards.get_and_touch(key, exptime, with_cas, &mut replies.out) {
-                        Ok(wait) => replies.waits.extend(wait),
+                        Ok(wait) => replies.wait_for(wait),
                         Err(refusal) => replies.out.extend_from_slice(&refusal_bytes(refusal)),
                     }
                 }

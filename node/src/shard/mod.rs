@@ -120,13 +120,7 @@ impl LocalShards {
         match item {
             Ok(Some(item)) => {
                 self.counters.bump(Stat::get_hits);
-                reply::value(
-                    out,
-                    key,
-                    item.flags(),
-                    item.value(),
-                    with_cas.then(|| item.cas()),
-                );
+                value_reply(out, &item, with_cas);
                 Self::durable(store, item.lsn())
             }
             Ok(None) | Err(_) => {
@@ -150,13 +144,7 @@ impl LocalShards {
             Ok(Some((item, written))) => {
                 self.counters.bump(Stat::get_hits);
                 self.counters.bump(Stat::touch_hits);
-                reply::value(
-                    out,
-                    key,
-                    item.flags(),
-                    item.value(),
-                    with_cas.then(|| item.cas()),
-                );
+                value_reply(out, &item, with_cas);
                 Ok(Self::durable(store, written.lsn.max(item.lsn())))
             }
             Ok(None) => {
@@ -325,6 +313,21 @@ impl LocalShards {
         }
         snapshot
     }
+}
+
+/// The `VALUE` block of an item.
+fn value_reply(
+    out: &mut Vec<u8>,
+    item: &terrace_wal::store::Item<<FsStorage as terrace_wal::storage::Storage>::File>,
+    with_cas: bool,
+) {
+    reply::value(
+        out,
+        item.key(),
+        item.flags(),
+        item.value(),
+        with_cas.then(|| item.cas()),
+    );
 }
 
 /// A write the store refused, as a memcached reply.
