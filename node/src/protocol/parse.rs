@@ -503,11 +503,19 @@ fn parse_verbosity(rest: &[u8], len: usize) -> Parsed<'_> {
     let Some((tokens, n)) = collect_tokens(rest) else {
         return invalid(ProtocolError::BadCommandLine, len);
     };
-    let (args, noreply) = split_noreply(&tokens[..n]);
-    match args {
-        [level] if parse_u32(level).is_some() => request(Command::Verbosity { noreply }, len),
-        [] => invalid(ProtocolError::UnknownCommand, len),
-        _ => invalid(ProtocolError::BadCommandLine, len),
+    // As memcached 1.6: one or two arguments, else ERROR; a trailing `noreply` silences the
+    // reply whatever the level says (memcached's out_string drops even the error), otherwise
+    // the first argument must be a number.
+    let args = &tokens[..n];
+    if args.is_empty() || args.len() > 2 {
+        return invalid(ProtocolError::UnknownCommand, len);
+    }
+    if args.last().is_some_and(|last| *last == b"noreply") {
+        return request(Command::Verbosity { noreply: true }, len);
+    }
+    match parse_u32(args[0]) {
+        Some(_) => request(Command::Verbosity { noreply: false }, len),
+        None => invalid(ProtocolError::BadCommandLine, len),
     }
 }
 

@@ -66,6 +66,9 @@ fn bad_requests_get_memcached_errors() {
         (b"delete k 0 noreply extra\r\n", ProtocolError::DeleteUsage),
         (b"flush_all x\r\n", ProtocolError::BadCommandLine),
         (b"version x\r\n", ProtocolError::UnknownCommand),
+        (b"verbosity\r\n", ProtocolError::UnknownCommand),
+        (b"verbosity foo bar my\r\n", ProtocolError::UnknownCommand),
+        (b"verbosity foo\r\n", ProtocolError::BadCommandLine),
     ];
     for (input, error) in cases {
         match one(input) {
@@ -181,6 +184,12 @@ fn other_commands() {
         },
     );
     expect(b"verbosity 1\r\n", Command::Verbosity { noreply: false });
+    expect(b"verbosity 1 2\r\n", Command::Verbosity { noreply: false });
+    // memcached stays silent on `verbosity noreply` even though it has no level (memcapable).
+    expect(
+        b"verbosity noreply\r\n",
+        Command::Verbosity { noreply: true },
+    );
     expect(
         b"stats  settings \r\n",
         Command::Stats { args: b"settings" },

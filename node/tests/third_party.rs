@@ -1,0 +1,162 @@
+//! Third-party client suites against the real binary, in both persistence modes:
+//! pymemcache 4.0.0's own integration tests, and `memccapable -a` (the ASCII protocol checks of
+//! libmemcached-tools). The test installs what it needs (pip into the target dir, apt-get for
+//! libmemcached-tools), so a clean clone needs nothing installed by hand; an install that fails
+//! fails the test with the command that failed.
+#![allow(clippy::expect_used, clippy::unwrap_used, reason = "tests")]
+
+mod common;
+
+use common::{Server, write_config};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const PYMEMCACHE: &str = "pymemcache==4.0.0";
+const PYTEST: &str = "pytest==8.3.4";
+const MODES: [&str; 2] = ["temporary-swap-only", "permanent-store"];
+
+fn run(command: &mut Command) -> Output {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    if !output.status.success() {
+        panic!(
+            "{command:?} failed ({}):\n{}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    output
+}
+
+/// pymemcache and pytest in a directory of their own under the target dir (kept between runs).
+fn python_packages() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("third-party-python");
+    let marker = dir.join(".installed-pymemcache-4.0.0");
+    if !marker.exists() {
+        run(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-warn-script-location",
+            "--upgrade",
+            "--target",
+            dir.to_str().unwrap(),
+            PYMEMCACHE,
+            PYTEST,
+        ]));
+        std::fs::write(&marker, b"").unwrap();
+    }
+    dir
+}
+
+fn on_path(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// `memccapable`, installed from Debian's libmemcached-tools when it is missing.
+fn memccapable() -> &'static str {
+    if !on_path("memccapable") {
+        let root = rustix::process::geteuid().is_root();
+        let apt = |args: &[&str]| {
+            let mut command = if root {
+                Command::new("apt-get")
+            } else {
+                let mut sudo = Command::new("sudo");
+                sudo.args(["-n", "apt-get"]);
+                sudo
+            };
+            command
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(args)
+                .output()
+        };
+        let install = ["install", "-y", "-q", "libmemcached-tools"];
+        if !apt(&install).is_ok_and(|o| o.status.success()) {
+            // A fresh machine may have no package lists yet.
+            let _ = apt(&["update", "-q"]);
+            let out = apt(&install).expect("run apt-get");
+            assert!(
+                out.status.success(),
+                "apt-get install libmemcached-tools failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    "memccapable"
+}
+
+#[test]
+fn pymemcache_integration_suite_passes() {
+    let packages = python_packages();
+    let suite = packages.join("pymemcache/test/test_integration.py");
+    for mode in MODES {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(&write_config(dir.path(), mode), &["--cores", "2"]);
+        let out = Command::new("python3")
+            .current_dir(&packages)
+            .env("PYTHONPATH", &packages)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .args(["-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider"])
+            .arg(&suite)
+            .args(["-m", "integration", "--server", "127.0.0.1", "--port"])
+            .arg(server.port.to_string())
+            // test_misc asks for `stats cachedump` and `cache_memlimit`: memcached's slab
+            // allocator internals, which Terrace does not have.
+            .args(["-k", "not test_misc"])
+            .output()
+            .expect("run pytest");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "pymemcache suite failed in {mode}:\n{stdout}\n{}\nserver log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            server.log()
+        );
+        // The run must have exercised the suite, not skipped it.
+        let summary = stdout.lines().last().unwrap_or_default();
+        let passed: u32 = summary
+            .split(" passed")
+            .next()
+            .and_then(|s| s.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(passed >= 90, "too few tests ran in {mode}: {summary}");
+    }
+}
+
+#[test]
+fn memccapable_ascii_passes() {
+    let program = memccapable();
+    for mode in MODES {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(&write_config(dir.path(), mode), &["--cores", "2"]);
+        // memccapable exits 0 even when a test fails: read its report.
+        let out = run(Command::new(program).args([
+            "-a",
+            "-t",
+            "10",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &server.port.to_string(),
+        ]));
+        let report = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let passes = report.matches("[pass]").count();
+        assert!(
+            !report.contains("FAIL") && passes >= 27,
+            "memccapable -a in {mode}: {passes} passed\n{report}\nserver log:\n{}",
+            server.log()
+        );
+    }
+}
