@@ -5,6 +5,7 @@
 //! ([`ProtocolError::reply`]).
 
 mod parse;
+pub mod replay;
 pub mod reply;
 
 pub use parse::{Command, Keys, Limits, Parsed, parse};

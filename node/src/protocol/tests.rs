@@ -211,59 +211,8 @@ fn other_commands() {
     assert_eq!(keys.iter().collect::<Vec<_>>(), vec![&b"a"[..], b"b"]);
 }
 
-/// What a byte stream parses into, request by request, fed to the parser in chunks as a
-/// connection would: bytes arrive at the given split points, and swallowed bytes are
-/// skipped without being parsed.
 fn outcomes(stream: &[u8], splits: &[usize]) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut buf: Vec<u8> = Vec::new();
-    let mut skip = 0usize;
-    let mut fed = 0;
-    let mut points: Vec<usize> = splits.to_vec();
-    points.push(stream.len());
-    for &point in &points {
-        buf.extend_from_slice(&stream[fed..point.max(fed)]);
-        fed = point.max(fed);
-        loop {
-            if skip > 0 {
-                let n = skip.min(buf.len());
-                buf.drain(..n);
-                skip -= n;
-                if skip > 0 {
-                    break;
-                }
-            }
-            match parse(&buf, &LIMITS) {
-                Parsed::Incomplete => break,
-                Parsed::Close => {
-                    out.push("close".into());
-                    return out;
-                }
-                Parsed::Request { command, len } => {
-                    assert!(len > 0 && len <= buf.len());
-                    out.push(format!("{command:?}"));
-                    buf.drain(..len);
-                }
-                Parsed::Invalid { error, len } => {
-                    assert!(len > 0 && len <= buf.len());
-                    out.push(format!("{error:?}"));
-                    buf.drain(..len);
-                }
-                Parsed::Swallow {
-                    error,
-                    len,
-                    skip_bytes,
-                    ..
-                } => {
-                    assert!(len > 0 && len <= buf.len());
-                    out.push(format!("{error:?}"));
-                    buf.drain(..len);
-                    skip = skip_bytes;
-                }
-            }
-        }
-    }
-    out
+    replay::replay(stream, splits, &LIMITS)
 }
 
 /// A random stream of mostly plausible requests, some broken.

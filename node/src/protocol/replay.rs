@@ -1,0 +1,64 @@
+//! The parser driven the way a connection drives it, for the property test and the fuzz
+//! target: they check that how bytes are split into reads never changes what is parsed.
+
+use super::{Limits, Parsed, parse};
+
+/// What a byte stream parses into, request by request (each as its `Debug` text), fed to the
+/// parser in chunks as a connection would: bytes arrive at the given split points (sorted),
+/// and swallowed bytes are skipped without being parsed. Asserts that every parse claims at
+/// least one byte and no more than it was given.
+///
+/// The property test and the fuzz target (`node/fuzz`) both check that any split of a stream
+/// replays the same as the whole.
+pub fn replay(stream: &[u8], splits: &[usize], limits: &Limits) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut skip = 0usize;
+    let mut fed = 0;
+    let mut points: Vec<usize> = splits.to_vec();
+    points.push(stream.len());
+    for &point in &points {
+        let point = point.clamp(fed, stream.len());
+        buf.extend_from_slice(&stream[fed..point]);
+        fed = point;
+        loop {
+            if skip > 0 {
+                let n = skip.min(buf.len());
+                buf.drain(..n);
+                skip -= n;
+                if skip > 0 {
+                    break;
+                }
+            }
+            match parse(&buf, limits) {
+                Parsed::Incomplete => break,
+                Parsed::Close => {
+                    out.push("close".into());
+                    return out;
+                }
+                Parsed::Request { command, len } => {
+                    assert!(len > 0 && len <= buf.len());
+                    out.push(format!("{command:?}"));
+                    buf.drain(..len);
+                }
+                Parsed::Invalid { error, len } => {
+                    assert!(len > 0 && len <= buf.len());
+                    out.push(format!("{error:?}"));
+                    buf.drain(..len);
+                }
+                Parsed::Swallow {
+                    error,
+                    len,
+                    skip_bytes,
+                    ..
+                } => {
+                    assert!(len > 0 && len <= buf.len());
+                    out.push(format!("{error:?}"));
+                    buf.drain(..len);
+                    skip = skip_bytes;
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,366 @@
+//! The load: one glommio executor per thread, each driving its share of the connections in a
+//! closed loop, each connection keeping `pipeline` requests in flight.
+
+use super::keys::KeyChooser;
+use super::options::{Plan, Stop};
+use super::tally::Tally;
+use super::wire::{self, Op, Outcome};
+use futures_lite::{AsyncReadExt as _, AsyncWriteExt as _};
+use glommio::net::TcpStream;
+use glommio::{LocalExecutorBuilder, Placement};
+use rand::rngs::SmallRng;
+use rand::{Rng as _, SeedableRng as _};
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Locked memory each load executor registers with io_uring.
+const EXECUTOR_IO_MEMORY_BYTES: usize = 1 << 20;
+/// Bytes read from a socket at a time.
+const READ_CHUNK_BYTES: usize = 64 << 10;
+/// Pause before reconnecting after a connection failed.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+
+/// What every connection of a run shares, across threads.
+#[derive(Debug)]
+pub struct Progress {
+    /// Replies (and errors) so far, measured or not.
+    pub done: AtomicU64,
+    /// Set when a connection gave up: the run stops.
+    pub failed: AtomicBool,
+}
+
+/// The time frame of one run.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    /// Requests sent from here on are measured.
+    measure_from: Instant,
+    /// No batch is sent from here on (duration runs).
+    stop_at: Option<Instant>,
+}
+
+/// One connection's part of the work.
+#[derive(Debug, Clone)]
+struct Connection {
+    index: usize,
+    addr: SocketAddr,
+    /// Requests to send (request-count runs).
+    quota: Option<u64>,
+}
+
+/// The result of one run against one server.
+#[derive(Debug)]
+pub struct RunResult {
+    pub tally: Tally,
+    /// Measured time: the duration, or start to last reply of a request-count run.
+    pub elapsed: Duration,
+    /// Why the run stopped early, if it did.
+    pub failure: Option<String>,
+}
+
+/// Runs the plan's workload against `addr` and waits for it to finish.
+pub fn run(plan: &Plan, addr: SocketAddr, progress: &Arc<Progress>) -> Result<RunResult, String> {
+    let start = Instant::now();
+    let window = match plan.stop {
+        Stop::Duration { warmup, measure } => Window {
+            measure_from: start + warmup,
+            stop_at: Some(start + warmup + measure),
+        },
+        Stop::Requests(_) => Window {
+            measure_from: start,
+            stop_at: None,
+        },
+    };
+    let connections: Vec<Connection> = (0..plan.connections)
+        .map(|index| Connection {
+            index,
+            addr,
+            quota: match plan.stop {
+                Stop::Requests(n) => {
+                    let share = n / plan.connections as u64;
+                    Some(share + u64::from((index as u64) < n % plan.connections as u64))
+                }
+                Stop::Duration { .. } => None,
+            },
+        })
+        .collect();
+    let mut handles = Vec::new();
+    for thread in 0..plan.threads {
+        let mine: Vec<Connection> = connections
+            .iter()
+            .filter(|c| c.index % plan.threads == thread)
+            .cloned()
+            .collect();
+        let placement = match &plan.cpus {
+            Some(cpus) => Placement::Fixed(cpus[thread]),
+            None => Placement::Unbound,
+        };
+        let plan = plan.clone();
+        let progress = Arc::clone(progress);
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("bench-{thread}"))
+            .io_memory(EXECUTOR_IO_MEMORY_BYTES)
+            .spawn(move || drive_all(plan, mine, window, progress))
+            .map_err(|e| {
+                format!(
+                    "cannot start load thread {thread}: {e} (if it says memlock: raise `ulimit -l`)"
+                )
+            })?;
+        handles.push(handle);
+    }
+    let mut tally = Tally::new();
+    let mut failure = None;
+    let mut last_reply = start;
+    for handle in handles {
+        let (thread_tally, thread_failure, thread_last) = handle
+            .join()
+            .map_err(|e| format!("a load thread failed: {e}"))?;
+        tally.merge(&thread_tally);
+        failure = failure.or(thread_failure);
+        last_reply = last_reply.max(thread_last);
+    }
+    let elapsed = match plan.stop {
+        Stop::Duration { measure, .. } => measure,
+        Stop::Requests(_) => last_reply.duration_since(start),
+    };
+    Ok(RunResult {
+        tally,
+        elapsed,
+        failure,
+    })
+}
+
+type ThreadResult = (Tally, Option<String>, Instant);
+
+async fn drive_all(
+    plan: Plan,
+    connections: Vec<Connection>,
+    window: Window,
+    progress: Arc<Progress>,
+) -> ThreadResult {
+    let tally = Rc::new(RefCell::new(Tally::new()));
+    let plan = Rc::new(plan);
+    let tasks: Vec<_> = connections
+        .into_iter()
+        .map(|connection| {
+            glommio::spawn_local(drive(
+                Rc::clone(&plan),
+                connection,
+                window,
+                Rc::clone(&tally),
+                Arc::clone(&progress),
+            ))
+        })
+        .collect();
+    let mut failure = None;
+    let mut last_reply = Instant::now();
+    for task in tasks {
+        let (connection_failure, last) = task.await;
+        failure = failure.or(connection_failure);
+        last_reply = last_reply.max(last);
+    }
+    let tally = tally.borrow().clone();
+    (tally, failure, last_reply)
+}
+
+/// Per-connection request generation: which op, which key, which value.
+struct Generator {
+    rng: SmallRng,
+    keys: KeyChooser,
+    value: Vec<u8>,
+    key: Vec<u8>,
+}
+
+impl Generator {
+    fn new(plan: &Plan, index: usize) -> Self {
+        let (_, value_max) = plan.value_size;
+        Self {
+            rng: SmallRng::seed_from_u64(0x7e44ace ^ index as u64),
+            keys: KeyChooser::new(plan.key_pattern, plan.keys, index, plan.connections),
+            // Printable bytes, varied so that no layer can compress them away.
+            value: (0..value_max).map(|i| b'a' + (i % 26) as u8).collect(),
+            key: Vec::with_capacity(32),
+        }
+    }
+
+    fn request(&mut self, plan: &Plan, out: &mut Vec<u8>) -> Op {
+        let (sets, gets) = plan.ratio;
+        let op = if self.rng.random_range(0..sets + gets) < sets {
+            Op::Set
+        } else {
+            Op::Get
+        };
+        let key = self.keys.next(&mut self.rng);
+        self.key.clear();
+        super::keys::write_key(key, &mut self.key);
+        let (low, high) = plan.value_size;
+        let len = if low == high {
+            low
+        } else {
+            self.rng.random_range(low..=high)
+        };
+        wire::encode(plan.protocol, op, &self.key, &self.value[..len], out);
+        op
+    }
+}
+
+/// How one batch ended.
+enum BatchEnd {
+    /// Every reply arrived.
+    Answered,
+    /// The connection broke; this many requests of the batch got no reply.
+    Broken { unanswered: u64 },
+}
+
+/// Drives one connection until the run ends; returns why it gave up (if it did) and when its
+/// last reply arrived.
+async fn drive(
+    plan: Rc<Plan>,
+    connection: Connection,
+    window: Window,
+    tally: Rc<RefCell<Tally>>,
+    progress: Arc<Progress>,
+) -> (Option<String>, Instant) {
+    let mut generator = Generator::new(&plan, connection.index);
+    let mut remaining = connection.quota;
+    let mut last_reply = Instant::now();
+    let mut ops: Vec<Op> = Vec::with_capacity(plan.pipeline);
+    let mut out: Vec<u8> = Vec::new();
+    let mut input: Vec<u8> = Vec::new();
+    let mut failing_since: Option<Instant> = None;
+    'connect: loop {
+        if finished(&window, remaining, &progress) {
+            return (None, last_reply);
+        }
+        let mut stream = match TcpStream::connect(connection.addr).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                tally.borrow_mut().error(format!("connect: {e}"));
+                if since.elapsed() > plan.timeout {
+                    progress.failed.store(true, Ordering::Relaxed);
+                    let why = format!(
+                        "cannot connect to {} for {:?}: {e}",
+                        connection.addr, plan.timeout
+                    );
+                    return (Some(why), last_reply);
+                }
+                glommio::timer::sleep(RECONNECT_PAUSE).await;
+                continue 'connect;
+            }
+        };
+        failing_since = None;
+        // A socket option that cannot be set only makes the numbers worse; go on.
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_read_timeout(Some(plan.timeout));
+        input.clear();
+        loop {
+            if finished(&window, remaining, &progress) {
+                return (None, last_reply);
+            }
+            let batch = remaining.map_or(plan.pipeline as u64, |r| r.min(plan.pipeline as u64));
+            out.clear();
+            ops.clear();
+            for _ in 0..batch {
+                ops.push(generator.request(&plan, &mut out));
+            }
+            if let Some(r) = remaining.as_mut() {
+                *r -= batch;
+            }
+            let sent = Instant::now();
+            let measured = sent >= window.measure_from;
+            let end = exchange(&plan, &mut stream, &out, &ops, &mut input, |op, outcome| {
+                let now = Instant::now();
+                last_reply = now;
+                if measured {
+                    tally
+                        .borrow_mut()
+                        .record(op, outcome, now.duration_since(sent));
+                }
+            })
+            .await;
+            progress.done.fetch_add(batch, Ordering::Relaxed);
+            if let Err((why, BatchEnd::Broken { unanswered })) = end {
+                if measured {
+                    let mut tally = tally.borrow_mut();
+                    for _ in 0..unanswered {
+                        tally.error(why.clone());
+                    }
+                }
+                glommio::timer::sleep(RECONNECT_PAUSE).await;
+                continue 'connect;
+            }
+        }
+    }
+}
+
+fn finished(window: &Window, remaining: Option<u64>, progress: &Progress) -> bool {
+    progress.failed.load(Ordering::Relaxed)
+        || remaining == Some(0)
+        || window.stop_at.is_some_and(|stop| Instant::now() >= stop)
+}
+
+/// Writes one batch and reads its replies, calling `record` for each in order.
+async fn exchange(
+    plan: &Plan,
+    stream: &mut TcpStream,
+    out: &[u8],
+    ops: &[Op],
+    input: &mut Vec<u8>,
+    mut record: impl FnMut(Op, Outcome),
+) -> Result<BatchEnd, (String, BatchEnd)> {
+    let broken = |why: String, answered: usize| {
+        Err((
+            why,
+            BatchEnd::Broken {
+                unanswered: (ops.len() - answered) as u64,
+            },
+        ))
+    };
+    if let Err(e) = stream.write_all(out).await {
+        return broken(format!("write: {e}"), 0);
+    }
+    let mut answered = 0;
+    let mut start = 0;
+    while answered < ops.len() {
+        match wire::parse_reply(plan.protocol, &input[start..]) {
+            Ok(Some((len, outcome))) => {
+                record(ops[answered], outcome);
+                answered += 1;
+                start += len;
+            }
+            Ok(None) => {
+                input.drain(..start);
+                start = 0;
+                let filled = input.len();
+                input.resize(filled + READ_CHUNK_BYTES, 0);
+                let read = stream.read(&mut input[filled..]).await;
+                match read {
+                    Ok(0) => {
+                        input.truncate(filled);
+                        return broken("connection closed by the server".into(), answered);
+                    }
+                    Ok(n) => input.truncate(filled + n),
+                    Err(e) => {
+                        input.truncate(filled);
+                        let why = if e.kind() == std::io::ErrorKind::TimedOut {
+                            format!("no reply within {:?}", plan.timeout)
+                        } else {
+                            format!("read: {e}")
+                        };
+                        return broken(why, answered);
+                    }
+                }
+            }
+            Err(wire::Garbage(what)) => {
+                input.clear();
+                return broken(format!("garbage reply: {what}"), answered);
+            }
+        }
+    }
+    input.drain(..start);
+    Ok(BatchEnd::Answered)
+}

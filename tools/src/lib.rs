@@ -1,0 +1,5 @@
+//! # terrace-tools
+//!
+//! Terrace's command-line tools. Today: [`bench`], the engine of `terrace-bench`.
+
+pub mod bench;
