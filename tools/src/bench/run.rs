@@ -321,7 +321,7 @@ async fn exchange(
         ))
     };
     if let Err(e) = stream.write_all(out).await {
-        return broken(format!("write: {e}"), 0);
+        return broken(describe("write", &e), 0);
     }
     let mut answered = 0;
     let mut start = 0;
@@ -349,7 +349,7 @@ async fn exchange(
                         let why = if e.kind() == std::io::ErrorKind::TimedOut {
                             format!("no reply within {:?}", plan.timeout)
                         } else {
-                            format!("read: {e}")
+                            describe("read", &e)
                         };
                         return broken(why, answered);
                     }
@@ -363,4 +363,16 @@ async fn exchange(
     }
     input.drain(..start);
     Ok(BatchEnd::Answered)
+}
+
+/// What a failed socket operation means to the person reading the report: a reset or a broken
+/// pipe is the server closing the connection, however the kernel learnt it.
+fn describe(op: &str, error: &std::io::Error) -> String {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    match error.kind() {
+        ConnectionReset | BrokenPipe | ConnectionAborted => {
+            format!("connection closed by the server ({op}: {error})")
+        }
+        _ => format!("{op}: {error}"),
+    }
 }
