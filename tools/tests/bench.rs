@@ -274,3 +274,54 @@ fn bad_options_exit_2_naming_the_option() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--pipeline"));
 }
+
+#[test]
+fn open_loop_sends_exactly_the_requests_at_the_rate_and_writes_hgrm_and_plot() {
+    let server = Server::start();
+    let addr = format!("127.0.0.1:{}", server.port);
+    let dir = tempfile::tempdir().unwrap();
+    let hgrm = dir.path().join("lat.hgrm");
+    let plot = dir.path().join("lat.svg");
+    let started = Instant::now();
+    let (status, json, stderr) = bench(&[
+        "--server",
+        &addr,
+        "--requests",
+        "400",
+        "--rate",
+        "1000",
+        "--connections",
+        "4",
+        "--ratio",
+        "1:1",
+        "--keys",
+        "50",
+        "--hgrm",
+        hgrm.to_str().unwrap(),
+        "--plot",
+        plot.to_str().unwrap(),
+    ]);
+    let took = started.elapsed();
+    assert!(status.success(), "{stderr}");
+    let r = result(&json);
+    assert_eq!(r["requests"], 400, "{r}");
+    assert_eq!(r["errors"], 0, "{r}");
+    let (sets, gets) = (
+        r["set"]["count"].as_u64().unwrap(),
+        r["get"]["count"].as_u64().unwrap(),
+    );
+    assert_eq!(sets + gets, 400);
+    assert_eq!(r["stored"].as_u64(), Some(sets));
+    // 400 requests at 1000/s cannot finish in much less than 0.4 s: the loop is paced.
+    assert!(took >= Duration::from_millis(350), "{took:?}");
+    // One distribution per operation, and a plot with a line for each.
+    for op in ["set", "get"] {
+        let text = std::fs::read_to_string(dir.path().join(format!("lat.0.{op}.hgrm"))).unwrap();
+        assert!(
+            text.contains("Percentile") && text.contains("#[Max"),
+            "{text}"
+        );
+    }
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert_eq!(svg.matches("<polyline").count(), 2);
+}

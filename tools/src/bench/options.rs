@@ -57,6 +57,20 @@ pub struct Options {
     /// A reply slower than this is counted as an error and its connection reopened.
     #[arg(long, default_value = "5s")]
     pub timeout: String,
+    /// Open loop: send this many requests per second in all (spread evenly over the
+    /// connections), whether or not replies have come back, and measure each request's latency
+    /// from the moment it was meant to be sent (coordinated-omission correction, as wrk2).
+    /// Without it the load is closed loop.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Write each server's latency distribution (HdrHistogram percentile format) to FILE;
+    /// with several servers or operations, one file each: FILE.<server index>.<set|get>.hgrm.
+    #[arg(long, value_name = "FILE")]
+    pub hgrm: Option<std::path::PathBuf>,
+    /// Draw latency by percentile (log scale) to an SVG file, one line per server and
+    /// operation, overlaid.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<std::path::PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -106,6 +120,10 @@ pub struct Plan {
     pub stop: Stop,
     #[serde(skip)]
     pub timeout: Duration,
+    /// Open-loop rate in requests per second, all connections together.
+    pub rate: Option<f64>,
+    pub hgrm: Option<std::path::PathBuf>,
+    pub plot: Option<std::path::PathBuf>,
     pub json: bool,
     pub quiet: bool,
 }
@@ -264,6 +282,26 @@ impl Options {
         if timeout.is_zero() {
             return Err(bad("timeout", &self.timeout, "must be longer than 0"));
         }
+        let rate = match self.rate {
+            None => None,
+            Some(r) if r.is_finite() && r > 0.0 => Some(r),
+            Some(r) => {
+                return Err(bad(
+                    "rate",
+                    &r.to_string(),
+                    "takes requests per second above 0",
+                ));
+            }
+        };
+        if let Some(path) = &self.plot
+            && path.extension().is_none_or(|e| e != "svg")
+        {
+            return Err(bad(
+                "plot",
+                &path.display().to_string(),
+                "draws SVG: give a file name ending in .svg",
+            ));
+        }
         Ok(Plan {
             servers,
             protocol: self.protocol,
@@ -277,6 +315,9 @@ impl Options {
             ratio,
             stop,
             timeout,
+            rate,
+            hgrm: self.hgrm.clone(),
+            plot: self.plot.clone(),
             json: self.json,
             quiet: self.quiet,
         })
@@ -343,6 +384,12 @@ mod tests {
             "1000",
             "--timeout",
             "250ms",
+            "--rate",
+            "5000",
+            "--hgrm",
+            "lat.hgrm",
+            "--plot",
+            "lat.svg",
         ])
         .unwrap();
         assert_eq!(p.servers.len(), 2);
@@ -353,6 +400,7 @@ mod tests {
         assert_eq!(p.ratio, (1, 0));
         assert_eq!(p.stop, Stop::Requests(1000));
         assert_eq!(p.timeout, Duration::from_millis(250));
+        assert_eq!(p.rate, Some(5000.0));
     }
 
     #[test]
@@ -370,6 +418,9 @@ mod tests {
             (&["--duration", "5 parsecs"], "--duration"),
             (&["--requests", "0"], "--requests"),
             (&["--timeout", "0"], "--timeout"),
+            (&["--rate", "0"], "--rate"),
+            (&["--rate=-5"], "--rate"),
+            (&["--plot", "out.png"], "--plot"),
         ] {
             let error = plan(args).unwrap_err().0;
             assert!(error.starts_with(option), "{args:?}: {error}");

@@ -3,6 +3,7 @@
 
 use super::keys::KeyChooser;
 use super::options::{Plan, Stop};
+use super::schedule::Schedule;
 use super::tally::Tally;
 use super::wire::{self, Op, Outcome};
 use futures_lite::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -11,6 +12,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use rand::rngs::SmallRng;
 use rand::{Rng as _, SeedableRng as _};
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -36,6 +38,8 @@ pub struct Progress {
 /// The time frame of one run.
 #[derive(Debug, Clone, Copy)]
 struct Window {
+    /// When the run started (open-loop schedules count from here).
+    start: Instant,
     /// Requests sent from here on are measured.
     measure_from: Instant,
     /// No batch is sent from here on (duration runs).
@@ -66,10 +70,12 @@ pub fn run(plan: &Plan, addr: SocketAddr, progress: &Arc<Progress>) -> Result<Ru
     let start = Instant::now();
     let window = match plan.stop {
         Stop::Duration { warmup, measure } => Window {
+            start,
             measure_from: start + warmup,
             stop_at: Some(start + warmup + measure),
         },
         Stop::Requests(_) => Window {
+            start,
             measure_from: start,
             stop_at: None,
         },
@@ -224,6 +230,9 @@ async fn drive(
     tally: Rc<RefCell<Tally>>,
     progress: Arc<Progress>,
 ) -> (Option<String>, Instant) {
+    if let Some(rate) = plan.rate {
+        return drive_open(plan, connection, window, tally, progress, rate).await;
+    }
     let mut generator = Generator::new(&plan, connection.index);
     let mut remaining = connection.quota;
     let mut last_reply = Instant::now();
@@ -235,26 +244,19 @@ async fn drive(
         if finished(&window, remaining, &progress) {
             return (None, last_reply);
         }
-        let mut stream = match TcpStream::connect(connection.addr).await {
+        let mut stream = match connect(
+            &plan,
+            connection.addr,
+            &mut failing_since,
+            &tally,
+            &progress,
+        )
+        .await
+        {
             Ok(stream) => stream,
-            Err(e) => {
-                let since = *failing_since.get_or_insert_with(Instant::now);
-                tally.borrow_mut().error(format!("connect: {e}"));
-                if since.elapsed() > plan.timeout {
-                    progress.failed.store(true, Ordering::Relaxed);
-                    let why = format!(
-                        "cannot connect to {} for {:?}: {e}",
-                        connection.addr, plan.timeout
-                    );
-                    return (Some(why), last_reply);
-                }
-                glommio::timer::sleep(RECONNECT_PAUSE).await;
-                continue 'connect;
-            }
+            Err(Some(why)) => return (Some(why), last_reply),
+            Err(None) => continue 'connect,
         };
-        failing_since = None;
-        // A socket option that cannot be set only makes the numbers worse; go on.
-        let _ = stream.set_nodelay(true);
         let _ = stream.set_read_timeout(Some(plan.timeout));
         input.clear();
         loop {
@@ -292,6 +294,203 @@ async fn drive(
                 }
                 glommio::timer::sleep(RECONNECT_PAUSE).await;
                 continue 'connect;
+            }
+        }
+    }
+}
+
+/// Opens a connection. `Err(None)`: failed, try again (after a pause, already taken);
+/// `Err(Some(why))`: failed for longer than the timeout, the run stops.
+async fn connect(
+    plan: &Plan,
+    addr: SocketAddr,
+    failing_since: &mut Option<Instant>,
+    tally: &RefCell<Tally>,
+    progress: &Progress,
+) -> Result<TcpStream, Option<String>> {
+    match TcpStream::connect(addr).await {
+        Ok(stream) => {
+            *failing_since = None;
+            // A socket option that cannot be set only makes the numbers worse; go on.
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+        Err(e) => {
+            let since = *failing_since.get_or_insert_with(Instant::now);
+            tally.borrow_mut().error(format!("connect: {e}"));
+            if since.elapsed() > plan.timeout {
+                progress.failed.store(true, Ordering::Relaxed);
+                return Err(Some(format!(
+                    "cannot connect to {addr} for {:?}: {e}",
+                    plan.timeout
+                )));
+            }
+            glommio::timer::sleep(RECONNECT_PAUSE).await;
+            Err(None)
+        }
+    }
+}
+
+/// Requests one open-loop connection may have in flight; past it, sending waits (and the
+/// requests it holds back are measured from their intended times all the same).
+const OPEN_LOOP_IN_FLIGHT_MAX: usize = 10_000;
+
+/// Drives one connection open loop: sends each request at its intended time whatever the
+/// replies do, and measures latency from the intended time.
+async fn drive_open(
+    plan: Rc<Plan>,
+    connection: Connection,
+    window: Window,
+    tally: Rc<RefCell<Tally>>,
+    progress: Arc<Progress>,
+    rate: f64,
+) -> (Option<String>, Instant) {
+    let per_connection = rate / plan.connections as f64;
+    let phase = connection.index as f64 / plan.connections as f64;
+    let mut schedule = Schedule::new(window.start, per_connection, phase);
+    let mut generator = Generator::new(&plan, connection.index);
+    let mut remaining = connection.quota;
+    let mut last_reply = Instant::now();
+    // (operation, intended send time, actual send time)
+    let mut in_flight: VecDeque<(Op, Instant, Instant)> = VecDeque::new();
+    let mut out: Vec<u8> = Vec::new();
+    let mut input: Vec<u8> = Vec::new();
+    let mut failing_since: Option<Instant> = None;
+    let sending_over = |schedule: &Schedule, remaining: Option<u64>| {
+        progress.failed.load(Ordering::Relaxed)
+            || remaining == Some(0)
+            || window
+                .stop_at
+                .is_some_and(|stop| schedule.next_due() >= stop)
+    };
+    // Every request sent gets exactly one outcome: a reply, or an error when its connection
+    // fails.
+    let fail_all = |in_flight: &mut VecDeque<(Op, Instant, Instant)>, why: &str| {
+        let mut tally = tally.borrow_mut();
+        for (_, intended, _) in in_flight.drain(..) {
+            if intended >= window.measure_from {
+                tally.error(why.to_string());
+            }
+            progress.done.fetch_add(1, Ordering::Relaxed);
+        }
+    };
+    'connect: loop {
+        if sending_over(&schedule, remaining) {
+            return (None, last_reply);
+        }
+        let mut stream = match connect(
+            &plan,
+            connection.addr,
+            &mut failing_since,
+            &tally,
+            &progress,
+        )
+        .await
+        {
+            Ok(stream) => stream,
+            Err(Some(why)) => return (Some(why), last_reply),
+            Err(None) => continue 'connect,
+        };
+        input.clear();
+        loop {
+            let now = Instant::now();
+            out.clear();
+            while !sending_over(&schedule, remaining) && in_flight.len() < OPEN_LOOP_IN_FLIGHT_MAX {
+                let Some(intended) = schedule.take_due(now) else {
+                    break;
+                };
+                in_flight.push_back((generator.request(&plan, &mut out), intended, now));
+                if let Some(r) = remaining.as_mut() {
+                    *r -= 1;
+                }
+            }
+            if !out.is_empty()
+                && let Err(e) = stream.write_all(&out).await
+            {
+                fail_all(&mut in_flight, &describe("write", &e));
+                glommio::timer::sleep(RECONNECT_PAUSE).await;
+                continue 'connect;
+            }
+            // Every whole reply already here.
+            let mut start = 0;
+            loop {
+                match wire::parse_reply(plan.protocol, &input[start..]) {
+                    Ok(Some((len, outcome))) => {
+                        let Some((op, intended, _)) = in_flight.pop_front() else {
+                            fail_all(&mut in_flight, "a reply to no request");
+                            continue 'connect;
+                        };
+                        let now = Instant::now();
+                        last_reply = now;
+                        if intended >= window.measure_from {
+                            tally.borrow_mut().record(
+                                op,
+                                outcome,
+                                now.saturating_duration_since(intended),
+                            );
+                        }
+                        progress.done.fetch_add(1, Ordering::Relaxed);
+                        start += len;
+                    }
+                    Ok(None) => break,
+                    Err(wire::Garbage(what)) => {
+                        fail_all(&mut in_flight, &format!("garbage reply: {what}"));
+                        glommio::timer::sleep(RECONNECT_PAUSE).await;
+                        continue 'connect;
+                    }
+                }
+            }
+            input.drain(..start);
+            let over = sending_over(&schedule, remaining);
+            if over && in_flight.is_empty() {
+                return (None, last_reply);
+            }
+            // Wait for replies, until the next send is due or the oldest request times out.
+            let now = Instant::now();
+            // A reply is late after --timeout from when its request actually went out.
+            let oldest_deadline = in_flight.front().map(|&(_, _, sent)| sent + plan.timeout);
+            if oldest_deadline.is_some_and(|deadline| deadline <= now) {
+                fail_all(
+                    &mut in_flight,
+                    &format!("no reply within {:?}", plan.timeout),
+                );
+                continue 'connect;
+            }
+            let next_send = (!over).then(|| schedule.next_due());
+            let wake_at = match (next_send, oldest_deadline) {
+                (Some(a), Some(b)) => a.min(b),
+                (Some(a), None) => a,
+                (None, Some(b)) => b,
+                (None, None) => now,
+            };
+            if wake_at <= now {
+                continue;
+            }
+            let filled = input.len();
+            input.resize(filled + READ_CHUNK_BYTES, 0);
+            let read = futures_lite::future::or(
+                async { Some(stream.read(&mut input[filled..]).await) },
+                async {
+                    glommio::timer::sleep(wake_at - now).await;
+                    None
+                },
+            )
+            .await;
+            match read {
+                None => input.truncate(filled),
+                Some(Ok(0)) => {
+                    input.truncate(filled);
+                    fail_all(&mut in_flight, "connection closed by the server");
+                    glommio::timer::sleep(RECONNECT_PAUSE).await;
+                    continue 'connect;
+                }
+                Some(Ok(n)) => input.truncate(filled + n),
+                Some(Err(e)) => {
+                    input.truncate(filled);
+                    fail_all(&mut in_flight, &describe("read", &e));
+                    glommio::timer::sleep(RECONNECT_PAUSE).await;
+                    continue 'connect;
+                }
             }
         }
     }

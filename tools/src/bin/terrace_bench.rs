@@ -5,9 +5,11 @@ use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use terrace_tools::bench::options::Options;
+use terrace_tools::bench::options::{Options, Plan};
+use terrace_tools::bench::output::{Series, hgrm, hgrm_path, plot_svg};
 use terrace_tools::bench::report::Report;
-use terrace_tools::bench::run::{Progress, run};
+use terrace_tools::bench::run::{Progress, RunResult, run};
+use terrace_tools::bench::wire::Op;
 
 /// Exit status when an option is wrong.
 const EXIT_USAGE: u8 = 2;
@@ -24,6 +26,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     let mut reports = Vec::new();
+    let mut results = Vec::new();
     let mut failed = false;
     for (name, addr) in &plan.servers {
         let progress = Arc::new(Progress {
@@ -44,12 +47,17 @@ fn main() -> std::process::ExitCode {
                     print!("{}", report.text());
                 }
                 reports.push(report);
+                results.push((name.clone(), result));
             }
             Err(e) => {
                 eprintln!("terrace-bench: {name}: {e}");
                 return std::process::ExitCode::from(EXIT_FAILED);
             }
         }
+    }
+    if let Err(e) = write_files(&plan, &results) {
+        eprintln!("terrace-bench: {e}");
+        return std::process::ExitCode::from(EXIT_FAILED);
     }
     if plan.json {
         let doc = serde_json::json!({ "plan": plan, "results": reports });
@@ -92,4 +100,46 @@ fn progress_line(
         eprint!("\r\x1b[2K");
     });
     (stop, thread)
+}
+
+/// `--hgrm` and `--plot`.
+fn write_files(plan: &Plan, results: &[(String, RunResult)]) -> Result<(), String> {
+    // (server index, operation, distribution)
+    let series: Vec<(usize, &str, Series<'_>)> = results
+        .iter()
+        .enumerate()
+        .flat_map(|(n, (name, result))| {
+            [(Op::Set, "set"), (Op::Get, "get")]
+                .into_iter()
+                .filter(|(op, _)| !result.tally.latency(*op).is_empty())
+                .map(move |(op, label)| {
+                    let series = Series {
+                        label: format!("{name} {label}"),
+                        histogram: result.tally.latency(op),
+                    };
+                    (n, label, series)
+                })
+        })
+        .collect();
+    if let Some(path) = &plan.hgrm {
+        for (n, op, s) in &series {
+            let file = hgrm_path(path, *n, op, series.len());
+            std::fs::write(&file, hgrm(s.histogram))
+                .map_err(|e| format!("--hgrm {}: {e}", file.display()))?;
+        }
+    }
+    let series: Vec<Series<'_>> = series.into_iter().map(|(_, _, s)| s).collect();
+    if let Some(path) = &plan.plot {
+        let mode = match plan.rate {
+            Some(rate) => format!("open loop at {rate} req/s"),
+            None => format!("closed loop, pipeline {}", plan.pipeline),
+        };
+        let title = format!(
+            "terrace-bench: {} connections, {mode}, set:get {}:{}",
+            plan.connections, plan.ratio.0, plan.ratio.1
+        );
+        std::fs::write(path, plot_svg(&title, &series))
+            .map_err(|e| format!("--plot {}: {e}", path.display()))?;
+    }
+    Ok(())
 }
