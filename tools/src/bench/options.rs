@@ -15,7 +15,8 @@ use std::time::Duration;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "terrace-bench", version)]
 pub struct Options {
-    /// Server to measure, host:port; give it several times to compare servers in one run.
+    /// Server to measure, host:port or name=host:port (the name labels reports and plots);
+    /// give it several times to compare servers in one run.
     #[arg(long = "server", default_value = "127.0.0.1:11211")]
     pub servers: Vec<String>,
     /// Protocol the servers speak: memcache (Terrace, memcached) or resp (Redis: SET/GET).
@@ -182,12 +183,23 @@ impl Options {
     pub fn plan(&self) -> Result<Plan, OptionError> {
         let mut servers = Vec::new();
         for server in &self.servers {
-            let addr = server
+            // `name=host:port` names the server in reports and plots.
+            let (name, target) = match server.split_once('=') {
+                Some((name, target)) if !name.is_empty() => (name.to_string(), target),
+                _ => (server.clone(), server.as_str()),
+            };
+            let addr = target
                 .to_socket_addrs()
                 .ok()
                 .and_then(|mut addrs| addrs.next())
-                .ok_or_else(|| bad("server", server, "takes host:port, e.g. 127.0.0.1:11211"))?;
-            servers.push((server.clone(), addr));
+                .ok_or_else(|| {
+                    bad(
+                        "server",
+                        server,
+                        "takes host:port or name=host:port, e.g. memcached=127.0.0.1:11211",
+                    )
+                })?;
+            servers.push((name, addr));
         }
         let positive = |option: &str, n: usize| {
             if n == 0 {
@@ -361,7 +373,7 @@ mod tests {
             "--server",
             "127.0.0.1:1",
             "--server",
-            "127.0.0.1:2",
+            "redis=127.0.0.1:2",
             "--protocol",
             "resp",
             "--connections",
@@ -393,6 +405,10 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(p.servers.len(), 2);
+        assert_eq!(
+            p.servers[1],
+            ("redis".to_string(), "127.0.0.1:2".parse().unwrap())
+        );
         assert_eq!(p.protocol, Protocol::Resp);
         assert_eq!(p.cpus, Some(vec![1, 2]));
         assert_eq!(p.key_pattern, KeyPattern::Zipf(0.99));
