@@ -93,3 +93,34 @@ impl Tally {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_request_is_counted_once_and_latencies_land_in_their_operation() {
+        let mut a = Tally::new();
+        a.record(Op::Set, Outcome::Stored, Duration::from_micros(100));
+        a.record(Op::Get, Outcome::Hit, Duration::from_micros(200));
+        a.record(Op::Get, Outcome::Miss, Duration::from_micros(300));
+        a.record(
+            Op::Set,
+            Outcome::Error("SERVER_ERROR x".into()),
+            Duration::from_micros(5),
+        );
+        // A request lost with its connection has no latency, only an error.
+        a.error("connection closed by the server".into());
+        let mut b = Tally::new();
+        b.record(Op::Get, Outcome::Hit, Duration::from_millis(2));
+        a.merge(&b);
+        assert_eq!((a.stored, a.hits, a.misses, a.error_count()), (1, 2, 1, 2));
+        assert_eq!(a.requests(), 6);
+        assert_eq!(a.latency(Op::Set).len(), 2);
+        assert_eq!(a.latency(Op::Get).len(), 3);
+        // HdrHistogram keeps 3 significant digits.
+        let max = a.latency(Op::Get).max();
+        assert!((1_998_000..=2_002_000).contains(&max), "{max}");
+        assert_eq!(a.errors["SERVER_ERROR x"], 1);
+    }
+}
