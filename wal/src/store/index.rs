@@ -112,17 +112,20 @@ impl Index {
 
     /// Sets the entry for `key` to `make(previous entry)`, in one probe; returns the entry it
     /// replaced. The new entry's put record must be readable through `segments`.
+    ///
+    /// `is_key` says whether a stored key is the one being set: replay reads its own key from
+    /// the record only when the table has a candidate to compare.
     pub fn upsert<F: SegmentFile>(
         &mut self,
         segments: &impl SegmentLookup<F>,
         hash: u64,
-        key: &[u8],
+        is_key: impl Fn(&[u8]) -> bool,
         make: impl FnOnce(Option<&Entry>) -> Entry,
     ) -> Option<Entry> {
         let hasher = &self.hasher;
         match self.table.entry(
             hash,
-            |e| put_of(segments, e).key.as_ref() == key,
+            |e| is_key(put_of(segments, e).key.as_ref()),
             |e| hasher.hash_one(put_of(segments, e).key.as_ref()),
         ) {
             hashbrown::hash_table::Entry::Occupied(mut occupied) => {
@@ -183,6 +186,14 @@ impl Index {
         let hasher = &self.hasher;
         self.table
             .shrink_to_fit(|e| hasher.hash_one(put_of(segments, e).key.as_ref()));
+    }
+
+    /// The table's bucket count, as a number of bits: entries are placed by the low bits of
+    /// their hash, so inserting in order of `hash & (2^bits - 1)` walks the table in order.
+    pub fn bucket_bits(&self) -> u32 {
+        // hashbrown keeps 1/8 of a power-of-two bucket array free.
+        let buckets = (self.table.capacity().saturating_mul(8) / 7).next_power_of_two();
+        buckets.trailing_zeros()
     }
 
     /// Entries the table holds without growing.

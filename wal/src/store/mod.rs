@@ -332,27 +332,33 @@ impl State {
         }
     }
 
-    /// A put record at (`segment`, `offset`) becomes the key's item.
-    fn apply_put<F: crate::storage::SegmentFile>(
+    /// A put record at (`segment`, `offset`) becomes the key's item. The key is given as
+    /// (hash, length, bytes on demand): replay reads the bytes from the record only when the
+    /// index has a candidate entry to compare them with.
+    fn apply_put<'k, F: crate::storage::SegmentFile>(
         &mut self,
         segments: &impl SegmentLookup<F>,
         segment: &Segment<F>,
         offset: usize,
         record_len: usize,
-        key: &[u8],
+        (hash, key_len, key): (u64, usize, impl Fn() -> &'k [u8]),
         expiry: u32,
     ) {
-        let hash = self.index.hash(key);
         let id = segment.id32();
-        let previous = self.index.upsert(segments, hash, key, |previous| Entry {
-            segment: id,
-            offset_div: Entry::offset_div(offset),
-            expiry,
-            since: previous.map_or(id, |p| p.since.min(id)),
-            touch_segment: 0,
-        });
+        let previous = self.index.upsert(
+            segments,
+            hash,
+            |stored| stored == key(),
+            |previous| Entry {
+                segment: id,
+                offset_div: Entry::offset_div(offset),
+                expiry,
+                since: previous.map_or(id, |p| p.since.min(id)),
+                touch_segment: 0,
+            },
+        );
         if let Some(previous) = &previous {
-            Self::retire_entry(segments, previous, key.len());
+            Self::retire_entry(segments, previous, key_len);
         }
         segment.add_live(record_len);
         segment.note_expiry(expiry);
@@ -424,43 +430,155 @@ impl State {
         }
     }
 
-    /// Replays one recovered record.
+    /// Takes one recovered record: a flush is applied at once (it changes no index entry); a
+    /// record of a key is deferred to [`State::apply_deferred`], which applies a batch in the
+    /// order of the index's buckets.
     fn replay<F: crate::storage::SegmentFile>(
         &mut self,
-        segments: &impl SegmentLookup<F>,
         segment: &Segment<F>,
         offset: usize,
         record: RecordRef<'_>,
+        deferred: &mut Vec<Deferred>,
     ) {
+        let total_len = record.total_len;
         // SAFETY: recovery validated the record before handing it over.
-        match unsafe { record.body_unchecked() } {
-            Body::Put(put) => self.apply_put(
-                segments,
-                segment,
-                offset,
-                record.total_len,
+        let (kind, key, expiry, cas) = match unsafe { record.body_unchecked() } {
+            Body::Put(put) => (
+                DeferredKind::Put,
                 put.key.as_ref(),
                 put.expiry.to_native(),
+                0,
             ),
-            Body::Delete(delete) => {
-                self.apply_delete(segments, segment, record.total_len, delete.key.as_ref());
-            }
-            Body::Touch(touch) => self.apply_touch(
-                segments,
-                segment,
-                record.total_len,
+            Body::Delete(delete) => (DeferredKind::Delete, delete.key.as_ref(), 0, 0),
+            Body::Touch(touch) => (
+                DeferredKind::Touch,
                 touch.key.as_ref(),
-                touch.cas.to_native(),
                 touch.expiry.to_native(),
+                touch.cas.to_native(),
             ),
-            Body::Flush(flush) => self.apply_flush(
-                segment,
-                record.total_len,
-                record.lsn,
-                flush.boundary_lsn.to_native(),
-                flush.at.to_native(),
-            ),
+            Body::Flush(flush) => {
+                self.apply_flush(
+                    segment,
+                    total_len,
+                    record.lsn,
+                    flush.boundary_lsn.to_native(),
+                    flush.at.to_native(),
+                );
+                return;
+            }
+        };
+        deferred.push(Deferred {
+            hash: self.index.hash(key),
+            cas,
+            segment: segment.id32(),
+            offset: Entry::offset_div(offset),
+            record_len: total_len as u32,
+            expiry,
+            key_len: key.len() as u16,
+            kind,
+        });
+    }
+
+    /// Applies deferred key records. Sorted by the index bucket their hash falls in (a
+    /// stable sort: the records of one key keep their log order, which is all that replay
+    /// depends on), the inserts walk the table in address order instead of missing the cache
+    /// on every record; a key's bytes are read from its record only when the table compares.
+    fn apply_deferred<F: crate::storage::SegmentFile>(
+        &mut self,
+        segments: &impl SegmentLookup<F>,
+        deferred: &mut Vec<Deferred>,
+        scratch: &mut Vec<Deferred>,
+    ) {
+        sort_by_low_hash_bits(deferred, scratch, self.index.bucket_bits());
+        for d in deferred.drain(..) {
+            let Some(segment) = segments.segment(d.segment) else {
+                panic!("replayed record in unknown segment {}", d.segment);
+            };
+            let offset = d.offset as usize * crate::constants::RECORD_ALIGN_BYTES;
+            let record_len = d.record_len as usize;
+            let key = || replayed_key(segment, offset);
+            match d.kind {
+                DeferredKind::Put => self.apply_put(
+                    segments,
+                    segment,
+                    offset,
+                    record_len,
+                    (d.hash, usize::from(d.key_len), key),
+                    d.expiry,
+                ),
+                DeferredKind::Delete => self.apply_delete(segments, segment, record_len, key()),
+                DeferredKind::Touch => {
+                    self.apply_touch(segments, segment, record_len, key(), d.cas, d.expiry);
+                }
+            }
         }
+    }
+}
+
+/// A recovered record of a key, waiting to be applied to the index (see
+/// [`State::apply_deferred`]).
+#[derive(Debug, Clone, Copy)]
+struct Deferred {
+    hash: u64,
+    /// A touch's CAS.
+    cas: u64,
+    segment: u32,
+    /// Offset divided by the record alignment, as in index entries.
+    offset: u32,
+    record_len: u32,
+    /// A put's or a touch's expiry.
+    expiry: u32,
+    key_len: u16,
+    kind: DeferredKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DeferredKind {
+    Put,
+    Delete,
+    Touch,
+}
+
+/// Records deferred before they are applied: a bounded buffer (40 bytes a record, twice over
+/// with the sort's scratch space: 20 MiB while a shard opens), sorted as a batch. Larger
+/// batches walk the table more nearly in order: 2^14 records opened 1 GiB in ~0.38 s, 2^16
+/// in ~0.37 s, 2^18 in ~0.33 s (wal-bench, warm cache).
+const REPLAY_BATCH_RECORDS: usize = 1 << 18;
+
+/// The key of a validated put, delete or touch record.
+fn replayed_key<F: crate::storage::SegmentFile>(segment: &Segment<F>, offset: usize) -> &[u8] {
+    // SAFETY: recovery validated every record it handed to replay, at this offset.
+    match unsafe { segment.record(offset).body_unchecked() } {
+        Body::Put(put) => put.key.as_ref(),
+        Body::Delete(delete) => delete.key.as_ref(),
+        Body::Touch(touch) => touch.key.as_ref(),
+        Body::Flush(_) => panic!("a flush record was deferred as a key record"),
+    }
+}
+
+/// Stable LSD radix sort of `items` by the low `bits` bits of their hash.
+fn sort_by_low_hash_bits(items: &mut [Deferred], scratch: &mut Vec<Deferred>, bits: u32) {
+    const DIGIT_BITS: u32 = 11;
+    let mut shift = 0;
+    while shift < bits && items.len() > 1 {
+        let width = DIGIT_BITS.min(bits - shift);
+        let mask = (1usize << width) - 1;
+        let digit = |d: &Deferred| (d.hash >> shift) as usize & mask;
+        let mut starts = vec![0usize; mask + 2];
+        for d in items.iter() {
+            starts[digit(d) + 1] += 1;
+        }
+        for i in 1..starts.len() {
+            starts[i] += starts[i - 1];
+        }
+        scratch.clear();
+        scratch.extend_from_slice(items);
+        for d in scratch.iter() {
+            let slot = &mut starts[digit(d)];
+            items[*slot] = *d;
+            *slot += 1;
+        }
+        shift += width;
     }
 }
 
@@ -518,6 +636,8 @@ impl<S: Storage> Store<S> {
         // letting it grow (and rehash, reading every key back from the mappings) repeatedly.
         let segment_count = storage.list()?.len();
         let mut records = 0usize;
+        let mut deferred: Vec<Deferred> = Vec::new();
+        let mut scratch: Vec<Deferred> = Vec::new();
         let mut visit = |segment: &Rc<Segment<S::File>>, offset: usize, record: RecordRef<'_>| {
             if seen
                 .segments
@@ -530,12 +650,17 @@ impl<S: Storage> Store<S> {
                         .index
                         .reserve(&seen, estimate.saturating_sub(state.index.len()));
                 }
+                state.apply_deferred(&seen, &mut deferred, &mut scratch);
                 seen.segments.push(Rc::clone(segment));
             }
             records += 1;
-            state.replay(&seen, segment, offset, record);
+            state.replay(segment, offset, record, &mut deferred);
+            if deferred.len() >= REPLAY_BATCH_RECORDS {
+                state.apply_deferred(&seen, &mut deferred, &mut scratch);
+            }
         };
         let (log, report) = Log::open(storage, config.log, policy, &mut visit).await?;
+        state.apply_deferred(&seen, &mut deferred, &mut scratch);
         if state.index.capacity() > 2 * state.index.len() + 1024 {
             state.index.shrink_to_fit(&log);
         }
@@ -722,12 +847,13 @@ impl<S: Storage> Store<S> {
                 .index
                 .get(&self.log, self.state.index.hash(key), key)
         );
+        let hash = self.state.index.hash(key);
         self.state.apply_put(
             &self.log,
             &segment,
             appended.offset,
             appended.len,
-            key,
+            (hash, key.len(), || key),
             expiry,
         );
         Ok(Written { lsn, cas })
@@ -1010,5 +1136,58 @@ impl<S: Storage> Store<S> {
                 segment.live_bytes()
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod replay_order_tests {
+    use super::*;
+
+    fn deferred(hash: u64, offset: u32) -> Deferred {
+        Deferred {
+            hash,
+            cas: 0,
+            segment: 1,
+            offset,
+            record_len: 0,
+            expiry: 0,
+            key_len: 1,
+            kind: DeferredKind::Put,
+        }
+    }
+
+    #[test]
+    fn sorting_by_bucket_keeps_each_keys_records_in_log_order() {
+        // Offsets stand for log order; equal hashes stand for one key's records.
+        let mut items: Vec<Deferred> = (0..5000u32)
+            .map(|i| deferred(u64::from(i % 97).wrapping_mul(0x9e37_79b9_7f4a_7c15), i))
+            .collect();
+        let mut scratch = Vec::new();
+        for bits in [0, 3, 11, 12, 23] {
+            let mut sorted = items.clone();
+            sort_by_low_hash_bits(&mut sorted, &mut scratch, bits);
+            let mask = (1u64 << bits) - 1;
+            for pair in sorted.windows(2) {
+                let (a, b) = (pair[0].hash & mask, pair[1].hash & mask);
+                assert!(
+                    a < b
+                        || (a == b
+                            && (pair[0].hash != pair[1].hash || pair[0].offset < pair[1].offset)),
+                    "bits {bits}: {:?} before {:?}",
+                    pair[0],
+                    pair[1]
+                );
+            }
+            let mut offsets: Vec<u32> = sorted.iter().map(|d| d.offset).collect();
+            offsets.sort_unstable();
+            assert_eq!(
+                offsets,
+                (0..5000).collect::<Vec<_>>(),
+                "nothing lost or doubled"
+            );
+        }
+        items.clear();
+        sort_by_low_hash_bits(&mut items, &mut scratch, 20);
+        assert!(items.is_empty());
     }
 }
