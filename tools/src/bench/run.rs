@@ -239,23 +239,11 @@ async fn drive(
     let mut ops: Vec<Op> = Vec::with_capacity(plan.pipeline);
     let mut out: Vec<u8> = Vec::new();
     let mut input: Vec<u8> = Vec::new();
-    let mut failing_since: Option<Instant> = None;
     'connect: loop {
-        if finished(&window, remaining, &progress) {
-            return (None, last_reply);
-        }
-        let mut stream = match connect(
-            &plan,
-            connection.addr,
-            &mut failing_since,
-            &tally,
-            &progress,
-        )
-        .await
-        {
+        let ended = || finished(&window, remaining, &progress);
+        let mut stream = match connect(&plan, connection.addr, &tally, &progress, ended).await {
             Ok(stream) => stream,
-            Err(Some(why)) => return (Some(why), last_reply),
-            Err(None) => continue 'connect,
+            Err(why) => return (why, last_reply),
         };
         let _ = stream.set_read_timeout(Some(plan.timeout));
         input.clear();
@@ -299,34 +287,39 @@ async fn drive(
     }
 }
 
-/// Opens a connection. `Err(None)`: failed, try again (after a pause, already taken);
-/// `Err(Some(why))`: failed for longer than the timeout, the run stops.
+/// Opens a connection, retrying after a pause while it fails. `Err(None)`: the run ended
+/// first (`ended()`); `Err(Some(why))`: connecting failed for longer than the timeout, and the
+/// whole run stops.
 async fn connect(
     plan: &Plan,
     addr: SocketAddr,
-    failing_since: &mut Option<Instant>,
     tally: &RefCell<Tally>,
     progress: &Progress,
+    ended: impl Fn() -> bool,
 ) -> Result<TcpStream, Option<String>> {
-    match TcpStream::connect(addr).await {
-        Ok(stream) => {
-            *failing_since = None;
-            // A socket option that cannot be set only makes the numbers worse; go on.
-            let _ = stream.set_nodelay(true);
-            Ok(stream)
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        if ended() {
+            return Err(None);
         }
-        Err(e) => {
-            let since = *failing_since.get_or_insert_with(Instant::now);
-            tally.borrow_mut().error(format!("connect: {e}"));
-            if since.elapsed() > plan.timeout {
-                progress.failed.store(true, Ordering::Relaxed);
-                return Err(Some(format!(
-                    "cannot connect to {addr} for {:?}: {e}",
-                    plan.timeout
-                )));
+        match TcpStream::connect(addr).await {
+            Ok(stream) => {
+                // A socket option that cannot be set only makes the numbers worse; go on.
+                let _ = stream.set_nodelay(true);
+                return Ok(stream);
             }
-            glommio::timer::sleep(RECONNECT_PAUSE).await;
-            Err(None)
+            Err(e) => {
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                tally.borrow_mut().error(format!("connect: {e}"));
+                if since.elapsed() > plan.timeout {
+                    progress.failed.store(true, Ordering::Relaxed);
+                    return Err(Some(format!(
+                        "cannot connect to {addr} for {:?}: {e}",
+                        plan.timeout
+                    )));
+                }
+                glommio::timer::sleep(RECONNECT_PAUSE).await;
+            }
         }
     }
 }
@@ -355,7 +348,6 @@ async fn drive_open(
     let mut in_flight: VecDeque<(Op, Instant, Instant)> = VecDeque::new();
     let mut out: Vec<u8> = Vec::new();
     let mut input: Vec<u8> = Vec::new();
-    let mut failing_since: Option<Instant> = None;
     let sending_over = |schedule: &Schedule, remaining: Option<u64>| {
         progress.failed.load(Ordering::Relaxed)
             || remaining == Some(0)
@@ -375,21 +367,10 @@ async fn drive_open(
         }
     };
     'connect: loop {
-        if sending_over(&schedule, remaining) {
-            return (None, last_reply);
-        }
-        let mut stream = match connect(
-            &plan,
-            connection.addr,
-            &mut failing_since,
-            &tally,
-            &progress,
-        )
-        .await
-        {
+        let ended = || sending_over(&schedule, remaining);
+        let mut stream = match connect(&plan, connection.addr, &tally, &progress, ended).await {
             Ok(stream) => stream,
-            Err(Some(why)) => return (Some(why), last_reply),
-            Err(None) => continue 'connect,
+            Err(why) => return (why, last_reply),
         };
         input.clear();
         loop {
