@@ -6,9 +6,20 @@ use rand::rngs::SmallRng;
 
 /// The key for index `n`: `key:` and 12 digits, so every key has the same length.
 pub fn write_key(n: u64, out: &mut Vec<u8>) {
+    // By hand, not format!: this runs for every request and must not allocate.
+    let mut digits = [b'0'; 20];
+    let mut at = digits.len();
+    let mut rest = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
     out.extend_from_slice(b"key:");
-    let digits = format!("{n:012}");
-    out.extend_from_slice(digits.as_bytes());
+    out.extend_from_slice(&digits[at.min(digits.len() - 12)..]);
 }
 
 /// Picks key indexes in `0..keys` by the configured pattern.
@@ -77,6 +88,11 @@ mod tests {
         let mut a = Vec::new();
         write_key(7, &mut a);
         assert_eq!(a, b"key:000000000007");
+        for n in [0, 99_999, 123_456_789_012, 9_999_999_999_999, u64::MAX] {
+            let mut got = Vec::new();
+            write_key(n, &mut got);
+            assert_eq!(got, format!("key:{n:012}").into_bytes());
+        }
     }
 
     #[test]
