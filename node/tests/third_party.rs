@@ -7,18 +7,22 @@
 
 mod common;
 
-use common::{Server, write_config};
+use common::{Server, output_within, write_config};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
+
+/// Bound on an install (network) and on one client suite run.
+const INSTALL_LIMIT: Duration = Duration::from_secs(600);
+const SUITE_LIMIT: Duration = Duration::from_secs(300);
 
 const PYMEMCACHE: &str = "pymemcache==4.0.0";
 const PYTEST: &str = "pytest==8.3.4";
 const MODES: [&str; 2] = ["temporary-swap-only", "permanent-store"];
 
-fn run(command: &mut Command) -> Output {
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+/// Runs `command` within `limit`; it must succeed.
+fn run(command: &mut Command, limit: Duration) -> Output {
+    let output = output_within(command, limit);
     if !output.status.success() {
         panic!(
             "{command:?} failed ({}):\n{}\n{}",
@@ -35,19 +39,22 @@ fn python_packages() -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("third-party-python");
     let marker = dir.join(".installed-pymemcache-4.0.0");
     if !marker.exists() {
-        run(Command::new("python3").args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-warn-script-location",
-            "--upgrade",
-            "--target",
-            dir.to_str().unwrap(),
-            PYMEMCACHE,
-            PYTEST,
-        ]));
+        run(
+            Command::new("python3").args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-warn-script-location",
+                "--upgrade",
+                "--target",
+                dir.to_str().unwrap(),
+                PYMEMCACHE,
+                PYTEST,
+            ]),
+            INSTALL_LIMIT,
+        );
         std::fs::write(&marker, b"").unwrap();
     }
     dir
@@ -72,16 +79,16 @@ fn memccapable() -> &'static str {
                 sudo.args(["-n", "apt-get"]);
                 sudo
             };
-            command
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .args(args)
-                .output()
+            output_within(
+                command.env("DEBIAN_FRONTEND", "noninteractive").args(args),
+                INSTALL_LIMIT,
+            )
         };
         let install = ["install", "-y", "-q", "libmemcached-tools"];
-        if !apt(&install).is_ok_and(|o| o.status.success()) {
+        if !apt(&install).status.success() {
             // A fresh machine may have no package lists yet.
             let _ = apt(&["update", "-q"]);
-            let out = apt(&install).expect("run apt-get");
+            let out = apt(&install);
             assert!(
                 out.status.success(),
                 "apt-get install libmemcached-tools failed:\n{}",
@@ -99,7 +106,8 @@ fn pymemcache_integration_suite_passes() {
     for mode in MODES {
         let dir = tempfile::tempdir().unwrap();
         let server = Server::start(&write_config(dir.path(), mode), &["--cores", "2"]);
-        let out = Command::new("python3")
+        let mut pytest = Command::new("python3");
+        pytest
             .current_dir(&packages)
             .env("PYTHONPATH", &packages)
             .env("PYTHONDONTWRITEBYTECODE", "1")
@@ -109,9 +117,8 @@ fn pymemcache_integration_suite_passes() {
             .arg(server.port.to_string())
             // test_misc asks for `stats cachedump` and `cache_memlimit`: memcached's slab
             // allocator internals, which Terrace does not have.
-            .args(["-k", "not test_misc"])
-            .output()
-            .expect("run pytest");
+            .args(["-k", "not test_misc"]);
+        let out = output_within(&mut pytest, SUITE_LIMIT);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -138,15 +145,18 @@ fn memccapable_ascii_passes() {
         let dir = tempfile::tempdir().unwrap();
         let server = Server::start(&write_config(dir.path(), mode), &["--cores", "2"]);
         // memccapable exits 0 even when a test fails: read its report.
-        let out = run(Command::new(program).args([
-            "-a",
-            "-t",
-            "10",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &server.port.to_string(),
-        ]));
+        let out = run(
+            Command::new(program).args([
+                "-a",
+                "-t",
+                "10",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &server.port.to_string(),
+            ]),
+            SUITE_LIMIT,
+        );
         let report = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),

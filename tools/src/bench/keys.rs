@@ -6,20 +6,15 @@ use rand::rngs::SmallRng;
 
 /// The key for index `n`: `key:` and 12 digits, so every key has the same length.
 pub fn write_key(n: u64, out: &mut Vec<u8>) {
-    // By hand, not format!: this runs for every request and must not allocate.
-    let mut digits = [b'0'; 20];
-    let mut at = digits.len();
-    let mut rest = n;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
+    const WIDTH: usize = 12;
+    let mut buf = itoa::Buffer::new();
+    let digits = buf.format(n).as_bytes();
     out.extend_from_slice(b"key:");
-    out.extend_from_slice(&digits[at.min(digits.len() - 12)..]);
+    out.extend(std::iter::repeat_n(
+        b'0',
+        WIDTH.saturating_sub(digits.len()),
+    ));
+    out.extend_from_slice(digits);
 }
 
 /// Picks key indexes in `0..keys` by the configured pattern.

@@ -448,9 +448,8 @@ async fn drive_open(
                 continue;
             }
             let filled = input.len();
-            input.resize(filled + READ_CHUNK_BYTES, 0);
             let read = futures_lite::future::or(
-                async { Some(stream.read(&mut input[filled..]).await) },
+                async { Some(read_more(&mut stream, &mut input, plan.timeout).await) },
                 async {
                     glommio::timer::sleep(wake_at - now).await;
                     None
@@ -458,17 +457,11 @@ async fn drive_open(
             )
             .await;
             match read {
+                // Time to send: the read was abandoned before it took any bytes.
                 None => input.truncate(filled),
-                Some(Ok(0)) => {
-                    input.truncate(filled);
-                    fail_all(&mut in_flight, "connection closed by the server");
-                    glommio::timer::sleep(RECONNECT_PAUSE).await;
-                    continue 'connect;
-                }
-                Some(Ok(n)) => input.truncate(filled + n),
-                Some(Err(e)) => {
-                    input.truncate(filled);
-                    fail_all(&mut in_flight, &describe("read", &e));
+                Some(Ok(())) => {}
+                Some(Err(why)) => {
+                    fail_all(&mut in_flight, &why);
                     glommio::timer::sleep(RECONNECT_PAUSE).await;
                     continue 'connect;
                 }
@@ -515,24 +508,8 @@ async fn exchange(
             Ok(None) => {
                 input.drain(..start);
                 start = 0;
-                let filled = input.len();
-                input.resize(filled + READ_CHUNK_BYTES, 0);
-                let read = stream.read(&mut input[filled..]).await;
-                match read {
-                    Ok(0) => {
-                        input.truncate(filled);
-                        return broken("connection closed by the server".into(), answered);
-                    }
-                    Ok(n) => input.truncate(filled + n),
-                    Err(e) => {
-                        input.truncate(filled);
-                        let why = if e.kind() == std::io::ErrorKind::TimedOut {
-                            format!("no reply within {:?}", plan.timeout)
-                        } else {
-                            describe("read", &e)
-                        };
-                        return broken(why, answered);
-                    }
+                if let Err(why) = read_more(stream, input, plan.timeout).await {
+                    return broken(why, answered);
                 }
             }
             Err(wire::Garbage(what)) => {
@@ -543,6 +520,27 @@ async fn exchange(
     }
     input.drain(..start);
     Ok(BatchEnd::Answered)
+}
+
+/// Reads what the socket holds onto the end of `input`. `Err` says why the connection cannot
+/// be used any more: closed, reset, or silent for `timeout`.
+async fn read_more(
+    stream: &mut TcpStream,
+    input: &mut Vec<u8>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let filled = input.len();
+    input.resize(filled + READ_CHUNK_BYTES, 0);
+    let read = stream.read(&mut input[filled..]).await;
+    input.truncate(filled + read.as_ref().map_or(0, |&n| n));
+    match read {
+        Ok(0) => Err("connection closed by the server".into()),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+            Err(format!("no reply within {timeout:?}"))
+        }
+        Err(e) => Err(describe("read", &e)),
+    }
 }
 
 /// What a failed socket operation means to the person reading the report: a reset or a broken

@@ -285,21 +285,6 @@ fn parse_counter(value: &[u8]) -> Option<u64> {
     Some(n)
 }
 
-/// Formats `n` in decimal into `buf`, returning the digits.
-fn format_counter(n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    &buf[i..]
-}
-
 /// The state that replay and live operations both change, with the index.
 struct State {
     index: Index,
@@ -1069,8 +1054,8 @@ impl<S: Storage> Store<S> {
             Delta::Incr(n) => current.wrapping_add(n),
             Delta::Decr(n) => current.saturating_sub(n),
         };
-        let mut buf = [0u8; 20];
-        let digits = format_counter(new, &mut buf);
+        let mut buf = itoa::Buffer::new();
+        let digits = buf.format(new).as_bytes();
         self.make_room(put_record_len_max(key.len(), digits.len()))?;
         let Some(entry) = self.live_entry(hash, key, now) else {
             return Ok(None);
