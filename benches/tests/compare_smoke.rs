@@ -3,7 +3,8 @@
 //! is not checked (tiny runs on a shared machine); that it produced them is.
 
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 #[test]
 fn compare_smoke_produces_the_table() {
@@ -25,16 +26,34 @@ fn compare_smoke_produces_the_table() {
             .expect("run cargo build");
         assert!(status.success(), "cargo build failed");
     }
-    let output = Command::new("python3")
+    // Output to files, the run bounded in time (it may install memcached and redis first).
+    let logs = tempfile::tempdir().expect("temp dir");
+    let (out_path, err_path) = (logs.path().join("stdout"), logs.path().join("stderr"));
+    let mut child = Command::new("python3")
         .arg(root.join("benches/compare"))
         .args(["--smoke", "--bin-dir"])
         .arg(&bin_dir)
-        .output()
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
+        .stderr(std::fs::File::create(&err_path).expect("stderr file"))
+        .spawn()
         .expect("run python3 benches/compare");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("compare --smoke did not finish in 900 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
     assert!(
-        output.status.success(),
+        status.success(),
         "compare --smoke failed:\n{stdout}\n{stderr}"
     );
     for row in [
