@@ -4,7 +4,8 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use wait_timeout::ChildExt as _;
 
 #[test]
 fn compare_smoke_produces_the_table() {
@@ -38,17 +39,10 @@ fn compare_smoke_produces_the_table() {
         .stderr(std::fs::File::create(&err_path).expect("stderr file"))
         .spawn()
         .expect("run python3 benches/compare");
-    let deadline = Instant::now() + Duration::from_secs(900);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("compare --smoke did not finish in 900 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    let Some(status) = child.wait_timeout(Duration::from_secs(900)).expect("wait") else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("compare --smoke did not finish in 900 s");
     };
     let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
     let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();

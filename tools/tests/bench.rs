@@ -7,6 +7,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use wait_timeout::ChildExt as _;
 
 const BENCH: &str = env!("CARGO_BIN_EXE_terrace-bench");
 
@@ -94,16 +95,10 @@ fn bench(args: &[&str]) -> (std::process::ExitStatus, serde_json::Value, String)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("terrace-bench {args:?} did not finish in 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let Some(status) = child.wait_timeout(Duration::from_secs(60)).unwrap() else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("terrace-bench {args:?} did not finish in 60 s");
     };
     let mut stdout = String::new();
     let mut stderr = String::new();

@@ -8,6 +8,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use wait_timeout::ChildExt as _;
 
 /// How long a server may take to start or stop.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -260,17 +261,10 @@ pub fn output_within(command: &mut Command, limit: Duration) -> std::process::Ou
     };
     let stdout = drain(Box::new(child.stdout.take().expect("stdout piped")));
     let stderr = drain(Box::new(child.stderr.take().expect("stderr piped")));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{command:?} did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let Some(status) = child.wait_timeout(limit).expect("wait") else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{command:?} did not finish within {limit:?}");
     };
     std::process::Output {
         status,
