@@ -12,6 +12,7 @@
 
 mod group_commit;
 mod recovery;
+pub mod scan;
 mod segment;
 
 pub use group_commit::{Durability, GroupCommit};

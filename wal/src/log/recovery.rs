@@ -16,11 +16,10 @@
 //!
 //! Nothing is modified until the whole scan has succeeded.
 
-use crate::constants::{PAGE_SIZE_BYTES, SEGMENT_HEADER_LEN_BYTES};
+use crate::constants::SEGMENT_HEADER_LEN_BYTES;
 use crate::error::WalError;
-use crate::format::{
-    InvalidRecord, RecordCheck, RecordRef, SegmentHeader, SegmentHeaderCheck, check_record,
-};
+use crate::format::{InvalidRecord, RecordRef};
+use crate::log::scan::{Damage, HeaderState, LogScanner, classify_headers, last_nonzero};
 use crate::log::segment::Segment;
 use crate::storage::{SegmentFile as _, SegmentId, Storage};
 use std::rc::Rc;
@@ -91,34 +90,6 @@ pub(crate) struct Recovered<F> {
     pub report: RecoveryReport,
 }
 
-/// Offset of the last non-zero byte of `bytes`, if any. Scans page by page from the end.
-fn last_nonzero(bytes: &[u8]) -> Option<usize> {
-    let mut end = bytes.len();
-    while end > 0 {
-        let start = end.saturating_sub(PAGE_SIZE_BYTES);
-        let page = &bytes[start..end];
-        if page.iter().fold(0u8, |acc, &b| acc | b) != 0 {
-            return page.iter().rposition(|&b| b != 0).map(|i| start + i);
-        }
-        end = start;
-    }
-    None
-}
-
-/// Offset of the first non-zero byte of `bytes`, if any.
-fn first_nonzero(bytes: &[u8]) -> Option<usize> {
-    let mut start = 0;
-    while start < bytes.len() {
-        let end = (start + PAGE_SIZE_BYTES).min(bytes.len());
-        let page = &bytes[start..end];
-        if page.iter().fold(0u8, |acc, &b| acc | b) != 0 {
-            return page.iter().position(|&b| b != 0).map(|i| start + i);
-        }
-        start = end;
-    }
-    None
-}
-
 /// Recovers the segments of `storage`, calling `visit` with every valid record in log order.
 pub(crate) async fn recover<S: Storage>(
     storage: &S,
@@ -147,42 +118,31 @@ pub(crate) async fn recover<S: Storage>(
             .map_err(|source| io_error("open segment", id, source))?;
         files.push((id, file));
     }
-    let mut activated = Vec::new();
-    let mut never_activated = Vec::new();
-    for (id, file) in files {
+    let corrupt_from = |damage: Damage| WalError::Corrupt {
+        path: storage.segment_path(damage.segment),
+        offset: damage.offset,
+        reason: damage.reason,
+    };
+    let states = classify_headers(files.iter().map(|(id, file)| {
         // SAFETY: the mapping is `len` bytes and nothing writes it during recovery.
         let bytes = unsafe { std::slice::from_raw_parts(file.as_mut_ptr(), file.len()) };
-        match SegmentHeader::check(bytes) {
-            SegmentHeaderCheck::Zero => never_activated.push((id, file)),
-            SegmentHeaderCheck::Invalid(reason) => {
-                return Err(corrupt(id, 0, format!("segment header: {reason}")));
-            }
-            SegmentHeaderCheck::Valid(header) => {
-                if let Some((zero_id, _)) = never_activated.first() {
-                    return Err(corrupt(
-                        *zero_id,
-                        0,
-                        format!("segment header is zero but segment {id} after it is in use"),
-                    ));
-                }
-                if header.segment_id != id {
-                    return Err(corrupt(
-                        id,
-                        0,
-                        format!(
-                            "header says segment {}, file name says {id}",
-                            header.segment_id
-                        ),
-                    ));
-                }
-                if header.size_bytes != bytes.len() as u64 {
+        (*id, bytes)
+    }))
+    .map_err(corrupt_from)?;
+    let mut activated = Vec::new();
+    let mut never_activated = Vec::new();
+    for ((id, file), (_, state)) in files.into_iter().zip(states) {
+        match state {
+            HeaderState::NeverActivated => never_activated.push((id, file)),
+            HeaderState::Activated(header) => {
+                if header.size_bytes != file.len() as u64 {
                     return Err(corrupt(
                         id,
                         0,
                         format!(
                             "header says {} bytes, file has {}: the file was truncated or extended",
                             header.size_bytes,
-                            bytes.len()
+                            file.len()
                         ),
                     ));
                 }
@@ -194,40 +154,11 @@ pub(crate) async fn recover<S: Storage>(
     // Scan the activated segments.
     let mut segments: Vec<Rc<Segment<S::File>>> = Vec::with_capacity(activated.len());
     let newest_index = activated.len().checked_sub(1);
-    let mut last_lsn = 0u64;
-    // The previous segment: its id and the end of its records.
-    let mut previous: Option<(SegmentId, usize)> = None;
+    let mut scanner = LogScanner::new();
     let mut torn: Option<TornRegion<S::File>> = None;
     for (index, (header, file)) in activated.into_iter().enumerate() {
         let id = header.segment_id;
         let is_newest = Some(index) == newest_index;
-        if header.first_lsn <= last_lsn {
-            return Err(corrupt(
-                id,
-                crate::constants::SEGMENT_HEADER_FIRST_LSN_OFFSET,
-                format!(
-                    "first LSN {} is not after the previous segment's last LSN {last_lsn}",
-                    header.first_lsn
-                ),
-            ));
-        }
-        // LSNs are consecutive across the whole log when written; only removed segments leave
-        // gaps. Between neighbours, a gap means records lost at the end of the older one (a
-        // zeroed tail there would otherwise look like a clean end).
-        if let Some((previous_id, previous_end)) = previous
-            && previous_id + 1 == id
-            && header.first_lsn != last_lsn + 1
-        {
-            return Err(corrupt(
-                previous_id,
-                previous_end,
-                format!(
-                    "records end at LSN {last_lsn} but the next segment starts at LSN {}: \
-                     records at the end of this segment are missing",
-                    header.first_lsn
-                ),
-            ));
-        }
         let segment = Rc::new(Segment::new(
             id,
             file,
@@ -236,50 +167,20 @@ pub(crate) async fn recover<S: Storage>(
             header.first_lsn - 1,
             false,
         ));
-        let whole = segment.whole_mapping();
-        let mut offset = SEGMENT_HEADER_LEN_BYTES;
-        let mut expected_lsn = header.first_lsn;
-        let stop: Option<InvalidRecord> = loop {
-            match check_record(whole, offset) {
-                RecordCheck::End => break None,
-                RecordCheck::Invalid(reason) => break Some(reason),
-                RecordCheck::Valid(record) => {
-                    if record.lsn != expected_lsn {
-                        break Some(InvalidRecord::LsnOutOfSequence {
-                            found: record.lsn,
-                            expected: expected_lsn,
-                        });
-                    }
-                    let end = offset + record.total_len;
-                    segment.extend_recovered(end, record.lsn);
-                    visit(&segment, offset, segment.record(offset));
-                    report.records += 1;
-                    report.record_bytes += record.total_len as u64;
-                    last_lsn = record.lsn;
-                    expected_lsn += 1;
-                    offset = end;
-                }
-            }
-        };
-        // After the last whole record, a segment holds only zeros, unless it is the newest and
-        // a sync was cut short.
-        let rest = &whole[offset..];
-        if let Some(garbage_end) = last_nonzero(rest).map(|i| offset + i + 1) {
-            if !is_newest {
-                return Err(match stop {
-                    Some(reason) => corrupt(id, offset, reason.to_string()),
-                    None => corrupt(
-                        id,
-                        offset + first_nonzero(rest).unwrap_or(0),
-                        "non-zero bytes after the last record".to_string(),
-                    ),
-                });
-            }
+        let scanned = scanner
+            .scan_segment(&header, segment.whole_mapping(), is_newest, |offset, record| {
+                segment.extend_recovered(offset + record.total_len, record.lsn);
+                visit(&segment, offset, record);
+                report.records += 1;
+                report.record_bytes += record.total_len as u64;
+            })
+            .map_err(corrupt_from)?;
+        if let Some(region) = scanned.torn {
             let tail = TornTail {
                 segment: id,
-                offset: offset as u64,
-                garbage_bytes: (garbage_end - offset) as u64,
-                reason: stop,
+                offset: region.offset as u64,
+                garbage_bytes: (region.end - region.offset) as u64,
+                reason: region.reason,
             };
             if policy == RecoveryPolicy::Strict {
                 return Err(WalError::TornTail {
@@ -289,14 +190,11 @@ pub(crate) async fn recover<S: Storage>(
                 });
             }
             report.torn_tail = Some(tail);
-            torn = Some((Rc::clone(&segment), offset, garbage_end));
-        } else if let Some(reason) = stop {
-            // An invalid record whose bytes are all zero cannot happen (a zero header is End).
-            unreachable!("invalid record ({reason}) made of zero bytes in segment {id}");
+            torn = Some((Rc::clone(&segment), region.offset, region.end));
         }
-        previous = Some((id, offset));
         segments.push(segment);
     }
+    let last_lsn = scanner.last_lsn();
 
     if policy == RecoveryPolicy::Strict {
         // An all-zero segment after the newest is the spare the log prepares ahead of need:
