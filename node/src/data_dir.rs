@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! <data>/LOCK                 flock'ed by the running server; holds its pid
-//! <data>/terrace-meta.toml    format version, shard count, persistence it was written with
+//! <data>/terrace-meta.toml    format version, shard count, persistence it was written with,
+//!                             the name of the server that wrote it
 //! <data>/shards/0000/ ...     one shard's segment files (terrace-wal)
 //! ```
 //!
@@ -22,9 +23,12 @@ use std::path::{Path, PathBuf};
 
 /// Version of the data dir layout.
 pub const DATA_DIR_FORMAT: u32 = 1;
-const LOCK_FILE: &str = "LOCK";
-const META_FILE: &str = "terrace-meta.toml";
-const SHARDS_DIR: &str = "shards";
+/// The lock file, flock'ed by the server (or tool) that owns the data dir.
+pub const LOCK_FILE: &str = "LOCK";
+/// The meta file.
+pub const META_FILE: &str = "terrace-meta.toml";
+/// The directory of shard directories.
+pub const SHARDS_DIR: &str = "shards";
 
 /// A data dir problem, naming the path and the fix.
 #[derive(Debug, thiserror::Error)]
@@ -38,11 +42,103 @@ pub struct DataDirError {
     pub fix: String,
 }
 
-#[derive(Debug, Deserialize)]
-struct Meta {
-    format: u32,
-    shards: u32,
-    persistence: String,
+/// What `terrace-meta.toml` says about a data dir.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Meta {
+    /// Layout version ([`DATA_DIR_FORMAT`]).
+    pub format: u32,
+    /// Shard count, fixed at creation.
+    pub shards: u32,
+    /// The persistence mode it was last written with (its name).
+    pub persistence: String,
+    /// The server that last wrote it (absent in data dirs written before it was recorded).
+    #[serde(default)]
+    pub server: Option<String>,
+}
+
+impl Meta {
+    /// The meta file's text.
+    pub fn to_toml(&self) -> String {
+        let mut text = format!(
+            "# Written by Terrace {}. Do not edit: it describes the data in this directory.\n\
+             format = {}\nshards = {}\npersistence = \"{}\"\n",
+            env!("CARGO_PKG_VERSION"),
+            self.format,
+            self.shards,
+            self.persistence
+        );
+        if let Some(server) = &self.server {
+            let quoted = toml::Value::String(server.clone());
+            text.push_str(&format!("server = {quoted}\n"));
+        }
+        text
+    }
+}
+
+/// The exclusive lock on a data dir, held for as long as this lives.
+#[derive(Debug)]
+pub struct DataDirLock {
+    /// Holds the flock.
+    _file: File,
+}
+
+/// Takes the data dir's lock without waiting, writing our pid into the lock file. Fails,
+/// naming the holder's pid, if a server (or a tool) holds it.
+pub fn lock(path: &Path) -> Result<DataDirLock, DataDirError> {
+    let fail = |problem: String, fix: &str| DataDirError {
+        path: path.to_path_buf(),
+        problem,
+        fix: fix.to_string(),
+    };
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path.join(LOCK_FILE))
+        .map_err(|e| {
+            fail(
+                format!("cannot open {LOCK_FILE}: {e}"),
+                "check the directory's permissions",
+            )
+        })?;
+    if let Err(errno) =
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+    {
+        let holder = std::fs::read_to_string(path.join(LOCK_FILE)).unwrap_or_default();
+        let holder = holder.trim();
+        return Err(fail(
+            format!(
+                "in use by another terrace-server (pid {}) ({errno})",
+                if holder.is_empty() { "unknown" } else { holder }
+            ),
+            "stop that server, or give this one its own data dir (--data)",
+        ));
+    }
+    file.set_len(0)
+        .and_then(|()| writeln!(file, "{}", std::process::id()))
+        .map_err(|e| fail(format!("cannot write {LOCK_FILE}: {e}"), "check the disk"))?;
+    Ok(DataDirLock { _file: file })
+}
+
+/// Reads a data dir's meta file; `None` if it has none.
+pub fn read_meta(path: &Path) -> Result<Option<Meta>, DataDirError> {
+    let meta_path = path.join(META_FILE);
+    match std::fs::read_to_string(&meta_path) {
+        Ok(text) => Ok(Some(toml::from_str::<Meta>(&text).map_err(|e| {
+            DataDirError {
+                path: meta_path.clone(),
+                problem: format!("unreadable: {}", e.message()),
+                fix: "restore it from a backup; do not edit it by hand".into(),
+            }
+        })?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(DataDirError {
+            path: path.to_path_buf(),
+            problem: format!("cannot read {META_FILE}: {e}"),
+            fix: "check the disk".into(),
+        }),
+    }
 }
 
 /// An open, locked data dir. The lock is released when this is dropped (or the process ends).
@@ -50,8 +146,8 @@ struct Meta {
 pub struct DataDir {
     path: PathBuf,
     shards: u32,
-    /// Holds the flock.
-    _lock: File,
+    /// Held for as long as the data dir is open.
+    _lock: DataDirLock,
 }
 
 impl DataDir {
@@ -69,50 +165,8 @@ impl DataDir {
                 "check the path and its permissions (servers[].data or --data)",
             )
         })?;
-        let mut lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path.join(LOCK_FILE))
-            .map_err(|e| {
-                fail(
-                    format!("cannot open {LOCK_FILE}: {e}"),
-                    "check the directory's permissions",
-                )
-            })?;
-        if let Err(errno) =
-            rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
-        {
-            let holder = std::fs::read_to_string(path.join(LOCK_FILE)).unwrap_or_default();
-            let holder = holder.trim();
-            return Err(fail(
-                format!(
-                    "in use by another terrace-server (pid {}) ({errno})",
-                    if holder.is_empty() { "unknown" } else { holder }
-                ),
-                "stop that server, or give this one its own data dir (--data)",
-            ));
-        }
-        lock.set_len(0)
-            .and_then(|()| writeln!(lock, "{}", std::process::id()))
-            .map_err(|e| fail(format!("cannot write {LOCK_FILE}: {e}"), "check the disk"))?;
-
-        let meta_path = path.join(META_FILE);
-        let meta = match std::fs::read_to_string(&meta_path) {
-            Ok(text) => Some(toml::from_str::<Meta>(&text).map_err(|e| DataDirError {
-                path: meta_path.clone(),
-                problem: format!("unreadable: {}", e.message()),
-                fix: "restore it from a backup; do not edit it by hand".into(),
-            })?),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => {
-                return Err(fail(
-                    format!("cannot read {META_FILE}: {e}"),
-                    "check the disk",
-                ));
-            }
-        };
+        let lock = lock(&path)?;
+        let meta = read_meta(&path)?;
         let shards_dir = path.join(SHARDS_DIR);
         match &meta {
             None => {
@@ -222,7 +276,8 @@ impl DataDir {
     }
 }
 
-fn shard_dir_in(data: &Path, shard: u32) -> PathBuf {
+/// The directory of shard `shard` in data dir `data`.
+pub fn shard_dir_in(data: &Path, shard: u32) -> PathBuf {
     data.join(SHARDS_DIR).join(format!("{shard:04}"))
 }
 
@@ -245,16 +300,21 @@ fn count_files(dir: &Path) -> usize {
 
 /// Writes the meta file atomically: a temporary file, fsynced, renamed over.
 fn write_meta(data: &Path, settings: &Settings) -> std::io::Result<()> {
-    let text = format!(
-        "# Written by terrace-server {}. Do not edit: it describes the data in this directory.\n\
-         format = {DATA_DIR_FORMAT}\nshards = {}\npersistence = \"{}\"\n",
-        env!("CARGO_PKG_VERSION"),
-        settings.shards,
-        settings.persistence.name()
-    );
+    let meta = Meta {
+        format: DATA_DIR_FORMAT,
+        shards: settings.shards,
+        persistence: settings.persistence.name().to_string(),
+        server: Some(settings.name.clone()),
+    };
+    write_meta_file(data, &meta)
+}
+
+/// Writes `meta` as `data`'s meta file atomically (a temporary file, fsynced, renamed over,
+/// the directory fsynced).
+pub fn write_meta_file(data: &Path, meta: &Meta) -> std::io::Result<()> {
     let tmp = data.join(format!("{META_FILE}.tmp"));
     let mut file = File::create(&tmp)?;
-    file.write_all(text.as_bytes())?;
+    file.write_all(meta.to_toml().as_bytes())?;
     file.sync_all()?;
     std::fs::rename(&tmp, data.join(META_FILE))?;
     sync_dir(data)
@@ -286,6 +346,11 @@ mod tests {
         let perm = settings(&dir, Persistence::PermanentStore, 4);
         let open = DataDir::open(&perm).unwrap();
         assert!(open.shard_dir(3).is_dir());
+        let meta = read_meta(&dir).unwrap().unwrap();
+        assert_eq!(
+            (meta.shards, meta.persistence.as_str(), meta.server.as_deref()),
+            (4, "permanent-store", Some(perm.name.as_str()))
+        );
         // A second server on the same dir is refused while the first holds it.
         let error = DataDir::open(&perm).unwrap_err().to_string();
         assert!(
