@@ -348,7 +348,11 @@ mod tests {
         assert!(open.shard_dir(3).is_dir());
         let meta = read_meta(&dir).unwrap().unwrap();
         assert_eq!(
-            (meta.shards, meta.persistence.as_str(), meta.server.as_deref()),
+            (
+                meta.shards,
+                meta.persistence.as_str(),
+                meta.server.as_deref()
+            ),
             (4, "permanent-store", Some(perm.name.as_str()))
         );
         // A second server on the same dir is refused while the first holds it.

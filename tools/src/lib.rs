@@ -1,5 +1,7 @@
 //! # terrace-tools
 //!
-//! Terrace's command-line tools. Today: [`bench`], the engine of `terrace-bench`.
+//! Terrace's command-line tools: [`bench`], the engine of `terrace-bench`, and [`backup`],
+//! the engine of `backup-data`.
 
+pub mod backup;
 pub mod bench;

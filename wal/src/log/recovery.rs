@@ -168,12 +168,17 @@ pub(crate) async fn recover<S: Storage>(
             false,
         ));
         let scanned = scanner
-            .scan_segment(&header, segment.whole_mapping(), is_newest, |offset, record| {
-                segment.extend_recovered(offset + record.total_len, record.lsn);
-                visit(&segment, offset, record);
-                report.records += 1;
-                report.record_bytes += record.total_len as u64;
-            })
+            .scan_segment(
+                &header,
+                segment.whole_mapping(),
+                is_newest,
+                |offset, record| {
+                    segment.extend_recovered(offset + record.total_len, record.lsn);
+                    visit(&segment, offset, record);
+                    report.records += 1;
+                    report.record_bytes += record.total_len as u64;
+                },
+            )
             .map_err(corrupt_from)?;
         if let Some(region) = scanned.torn {
             let tail = TornTail {

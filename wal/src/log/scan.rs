@@ -13,7 +13,9 @@
 //! - after the last record only zeros follow, except in the newest segment, whose invalid or
 //!   non-zero bytes are a torn tail.
 
-use crate::constants::{PAGE_SIZE_BYTES, SEGMENT_HEADER_FIRST_LSN_OFFSET, SEGMENT_HEADER_LEN_BYTES};
+use crate::constants::{
+    PAGE_SIZE_BYTES, SEGMENT_HEADER_FIRST_LSN_OFFSET, SEGMENT_HEADER_LEN_BYTES,
+};
 use crate::format::{
     InvalidRecord, RecordCheck, RecordRef, SegmentHeader, SegmentHeaderCheck, check_record,
 };
@@ -224,7 +226,10 @@ impl LogScanner {
             None => {
                 // An invalid record made only of zero bytes cannot exist (a zero header ends
                 // the records).
-                assert!(stop.is_none(), "invalid record of zero bytes in segment {id}");
+                assert!(
+                    stop.is_none(),
+                    "invalid record of zero bytes in segment {id}"
+                );
                 None
             }
         };

@@ -1,0 +1,276 @@
+//! `restore`: a snapshot back into a data dir, atomically.
+//!
+//! Everything is written into a temporary directory beside the target, checked as it is
+//! written (each file's CRC, every record: a restore is a verify that also writes), fsynced,
+//! and only then renamed into place. So an interrupted restore leaves the target as it was,
+//! and a server never starts on a half-restored data dir.
+//!
+//! - The temporary directory is `.<name>.restore-<pid>` beside the target and holds a marker
+//!   file while it is incomplete; a later restore removes such leftovers (they are copies,
+//!   never user data). One without the marker is left alone and reported.
+//! - A target that exists is swapped with the new one in a single `renameat2(RENAME_EXCHANGE)`.
+//!   With `--force`, its old contents are then moved to `<target>.before-restore-<time>`, not
+//!   deleted: the operator deletes them once sure.
+//! - A target a running server holds (its lock) is refused, `--force` or not.
+
+use super::error::BackupError;
+use super::files::{self, AlignedBuffer};
+use super::manifest::{Manifest, utc_string};
+use super::progress::Progress;
+use super::verify::{VerifyReport, check_segment, check_shape, read_manifest};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use terrace_node::data_dir::{self, DATA_DIR_FORMAT, LOCK_FILE, Meta};
+use terrace_wal::log::scan::LogScanner;
+use terrace_wal::storage::segment_file_name;
+
+/// Marks a temporary restore directory as incomplete.
+const INCOMPLETE_MARKER: &str = "RESTORE-INCOMPLETE";
+
+/// What `restore` did.
+#[derive(Debug, Clone)]
+pub struct RestoreReport {
+    /// The snapshot restored.
+    pub manifest: Manifest,
+    /// What it held.
+    pub contents: VerifyReport,
+    /// The data dir written.
+    pub data_dir: PathBuf,
+    /// Where the target's previous contents went (`--force` on a non-empty target).
+    pub previous_contents: Option<PathBuf>,
+    /// Leftovers of interrupted restores that were removed.
+    pub removed_leftovers: Vec<PathBuf>,
+    /// Wall time.
+    pub duration: Duration,
+}
+
+/// Restores the snapshot in `backup` into the data dir `target`.
+pub fn restore(
+    backup: &Path,
+    target: &Path,
+    force: bool,
+    show_progress: bool,
+) -> Result<RestoreReport, BackupError> {
+    let started = Instant::now();
+    let manifest = read_manifest(backup)?;
+    check_shape(backup, &manifest)?;
+    if manifest.source.data_dir_format != DATA_DIR_FORMAT {
+        return Err(BackupError::Refused {
+            path: backup.to_path_buf(),
+            problem: format!(
+                "holds a data dir of layout version {} (this backup-data writes {DATA_DIR_FORMAT})",
+                manifest.source.data_dir_format
+            ),
+            fix: "restore it with the backup-data of the Terrace version that wrote it".into(),
+        });
+    }
+    let target = std::path::absolute(target).map_err(BackupError::io("resolve", target))?;
+    let (parent, name) = match (target.parent(), target.file_name()) {
+        (Some(parent), Some(name)) => (parent.to_path_buf(), name.to_string_lossy().into_owned()),
+        _ => {
+            return Err(BackupError::Refused {
+                path: target.clone(),
+                problem: "cannot restore into a filesystem root".into(),
+                fix: "give --data-dir a directory below it".into(),
+            });
+        }
+    };
+    let backup_abs = std::path::absolute(backup).map_err(BackupError::io("resolve", backup))?;
+    if target.starts_with(&backup_abs) || backup_abs.starts_with(&target) {
+        return Err(BackupError::Refused {
+            path: target,
+            problem: "overlaps the snapshot being restored".into(),
+            fix: "give --data-dir a directory outside the snapshot".into(),
+        });
+    }
+    // Held until the new data dir is in place: no server may start on the old one meanwhile.
+    let _lock = check_target(&target, force)?;
+    files::create_dirs(&parent)?;
+    let removed_leftovers = remove_leftovers(&parent, &name)?;
+
+    let tmp = parent.join(format!(".{name}.restore-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(BackupError::io("remove", &tmp))?;
+    }
+    std::fs::create_dir(&tmp).map_err(BackupError::io("create directory", &tmp))?;
+    files::write_new_file(&tmp.join(INCOMPLETE_MARKER), b"", 0)?;
+    files::sync_dir(&parent)?;
+
+    let contents = match write_data_dir(backup, &manifest, &tmp, show_progress) {
+        Ok(contents) => contents,
+        Err(e) => {
+            // Our own partial copy; the target was not touched.
+            let _ = std::fs::remove_dir_all(&tmp);
+            let _ = files::sync_dir(&parent);
+            return Err(e);
+        }
+    };
+    files::remove_if_exists(&tmp.join(INCOMPLETE_MARKER))?;
+    files::sync_dir(&tmp)?;
+
+    let previous_contents = swap_into_place(&tmp, &target, &parent, &name)?;
+    files::sync_dir(&parent)?;
+    Ok(RestoreReport {
+        manifest,
+        contents,
+        data_dir: target,
+        previous_contents,
+        removed_leftovers,
+        duration: started.elapsed(),
+    })
+}
+
+/// Refuses a target a server holds, or a non-empty one without `force`. Returns the target's
+/// lock, if it has a lock file.
+fn check_target(target: &Path, force: bool) -> Result<Option<data_dir::DataDirLock>, BackupError> {
+    if !target.exists() {
+        return Ok(None);
+    }
+    if !target.is_dir() {
+        return Err(BackupError::Refused {
+            path: target.to_path_buf(),
+            problem: "exists and is not a directory".into(),
+            fix: "give --data-dir a directory".into(),
+        });
+    }
+    let lock = if target.join(LOCK_FILE).exists() {
+        Some(data_dir::lock(target).map_err(|e| BackupError::Refused {
+            path: target.to_path_buf(),
+            problem: format!("a running server holds it ({})", e.problem),
+            fix: "stop that server before restoring over its data".into(),
+        })?)
+    } else {
+        None
+    };
+    let contents: Vec<String> = files::list_names(target)?
+        .into_iter()
+        .filter(|n| n != LOCK_FILE)
+        .collect();
+    if !contents.is_empty() && !force {
+        return Err(BackupError::Refused {
+            path: target.to_path_buf(),
+            problem: format!("not empty: holds {}", contents.join(", ")),
+            fix: "restore into a new or empty directory, or add --force to replace it (its \
+                  contents are moved aside, not deleted)"
+                .into(),
+        });
+    }
+    Ok(lock)
+}
+
+/// Removes the temporary directories of interrupted restores into `name` (those still marked
+/// incomplete); reports, and keeps, any other.
+fn remove_leftovers(parent: &Path, name: &str) -> Result<Vec<PathBuf>, BackupError> {
+    let prefix = format!(".{name}.restore-");
+    let mut removed = Vec::new();
+    for entry in files::list_names(parent)? {
+        if !entry.starts_with(&prefix) {
+            continue;
+        }
+        let path = parent.join(&entry);
+        if path.join(INCOMPLETE_MARKER).exists() {
+            std::fs::remove_dir_all(&path).map_err(BackupError::io("remove", &path))?;
+            removed.push(path);
+        } else {
+            eprintln!(
+                "backup-data: {} was left by an interrupted restore after its copy was complete; \
+                 it is kept: look at it and remove it yourself",
+                path.display()
+            );
+        }
+    }
+    if !removed.is_empty() {
+        files::sync_dir(parent)?;
+    }
+    Ok(removed)
+}
+
+/// Writes and checks every segment of the snapshot, and the meta file, into `tmp`.
+fn write_data_dir(
+    backup: &Path,
+    manifest: &Manifest,
+    tmp: &Path,
+    show_progress: bool,
+) -> Result<VerifyReport, BackupError> {
+    let (_, _, total) = manifest.totals();
+    let progress = Progress::bytes(show_progress, "restore", total);
+    let mut report = VerifyReport {
+        shards: manifest.source.shard_count,
+        ..VerifyReport::default()
+    };
+    let mut buffer = AlignedBuffer::default();
+    let shards_dir = tmp.join(data_dir::SHARDS_DIR);
+    std::fs::create_dir(&shards_dir).map_err(BackupError::io("create directory", &shards_dir))?;
+    for shard in &manifest.shards {
+        let dir = data_dir::shard_dir_in(tmp, shard.shard);
+        std::fs::create_dir(&dir).map_err(BackupError::io("create directory", &dir))?;
+        let mut scanner = LogScanner::new();
+        for entry in &shard.segments {
+            let mut records = 0;
+            let bytes = check_segment(backup, &mut buffer, &mut scanner, entry, |_| records += 1)?;
+            let path = dir.join(segment_file_name(entry.id));
+            files::write_new_file(&path, bytes, entry.segment_bytes)?;
+            report.records += records;
+            report.segments += 1;
+            report.bytes += entry.stored_bytes;
+            progress.advance(entry.stored_bytes);
+        }
+        files::sync_dir(&dir)?;
+    }
+    progress.finish();
+    files::sync_dir(&shards_dir)?;
+    let meta = Meta {
+        format: manifest.source.data_dir_format,
+        shards: manifest.source.shard_count,
+        persistence: manifest.source.persistence.clone(),
+        server: manifest.source.server.clone(),
+    };
+    data_dir::write_meta_file(tmp, &meta)
+        .map_err(BackupError::io("write the meta file in", tmp))?;
+    Ok(report)
+}
+
+/// Puts the complete `tmp` at `target`. An existing target is swapped with it atomically;
+/// what it held (other than a lock file) is moved aside and its new path returned.
+fn swap_into_place(
+    tmp: &Path,
+    target: &Path,
+    parent: &Path,
+    name: &str,
+) -> Result<Option<PathBuf>, BackupError> {
+    if !target.exists() {
+        std::fs::rename(tmp, target).map_err(BackupError::io("rename into place", target))?;
+        return Ok(None);
+    }
+    rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        tmp,
+        rustix::fs::CWD,
+        target,
+        rustix::fs::RenameFlags::EXCHANGE,
+    )
+    .map_err(|e| BackupError::Io {
+        op: "swap into place (renameat2 RENAME_EXCHANGE)",
+        path: target.to_path_buf(),
+        source: e.into(),
+    })?;
+    // `tmp` now holds the old contents.
+    let old: Vec<String> = files::list_names(tmp)?
+        .into_iter()
+        .filter(|n| n != LOCK_FILE)
+        .collect();
+    if old.is_empty() {
+        files::remove_if_exists(&tmp.join(LOCK_FILE))?;
+        std::fs::remove_dir(tmp).map_err(BackupError::io("remove", tmp))?;
+        return Ok(None);
+    }
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let aside = parent.join(format!(
+        "{name}.before-restore-{}",
+        utc_string(secs).replace(':', "")
+    ));
+    std::fs::rename(tmp, &aside).map_err(BackupError::io("move aside to", &aside))?;
+    Ok(Some(aside))
+}
