@@ -48,3 +48,7 @@ pub const CONNECTIONS_MAX_DEFAULT: usize = 4096;
 
 const _: () = assert!(LINE_LEN_MAX_BYTES < GET_LINE_LEN_MAX_BYTES);
 const _: () = assert!(SHARDS_DEFAULT <= SHARDS_MAX);
+
+/// Online-backup cuts an executor holds at once (each pins segments against removal until
+/// it is released or its connection closes).
+pub const BACKUP_CUTS_MAX: usize = 4;

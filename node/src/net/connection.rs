@@ -22,6 +22,8 @@ use glommio::net::TcpStream;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
+mod backup;
+
 /// Where a remote reply part goes: (offset in the reply buffer, sequence number among
 /// parts at the same offset, part index in the answer).
 type Place = (usize, u64, usize);
@@ -79,10 +81,13 @@ pub async fn serve(stream: TcpStream, executor: Rc<Executor>, id: u64) {
         stream,
         executor: Rc::clone(&executor),
         id,
+        cuts: Vec::new(),
     };
     if let Err(reason) = connection.run().await {
         tracing::debug!(connection = id, %reason, "connection closed");
     }
+    // A backup cut lives no longer than the connection that asked for it.
+    connection.release_cuts().await;
     executor.stop.forget(id);
     let counters = &executor.shards.counters;
     counters
@@ -94,6 +99,8 @@ struct Connection {
     stream: TcpStream,
     executor: Rc<Executor>,
     id: u64,
+    /// Online-backup cuts this connection holds (released when it closes).
+    cuts: Vec<u64>,
 }
 
 impl Connection {
@@ -241,7 +248,7 @@ impl Connection {
                             }
                         }
                     }
-                    Answer::Stats(_) => {}
+                    Answer::Stats(_) | Answer::Cut(_) => {}
                 }
             }
             let extra: usize = inserts.values().map(Vec::len).sum();
@@ -418,6 +425,7 @@ impl Connection {
             }
             Command::Quit => replies.quit = true,
             Command::Stats { args } => self.stats(args, replies).await,
+            Command::Backup { args } => self.backup(args, replies).await,
             Command::DebugTime { shift_secs } => {
                 if self.executor.shared.debugtime_enabled {
                     self.executor.shared.clock.shift(shift_secs);

@@ -66,6 +66,9 @@ pub enum Command<'a> {
     Stats { args: &'a [u8] },
     /// `debugtime <seconds>`: shift the server clock (only with `--enable-debugtime`).
     DebugTime { shift_secs: i64 },
+    /// `backup <args>`: Terrace's online-backup admin command (`backup cut`,
+    /// `backup release <id>`); the arguments, trimmed.
+    Backup { args: &'a [u8] },
 }
 
 impl Command<'_> {
@@ -160,6 +163,7 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<'a> {
         b"verbosity" => parse_verbosity(rest, line_len),
         b"stats" => request(Command::Stats { args: trim(rest) }, line_len),
         b"debugtime" => parse_debugtime(rest, line_len),
+        b"backup" => request(Command::Backup { args: trim(rest) }, line_len),
         _ => invalid(ProtocolError::UnknownCommand, line_len),
     }
 }

@@ -10,11 +10,12 @@ pub mod route;
 
 use crate::protocol::reply;
 use crate::stats::{Counters, Snapshot, Stat};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 use terrace_wal::error::{StoreError, WalError};
-use terrace_wal::log::GroupCommit;
-use terrace_wal::storage::FsStorage;
+use terrace_wal::log::{GroupCommit, LogPin};
+use terrace_wal::storage::{FsSegment, FsStorage};
 use terrace_wal::store::{Delta, SetMode, Store, StoreOutcome, Written};
 
 /// A shard's store on real files.
@@ -73,6 +74,23 @@ pub struct LocalShards {
     stores: Vec<Option<Rc<RefCell<ShardStore>>>>,
     /// This executor's counters.
     pub counters: Counters,
+    /// Online-backup cuts held on this executor's shards, by cut id: their segments are not
+    /// removed until the cut is released.
+    backup_pins: RefCell<HashMap<u64, Vec<LogPin<FsSegment>>>>,
+    /// Cuts this executor has handed out (for unique cut ids).
+    cuts_issued: Cell<u64>,
+}
+
+/// One shard's part of an online-backup cut: every record up to `last_lsn`, in these
+/// segments up to these lengths, is durable and pinned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardCut {
+    /// The shard.
+    pub shard: u32,
+    /// LSN of the last record in the cut.
+    pub last_lsn: u64,
+    /// The segments: id, bytes that belong to the cut, size of the segment file.
+    pub segments: Vec<(u64, u64, u64)>,
 }
 
 impl LocalShards {
@@ -83,6 +101,8 @@ impl LocalShards {
             topology,
             stores,
             counters: Counters::default(),
+            backup_pins: RefCell::default(),
+            cuts_issued: Cell::new(0),
         }
     }
 
@@ -295,6 +315,48 @@ impl LocalShards {
             waits.extend(Self::durable(store, written.lsn));
         }
         Ok(waits)
+    }
+
+    /// A cut id unique in this process: the executor's index and a counter.
+    pub fn next_cut_id(&self, executor: usize) -> u64 {
+        let n = self.cuts_issued.get() + 1;
+        self.cuts_issued.set(n);
+        ((executor as u64) << 48) | n
+    }
+
+    /// Pins every shard of this executor for the online-backup cut `cut`: each shard's
+    /// segments as they are now, up to its last appended record. Returns the cuts and what
+    /// to wait for before they may be read (the records must be durable, and a new
+    /// segment's header is written only by the sync that makes its records durable).
+    /// `None` if too many cuts are held already.
+    pub fn pin_for_backup(&self, cut: u64) -> Option<(Vec<ShardCut>, Vec<Durable>)> {
+        let mut held = self.backup_pins.borrow_mut();
+        if held.len() >= crate::constants::BACKUP_CUTS_MAX {
+            return None;
+        }
+        let mut cuts = Vec::new();
+        let mut pins = Vec::new();
+        let mut waits = Vec::new();
+        for (shard, store) in self.owned() {
+            let pin = store.borrow().log().pin();
+            cuts.push(ShardCut {
+                shard,
+                last_lsn: pin.last_lsn(),
+                segments: pin
+                    .segments()
+                    .map(|(segment, end)| (segment.id(), end as u64, segment.size_bytes() as u64))
+                    .collect(),
+            });
+            waits.extend(Self::durable(store, pin.last_lsn()));
+            pins.push(pin);
+        }
+        held.insert(cut, pins);
+        Some((cuts, waits))
+    }
+
+    /// Releases the cut `cut` on this executor; whether it held it.
+    pub fn release_backup(&self, cut: u64) -> bool {
+        self.backup_pins.borrow_mut().remove(&cut).is_some()
     }
 
     /// This executor's numbers for `stats`.

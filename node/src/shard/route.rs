@@ -49,6 +49,10 @@ pub enum Op {
     Stats,
     /// `stats reset`.
     ResetStats,
+    /// Pin its shards for an online-backup cut.
+    BackupCut { cut: u64 },
+    /// Release a cut.
+    BackupRelease { cut: u64 },
 }
 
 /// What comes back.
@@ -60,6 +64,8 @@ pub enum Answer {
     Parts(Vec<Vec<u8>>),
     /// Numbers for `stats`.
     Stats(Snapshot),
+    /// Its shards' parts of a backup cut (`None`: refused, too many cuts held).
+    Cut(Option<Vec<super::ShardCut>>),
 }
 
 /// A request on the wire between executors.
@@ -311,6 +317,17 @@ async fn execute(shards: &LocalShards, op: Op) -> Answer {
         Op::ResetStats => {
             shards.counters.reset();
             Answer::Bytes(reply::RESET.to_vec())
+        }
+        Op::BackupCut { cut } => match shards.pin_for_backup(cut) {
+            Some((cuts, durable)) => {
+                waits = durable;
+                Answer::Cut(Some(cuts))
+            }
+            None => Answer::Cut(None),
+        },
+        Op::BackupRelease { cut } => {
+            shards.release_backup(cut);
+            Answer::Bytes(Vec::new())
         }
     };
     for wait in &waits {

@@ -136,7 +136,7 @@ fn check_target(target: &Path, force: bool) -> Result<Option<data_dir::DataDirLo
     let lock = if target.join(LOCK_FILE).exists() {
         Some(data_dir::lock(target).map_err(|e| BackupError::Refused {
             path: target.to_path_buf(),
-            problem: format!("a running server holds it ({})", e.problem),
+            problem: super::source::held_by(&e),
             fix: "stop that server before restoring over its data".into(),
         })?)
     } else {

@@ -40,7 +40,7 @@ impl LockedDataDir {
         }
         let lock = data_dir::lock(&path).map_err(|e| BackupError::Refused {
             path: path.clone(),
-            problem: format!("a running server holds it ({})", e.problem),
+            problem: super::source::held_by(&e),
             fix: "stop the server first, or take the snapshot online: backup-data create \
                   --server HOST:PORT --out DIR (it does not stop client traffic)"
                 .into(),
@@ -114,4 +114,13 @@ pub fn read_header(path: &Path) -> Result<Vec<u8>, BackupError> {
         })
         .map_err(BackupError::io("read the header of", path))?;
     Ok(header)
+}
+
+/// Who holds a data dir's lock, from the error taking it: "a running server (pid N) holds it".
+pub fn held_by(error: &data_dir::DataDirError) -> String {
+    let pid = std::fs::read_to_string(error.path.join(data_dir::LOCK_FILE)).unwrap_or_default();
+    match pid.trim() {
+        "" => "a running server holds it".to_string(),
+        pid => format!("a running server (pid {pid}) holds it"),
+    }
 }

@@ -350,7 +350,10 @@ mod tests {
     #[test]
     fn defaults_are_a_ten_second_mixed_run_against_the_local_default_port() {
         let p = plan(&[]).unwrap();
-        assert_eq!(p.servers[0].1, "127.0.0.1:11211".parse().unwrap());
+        assert_eq!(
+            p.servers[0].1,
+            "127.0.0.1:11211".parse::<std::net::SocketAddr>().unwrap()
+        );
         assert_eq!(
             (p.connections, p.threads, p.pipeline, p.keys),
             (50, 1, 1, 100_000)

@@ -12,7 +12,7 @@
 mod fs;
 mod sim;
 
-pub use fs::FsStorage;
+pub use fs::{FsSegment, FsStorage};
 pub use sim::{SimCrashOptions, SimDisk, SimStorage};
 
 use crate::error::WalError;
