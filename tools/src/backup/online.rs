@@ -17,6 +17,7 @@ use std::net::{TcpStream, ToSocketAddrs as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use terrace_node::data_dir;
+use terrace_node::shard::ShardCut;
 use terrace_wal::storage::segment_file_name;
 
 /// How long to wait for the server to answer (a cut waits for one group commit per shard).
@@ -31,8 +32,8 @@ pub struct Cut {
     pub id: u64,
     /// The server's data dir.
     pub data_dir: PathBuf,
-    /// Per shard: its last LSN and its segments (id, bytes in the cut, file size).
-    pub shards: Vec<(u32, u64, Vec<(u64, u64, u64)>)>,
+    /// Per shard, in order: its last LSN and its segments (id, bytes in the cut, file size).
+    pub shards: Vec<ShardCut>,
 }
 
 /// `create --server`: a snapshot of a running server, taken without stopping its clients.
@@ -82,13 +83,15 @@ pub fn create_online(
     let shards: Vec<SourceShard> = cut
         .shards
         .iter()
-        .map(|(shard, _, segments)| SourceShard {
-            shard: *shard,
-            segments: segments
+        .map(|shard_cut| SourceShard {
+            shard: shard_cut.shard,
+            segments: shard_cut
+                .segments
                 .iter()
                 .map(|&(id, cut_bytes, file_bytes)| SourceSegment {
                     id,
-                    path: data_dir::shard_dir_in(&cut.data_dir, *shard).join(segment_file_name(id)),
+                    path: data_dir::shard_dir_in(&cut.data_dir, shard_cut.shard)
+                        .join(segment_file_name(id)),
                     file_bytes,
                     cut_bytes,
                 })
@@ -105,11 +108,11 @@ pub fn create_online(
         shard_count: meta.shards,
     };
     let report = write_snapshot(out, info, &shards, options)?;
-    for (entry, (shard, last_lsn, _)) in report.manifest.shards.iter().zip(&cut.shards) {
-        if entry.last_lsn != *last_lsn {
+    for (entry, shard_cut) in report.manifest.shards.iter().zip(&cut.shards) {
+        if entry.last_lsn != shard_cut.last_lsn {
             return Err(fail(format!(
-                "shard {shard}: the cut ends at LSN {last_lsn} but its files at LSN {}",
-                entry.last_lsn
+                "shard {}: the cut ends at LSN {} but its files at LSN {}",
+                shard_cut.shard, shard_cut.last_lsn, entry.last_lsn
             )));
         }
     }
@@ -182,7 +185,11 @@ pub fn read_cut<R: std::io::BufRead>(reader: &mut R) -> Result<Cut, String> {
             }
             segments.push((s[0], s[1], s[2]));
         }
-        shards.push((expected, numbers[1], segments));
+        shards.push(ShardCut {
+            shard: expected,
+            last_lsn: numbers[1],
+            segments,
+        });
     }
     let end = read_line(reader)?;
     if end != "END" {
@@ -219,7 +226,18 @@ mod tests {
             Cut {
                 id: 7,
                 data_dir: "/var/lib/terrace data".into(),
-                shards: vec![(0, 12, vec![(3, 4096, 65536)]), (1, 0, vec![])],
+                shards: vec![
+                    ShardCut {
+                        shard: 0,
+                        last_lsn: 12,
+                        segments: vec![(3, 4096, 65536)]
+                    },
+                    ShardCut {
+                        shard: 1,
+                        last_lsn: 0,
+                        segments: vec![]
+                    },
+                ],
             }
         );
         for bad in [
