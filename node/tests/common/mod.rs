@@ -51,6 +51,30 @@ data = "{}"
     path
 }
 
+/// The `terrace-server` binary: this package's, or, from another package's tests (the tools
+/// share this module), the one `cargo test --workspace` built beside them, built if missing.
+pub fn server_binary() -> PathBuf {
+    if let Some(path) = option_env!("CARGO_BIN_EXE_terrace-server") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().expect("test exe");
+    let bin_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    let binary = bin_dir.join("terrace-server");
+    if !binary.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["build", "-p", "terrace-node", "--bin", "terrace-server"])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build of terrace-server failed");
+    }
+    binary
+}
+
 /// A running server.
 pub struct Server {
     pub child: Option<Child>,
@@ -82,7 +106,7 @@ impl Server {
             .append(true)
             .open(&self.stderr_log)
             .expect("stderr log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_terrace-server"))
+        let mut child = Command::new(server_binary())
             .arg("-f")
             .arg(&self.config)
             .arg("--listen")
