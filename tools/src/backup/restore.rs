@@ -5,12 +5,17 @@
 //! and only then renamed into place. So an interrupted restore leaves the target as it was,
 //! and a server never starts on a half-restored data dir.
 //!
-//! - The temporary directory is `.<name>.restore-<pid>` beside the target and holds a marker
-//!   file while it is incomplete; a later restore removes such leftovers (they are copies,
-//!   never user data). One without the marker is left alone and reported.
+//! - The temporary directory is `.<name>.restore-<pid>` beside the target. It holds the marker
+//!   `RESTORE-INCOMPLETE` while it is being written, renamed to `RESTORE-COMPLETE` once
+//!   everything in it is durable.
 //! - A target that exists is swapped with the new one in a single `renameat2(RENAME_EXCHANGE)`.
 //!   With `--force`, its old contents are then moved to `<target>.before-restore-<time>`, not
-//!   deleted: the operator deletes them once sure.
+//!   deleted: the operator deletes them once sure. Then the marker is removed from the target.
+//! - What an interrupted restore leaves is cleaned up by the next one: a temporary directory
+//!   with either marker is a copy of a snapshot and is removed; one without a marker holds the
+//!   target's old contents, swapped out just before the interruption, and is moved to
+//!   `<target>.before-restore-<time>` like a finished restore would have done. A marker left
+//!   in the target itself (interrupted right after the swap) is removed.
 //! - A target a running server holds (its lock) is refused, `--force` or not.
 
 use super::error::BackupError;
@@ -26,6 +31,8 @@ use terrace_wal::storage::segment_file_name;
 
 /// Marks a temporary restore directory as incomplete.
 const INCOMPLETE_MARKER: &str = "RESTORE-INCOMPLETE";
+/// Marks a temporary restore directory as complete and durable, not swapped in yet.
+const COMPLETE_MARKER: &str = "RESTORE-COMPLETE";
 
 /// What `restore` did.
 #[derive(Debug, Clone)]
@@ -40,6 +47,8 @@ pub struct RestoreReport {
     pub previous_contents: Option<PathBuf>,
     /// Leftovers of interrupted restores that were removed.
     pub removed_leftovers: Vec<PathBuf>,
+    /// Old contents of the target that an interrupted restore had swapped out, moved aside.
+    pub recovered_contents: Vec<PathBuf>,
     /// Wall time.
     pub duration: Duration,
 }
@@ -86,7 +95,7 @@ pub fn restore(
     // Held until the new data dir is in place: no server may start on the old one meanwhile.
     let _lock = check_target(&target, force)?;
     files::create_dirs(&parent)?;
-    let removed_leftovers = remove_leftovers(&parent, &name)?;
+    let (removed_leftovers, recovered_contents) = clean_leftovers(&target, &parent, &name)?;
 
     let tmp = parent.join(format!(".{name}.restore-{}", std::process::id()));
     if tmp.exists() {
@@ -105,17 +114,21 @@ pub fn restore(
             return Err(e);
         }
     };
-    files::remove_if_exists(&tmp.join(INCOMPLETE_MARKER))?;
+    std::fs::rename(tmp.join(INCOMPLETE_MARKER), tmp.join(COMPLETE_MARKER))
+        .map_err(BackupError::io("mark complete", &tmp))?;
     files::sync_dir(&tmp)?;
 
     let previous_contents = swap_into_place(&tmp, &target, &parent, &name)?;
     files::sync_dir(&parent)?;
+    files::remove_if_exists(&target.join(COMPLETE_MARKER))?;
+    files::sync_dir(&target)?;
     Ok(RestoreReport {
         manifest,
         contents,
         data_dir: target,
         previous_contents,
         removed_leftovers,
+        recovered_contents,
         duration: started.elapsed(),
     })
 }
@@ -158,31 +171,63 @@ fn check_target(target: &Path, force: bool) -> Result<Option<data_dir::DataDirLo
     Ok(lock)
 }
 
-/// Removes the temporary directories of interrupted restores into `name` (those still marked
-/// incomplete); reports, and keeps, any other.
-fn remove_leftovers(parent: &Path, name: &str) -> Result<Vec<PathBuf>, BackupError> {
+/// Cleans up after interrupted restores into `target` (see the module doc). Returns the
+/// copies removed and the old contents moved aside.
+fn clean_leftovers(
+    target: &Path,
+    parent: &Path,
+    name: &str,
+) -> Result<(Vec<PathBuf>, Vec<PathBuf>), BackupError> {
     let prefix = format!(".{name}.restore-");
-    let mut removed = Vec::new();
+    let (mut removed, mut recovered) = (Vec::new(), Vec::new());
     for entry in files::list_names(parent)? {
         if !entry.starts_with(&prefix) {
             continue;
         }
         let path = parent.join(&entry);
-        if path.join(INCOMPLETE_MARKER).exists() {
+        if path.join(INCOMPLETE_MARKER).exists() || path.join(COMPLETE_MARKER).exists() {
             std::fs::remove_dir_all(&path).map_err(BackupError::io("remove", &path))?;
             removed.push(path);
         } else {
-            eprintln!(
-                "backup-data: {} was left by an interrupted restore after its copy was complete; \
-                 it is kept: look at it and remove it yourself",
-                path.display()
-            );
+            let aside = aside_path(parent, name)?;
+            std::fs::rename(&path, &aside).map_err(BackupError::io("move aside to", &aside))?;
+            recovered.push(aside);
         }
     }
-    if !removed.is_empty() {
+    if !removed.is_empty() || !recovered.is_empty() {
         files::sync_dir(parent)?;
     }
-    Ok(removed)
+    if target.join(COMPLETE_MARKER).exists() {
+        files::remove_if_exists(&target.join(COMPLETE_MARKER))?;
+        files::sync_dir(target)?;
+    }
+    Ok((removed, recovered))
+}
+
+/// A new `<name>.before-restore-<time>[-n]` path beside the target.
+fn aside_path(parent: &Path, name: &str) -> Result<PathBuf, BackupError> {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let stem = format!(
+        "{name}.before-restore-{}",
+        utc_string(secs).replace(':', "")
+    );
+    for n in 0..1000 {
+        let candidate = if n == 0 {
+            parent.join(&stem)
+        } else {
+            parent.join(format!("{stem}-{n}"))
+        };
+        if !candidate.exists() {
+            return Ok(candidate);
+        }
+    }
+    Err(BackupError::Refused {
+        path: parent.join(stem),
+        problem: "a thousand earlier contents are kept beside it already".into(),
+        fix: "remove old `.before-restore-` directories you no longer need".into(),
+    })
 }
 
 /// Writes and checks every segment of the snapshot, and the meta file, into `tmp`.
@@ -264,13 +309,7 @@ fn swap_into_place(
         std::fs::remove_dir(tmp).map_err(BackupError::io("remove", tmp))?;
         return Ok(None);
     }
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let aside = parent.join(format!(
-        "{name}.before-restore-{}",
-        utc_string(secs).replace(':', "")
-    ));
+    let aside = aside_path(parent, name)?;
     std::fs::rename(tmp, &aside).map_err(BackupError::io("move aside to", &aside))?;
     Ok(Some(aside))
 }

@@ -32,8 +32,9 @@ pub struct VerifyReport {
     pub touches: u64,
     /// flush_all records.
     pub flushes: u64,
-    /// Keys that hold a value at the end of the log (deletes and flushes applied; expiry is
-    /// not: an item past its expiry counts until a server reads or compacts it).
+    /// Keys that hold a value at the end of the log and had not expired when the snapshot
+    /// was taken (deletes, touches and immediate flushes applied; a delayed `flush_all`
+    /// still pending at the cut is not).
     pub keys: u64,
     /// Bytes of the stored segment files.
     pub bytes: u64,
@@ -59,8 +60,9 @@ pub fn verify(dir: &Path, show_progress: bool) -> Result<(Manifest, VerifyReport
     let mut buffer = AlignedBuffer::default();
     for shard in &manifest.shards {
         let mut scanner = LogScanner::new();
-        // Key hash -> CAS of its live value. A fixed hasher: counts are the same every run.
-        let mut live: HashMap<u64, u64> = HashMap::new();
+        // Key hash -> (CAS, expiry) of its live value. A fixed hasher: counts are the same
+        // every run.
+        let mut live: HashMap<u64, (u64, u32)> = HashMap::new();
         let hasher = BuildHasherDefault::<DefaultHasher>::default();
         for entry in &shard.segments {
             check_segment(dir, &mut buffer, &mut scanner, entry, |record| {
@@ -81,7 +83,11 @@ pub fn verify(dir: &Path, show_progress: bool) -> Result<(Manifest, VerifyReport
                 ),
             });
         }
-        report.keys += live.len() as u64;
+        let at = u32::try_from(manifest.created_unix_secs).unwrap_or(u32::MAX);
+        report.keys += live
+            .values()
+            .filter(|(_, expiry)| *expiry == 0 || *expiry > at)
+            .count() as u64;
     }
     progress.finish();
     report.unlisted_files = unlisted_files(dir, &manifest)?;
@@ -271,7 +277,7 @@ pub fn read_listed<'b>(
 
 fn tally(
     report: &mut VerifyReport,
-    live: &mut HashMap<u64, u64>,
+    live: &mut HashMap<u64, (u64, u32)>,
     hasher: &BuildHasherDefault<DefaultHasher>,
     record: RecordRef<'_>,
 ) {
@@ -281,18 +287,28 @@ fn tally(
     match (record.kind, body) {
         (RecordKind::Put, Body::Put(put)) => {
             report.puts += 1;
-            live.insert(hasher.hash_one(&*put.key), put.cas.to_native());
+            live.insert(
+                hasher.hash_one(&*put.key),
+                (put.cas.to_native(), put.expiry.to_native()),
+            );
         }
         (RecordKind::Delete, Body::Delete(delete)) => {
             report.deletes += 1;
             live.remove(&hasher.hash_one(&*delete.key));
         }
-        (RecordKind::Touch, _) => report.touches += 1,
+        (RecordKind::Touch, Body::Touch(touch)) => {
+            report.touches += 1;
+            if let Some(item) = live.get_mut(&hasher.hash_one(&*touch.key))
+                && item.0 == touch.cas.to_native()
+            {
+                item.1 = touch.expiry.to_native();
+            }
+        }
         (RecordKind::Flush, Body::Flush(flush)) => {
             report.flushes += 1;
             let boundary = flush.boundary_lsn.to_native();
             if boundary > 0 {
-                live.retain(|_, cas| *cas >= boundary);
+                live.retain(|_, (cas, _)| *cas >= boundary);
             }
         }
         _ => unreachable!("record kind and body disagree"),

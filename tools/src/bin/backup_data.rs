@@ -303,13 +303,23 @@ fn print_restore(r: &RestoreReport, snapshot: &std::path::Path, as_json: bool) {
                 "bytes": r.contents.bytes,
                 "previous_contents_moved_to": r.previous_contents,
                 "removed_interrupted_restores": r.removed_leftovers,
+                "recovered_contents_moved_to": r.recovered_contents,
                 "seconds": r.duration.as_secs_f64(),
             })
         );
         return;
     }
     for path in &r.removed_leftovers {
-        println!("removed {} (an interrupted restore)", path.display());
+        println!(
+            "removed {} (a copy left by an interrupted restore)",
+            path.display()
+        );
+    }
+    for path in &r.recovered_contents {
+        println!(
+            "moved {} aside: the data dir's contents before an interrupted restore",
+            path.display()
+        );
     }
     println!(
         "restored {} into {}",
