@@ -18,6 +18,7 @@ use super::manifest::{
     MANIFEST_FILE, Manifest, SNAPSHOT_FORMAT, SNAPSHOT_SHARDS_DIR, SegmentEntry, ShardEntry,
     SourceInfo, TornTailEntry, segment_file_name, shard_dir_name, utc_string,
 };
+use super::parallel::per_shard;
 use super::progress::Progress;
 use super::source::read_header;
 use std::collections::{HashMap, HashSet};
@@ -129,17 +130,15 @@ pub fn write_snapshot(
         spare_segments: 0,
         duration: Duration::ZERO,
     };
-    let mut buffer = AlignedBuffer::default();
-    for shard in shards {
-        let entry = snapshot_shard(
-            out,
-            shard,
-            options,
-            &reusable,
-            &mut buffer,
-            &progress,
-            &mut report,
-        )?;
+    let parts = per_shard(shards.len(), |index, buffer| {
+        snapshot_shard(out, &shards[index], options, &reusable, buffer, &progress)
+    })?;
+    for (entry, counts) in parts {
+        report.written_files += counts.written_files;
+        report.written_bytes += counts.written_bytes;
+        report.reused_files += counts.reused_files;
+        report.linked_files += counts.linked_files;
+        report.spare_segments += counts.spare_segments;
         report.manifest.shards.push(entry);
     }
     progress.finish();
@@ -198,6 +197,16 @@ fn prepare_out_dir(out: &Path, source: &SourceInfo) -> Result<Option<Manifest>, 
     Ok(previous)
 }
 
+/// What snapshotting one shard did (see [`CreateReport`]).
+#[derive(Debug, Default)]
+struct ShardCounts {
+    written_files: usize,
+    written_bytes: u64,
+    reused_files: usize,
+    linked_files: usize,
+    spare_segments: usize,
+}
+
 fn snapshot_shard(
     out: &Path,
     shard: &SourceShard,
@@ -205,8 +214,8 @@ fn snapshot_shard(
     reusable: &HashMap<&str, &SegmentEntry>,
     buffer: &mut AlignedBuffer,
     progress: &Progress,
-    report: &mut CreateReport,
-) -> Result<ShardEntry, BackupError> {
+) -> Result<(ShardEntry, ShardCounts), BackupError> {
+    let mut report = ShardCounts::default();
     let relative_dir = shard_dir_name(shard.shard);
     let dir = out.join(&relative_dir);
     files::create_dirs(&dir)?;
@@ -334,7 +343,7 @@ fn snapshot_shard(
     }
     entry.last_lsn = scanner.last_lsn();
     files::sync_dir(&dir)?;
-    Ok(entry)
+    Ok((entry, report))
 }
 
 /// Removes segment and temporary files under the snapshot's shard directories that

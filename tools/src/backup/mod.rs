@@ -7,6 +7,7 @@
 //! - [`online`]: asking a running server for a consistent cut.
 //! - [`verify`]: checking every byte of a snapshot.
 //! - [`restore`]: a snapshot back into a data dir, atomically.
+//! - [`parallel`]: shards processed on several threads.
 //! - [`files`], [`progress`], [`error`]: durable file helpers, progress bars, errors.
 //!
 //! A snapshot directory:
@@ -27,6 +28,7 @@ pub mod error;
 pub mod files;
 pub mod manifest;
 pub mod online;
+pub mod parallel;
 pub mod progress;
 pub mod restore;
 pub mod source;

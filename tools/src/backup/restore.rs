@@ -19,8 +19,9 @@
 //! - A target a running server holds (its lock) is refused, `--force` or not.
 
 use super::error::BackupError;
-use super::files::{self, AlignedBuffer};
+use super::files;
 use super::manifest::{Manifest, utc_string};
+use super::parallel::per_shard;
 use super::progress::Progress;
 use super::verify::{VerifyReport, check_segment, check_shape, read_manifest};
 use std::path::{Path, PathBuf};
@@ -243,24 +244,29 @@ fn write_data_dir(
         shards: manifest.source.shard_count,
         ..VerifyReport::default()
     };
-    let mut buffer = AlignedBuffer::default();
     let shards_dir = tmp.join(data_dir::SHARDS_DIR);
     std::fs::create_dir(&shards_dir).map_err(BackupError::io("create directory", &shards_dir))?;
-    for shard in &manifest.shards {
+    let parts = per_shard(manifest.shards.len(), |index, buffer| {
+        let shard = &manifest.shards[index];
+        let mut part = VerifyReport::default();
         let dir = data_dir::shard_dir_in(tmp, shard.shard);
         std::fs::create_dir(&dir).map_err(BackupError::io("create directory", &dir))?;
         let mut scanner = LogScanner::new();
         for entry in &shard.segments {
             let mut records = 0;
-            let bytes = check_segment(backup, &mut buffer, &mut scanner, entry, |_| records += 1)?;
+            let bytes = check_segment(backup, buffer, &mut scanner, entry, |_| records += 1)?;
             let path = dir.join(segment_file_name(entry.id));
             files::write_new_file(&path, bytes, entry.segment_bytes)?;
-            report.records += records;
-            report.segments += 1;
-            report.bytes += entry.stored_bytes;
+            part.records += records;
+            part.segments += 1;
+            part.bytes += entry.stored_bytes;
             progress.advance(entry.stored_bytes);
         }
         files::sync_dir(&dir)?;
+        Ok(part)
+    })?;
+    for part in &parts {
+        report.add(part);
     }
     progress.finish();
     files::sync_dir(&shards_dir)?;

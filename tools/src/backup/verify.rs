@@ -7,6 +7,7 @@
 use super::error::BackupError;
 use super::files::{self, AlignedBuffer};
 use super::manifest::{MANIFEST_FILE, Manifest, SNAPSHOT_SHARDS_DIR, SegmentEntry, shard_dir_name};
+use super::parallel::per_shard;
 use super::progress::Progress;
 use std::collections::HashMap;
 use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
@@ -46,6 +47,20 @@ pub struct VerifyReport {
     pub duration: Duration,
 }
 
+impl VerifyReport {
+    /// Adds another shard's counts.
+    pub fn add(&mut self, other: &Self) {
+        self.segments += other.segments;
+        self.records += other.records;
+        self.puts += other.puts;
+        self.deletes += other.deletes;
+        self.touches += other.touches;
+        self.flushes += other.flushes;
+        self.keys += other.keys;
+        self.bytes += other.bytes;
+    }
+}
+
 /// Verifies the snapshot in `dir`.
 pub fn verify(dir: &Path, show_progress: bool) -> Result<(Manifest, VerifyReport), BackupError> {
     let started = Instant::now();
@@ -57,19 +72,21 @@ pub fn verify(dir: &Path, show_progress: bool) -> Result<(Manifest, VerifyReport
         ..VerifyReport::default()
     };
     check_shape(dir, &manifest)?;
-    let mut buffer = AlignedBuffer::default();
-    for shard in &manifest.shards {
+    let at = u32::try_from(manifest.created_unix_secs).unwrap_or(u32::MAX);
+    let parts = per_shard(manifest.shards.len(), |index, buffer| {
+        let shard = &manifest.shards[index];
+        let mut part = VerifyReport::default();
         let mut scanner = LogScanner::new();
         // Key hash -> (CAS, expiry) of its live value. A fixed hasher: counts are the same
         // every run.
         let mut live: HashMap<u64, (u64, u32)> = HashMap::new();
         let hasher = BuildHasherDefault::<DefaultHasher>::default();
         for entry in &shard.segments {
-            check_segment(dir, &mut buffer, &mut scanner, entry, |record| {
-                tally(&mut report, &mut live, &hasher, record);
+            check_segment(dir, buffer, &mut scanner, entry, |record| {
+                tally(&mut part, &mut live, &hasher, record);
             })?;
-            report.segments += 1;
-            report.bytes += entry.stored_bytes;
+            part.segments += 1;
+            part.bytes += entry.stored_bytes;
             progress.advance(entry.stored_bytes);
         }
         if scanner.last_lsn() != shard.last_lsn {
@@ -83,11 +100,14 @@ pub fn verify(dir: &Path, show_progress: bool) -> Result<(Manifest, VerifyReport
                 ),
             });
         }
-        let at = u32::try_from(manifest.created_unix_secs).unwrap_or(u32::MAX);
-        report.keys += live
+        part.keys = live
             .values()
             .filter(|(_, expiry)| *expiry == 0 || *expiry > at)
             .count() as u64;
+        Ok(part)
+    })?;
+    for part in &parts {
+        report.add(part);
     }
     progress.finish();
     report.unlisted_files = unlisted_files(dir, &manifest)?;
@@ -107,13 +127,14 @@ pub fn check_segment<'b>(
     visit: impl FnMut(RecordRef<'b>),
 ) -> Result<&'b [u8], BackupError> {
     let path = dir.join(&entry.file);
-    let bytes = read_listed(buffer, &path, entry)?;
+    read_listed(buffer, &path, entry)?;
+    let crc = buffer.crc32();
+    let bytes = buffer.bytes();
     let damaged = |offset: u64, reason: String| BackupError::Damaged {
         path: path.clone(),
         offset,
         reason,
     };
-    let crc = crc32fast::hash(bytes);
     if format!("{crc:08x}") != entry.crc32 {
         return Err(damaged(
             0,
