@@ -226,3 +226,50 @@ impl CallExact for Client {
         String::from_utf8(self.read_exact_n(len)).unwrap()
     }
 }
+
+/// `backup cut` answers the cut's shape (the whole exchange is tested with `backup-data` in
+/// `tools/tests/backup.rs`); a cut is released once, by its connection only; anything else
+/// after `backup` is an error.
+#[test]
+fn backup_admin_command() {
+    let (dir, server) = server("permanent-store", &["--cores", "2"]);
+    let mut c = server.connect();
+    assert_eq!(c.set("k", "v"), "STORED\r\n");
+    let reply = c.call_end("backup cut\r\n");
+    let lines: Vec<&str> = reply.trim_end().split("\r\n").collect();
+    let head: Vec<&str> = lines[0].split(' ').collect();
+    assert_eq!((head[0], head[2]), ("CUT", "8"), "{reply}");
+    let data_dir = std::fs::canonicalize(dir.path().join("data")).expect("data dir");
+    assert_eq!(
+        lines[1],
+        format!("DATA_DIR {}", data_dir.display()),
+        "{reply}"
+    );
+    let shards: Vec<&&str> = lines.iter().filter(|l| l.starts_with("SHARD ")).collect();
+    assert_eq!(shards.len(), 8, "{reply}");
+    // One record was written: exactly one shard's last LSN is 1.
+    let lsns: Vec<u64> = shards
+        .iter()
+        .map(|l| l.split(' ').nth(2).expect("lsn").parse().expect("number"))
+        .collect();
+    assert_eq!(lsns.iter().sum::<u64>(), 1, "{reply}");
+    assert_eq!(lines.last(), Some(&"END"));
+    let id = head[1];
+    let mut other = server.connect();
+    assert_eq!(
+        other.call(&format!("backup release {id}\r\n")),
+        "NOT_FOUND\r\n"
+    );
+    assert_eq!(c.call(&format!("backup release {id}\r\n")), "RELEASED\r\n");
+    assert_eq!(c.call(&format!("backup release {id}\r\n")), "NOT_FOUND\r\n");
+    for bad in [
+        "backup\r\n",
+        "backup cut now\r\n",
+        "backup release\r\n",
+        "backup fly\r\n",
+    ] {
+        assert_eq!(c.call(bad), "ERROR\r\n", "{bad}");
+    }
+    // Still serving.
+    assert_eq!(c.get("k").as_deref(), Some("v"));
+}

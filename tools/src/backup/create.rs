@@ -130,6 +130,7 @@ pub fn write_snapshot(
         spare_segments: 0,
         duration: Duration::ZERO,
     };
+    files::create_dirs(&out.join(SNAPSHOT_SHARDS_DIR))?;
     let parts = per_shard(shards.len(), |index, buffer| {
         snapshot_shard(out, &shards[index], options, &reusable, buffer, &progress)
     })?;

@@ -165,8 +165,16 @@ pub fn create_dirs(dir: &Path) -> Result<(), BackupError> {
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         create_dirs(parent)?;
     }
-    std::fs::create_dir(dir).map_err(BackupError::io("create directory", dir))?;
-    sync_parent(dir)
+    match std::fs::create_dir(dir) {
+        Ok(()) => sync_parent(dir),
+        // Created meanwhile (by another thread of this pass).
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(source) => Err(BackupError::Io {
+            op: "create directory",
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
 }
 
 /// Names in `dir`, sorted. A directory that does not exist has none.
