@@ -325,33 +325,46 @@ impl LocalShards {
     }
 
     /// Pins every shard of this executor for the online-backup cut `cut`: each shard's
-    /// segments as they are now, up to its last appended record. Returns the cuts and what
-    /// to wait for before they may be read (the records must be durable, and a new
-    /// segment's header is written only by the sync that makes its records durable).
-    /// `None` if too many cuts are held already.
-    pub fn pin_for_backup(&self, cut: u64) -> Option<(Vec<ShardCut>, Vec<Durable>)> {
+    /// segments as they are now, up to its last appended record. Returns what to wait for
+    /// before the cut may be described ([`LocalShards::describe_cut`]) and read: its records
+    /// must be durable. `None` if too many cuts are held already.
+    pub fn pin_for_backup(&self, cut: u64) -> Option<Vec<Durable>> {
         let mut held = self.backup_pins.borrow_mut();
         if held.len() >= crate::constants::BACKUP_CUTS_MAX {
             return None;
         }
-        let mut cuts = Vec::new();
         let mut pins = Vec::new();
         let mut waits = Vec::new();
-        for (shard, store) in self.owned() {
+        for (_, store) in self.owned() {
             let pin = store.borrow().log().pin();
-            cuts.push(ShardCut {
-                shard,
-                last_lsn: pin.last_lsn(),
-                segments: pin
-                    .segments()
-                    .map(|(segment, end)| (segment.id(), end as u64, segment.size_bytes() as u64))
-                    .collect(),
-            });
             waits.extend(Self::durable(store, pin.last_lsn()));
             pins.push(pin);
         }
         held.insert(cut, pins);
-        Some((cuts, waits))
+        Some(waits)
+    }
+
+    /// The cut `cut` of this executor's shards, once its records are durable. A segment
+    /// whose header is still pending holds no record of the cut (a segment's header is
+    /// written by the sync that makes its first records durable) and is left out: its header
+    /// may be written while the cut is read.
+    pub fn describe_cut(&self, cut: u64) -> Vec<ShardCut> {
+        let held = self.backup_pins.borrow();
+        let Some(pins) = held.get(&cut) else {
+            return Vec::new();
+        };
+        self.owned()
+            .zip(pins)
+            .map(|((shard, _), pin)| ShardCut {
+                shard,
+                last_lsn: pin.last_lsn(),
+                segments: pin
+                    .segments()
+                    .filter(|(segment, _)| !segment.header_pending())
+                    .map(|(segment, end)| (segment.id(), end as u64, segment.size_bytes() as u64))
+                    .collect(),
+            })
+            .collect()
     }
 
     /// Releases the cut `cut` on this executor; whether it held it.

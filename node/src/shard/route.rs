@@ -319,9 +319,15 @@ async fn execute(shards: &LocalShards, op: Op) -> Answer {
             Answer::Bytes(reply::RESET.to_vec())
         }
         Op::BackupCut { cut } => match shards.pin_for_backup(cut) {
-            Some((cuts, durable)) => {
-                waits = durable;
-                Answer::Cut(Some(cuts))
+            Some(durable) => {
+                for wait in &durable {
+                    if let Err(error) = wait.wait().await {
+                        let mut bytes = Vec::new();
+                        reply::server_error(&mut bytes, &format!("backup cut not durable: {error}"));
+                        return Answer::Bytes(bytes);
+                    }
+                }
+                Answer::Cut(Some(shards.describe_cut(cut)))
             }
             None => Answer::Cut(None),
         },

@@ -55,8 +55,7 @@ impl Connection {
         let mut all: Vec<ShardCut> = Vec::new();
         let mut refused = false;
         match shards.pin_for_backup(id) {
-            Some((cuts, waits)) => {
-                all.extend(cuts);
+            Some(waits) => {
                 for wait in waits {
                     if let Err(error) = wait.wait().await {
                         self.release(id).await;
@@ -64,6 +63,7 @@ impl Connection {
                         return;
                     }
                 }
+                all.extend(self.executor.shards.describe_cut(id));
             }
             None => refused = true,
         }
