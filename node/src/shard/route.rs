@@ -323,7 +323,10 @@ async fn execute(shards: &LocalShards, op: Op) -> Answer {
                 for wait in &durable {
                     if let Err(error) = wait.wait().await {
                         let mut bytes = Vec::new();
-                        reply::server_error(&mut bytes, &format!("backup cut not durable: {error}"));
+                        reply::server_error(
+                            &mut bytes,
+                            &format!("backup cut not durable: {error}"),
+                        );
                         return Answer::Bytes(bytes);
                     }
                 }

@@ -29,6 +29,18 @@ impl AlignedBuffer {
 
     /// Reads the first `limit` bytes of `path` (all of it if shorter) into the buffer.
     pub fn read_prefix(&mut self, path: &Path, limit: u64) -> Result<&[u8], BackupError> {
+        self.read_prefix_each(path, limit, |_| {})
+    }
+
+    /// As [`AlignedBuffer::read_prefix`], calling `arrived` with everything read so far
+    /// after each piece (of [`READ_CHUNK_BYTES`]): work on bytes just read finds them in the
+    /// CPU cache.
+    pub fn read_prefix_each(
+        &mut self,
+        path: &Path,
+        limit: u64,
+        mut arrived: impl FnMut(&[u8]),
+    ) -> Result<&[u8], BackupError> {
         let mut file = File::open(path).map_err(BackupError::io("open", path))?;
         let len = file
             .metadata()
@@ -64,6 +76,7 @@ impl AlignedBuffer {
             }
             hasher.update(&bytes[filled..filled + n]);
             filled += n;
+            arrived(&bytes[..filled]);
         }
         self.crc32 = hasher.finalize();
         Ok(self.bytes())

@@ -14,7 +14,8 @@ use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 use terrace_wal::format::{Body, RecordKind, RecordRef};
-use terrace_wal::log::scan::{HeaderState, LogScanner, classify_headers};
+use terrace_wal::format::{SegmentHeader, SegmentHeaderCheck};
+use terrace_wal::log::scan::{HeaderState, LogScanner, SegmentCursor, classify_headers};
 
 /// What a verified snapshot holds.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -124,10 +125,36 @@ pub fn check_segment<'b>(
     buffer: &'b mut AlignedBuffer,
     scanner: &mut LogScanner,
     entry: &SegmentEntry,
-    visit: impl FnMut(RecordRef<'b>),
+    mut visit: impl FnMut(RecordRef<'_>),
 ) -> Result<&'b [u8], BackupError> {
     let path = dir.join(&entry.file);
-    read_listed(buffer, &path, entry)?;
+    check_listed_size(&path, entry)?;
+    // Records are checked as the bytes arrive, while they are in the CPU cache; whether the
+    // file as a whole is sound is decided once it is all read.
+    let mut cursor: Option<SegmentCursor> = None;
+    let mut early = None;
+    let started = &*scanner;
+    let bytes = buffer.read_prefix_each(&path, u64::MAX, |prefix| {
+        if cursor.is_none()
+            && early.is_none()
+            && let SegmentHeaderCheck::Valid(header) = SegmentHeader::check(prefix)
+        {
+            match started.begin_segment(&header) {
+                Ok(begun) => cursor = Some(begun),
+                Err(damage) => early = Some(damage),
+            }
+        }
+        if let Some(cursor) = cursor.as_mut() {
+            cursor.advance(prefix, |_, record| visit(record));
+        }
+    })?;
+    if bytes.len() as u64 != entry.stored_bytes {
+        return Err(BackupError::Damaged {
+            path,
+            offset: bytes.len() as u64,
+            reason: "the file changed size while it was read".into(),
+        });
+    }
     let crc = buffer.crc32();
     let bytes = buffer.bytes();
     let damaged = |offset: u64, reason: String| BackupError::Damaged {
@@ -161,10 +188,15 @@ pub fn check_segment<'b>(
             ),
         ));
     }
+    if let Some(d) = early {
+        return Err(damaged(d.offset, d.reason));
+    }
+    let Some(cursor) = cursor else {
+        unreachable!("a valid header starts the cursor as soon as it is read");
+    };
     // Any invalid byte in a snapshot is damage: a torn tail was left out at create.
-    let mut visit = visit;
     let scan = scanner
-        .scan_segment(&header, bytes, false, |_, record| visit(record))
+        .end_segment(cursor, bytes, false)
         .map_err(|d| damaged(d.offset, d.reason))?;
     let found = (
         scan.first_lsn,
@@ -262,12 +294,8 @@ pub fn check_shape(dir: &Path, manifest: &Manifest) -> Result<(), BackupError> {
     Ok(())
 }
 
-/// Reads a listed file, checking it is there and has the listed size.
-pub fn read_listed<'b>(
-    buffer: &'b mut AlignedBuffer,
-    path: &Path,
-    entry: &SegmentEntry,
-) -> Result<&'b [u8], BackupError> {
+/// Checks that a listed file is there and has the listed size.
+fn check_listed_size(path: &Path, entry: &SegmentEntry) -> Result<(), BackupError> {
     let len = match std::fs::metadata(path) {
         Ok(meta) => meta.len(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -293,7 +321,7 @@ pub fn read_listed<'b>(
             ),
         });
     }
-    buffer.read_file(path)
+    Ok(())
 }
 
 fn tally(

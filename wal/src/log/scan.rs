@@ -145,23 +145,27 @@ impl LogScanner {
         header: &SegmentHeader,
         bytes: &'b [u8],
         is_newest: bool,
-        mut visit: impl FnMut(usize, RecordRef<'b>),
+        visit: impl FnMut(usize, RecordRef<'b>),
     ) -> Result<SegmentScan, Damage> {
+        let mut cursor = self.begin_segment(header)?;
+        cursor.advance(bytes, visit);
+        self.end_segment(cursor, bytes, is_newest)
+    }
+
+    /// Starts the next activated segment, checking its first LSN against the segments
+    /// before it. Feed its bytes to the cursor ([`SegmentCursor::advance`]) as they arrive,
+    /// then finish with [`LogScanner::end_segment`].
+    pub fn begin_segment(&self, header: &SegmentHeader) -> Result<SegmentCursor, Damage> {
         let id = header.segment_id;
-        let damage = |segment, offset: usize, reason: String| Damage {
-            segment,
-            offset: offset as u64,
-            reason,
-        };
         if header.first_lsn <= self.last_lsn {
-            return Err(damage(
-                id,
-                SEGMENT_HEADER_FIRST_LSN_OFFSET,
-                format!(
+            return Err(Damage {
+                segment: id,
+                offset: SEGMENT_HEADER_FIRST_LSN_OFFSET as u64,
+                reason: format!(
                     "first LSN {} is not after the previous segment's last LSN {}",
                     header.first_lsn, self.last_lsn
                 ),
-            ));
+            });
         }
         // LSNs are consecutive across the whole log when written; only removed segments leave
         // gaps. Between neighbours, a gap means records lost at the end of the older one (a
@@ -170,36 +174,59 @@ impl LogScanner {
             && previous_id + 1 == id
             && header.first_lsn != self.last_lsn + 1
         {
-            return Err(damage(
-                previous_id,
-                previous_end,
-                format!(
+            return Err(Damage {
+                segment: previous_id,
+                offset: previous_end as u64,
+                reason: format!(
                     "records end at LSN {} but the next segment starts at LSN {}: records at \
                      the end of this segment are missing",
                     self.last_lsn, header.first_lsn
                 ),
-            ));
+            });
         }
-        let mut offset = SEGMENT_HEADER_LEN_BYTES;
-        let mut expected_lsn = header.first_lsn;
-        let mut records = 0u64;
-        let stop: Option<InvalidRecord> = loop {
-            match check_record(bytes, offset) {
-                RecordCheck::End => break None,
-                RecordCheck::Invalid(reason) => break Some(reason),
-                RecordCheck::Valid(record) => {
-                    if record.lsn != expected_lsn {
-                        break Some(InvalidRecord::LsnOutOfSequence {
-                            found: record.lsn,
-                            expected: expected_lsn,
-                        });
-                    }
-                    let end = offset + record.total_len;
-                    visit(offset, record);
-                    records += 1;
-                    expected_lsn += 1;
-                    offset = end;
-                }
+        Ok(SegmentCursor {
+            id,
+            first_lsn: header.first_lsn,
+            offset: SEGMENT_HEADER_LEN_BYTES,
+            expected_lsn: header.first_lsn,
+            records: 0,
+        })
+    }
+
+    /// Finishes a segment: `bytes` is all of it (as for [`LogScanner::scan_segment`]), and
+    /// the cursor must have advanced over all of it. Decides what stops the records and
+    /// checks that only zeros follow them (a torn tail if `is_newest`, damage otherwise).
+    pub fn end_segment(
+        &mut self,
+        cursor: SegmentCursor,
+        bytes: &[u8],
+        is_newest: bool,
+    ) -> Result<SegmentScan, Damage> {
+        let SegmentCursor {
+            id,
+            first_lsn,
+            offset,
+            expected_lsn,
+            records,
+        } = cursor;
+        let damage = |offset: usize, reason: String| Damage {
+            segment: id,
+            offset: offset as u64,
+            reason,
+        };
+        let stop = match check_record(bytes, offset) {
+            RecordCheck::End => None,
+            RecordCheck::Invalid(reason) => Some(reason),
+            // `advance` stops at a valid record only when its LSN is not the next one.
+            RecordCheck::Valid(record) => {
+                assert_ne!(
+                    record.lsn, expected_lsn,
+                    "segment {id}: end_segment before the cursor advanced over all bytes"
+                );
+                Some(InvalidRecord::LsnOutOfSequence {
+                    found: record.lsn,
+                    expected: expected_lsn,
+                })
             }
         };
         // After the last whole record, a segment holds only zeros, unless it is the newest and
@@ -209,9 +236,8 @@ impl LogScanner {
             Some(end) => {
                 if !is_newest {
                     return Err(match stop {
-                        Some(reason) => damage(id, offset, reason.to_string()),
+                        Some(reason) => damage(offset, reason.to_string()),
                         None => damage(
-                            id,
                             offset + first_nonzero(rest).unwrap_or(0),
                             "non-zero bytes after the last record".to_string(),
                         ),
@@ -240,12 +266,44 @@ impl LogScanner {
         self.previous = Some((id, offset));
         Ok(SegmentScan {
             id,
-            first_lsn: header.first_lsn,
+            first_lsn,
             last_lsn,
             records_end: offset,
             records,
             torn,
         })
+    }
+}
+
+/// Where the scan of one segment stands: records before `offset` are checked and visited.
+#[derive(Debug)]
+pub struct SegmentCursor {
+    id: SegmentId,
+    first_lsn: u64,
+    offset: usize,
+    expected_lsn: u64,
+    records: u64,
+}
+
+impl SegmentCursor {
+    /// Checks and visits the records that lie whole within `available` (a prefix of the
+    /// segment, from offset 0, that may grow between calls), stopping at the first one that
+    /// is not valid within it. What stops it is decided only at the end
+    /// ([`LogScanner::end_segment`]): a record may just not have arrived whole yet.
+    pub fn advance<'b>(
+        &mut self,
+        available: &'b [u8],
+        mut visit: impl FnMut(usize, RecordRef<'b>),
+    ) {
+        while let RecordCheck::Valid(record) = check_record(available, self.offset) {
+            if record.lsn != self.expected_lsn {
+                return;
+            }
+            visit(self.offset, record);
+            self.records += 1;
+            self.expected_lsn += 1;
+            self.offset += record.total_len;
+        }
     }
 }
 
@@ -275,4 +333,88 @@ fn first_nonzero(bytes: &[u8]) -> Option<usize> {
         start = end;
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{Put, ValueParts, write_record};
+
+    /// A 16-aligned segment of `records` puts (values of varied sizes), with `garbage` bytes
+    /// written after them.
+    fn segment(records: u64, garbage: &[u8]) -> (SegmentHeader, Vec<u128>, usize) {
+        let size = 1 << 16;
+        let mut words = vec![0u128; size / 16];
+        // SAFETY: u128 has no invalid bit patterns and u8 has alignment 1.
+        let bytes =
+            unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), size) };
+        let header = SegmentHeader {
+            segment_id: 1,
+            size_bytes: size as u64,
+            first_lsn: 10,
+        };
+        bytes[..SEGMENT_HEADER_LEN_BYTES].copy_from_slice(&header.encode());
+        let mut offset = SEGMENT_HEADER_LEN_BYTES;
+        for i in 0..records {
+            let value = vec![b'v'; (i as usize * 37) % 500];
+            let key = format!("key{i}");
+            let body = Put {
+                key: key.as_bytes(),
+                value: ValueParts::whole(&value),
+                flags: 0,
+                expiry: 0,
+                cas: 10 + i,
+            };
+            offset += write_record(&mut bytes[offset..], 10 + i, &body).expect("fits");
+        }
+        bytes[offset..offset + garbage.len()].copy_from_slice(garbage);
+        (header, words, offset)
+    }
+
+    fn as_bytes(words: &[u128]) -> &[u8] {
+        // SAFETY: as in `segment`.
+        unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), words.len() * 16) }
+    }
+
+    /// Feeding a segment in pieces of any size finds exactly what one scan of the whole
+    /// finds: the same records in the same order, the same end, the same torn tail. (The
+    /// backup verifier feeds pieces as they are read.)
+    #[test]
+    fn pieces_scan_like_the_whole() {
+        for garbage in [&[][..], &[7u8; 5][..], &[0xff; 40][..]] {
+            let (header, words, _) = segment(60, garbage);
+            let bytes = as_bytes(&words);
+            let mut whole_visits = Vec::new();
+            let whole = LogScanner::new().scan_segment(&header, bytes, true, |offset, r| {
+                whole_visits.push((offset, r.lsn));
+            });
+            for piece in [1usize, 15, 16, 100, 4096, 70_000] {
+                let mut scanner = LogScanner::new();
+                let mut visits = Vec::new();
+                let mut cursor = scanner.begin_segment(&header).expect("begins");
+                let mut end = 0;
+                while end < bytes.len() {
+                    end = (end + piece).min(bytes.len());
+                    cursor.advance(&bytes[..end], |offset, r| visits.push((offset, r.lsn)));
+                }
+                let pieces = scanner.end_segment(cursor, bytes, true);
+                assert_eq!(pieces, whole, "pieces of {piece}");
+                assert_eq!(visits, whole_visits, "pieces of {piece}");
+            }
+            let whole = whole.expect("newest segment: garbage is a torn tail");
+            assert_eq!(whole.records, 60);
+            assert_eq!(whole.torn.is_some(), !garbage.is_empty());
+        }
+    }
+
+    /// Garbage after the records of a segment that is not the newest is damage, named at
+    /// its offset.
+    #[test]
+    fn garbage_in_a_sealed_segment_is_damage() {
+        let (header, words, end) = segment(5, &[1, 2, 3]);
+        let damage = LogScanner::new()
+            .scan_segment(&header, as_bytes(&words), false, |_, _| {})
+            .expect_err("damage");
+        assert_eq!((damage.segment, damage.offset), (1, end as u64));
+    }
 }
