@@ -544,15 +544,23 @@ impl Connection {
         result
     }
 
-    async fn stats(&mut self, args: &[u8], replies: &mut Replies) {
-        // Earlier replies first: stats gathers from every executor and answers in place.
+    /// Writes the replies gathered so far, for a command that gathers from every executor
+    /// and answers in place after them. False if the connection is done for.
+    async fn flush_earlier(&mut self, replies: &mut Replies) -> bool {
         let mut earlier = std::mem::take(replies);
         let quit = earlier.quit;
         if self.flush(&mut earlier).await.is_err() {
             replies.quit = true;
-            return;
+            return false;
         }
         replies.quit = quit;
+        true
+    }
+
+    async fn stats(&mut self, args: &[u8], replies: &mut Replies) {
+        if !self.flush_earlier(replies).await {
+            return;
+        }
         let out = &mut replies.out;
         match args {
             b"" => {

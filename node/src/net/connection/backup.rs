@@ -24,14 +24,9 @@ use std::io::Write as _;
 
 impl Connection {
     pub(super) async fn backup(&mut self, args: &[u8], replies: &mut Replies) {
-        // Earlier replies first: the cut gathers from every executor and answers in place.
-        let mut earlier = std::mem::take(replies);
-        let quit = earlier.quit;
-        if self.flush(&mut earlier).await.is_err() {
-            replies.quit = true;
+        if !self.flush_earlier(replies).await {
             return;
         }
-        replies.quit = quit;
         let mut tokens = args.split(|&b| b == b' ').filter(|t| !t.is_empty());
         match (tokens.next(), tokens.next(), tokens.next()) {
             (Some(b"cut"), None, None) => self.cut(&mut replies.out).await,
