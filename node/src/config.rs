@@ -1,8 +1,9 @@
 //! The config file (TOML), command-line overrides, and the settings the server runs with.
 //!
-//! Every server of a cluster reads the same file and is started with its name (`-n`). Until
-//! mirror groups exist a config holds one server. With no file the server runs on the
-//! embedded development default, which is `configs/dev.toml` itself.
+//! Every server of a cluster reads the same file and is started with its name (`-n`). Servers
+//! form mirror groups (`[[mirror_groups]]`); a file with one server and no group puts it in a
+//! group of its own. With no file the server runs on the embedded development default, which
+//! is `configs/dev.toml` itself.
 //!
 //! Errors name the file, the field and the fix ([`ConfigError`]).
 
@@ -10,6 +11,7 @@ use serde::Deserialize;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs as _};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::constants::{CONNECTIONS_MAX_DEFAULT, SHARDS_DEFAULT, SHARDS_MAX};
 
@@ -97,12 +99,89 @@ impl<'de> Deserialize<'de> for Size {
     }
 }
 
+/// A duration written with a unit: `"500ms"`, `"5s"`, `"2m"`, `"1h"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interval(pub Duration);
+
+impl Interval {
+    /// Parses `"5s"` and friends.
+    pub fn parse(text: &str) -> Option<Self> {
+        let text = text.trim();
+        let split = text.find(|c: char| !c.is_ascii_digit())?;
+        let (digits, unit) = text.split_at(split);
+        let n: u64 = digits.parse().ok()?;
+        let millis: u64 = match unit.trim() {
+            "ms" => 1,
+            "s" => 1000,
+            "m" | "min" => 60_000,
+            "h" => 3_600_000,
+            _ => return None,
+        };
+        n.checked_mul(millis)
+            .map(|ms| Self(Duration::from_millis(ms)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Interval {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Interval::parse(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "`{text}` is not a duration: write a number with a unit (ms, s, m, h), e.g. \"5s\""
+            ))
+        })
+    }
+}
+
+/// How a mirror group's active acknowledges writes (Tomcat's `channelSendOptions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Replication {
+    /// After the local fsync and the acknowledgment of every PASSIVE-STANDBY.
+    Sync,
+    /// After the local fsync only.
+    Async,
+}
+
+impl Replication {
+    /// The name used in configs and `stats`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sync => "sync",
+            Self::Async => "async",
+        }
+    }
+}
+
 /// `[cluster]`: what every server of the cluster shares.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ClusterSection {
     /// `temporary-swap-only` (default) or `permanent-store`.
     persistence: Option<Persistence>,
+    /// With no active in a group, servers elect one within this (Terracotta's
+    /// `<election-time>`).
+    election_time: Option<Interval>,
+    /// How long clients are held for a new active after a failover (Terracotta's
+    /// `<client-reconnect-window>`).
+    client_reconnect_window: Option<Interval>,
+    /// `sync` (default) or `async`.
+    replication: Option<Replication>,
+    /// Dirty-db copies kept per server; 0 keeps every copy (Terracotta's
+    /// `l2.nha.dirtydb.rolling`).
+    dirtydb_rolling: Option<u32>,
+    /// Heartbeat period between the servers of a group.
+    health_check_interval: Option<Interval>,
+    /// Heartbeats missed in a row before a peer is declared gone.
+    health_check_missed: Option<u32>,
+}
+
+/// `[[mirror_groups]]`: one active and its passives.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MirrorGroupSection {
+    name: String,
+    servers: Vec<String>,
 }
 
 /// `[storage]`: how each server keeps its data.
@@ -145,6 +224,8 @@ struct ConfigFile {
     storage: StorageSection,
     #[serde(default)]
     servers: Vec<ServerSection>,
+    #[serde(default)]
+    mirror_groups: Vec<MirrorGroupSection>,
 }
 
 /// Command-line values that override the file.
@@ -185,7 +266,86 @@ pub struct Settings {
     pub item_size_max_bytes: usize,
     /// Client connections at once.
     pub max_connections: usize,
+    /// The cluster: this server's mirror group and what its servers must agree on.
+    pub cluster: ClusterSettings,
 }
+
+/// A server of this server's mirror group, as the config file describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Its name.
+    pub name: String,
+    /// Its host.
+    pub host: String,
+    /// Its client port.
+    pub client_port: u16,
+    /// Its group port (required when the group has several servers).
+    pub group_port: Option<u16>,
+}
+
+/// The cluster part of the settings.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// This server's mirror group.
+    pub group: String,
+    /// The group's servers in config order, this one included.
+    pub members: Vec<Member>,
+    /// See the config field of the same name.
+    pub election_time: Duration,
+    /// See the config field of the same name.
+    pub client_reconnect_window: Duration,
+    /// See the config field of the same name.
+    pub replication: Replication,
+    /// See the config field of the same name.
+    pub dirtydb_rolling: u32,
+    /// See the config field of the same name.
+    pub health_check_interval: Duration,
+    /// See the config field of the same name.
+    pub health_check_missed: u32,
+    /// What servers of a cluster must agree on, field by field (`field`, value), in a fixed
+    /// order: compared at every handshake, so that a difference is refused naming its field.
+    pub canonical: Vec<(String, String)>,
+    /// CRC-32 of `canonical`.
+    pub fingerprint: u32,
+}
+
+impl ClusterSettings {
+    /// The other servers of the group.
+    pub fn peers<'a>(&'a self, me: &'a str) -> impl Iterator<Item = &'a Member> + 'a {
+        self.members.iter().filter(move |m| m.name != me)
+    }
+
+    /// The first field where `theirs` differs from ours: (field, our value, their value).
+    pub fn first_difference(
+        &self,
+        theirs: &[(String, String)],
+    ) -> Option<(String, String, String)> {
+        let absent = "(absent)".to_string();
+        let fields = self.canonical.len().max(theirs.len());
+        (0..fields).find_map(|i| {
+            let ours = self.canonical.get(i);
+            let other = theirs.get(i);
+            if ours == other {
+                return None;
+            }
+            // Name the field by whichever side has one at this place (ours first).
+            let field = ours.or(other).map(|(f, _)| f.clone()).unwrap_or_default();
+            let value = |side: Option<&(String, String)>| {
+                side.filter(|(f, _)| *f == field)
+                    .map_or_else(|| absent.clone(), |(_, v)| v.clone())
+            };
+            Some((field.clone(), value(ours), value(other)))
+        })
+    }
+}
+
+/// The cluster defaults (Terracotta's, where it has one).
+const ELECTION_TIME_DEFAULT: Duration = Duration::from_secs(5);
+const CLIENT_RECONNECT_WINDOW_DEFAULT: Duration = Duration::from_secs(120);
+const HEALTH_CHECK_INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
+const HEALTH_CHECK_MISSED_DEFAULT: u32 = 3;
+/// Longest server or group name.
+const NAME_LEN_MAX: usize = 64;
 
 /// A config that cannot be used: which file, which field, what is wrong, how to fix it.
 #[derive(Debug, thiserror::Error)]
@@ -267,6 +427,9 @@ impl Settings {
                 ));
             }
         }
+        check_names(&file, &error)?;
+        check_addresses(&file, &error)?;
+        let groups = resolve_groups(&file, &error)?;
         let index = match name {
             Some(name) => file
                 .servers
@@ -398,6 +561,19 @@ impl Settings {
                 "raise it, or lower storage.shards or storage.segment_size",
             ));
         }
+        let cluster = cluster_settings(
+            &file,
+            &groups,
+            index,
+            persistence,
+            (
+                shards,
+                segment_size_bytes,
+                capacity_bytes,
+                item_size_max_bytes,
+            ),
+            &error,
+        )?;
         Ok(Self {
             source: source_name.to_string(),
             name: server.name.clone(),
@@ -410,8 +586,318 @@ impl Settings {
             capacity_bytes,
             item_size_max_bytes,
             max_connections,
+            cluster,
         })
     }
+}
+
+type ErrorFn<'a> = dyn Fn(&str, String, &str) -> ConfigError + 'a;
+
+/// Server and group names: unique, and made of characters that are safe in logs, file names
+/// and the group protocol.
+fn check_names(file: &ConfigFile, error: &ErrorFn<'_>) -> Result<(), ConfigError> {
+    let valid = |name: &str| {
+        !name.is_empty()
+            && name.len() <= NAME_LEN_MAX
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    };
+    let fix = "use 1 to 64 letters, digits, '-', '_' or '.'";
+    for (i, server) in file.servers.iter().enumerate() {
+        if !valid(&server.name) {
+            return Err(error(
+                &format!("servers[{i}].name"),
+                format!("`{}` is not a valid name", server.name),
+                fix,
+            ));
+        }
+    }
+    for (i, group) in file.mirror_groups.iter().enumerate() {
+        if !valid(&group.name) {
+            return Err(error(
+                &format!("mirror_groups[{i}].name"),
+                format!("`{}` is not a valid name", group.name),
+                fix,
+            ));
+        }
+        if file.mirror_groups[..i].iter().any(|g| g.name == group.name) {
+            return Err(error(
+                &format!("mirror_groups[{i}].name"),
+                format!("`{}` is used twice", group.name),
+                "give every mirror group its own name",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// On each host, every port (client or group) belongs to one server, and so does every data
+/// dir.
+fn check_addresses(file: &ConfigFile, error: &ErrorFn<'_>) -> Result<(), ConfigError> {
+    let mut ports: Vec<(&str, u16, String)> = Vec::new();
+    let mut dirs: Vec<(&str, &Path, String)> = Vec::new();
+    for (i, server) in file.servers.iter().enumerate() {
+        let mut mine = vec![(server.client_port, format!("servers[{i}].client_port"))];
+        if let Some(group_port) = server.group_port {
+            mine.push((group_port, format!("servers[{i}].group_port")));
+        }
+        for (port, field) in mine {
+            if let Some((_, _, other)) = ports
+                .iter()
+                .find(|(host, p, _)| *host == server.host && *p == port)
+            {
+                return Err(error(
+                    &field,
+                    format!("port {port} on {} is also {other}", server.host),
+                    "give every server on a host its own client and group ports",
+                ));
+            }
+            ports.push((&server.host, port, field));
+        }
+        let field = format!("servers[{i}].data");
+        if let Some((_, _, other)) = dirs
+            .iter()
+            .find(|(host, dir, _)| *host == server.host && *dir == server.data.as_path())
+        {
+            return Err(error(
+                &field,
+                format!(
+                    "{} on {} is also {other}",
+                    server.data.display(),
+                    server.host
+                ),
+                "give every server on a host its own data dir",
+            ));
+        }
+        dirs.push((&server.host, &server.data, field));
+    }
+    Ok(())
+}
+
+/// The mirror groups as (name, server indexes). Every server is in exactly one; a file with
+/// one server and no group gets a group of its own named `default`.
+fn resolve_groups(
+    file: &ConfigFile,
+    error: &ErrorFn<'_>,
+) -> Result<Vec<(String, Vec<usize>)>, ConfigError> {
+    if file.mirror_groups.is_empty() {
+        if file.servers.len() == 1 {
+            return Ok(vec![("default".to_string(), vec![0])]);
+        }
+        return Err(error(
+            "mirror_groups",
+            format!(
+                "{} servers and no [[mirror_groups]] saying which serve the same data",
+                file.servers.len()
+            ),
+            "add [[mirror_groups]] name = \"g1\", servers = [\"s1\", \"s2\"] (every server \
+             in exactly one group)",
+        ));
+    }
+    let mut groups = Vec::new();
+    let mut group_of: Vec<Option<usize>> = vec![None; file.servers.len()];
+    for (g, group) in file.mirror_groups.iter().enumerate() {
+        if group.servers.is_empty() {
+            return Err(error(
+                &format!("mirror_groups[{g}].servers"),
+                "empty".into(),
+                "list the names of the group's servers",
+            ));
+        }
+        let mut members = Vec::new();
+        for name in &group.servers {
+            let Some(index) = file.servers.iter().position(|s| &s.name == name) else {
+                return Err(error(
+                    &format!("mirror_groups[{g}].servers"),
+                    format!("no server named `{name}`"),
+                    "list names from [[servers]]",
+                ));
+            };
+            if let Some(other) = group_of[index] {
+                return Err(error(
+                    &format!("mirror_groups[{g}].servers"),
+                    format!(
+                        "`{name}` is already in mirror group `{}`",
+                        file.mirror_groups[other].name
+                    ),
+                    "put every server in exactly one group",
+                ));
+            }
+            group_of[index] = Some(g);
+            members.push(index);
+        }
+        if members.len() > 1
+            && let Some(&index) = members
+                .iter()
+                .find(|&&i| file.servers[i].group_port.is_none())
+        {
+            return Err(error(
+                &format!("servers[{index}].group_port"),
+                format!(
+                    "missing: `{}` is in mirror group `{}` with other servers",
+                    file.servers[index].name, group.name
+                ),
+                "give it a group_port: the servers of a group talk over it",
+            ));
+        }
+        groups.push((group.name.clone(), members));
+    }
+    if let Some(index) = group_of.iter().position(Option::is_none) {
+        return Err(error(
+            &format!("servers[{index}]"),
+            format!("`{}` is in no mirror group", file.servers[index].name),
+            "add it to the servers of one [[mirror_groups]]",
+        ));
+    }
+    Ok(groups)
+}
+
+fn check_interval(
+    value: Option<Interval>,
+    default: Duration,
+    range: std::ops::RangeInclusive<Duration>,
+    field: &str,
+    error: &ErrorFn<'_>,
+) -> Result<Duration, ConfigError> {
+    let value = value.map_or(default, |i| i.0);
+    if !range.contains(&value) {
+        return Err(error(
+            field,
+            format!("{value:?} is out of range"),
+            &format!("use {:?} to {:?}", range.start(), range.end()),
+        ));
+    }
+    Ok(value)
+}
+
+/// The cluster settings of server `index`: its group, the cluster fields, and the canonical
+/// description every server of the cluster must share.
+fn cluster_settings(
+    file: &ConfigFile,
+    groups: &[(String, Vec<usize>)],
+    index: usize,
+    persistence: Persistence,
+    (shards, segment_size, capacity, item_size_max): (u32, usize, u64, usize),
+    error: &ErrorFn<'_>,
+) -> Result<ClusterSettings, ConfigError> {
+    let c = &file.cluster;
+    let ms = Duration::from_millis;
+    let election_time = check_interval(
+        c.election_time,
+        ELECTION_TIME_DEFAULT,
+        ms(100)..=Duration::from_secs(600),
+        "cluster.election_time",
+        error,
+    )?;
+    let client_reconnect_window = check_interval(
+        c.client_reconnect_window,
+        CLIENT_RECONNECT_WINDOW_DEFAULT,
+        ms(0)..=Duration::from_secs(3600),
+        "cluster.client_reconnect_window",
+        error,
+    )?;
+    let health_check_interval = check_interval(
+        c.health_check_interval,
+        HEALTH_CHECK_INTERVAL_DEFAULT,
+        ms(10)..=Duration::from_secs(60),
+        "cluster.health_check_interval",
+        error,
+    )?;
+    let health_check_missed = c.health_check_missed.unwrap_or(HEALTH_CHECK_MISSED_DEFAULT);
+    if !(1..=100).contains(&health_check_missed) {
+        return Err(error(
+            "cluster.health_check_missed",
+            format!("{health_check_missed} is out of range"),
+            "use 1 to 100",
+        ));
+    }
+    let replication = c.replication.unwrap_or(Replication::Sync);
+    let dirtydb_rolling = c.dirtydb_rolling.unwrap_or(0);
+
+    let mut canonical: Vec<(String, String)> = vec![
+        ("cluster.persistence".into(), persistence.name().into()),
+        (
+            "cluster.election_time".into(),
+            format!("{}ms", election_time.as_millis()),
+        ),
+        (
+            "cluster.client_reconnect_window".into(),
+            format!("{}ms", client_reconnect_window.as_millis()),
+        ),
+        ("cluster.replication".into(), replication.name().into()),
+        (
+            "cluster.dirtydb_rolling".into(),
+            dirtydb_rolling.to_string(),
+        ),
+        (
+            "cluster.health_check_interval".into(),
+            format!("{}ms", health_check_interval.as_millis()),
+        ),
+        (
+            "cluster.health_check_missed".into(),
+            health_check_missed.to_string(),
+        ),
+        ("storage.shards".into(), shards.to_string()),
+        ("storage.segment_size".into(), segment_size.to_string()),
+        ("storage.capacity".into(), capacity.to_string()),
+        ("storage.item_size_max".into(), item_size_max.to_string()),
+    ];
+    for server in &file.servers {
+        let field = |f: &str| format!("servers[{}].{f}", server.name);
+        canonical.push((field("host"), server.host.clone()));
+        canonical.push((field("client_port"), server.client_port.to_string()));
+        canonical.push((
+            field("group_port"),
+            server.group_port.map_or("(none)".into(), |p| p.to_string()),
+        ));
+        canonical.push((field("data"), server.data.display().to_string()));
+    }
+    for (name, members) in groups {
+        let names: Vec<&str> = members
+            .iter()
+            .map(|&i| file.servers[i].name.as_str())
+            .collect();
+        canonical.push((format!("mirror_groups[{name}].servers"), names.join(",")));
+    }
+    let mut hasher = crc32fast::Hasher::new();
+    for (field, value) in &canonical {
+        hasher.update(field.as_bytes());
+        hasher.update(b"=");
+        hasher.update(value.as_bytes());
+        hasher.update(b"\n");
+    }
+    let (group, members) = groups
+        .iter()
+        .find(|(_, members)| members.contains(&index))
+        .map(|(name, members)| {
+            let members = members
+                .iter()
+                .map(|&i| {
+                    let s = &file.servers[i];
+                    Member {
+                        name: s.name.clone(),
+                        host: s.host.clone(),
+                        client_port: s.client_port,
+                        group_port: s.group_port,
+                    }
+                })
+                .collect();
+            (name.clone(), members)
+        })
+        .unwrap_or_default();
+    Ok(ClusterSettings {
+        group,
+        members,
+        election_time,
+        client_reconnect_window,
+        replication,
+        dirtydb_rolling,
+        health_check_interval,
+        health_check_missed,
+        canonical,
+        fingerprint: hasher.finalize(),
+    })
 }
 
 #[cfg(test)]
@@ -429,12 +915,17 @@ mod tests {
         name = "s1"
         host = "127.0.0.1"
         client_port = 11300
+        group_port = 9300
         data = "/tmp/s1"
         [[servers]]
         name = "s2"
         host = "127.0.0.1"
         client_port = 11301
+        group_port = 9301
         data = "/tmp/s2"
+        [[mirror_groups]]
+        name = "g1"
+        servers = ["s1", "s2"]
     "#;
 
     fn load(text: &str, name: Option<&str>) -> Result<Settings, ConfigError> {
@@ -451,13 +942,82 @@ mod tests {
 
     #[test]
     fn shipped_configs_load() {
-        for file in ["dev.toml", "reliable.toml"] {
+        for (file, names) in [
+            ("dev.toml", &[None][..]),
+            ("reliable.toml", &[None]),
+            ("ha-pair.toml", &[Some("s1"), Some("s2")]),
+            ("ha-three.toml", &[Some("s1"), Some("s2"), Some("s3")]),
+        ] {
             let path = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../configs")
                 .join(file);
-            Settings::load(Some(&path), None, &Overrides::default())
-                .unwrap_or_else(|e| panic!("{file}: {e}"));
+            for name in names {
+                let s = Settings::load(Some(&path), *name, &Overrides::default())
+                    .unwrap_or_else(|e| panic!("{file}: {e}"));
+                assert!(s.cluster.members.iter().any(|m| m.name == s.name));
+            }
         }
+    }
+
+    #[test]
+    fn mirror_groups_and_what_servers_must_agree_on() {
+        let s1 = load(TWO, Some("s1")).unwrap();
+        let s2 = load(TWO, Some("s2")).unwrap();
+        assert_eq!(s1.cluster.group, "g1");
+        assert_eq!(
+            s1.cluster
+                .peers("s1")
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>(),
+            ["s2"]
+        );
+        assert_eq!(s1.cluster.election_time, Duration::from_secs(5));
+        assert_eq!(s1.cluster.replication, Replication::Sync);
+        // The same file: the same fingerprint, whichever server reads it.
+        assert_eq!(s1.cluster.fingerprint, s2.cluster.fingerprint);
+        assert_eq!(s1.cluster.first_difference(&s2.cluster.canonical), None);
+        // Comments and layout do not matter; a value does, and is named.
+        let relaid = load(
+            &TWO.replace("[cluster]", "# a comment\n[cluster]\n"),
+            Some("s2"),
+        );
+        assert_eq!(relaid.unwrap().cluster.fingerprint, s1.cluster.fingerprint);
+        let other = load(
+            &TWO.replace("[cluster]", "[cluster]\nelection_time = \"3s\""),
+            Some("s2"),
+        )
+        .unwrap();
+        assert_ne!(other.cluster.fingerprint, s1.cluster.fingerprint);
+        assert_eq!(
+            s1.cluster.first_difference(&other.cluster.canonical),
+            Some((
+                "cluster.election_time".to_string(),
+                "5000ms".to_string(),
+                "3000ms".to_string()
+            ))
+        );
+        // A --persistence override on one server is a difference too.
+        let overrides = Overrides {
+            persistence: Some(Persistence::TemporarySwapOnly),
+            ..Overrides::default()
+        };
+        let temp = Settings::from_toml("t", TWO, Some("s2"), &overrides).unwrap();
+        assert_eq!(
+            s1.cluster
+                .first_difference(&temp.cluster.canonical)
+                .map(|d| d.0),
+            Some("cluster.persistence".to_string())
+        );
+        assert_eq!(
+            Interval::parse("500ms"),
+            Some(Interval(Duration::from_millis(500)))
+        );
+        assert_eq!(
+            Interval::parse("2m"),
+            Some(Interval(Duration::from_secs(120)))
+        );
+        assert_eq!(Interval::parse("5"), None);
+        assert_eq!(Interval::parse("5 fortnights"), None);
     }
 
     #[test]
@@ -518,6 +1078,71 @@ mod tests {
                 "servers[1].name",
             ),
             ("", None, "servers"),
+            (
+                &TWO.replace("client_port = 11301", "client_port = 11300"),
+                Some("s1"),
+                "servers[1].client_port: port 11300 on 127.0.0.1 is also servers[0].client_port",
+            ),
+            (
+                &TWO.replace("group_port = 9301", "group_port = 11300"),
+                Some("s1"),
+                "servers[1].group_port",
+            ),
+            (
+                &TWO.replace("\"/tmp/s2\"", "\"/tmp/s1\""),
+                Some("s1"),
+                "servers[1].data",
+            ),
+            (
+                &TWO.replace("servers = [\"s1\", \"s2\"]", "servers = [\"s1\"]"),
+                Some("s1"),
+                "`s2` is in no mirror group",
+            ),
+            (
+                &TWO.replace("servers = [\"s1\", \"s2\"]", "servers = [\"s1\", \"s3\"]"),
+                Some("s1"),
+                "mirror_groups[0].servers: no server named `s3`",
+            ),
+            (
+                &format!("{TWO}\n[[mirror_groups]]\nname = \"g2\"\nservers = [\"s2\"]\n"),
+                Some("s1"),
+                "already in mirror group `g1`",
+            ),
+            (
+                &TWO.replace("group_port = 9301\n", ""),
+                Some("s1"),
+                "servers[1].group_port: missing",
+            ),
+            (
+                &TWO.replace("name = \"g1\"\n", ""),
+                Some("s1"),
+                "missing field `name`",
+            ),
+            (
+                &TWO.replace("name = \"s2\"", "name = \"s 2\""),
+                Some("s1"),
+                "servers[1].name",
+            ),
+            (
+                &TWO.replace("[cluster]", "[cluster]\nelection_time = \"5\""),
+                Some("s1"),
+                "not a duration",
+            ),
+            (
+                &TWO.replace("[cluster]", "[cluster]\nhealth_check_interval = \"1ms\""),
+                Some("s1"),
+                "cluster.health_check_interval",
+            ),
+            (
+                &TWO.replace("[cluster]", "[cluster]\nreplication = \"eventually\""),
+                Some("s1"),
+                "line",
+            ),
+            (
+                &TWO.replace("[[mirror_groups]]\n        name = \"g1\"\n        servers = [\"s1\", \"s2\"]\n", ""),
+                Some("s1"),
+                "no [[mirror_groups]]",
+            ),
         ];
         for (text, name, needle) in cases {
             let error = load(text, *name).unwrap_err().to_string();

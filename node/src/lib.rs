@@ -6,6 +6,7 @@
 //!
 //! - [`constants`]: every limit.
 //! - [`config`]: the TOML config, command-line overrides, validation.
+//! - [`cluster`]: mirror groups: membership and health of a group's servers.
 //! - [`preflight`]: checks before start-up (io_uring, memlock) and the data dir (lock,
 //!   layout, emptying for temporary-swap-only).
 //! - [`protocol`]: the memcached text protocol, parsed in place.
@@ -14,6 +15,7 @@
 //! - [`stats`]: counters and the `stats` reply.
 //! - [`server`]: executors, start-up and shutdown.
 
+pub mod cluster;
 pub mod config;
 pub mod constants;
 pub mod data_dir;

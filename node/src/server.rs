@@ -43,6 +43,9 @@ pub enum ServerError {
     /// The data dir cannot be used.
     #[error(transparent)]
     DataDir(#[from] crate::data_dir::DataDirError),
+    /// The mirror group's membership could not start.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// Binding the client port failed.
     #[error("cannot listen on {addr}: {source}; pick a free port (--listen) or stop what uses it")]
     Listen {
@@ -68,6 +71,9 @@ struct Control {
     /// Executors whose connections have ended.
     drained: AtomicUsize,
 }
+
+/// How long a client port that answers is probed again before start-up fails.
+const LISTEN_PROBE_PATIENCE: Duration = Duration::from_secs(3);
 
 /// Runs the server until SIGTERM/SIGINT. Returns after a clean shutdown.
 pub fn run(settings: Settings, options: RunOptions) -> Result<(), ServerError> {
@@ -96,12 +102,14 @@ pub fn run(settings: Settings, options: RunOptions) -> Result<(), ServerError> {
         "Terrace server starting"
     );
 
+    let membership = crate::cluster::Membership::start(&settings.name, &settings.cluster)?;
     let shared = Arc::new(Shared {
         settings: settings.clone(),
         clock: ServerClock::default(),
         debugtime_enabled: options.enable_debugtime,
         started: SystemTime::now(),
         executors,
+        membership: membership.clone(),
     });
     let control = Arc::new(Control {
         stopping: AtomicBool::new(false),
@@ -172,6 +180,9 @@ pub fn run(settings: Settings, options: RunOptions) -> Result<(), ServerError> {
     for handle in handles {
         results.push(handle.join());
     }
+    if let Some(membership) = &membership {
+        membership.stop();
+    }
     if let Some(message) = failure {
         return Err(ServerError::Executor {
             executor: 0,
@@ -211,14 +222,22 @@ fn resolve_listen(addr: SocketAddr) -> Result<SocketAddr, ServerError> {
     } else {
         addr
     };
-    if std::net::TcpStream::connect_timeout(&probe, Duration::from_millis(300)).is_ok() {
-        return Err(ServerError::Listen {
-            addr,
-            source: std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                "another process is already listening there",
-            ),
-        });
+    // A server killed a moment ago can leave its listening socket open for a little while:
+    // io_uring tears a dead process's ring down asynchronously, and a pending accept keeps the
+    // socket alive meanwhile (seen here: restarts right after kill -9 found the port taken).
+    // So a port that answers is probed again for a few seconds before giving up.
+    let deadline = std::time::Instant::now() + LISTEN_PROBE_PATIENCE;
+    while std::net::TcpStream::connect_timeout(&probe, Duration::from_millis(300)).is_ok() {
+        if std::time::Instant::now() >= deadline {
+            return Err(ServerError::Listen {
+                addr,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another process is already listening there",
+                ),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
     Ok(addr)
 }

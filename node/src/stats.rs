@@ -183,6 +183,46 @@ pub fn general(out: &mut Vec<u8>, shared: &crate::net::Shared, total: &Snapshot)
     out.extend_from_slice(crate::protocol::reply::END);
 }
 
+/// `stats cluster` (like Flare's `stats nodes`): this server's mirror group and, per server,
+/// how it stands from here.
+pub fn cluster(out: &mut Vec<u8>, shared: &crate::net::Shared) {
+    use crate::protocol::reply::stat;
+    let s = &shared.settings;
+    let c = &s.cluster;
+    stat(out, "cluster:group", &c.group);
+    stat(out, "cluster:fingerprint", format!("{:08x}", c.fingerprint));
+    stat(out, "cluster:replication", c.replication.name());
+    let peers = shared
+        .membership
+        .as_ref()
+        .map(crate::cluster::Membership::peers)
+        .unwrap_or_default();
+    for member in &c.members {
+        let name = &member.name;
+        stat(
+            out,
+            &format!("{name}:client"),
+            format!("{}:{}", member.host, member.client_port),
+        );
+        if member.name == s.name {
+            stat(out, &format!("{name}:health"), "self");
+            continue;
+        }
+        match peers.iter().find(|(peer, _)| peer == name) {
+            Some((_, status)) => {
+                stat(out, &format!("{name}:health"), status.health.name());
+                stat(
+                    out,
+                    &format!("{name}:health_since_ms"),
+                    status.since.elapsed().as_millis(),
+                );
+            }
+            None => stat(out, &format!("{name}:health"), "unknown"),
+        }
+    }
+    out.extend_from_slice(crate::protocol::reply::END);
+}
+
 /// `stats settings`.
 pub fn settings(out: &mut Vec<u8>, shared: &crate::net::Shared) {
     use crate::protocol::reply::stat;

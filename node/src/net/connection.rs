@@ -573,6 +573,7 @@ impl Connection {
                 crate::stats::general(out, &self.executor.shared, &total);
             }
             b"settings" => crate::stats::settings(out, &self.executor.shared),
+            b"cluster" => crate::stats::cluster(out, &self.executor.shared),
             b"reset" => {
                 self.executor.shards.counters.reset();
                 let _ = self.everywhere(|| Op::ResetStats).await;

@@ -28,6 +28,8 @@ pub struct Shared {
     pub started: SystemTime,
     /// Executors.
     pub executors: usize,
+    /// The mirror group's membership (`None` when the group has no other server).
+    pub membership: Option<crate::cluster::Membership>,
 }
 
 /// One executor's view of the server, shared by its connections.

@@ -21,10 +21,34 @@ pub fn env_count(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// Ports handed out in this process: the tests of one binary run in parallel, and a port
+/// released by one test could otherwise be handed to another before the first binds it.
+static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+/// `N` distinct free ports on 127.0.0.1, never handed out before in this process (all bound
+/// at once, then released for the servers to bind).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut listeners = Vec::new();
+    for _ in 0..10_000 {
+        if listeners.len() == N {
+            break;
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+        let port = listener.local_addr().expect("local addr").port();
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            listeners.push(listener);
+        }
+    }
+    assert_eq!(listeners.len(), N, "no {N} fresh ports");
+    std::array::from_fn(|i| listeners[i].local_addr().expect("local addr").port())
+}
+
 /// A free port on 127.0.0.1 (bound and released; the server binds it right after).
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    listener.local_addr().expect("local addr").port()
+    let [port] = free_ports();
+    port
 }
 
 /// A config for tests: small segments so a server starts fast and takes little disk.
@@ -87,12 +111,18 @@ pub struct Server {
 impl Server {
     /// Starts a server with `config` on a free port, waits until it listens.
     pub fn start(config: &Path, extra_args: &[&str]) -> Self {
+        Self::start_at(config, free_port(), extra_args)
+    }
+
+    /// Starts a server with `config` listening on `port`, waits until it listens.
+    pub fn start_at(config: &Path, port: u16, extra_args: &[&str]) -> Self {
         let mut server = Self {
             child: None,
-            port: free_port(),
+            port,
             config: config.to_path_buf(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-            stderr_log: config.with_extension("stderr.log"),
+            // One log per server: several may share a config (a mirror group).
+            stderr_log: config.with_extension(format!("{port}.stderr.log")),
         };
         server.restart();
         server

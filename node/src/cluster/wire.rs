@@ -1,0 +1,241 @@
+//! The group protocol's control messages: one text line each (plus the config lines of a
+//! hello), so that a peer's behaviour can be read in a packet capture.
+//!
+//! ```text
+//! HELLO <version> <from> <to> <fingerprint> <n>   then n lines: CONFIG <field> <value>
+//! WELCOME <from>
+//! REFUSE <reason>
+//! PING <seq>
+//! PONG <seq>
+//! ```
+//!
+//! Names are config names (letters, digits, `-`, `_`, `.`: no spaces). Every line is at most
+//! [`LINE_LEN_MAX_BYTES`]; a hello carries at most [`CONFIG_LINES_MAX`] config lines.
+
+use std::io::{self, BufRead, Write};
+
+/// Version of the group protocol.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Longest line accepted.
+pub const LINE_LEN_MAX_BYTES: usize = 4096;
+/// Most config lines in a hello.
+pub const CONFIG_LINES_MAX: usize = 4096;
+
+/// A control message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// The dialing server introduces itself and the config it runs.
+    Hello {
+        /// Its protocol version.
+        version: u32,
+        /// Its name.
+        from: String,
+        /// The name it expects to reach.
+        to: String,
+        /// CRC-32 of its canonical config.
+        fingerprint: u32,
+        /// Its canonical config, field by field.
+        config: Vec<(String, String)>,
+    },
+    /// The hello is accepted.
+    Welcome {
+        /// The accepting server's name.
+        from: String,
+    },
+    /// The hello is refused, and why.
+    Refuse {
+        /// Why, for the log of the refused server.
+        reason: String,
+    },
+    /// A heartbeat.
+    Ping {
+        /// Sequence number.
+        seq: u64,
+    },
+    /// The answer to a heartbeat.
+    Pong {
+        /// The ping's sequence number.
+        seq: u64,
+    },
+}
+
+impl Message {
+    /// Writes the message.
+    pub fn write_to(&self, out: &mut impl Write) -> io::Result<()> {
+        let mut text = String::new();
+        match self {
+            Self::Hello {
+                version,
+                from,
+                to,
+                fingerprint,
+                config,
+            } => {
+                text.push_str(&format!(
+                    "HELLO {version} {from} {to} {fingerprint:08x} {}\n",
+                    config.len()
+                ));
+                for (field, value) in config {
+                    // Values are one line: config values never hold a newline that matters.
+                    let value = value.replace('\n', " ");
+                    text.push_str(&format!("CONFIG {field} {value}\n"));
+                }
+            }
+            Self::Welcome { from } => text.push_str(&format!("WELCOME {from}\n")),
+            Self::Refuse { reason } => {
+                text.push_str(&format!("REFUSE {}\n", reason.replace('\n', " ")));
+            }
+            Self::Ping { seq } => text.push_str(&format!("PING {seq}\n")),
+            Self::Pong { seq } => text.push_str(&format!("PONG {seq}\n")),
+        }
+        out.write_all(text.as_bytes())?;
+        out.flush()
+    }
+}
+
+fn invalid(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+/// Reads one line into `line` (which keeps a partial line across read timeouts). Returns
+/// `Ok(true)` once `line` holds a whole line (without its newline), `Ok(false)` at end of
+/// stream.
+pub fn read_line(reader: &mut impl BufRead, line: &mut Vec<u8>) -> io::Result<bool> {
+    loop {
+        let available = match reader.fill_buf() {
+            Ok(available) => available,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if available.is_empty() {
+            return Ok(false);
+        }
+        let (taken, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (available.len(), false),
+        };
+        line.extend_from_slice(&available[..taken]);
+        reader.consume(taken);
+        if line.len() > LINE_LEN_MAX_BYTES + 1 {
+            return Err(invalid(format!(
+                "a line longer than {LINE_LEN_MAX_BYTES} bytes"
+            )));
+        }
+        if done {
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            return Ok(true);
+        }
+    }
+}
+
+/// Parses one line; a hello's config lines are read from `more`.
+pub fn parse(line: &[u8], more: &mut dyn FnMut() -> io::Result<Vec<u8>>) -> io::Result<Message> {
+    let text = std::str::from_utf8(line).map_err(|_| invalid("a line that is not UTF-8".into()))?;
+    let bad = || invalid(format!("unexpected message `{text}`"));
+    let mut words = text.splitn(2, ' ');
+    let verb = words.next().unwrap_or_default();
+    let rest = words.next().unwrap_or_default();
+    let number = |s: &str| s.parse::<u64>().map_err(|_| bad());
+    match verb {
+        "HELLO" => {
+            let parts: Vec<&str> = rest.split(' ').collect();
+            let [version, from, to, fingerprint, count] = parts[..] else {
+                return Err(bad());
+            };
+            let count = number(count)? as usize;
+            if count > CONFIG_LINES_MAX {
+                return Err(invalid(format!("a hello with {count} config lines")));
+            }
+            let mut config = Vec::with_capacity(count);
+            for _ in 0..count {
+                let line = more()?;
+                let line = String::from_utf8(line)
+                    .map_err(|_| invalid("a config line that is not UTF-8".into()))?;
+                let body = line
+                    .strip_prefix("CONFIG ")
+                    .ok_or_else(|| invalid(format!("`{line}` where a CONFIG line belongs")))?;
+                let (field, value) = body.split_once(' ').unwrap_or((body, ""));
+                config.push((field.to_string(), value.to_string()));
+            }
+            Ok(Message::Hello {
+                version: u32::try_from(number(version)?).map_err(|_| bad())?,
+                from: from.to_string(),
+                to: to.to_string(),
+                fingerprint: u32::from_str_radix(fingerprint, 16).map_err(|_| bad())?,
+                config,
+            })
+        }
+        "WELCOME" if !rest.is_empty() && !rest.contains(' ') => Ok(Message::Welcome {
+            from: rest.to_string(),
+        }),
+        "REFUSE" => Ok(Message::Refuse {
+            reason: rest.to_string(),
+        }),
+        "PING" => Ok(Message::Ping { seq: number(rest)? }),
+        "PONG" => Ok(Message::Pong { seq: number(rest)? }),
+        _ => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    fn round_trip(message: &Message) -> Message {
+        let mut bytes = Vec::new();
+        message.write_to(&mut bytes).unwrap();
+        let mut reader = io::BufReader::new(&bytes[..]);
+        let mut line = Vec::new();
+        assert!(read_line(&mut reader, &mut line).unwrap());
+        let mut more = || {
+            let mut next = Vec::new();
+            assert!(read_line(&mut reader, &mut next).unwrap());
+            Ok(next)
+        };
+        parse(&line, &mut more).unwrap()
+    }
+
+    #[test]
+    fn messages_round_trip_and_garbage_is_refused() {
+        for message in [
+            Message::Hello {
+                version: 1,
+                from: "s1".into(),
+                to: "s2".into(),
+                fingerprint: 0xdead_beef,
+                config: vec![
+                    ("cluster.election_time".into(), "5000ms".into()),
+                    ("servers[s1].data".into(), "/var/lib/terrace/s 1".into()),
+                ],
+            },
+            Message::Welcome { from: "s2".into() },
+            Message::Refuse {
+                reason: "cluster.election_time differs".into(),
+            },
+            Message::Ping { seq: 7 },
+            Message::Pong { seq: u64::MAX },
+        ] {
+            assert_eq!(round_trip(&message), message);
+        }
+        let mut none = || Err(invalid("no more".into()));
+        for garbage in [
+            &b""[..],
+            b"HELLO 1 s1",
+            b"HELLO 1 s1 s2 zz 0",
+            b"HELLO 1 s1 s2 00000000 99999999",
+            b"PING x",
+            b"WELCOME",
+            b"get k",
+            b"\xff\xfe",
+        ] {
+            assert!(parse(garbage, &mut none).is_err(), "{garbage:?}");
+        }
+        let long = vec![b'x'; LINE_LEN_MAX_BYTES + 10];
+        let mut line = Vec::new();
+        assert!(read_line(&mut io::BufReader::new(&long[..]), &mut line).is_err());
+    }
+}

@@ -1,0 +1,198 @@
+//! Mirror group membership with real servers on 127.0.0.1: the config handshake, heartbeats,
+//! and Terracotta's `NodeID[..] joined/left the cluster` lines, seen in the logs and in
+//! `stats cluster`.
+#![allow(clippy::expect_used, clippy::unwrap_used, reason = "tests")]
+
+mod common;
+
+use common::{Server, free_ports, output_within};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A two-server group config in `dir` (data dirs below it), with fast health checks.
+fn pair_config(dir: &Path, name: &str, group_ports: (u16, u16), extra_cluster: &str) -> PathBuf {
+    let path = dir.join(name);
+    let text = format!(
+        r#"
+[cluster]
+persistence = "permanent-store"
+health_check_interval = "100ms"
+health_check_missed = 5
+{extra_cluster}
+[storage]
+shards = 4
+segment_size = "2MiB"
+[[servers]]
+name = "s1"
+host = "127.0.0.1"
+client_port = 1
+group_port = {}
+data = "{}"
+[[servers]]
+name = "s2"
+host = "127.0.0.1"
+client_port = 2
+group_port = {}
+data = "{}"
+[[mirror_groups]]
+name = "g1"
+servers = ["s1", "s2"]
+"#,
+        group_ports.0,
+        dir.join("s1").display(),
+        group_ports.1,
+        dir.join("s2").display(),
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// `stats cluster` of `server` as (name, value) pairs.
+fn cluster_stats(server: &Server) -> Vec<(String, String)> {
+    let reply = server.connect().call_end("stats cluster\r\n");
+    reply
+        .lines()
+        .filter_map(|line| line.strip_prefix("STAT "))
+        .filter_map(|line| line.split_once(' '))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn stat(server: &Server, name: &str) -> Option<String> {
+    cluster_stats(server)
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+}
+
+/// Waits (at most 20 s) until `server`'s `stats cluster` says `name` is `value`.
+fn wait_for(server: &Server, name: &str, value: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = stat(server, name);
+        if now.as_deref() == Some(value) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} is {now:?}, not {value}, after 20 s; log:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(server: &Server, signal: rustix::process::Signal) {
+    let pid = server.child.as_ref().expect("running").id();
+    let pid = rustix::process::Pid::from_raw(pid as i32).expect("pid");
+    rustix::process::kill_process(pid, signal).expect("signal");
+}
+
+#[test]
+fn a_pair_joins_and_sees_its_peer_leave_and_come_back() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let [g1, g2, c1, c2] = free_ports();
+    let config = pair_config(dir.path(), "pair.toml", (g1, g2), "");
+    let s1 = Server::start_at(&config, c1, &["-n", "s1", "--cores", "1"]);
+    let mut s2 = Server::start_at(&config, c2, &["-n", "s2", "--cores", "1"]);
+    wait_for(&s1, "s2:health", "joined");
+    wait_for(&s2, "s1:health", "joined");
+    assert_eq!(stat(&s1, "s1:health").as_deref(), Some("self"));
+    assert_eq!(stat(&s1, "cluster:group").as_deref(), Some("g1"));
+    assert_eq!(
+        stat(&s1, "cluster:fingerprint"),
+        stat(&s2, "cluster:fingerprint")
+    );
+    assert!(
+        s1.log().contains("NodeID[s2] joined the cluster"),
+        "{}",
+        s1.log()
+    );
+    assert!(
+        s2.log().contains("NodeID[s1] joined the cluster"),
+        "{}",
+        s2.log()
+    );
+
+    // kill -9: gone within the health timeout (5 x 100 ms), back when it restarts.
+    s2.kill();
+    let killed = Instant::now();
+    wait_for(&s1, "s2:health", "gone");
+    let noticed = killed.elapsed();
+    assert!(
+        s1.log().contains("NodeID[s2] left the cluster"),
+        "{}",
+        s1.log()
+    );
+    s2.restart();
+    wait_for(&s1, "s2:health", "joined");
+    wait_for(&s2, "s1:health", "joined");
+
+    // A paused process (SIGSTOP) stops answering heartbeats: gone; resumed: joined again.
+    signal(&s1, rustix::process::Signal::STOP);
+    let stopped = Instant::now();
+    wait_for(&s2, "s1:health", "gone");
+    let paused = stopped.elapsed();
+    signal(&s1, rustix::process::Signal::CONT);
+    wait_for(&s2, "s1:health", "joined");
+    wait_for(&s1, "s2:health", "joined");
+    assert!(
+        s2.log().contains("NodeID[s1] left the cluster"),
+        "{}",
+        s2.log()
+    );
+    println!("departure noticed after kill -9: {noticed:?}; after SIGSTOP: {paused:?}");
+}
+
+#[test]
+fn a_server_with_another_config_is_refused_naming_the_field() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let [g1, g2, c1, c2] = free_ports();
+    let config = pair_config(dir.path(), "pair.toml", (g1, g2), "");
+    let other = pair_config(dir.path(), "other.toml", (g1, g2), "election_time = \"3s\"");
+    let s1 = Server::start_at(&config, c1, &["-n", "s1", "--cores", "1"]);
+    let s2 = Server::start_at(&other, c2, &["-n", "s2", "--cores", "1"]);
+    wait_for(&s1, "s2:health", "refused");
+    wait_for(&s2, "s1:health", "refused");
+    for server in [&s1, &s2] {
+        let log = server.log();
+        assert!(
+            log.contains(
+                "cluster config differs: cluster.election_time is 5000ms on s1 but 3000ms on s2"
+            ),
+            "{log}"
+        );
+        assert!(!log.contains("joined the cluster"), "{log}");
+    }
+}
+
+#[test]
+fn a_taken_group_port_stops_the_start_naming_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let [g2, client] = free_ports();
+    let config = pair_config(dir.path(), "pair.toml", (port, g2), "");
+    let output = output_within(
+        Command::new(common::server_binary())
+            .arg("-f")
+            .arg(&config)
+            .args(["-n", "s1", "--cores", "1", "--listen"])
+            .arg(format!("127.0.0.1:{client}")),
+        Duration::from_secs(30),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("group port"), "{stderr}");
+    assert!(stderr.contains(&port.to_string()), "{stderr}");
+}
+
+#[test]
+fn a_server_alone_in_its_group_reports_itself() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = common::write_config(dir.path(), "temporary-swap-only");
+    let server = Server::start(&config, &["--cores", "1"]);
+    assert_eq!(stat(&server, "t1:health").as_deref(), Some("self"));
+    assert_eq!(stat(&server, "cluster:group").as_deref(), Some("default"));
+}
