@@ -43,6 +43,9 @@ pub enum ServerError {
     /// The data dir cannot be used.
     #[error(transparent)]
     DataDir(#[from] crate::data_dir::DataDirError),
+    /// The mirror group's recorded terms cannot be read.
+    #[error("{0}")]
+    Group(String),
     /// The mirror group's membership could not start.
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
@@ -102,14 +105,21 @@ pub fn run(settings: Settings, options: RunOptions) -> Result<(), ServerError> {
         "Terrace server starting"
     );
 
-    let membership = crate::cluster::Membership::start(&settings.name, &settings.cluster)?;
+    let group = crate::cluster::Group::new(
+        &settings.name,
+        &settings.cluster,
+        data.path(),
+        settings.persistence,
+        topology.shards,
+    )
+    .map_err(ServerError::Group)?;
     let shared = Arc::new(Shared {
         settings: settings.clone(),
         clock: ServerClock::default(),
         debugtime_enabled: options.enable_debugtime,
         started: SystemTime::now(),
         executors,
-        membership: membership.clone(),
+        group: Arc::clone(&group),
     });
     let control = Arc::new(Control {
         stopping: AtomicBool::new(false),
@@ -161,6 +171,13 @@ pub fn run(settings: Settings, options: RunOptions) -> Result<(), ServerError> {
             }
         }
     }
+    // The group starts once every shard is recovered: its election compares data.
+    if failure.is_none()
+        && let Err(error) = group.start()
+    {
+        failure = Some(error.to_string());
+        control.stopping.store(true, Ordering::SeqCst);
+    }
     if failure.is_none() {
         tracing::info!(
             listen = %listen,
@@ -180,9 +197,7 @@ pub fn run(settings: Settings, options: RunOptions) -> Result<(), ServerError> {
     for handle in handles {
         results.push(handle.join());
     }
-    if let Some(membership) = &membership {
-        membership.stop();
-    }
+    group.stop();
     if let Some(message) = failure {
         return Err(ServerError::Executor {
             executor: 0,
@@ -299,6 +314,16 @@ fn store_config(settings: &Settings, shards: u32) -> StoreConfig {
     }
 }
 
+/// How often executors publish their shards' last LSNs for the group's elections.
+const LSN_PUBLISH_MILLIS: u64 = 50;
+
+fn publish_lsns(shards: &LocalShards, shared: &Shared) {
+    for (shard, store) in shards.owned() {
+        let last = store.borrow().log().next_lsn().saturating_sub(1);
+        shared.group.publish_lsn(shard, last);
+    }
+}
+
 async fn run_executor(start: ExecutorStart) -> Result<(), String> {
     let ExecutorStart {
         index,
@@ -366,6 +391,7 @@ async fn run_executor(start: ExecutorStart) -> Result<(), String> {
             stores.push(Some(store));
         }
         let shards = Rc::new(LocalShards::new(topology, stores));
+        publish_lsns(&shards, &shared);
         let router = match joined {
             Some(joined) => joined.serve(&shards),
             None => Rc::new(Router::single()),
@@ -395,6 +421,16 @@ async fn run_executor(start: ExecutorStart) -> Result<(), String> {
             return Err(message);
         }
     };
+
+    // The group's elections compare data: keep this executor's shards' LSNs published.
+    let (publisher, published) = (Rc::clone(&executor.shards), Arc::clone(&shared));
+    glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(Duration::from_millis(LSN_PUBLISH_MILLIS)).await;
+            publish_lsns(&publisher, &published);
+        }
+    })
+    .detach();
 
     // Watch the process-wide flag; tell this executor's tasks.
     let stop = Rc::clone(&executor.stop);

@@ -184,17 +184,20 @@ pub fn general(out: &mut Vec<u8>, shared: &crate::net::Shared, total: &Snapshot)
 }
 
 /// `stats cluster` (like Flare's `stats nodes`): this server's mirror group and, per server,
-/// how it stands from here.
+/// its state as this server knows it.
 pub fn cluster(out: &mut Vec<u8>, shared: &crate::net::Shared) {
     use crate::protocol::reply::stat;
     let s = &shared.settings;
-    let c = &s.cluster;
+    let group = &shared.group;
+    let c = group.cluster();
+    let me = group.status();
     stat(out, "cluster:group", &c.group);
     stat(out, "cluster:fingerprint", format!("{:08x}", c.fingerprint));
     stat(out, "cluster:replication", c.replication.name());
-    let peers = shared
-        .membership
-        .as_ref()
+    stat(out, "cluster:term", me.term);
+    stat(out, "cluster:active", me.active.as_deref().unwrap_or("-"));
+    let peers = group
+        .membership()
         .map(crate::cluster::Membership::peers)
         .unwrap_or_default();
     for member in &c.members {
@@ -206,6 +209,9 @@ pub fn cluster(out: &mut Vec<u8>, shared: &crate::net::Shared) {
         );
         if member.name == s.name {
             stat(out, &format!("{name}:health"), "self");
+            stat(out, &format!("{name}:state"), me.state.name());
+            stat(out, &format!("{name}:term"), me.term);
+            stat(out, &format!("{name}:lsn"), me.lsn);
             continue;
         }
         match peers.iter().find(|(peer, _)| peer == name) {
@@ -216,6 +222,11 @@ pub fn cluster(out: &mut Vec<u8>, shared: &crate::net::Shared) {
                     &format!("{name}:health_since_ms"),
                     status.since.elapsed().as_millis(),
                 );
+                if let Some(last) = &status.last {
+                    stat(out, &format!("{name}:state"), last.state.name());
+                    stat(out, &format!("{name}:term"), last.term);
+                    stat(out, &format!("{name}:lsn"), last.lsn);
+                }
             }
             None => stat(out, &format!("{name}:health"), "unknown"),
         }
@@ -244,6 +255,7 @@ pub fn settings(out: &mut Vec<u8>, shared: &crate::net::Shared) {
         },
     );
     stat(out, "terrace_name", &s.name);
+    stat(out, "terrace_state", shared.group.state().name());
     stat(out, "terrace_persistence", s.persistence);
     stat(out, "terrace_data", s.data_dir.display());
     stat(out, "terrace_shards", s.shards);

@@ -13,6 +13,11 @@ use std::time::{Duration, Instant};
 /// A two-server group config in `dir` (data dirs below it), with fast health checks.
 fn pair_config(dir: &Path, name: &str, group_ports: (u16, u16), extra_cluster: &str) -> PathBuf {
     let path = dir.join(name);
+    let extra_cluster = if extra_cluster.contains("election_time") {
+        extra_cluster.to_string()
+    } else {
+        format!("election_time = \"500ms\"\n{extra_cluster}")
+    };
     let text = format!(
         r#"
 [cluster]
@@ -142,7 +147,86 @@ fn a_pair_joins_and_sees_its_peer_leave_and_come_back() {
         "{}",
         s2.log()
     );
+    // The active stayed the active throughout (a passive that is not in sync cannot take
+    // over).
+    wait_for(&s1, "s1:state", "ACTIVE-COORDINATOR");
+    wait_for(&s2, "s2:state", "PASSIVE-UNINITIALIZED");
     println!("departure noticed after kill -9: {noticed:?}; after SIGSTOP: {paused:?}");
+}
+
+/// Both servers start at once: the one with the newest data becomes ACTIVE-COORDINATOR,
+/// whatever the order; the other follows it and points its clients at it.
+#[test]
+fn the_server_with_the_newest_data_becomes_active() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let [g1, g2, c1, c2] = free_ports();
+    let config = pair_config(dir.path(), "pair.toml", (g1, g2), "");
+    // s2 alone: after the election time it is the active, and takes writes.
+    let mut s2 = Server::start_at(&config, c2, &["-n", "s2", "--cores", "1"]);
+    wait_for(&s2, "s2:state", "ACTIVE-COORDINATOR");
+    let mut client = s2.connect();
+    for i in 0..100 {
+        assert_eq!(client.set(&format!("k{i}"), "v"), "STORED\r\n");
+    }
+    drop(client);
+    assert!(s2.terminate().success());
+
+    // Now s1 (no data) starts first, then s2: s2 still wins, with a higher term.
+    let s1 = Server::start_at(&config, c1, &["-n", "s1", "--cores", "1"]);
+    s2.restart();
+    wait_for(&s2, "s2:state", "ACTIVE-COORDINATOR");
+    wait_for(&s1, "s1:state", "PASSIVE-UNINITIALIZED");
+    wait_for(&s1, "cluster:active", "s2");
+    assert_eq!(stat(&s2, "cluster:term").as_deref(), Some("2"));
+    assert_eq!(stat(&s1, "cluster:term").as_deref(), Some("2"));
+    assert!(
+        s2.log().contains("Becoming State[ ACTIVE-COORDINATOR ]"),
+        "{}",
+        s2.log()
+    );
+    assert!(
+        s1.log().contains("Moved to State[ PASSIVE-UNINITIALIZED ]"),
+        "{}",
+        s1.log()
+    );
+    // The passive does not serve data: it names the active. The active does.
+    let reply = s1.connect().call("get k1\r\n");
+    assert!(
+        reply.starts_with("SERVER_ERROR this server is PASSIVE-UNINITIALIZED")
+            && reply.contains("the active of mirror group g1 is s2"),
+        "{reply}"
+    );
+    assert_eq!(s2.connect().get("k1").as_deref(), Some("v"));
+}
+
+/// A killed active leaves a group with no standby unavailable (loudly); when it comes back it
+/// is elected again, at a new term.
+#[test]
+fn a_restarted_active_is_elected_again() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let [g1, g2, c1, c2] = free_ports();
+    let config = pair_config(dir.path(), "pair.toml", (g1, g2), "");
+    let mut s1 = Server::start_at(&config, c1, &["-n", "s1", "--cores", "1"]);
+    let s2 = Server::start_at(&config, c2, &["-n", "s2", "--cores", "1"]);
+    wait_for(&s1, "s1:state", "ACTIVE-COORDINATOR");
+    wait_for(&s2, "cluster:active", "s1");
+    assert_eq!(stat(&s1, "cluster:term").as_deref(), Some("1"));
+    s1.kill();
+    wait_for(&s2, "s1:health", "gone");
+    wait_for(&s2, "cluster:active", "-");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !s2.log().contains("no PASSIVE-STANDBY to take over") {
+        assert!(Instant::now() < deadline, "{}", s2.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        stat(&s2, "s2:state").as_deref(),
+        Some("PASSIVE-UNINITIALIZED")
+    );
+    s1.restart();
+    wait_for(&s1, "s1:state", "ACTIVE-COORDINATOR");
+    wait_for(&s2, "cluster:active", "s1");
+    assert_eq!(stat(&s1, "cluster:term").as_deref(), Some("2"));
 }
 
 #[test]
@@ -159,7 +243,7 @@ fn a_server_with_another_config_is_refused_naming_the_field() {
         let log = server.log();
         assert!(
             log.contains(
-                "cluster config differs: cluster.election_time is 5000ms on s1 but 3000ms on s2"
+                "cluster config differs: cluster.election_time is 500ms on s1 but 3000ms on s2"
             ),
             "{log}"
         );
@@ -195,4 +279,14 @@ fn a_server_alone_in_its_group_reports_itself() {
     let server = Server::start(&config, &["--cores", "1"]);
     assert_eq!(stat(&server, "t1:health").as_deref(), Some("self"));
     assert_eq!(stat(&server, "cluster:group").as_deref(), Some("default"));
+    // Alone, it is the active at once.
+    assert_eq!(
+        stat(&server, "t1:state").as_deref(),
+        Some("ACTIVE-COORDINATOR")
+    );
+    assert!(
+        server
+            .log()
+            .contains("Becoming State[ ACTIVE-COORDINATOR ]")
+    );
 }

@@ -14,6 +14,7 @@
 //! Log lines, as Terracotta's: `NodeID[s2] joined the cluster`, `NodeID[s2] left the
 //! cluster`.
 
+use super::state::Status;
 use super::wire::{self, Message, PROTOCOL_VERSION};
 use crate::config::ClusterSettings;
 use std::collections::BTreeMap;
@@ -55,6 +56,8 @@ pub struct PeerStatus {
     pub health: Health,
     /// Since when.
     pub since: Instant,
+    /// What it said in its last heartbeat (while joined).
+    pub last: Option<Status>,
     /// The connection that carries it (0: none).
     session: u64,
 }
@@ -62,6 +65,12 @@ pub struct PeerStatus {
 /// Why membership could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
+    /// A membership thread could not be started.
+    #[error("cannot start a mirror group thread: {source}")]
+    Thread {
+        /// Why.
+        source: std::io::Error,
+    },
     /// The group port could not be bound.
     #[error(
         "cannot listen on the group port {addr}: {source}; pick a free port \
@@ -75,8 +84,12 @@ pub enum ClusterError {
     },
 }
 
+/// This server's status, for its heartbeats.
+pub type StatusSource = Arc<dyn Fn() -> Status + Send + Sync>;
+
 struct Inner {
     me: String,
+    status: StatusSource,
     cluster: ClusterSettings,
     peers: Mutex<BTreeMap<String, PeerStatus>>,
     next_session: AtomicU64,
@@ -102,7 +115,11 @@ impl std::fmt::Debug for Membership {
 impl Membership {
     /// Starts listening on this server's group port and dialing its peers. `None` if the
     /// group has no other server.
-    pub fn start(me: &str, cluster: &ClusterSettings) -> Result<Option<Self>, ClusterError> {
+    pub fn start(
+        me: &str,
+        cluster: &ClusterSettings,
+        status: StatusSource,
+    ) -> Result<Option<Self>, ClusterError> {
         let Some(self_member) = cluster.members.iter().find(|m| m.name == me) else {
             return Ok(None);
         };
@@ -123,6 +140,7 @@ impl Membership {
                     PeerStatus {
                         health: Health::Connecting,
                         since: Instant::now(),
+                        last: None,
                         session: 0,
                     },
                 )
@@ -131,6 +149,7 @@ impl Membership {
         let membership = Self {
             inner: Arc::new(Inner {
                 me: me.to_string(),
+                status,
                 cluster: cluster.clone(),
                 peers: Mutex::new(peers),
                 next_session: AtomicU64::new(1),
@@ -164,6 +183,16 @@ impl Membership {
             .table()
             .iter()
             .map(|(name, status)| (name.clone(), status.clone()))
+            .collect()
+    }
+
+    /// What every joined peer said in its last heartbeat.
+    pub fn joined_statuses(&self) -> Vec<(String, Status)> {
+        self.inner
+            .table()
+            .iter()
+            .filter(|(_, s)| s.health == Health::Joined)
+            .filter_map(|(name, s)| s.last.clone().map(|last| (name.clone(), last)))
             .collect()
     }
 
@@ -222,6 +251,7 @@ impl Inner {
             }
             status.health = Health::Joined;
             status.since = Instant::now();
+            status.last = None;
             status.session = session;
         }
         tracing::info!("NodeID[{peer}] joined the cluster");
@@ -237,7 +267,17 @@ impl Inner {
             tracing::warn!(reason = %reason, "NodeID[{peer}] left the cluster");
             status.health = Health::Gone(reason);
             status.since = Instant::now();
+            status.last = None;
             status.session = 0;
+        }
+    }
+
+    /// A heartbeat of session `session` with `peer` said `status`.
+    fn heard(&self, peer: &str, session: u64, status: Status) {
+        if let Some(entry) = self.table().get_mut(peer)
+            && entry.session == session
+        {
+            entry.last = Some(status);
         }
     }
 
@@ -476,7 +516,11 @@ fn heartbeat(
         }
         let now = Instant::now();
         if now >= next_ping {
-            if let Err(error) = (Message::Ping { seq }).write_to(stream) {
+            let ping = Message::Ping {
+                seq,
+                status: (inner.status)(),
+            };
+            if let Err(error) = ping.write_to(stream) {
                 return format!("connection failed: {error}");
             }
             seq += 1;
@@ -491,12 +535,17 @@ fn heartbeat(
                     ))
                 };
                 match wire::parse(&line, &mut none) {
-                    Ok(Message::Ping { seq }) => {
-                        if let Err(error) = (Message::Pong { seq }).write_to(stream) {
+                    Ok(Message::Ping { seq, status }) => {
+                        inner.heard(peer, id, status);
+                        let pong = Message::Pong {
+                            seq,
+                            status: (inner.status)(),
+                        };
+                        if let Err(error) = pong.write_to(stream) {
                             return format!("connection failed: {error}");
                         }
                     }
-                    Ok(Message::Pong { .. }) => {}
+                    Ok(Message::Pong { status, .. }) => inner.heard(peer, id, status),
                     Ok(other) => return format!("unexpected message {other:?}"),
                     Err(error) => return format!("protocol error: {error}"),
                 }

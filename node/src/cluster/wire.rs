@@ -5,13 +5,14 @@
 //! HELLO <version> <from> <to> <fingerprint> <n>   then n lines: CONFIG <field> <value>
 //! WELCOME <from>
 //! REFUSE <reason>
-//! PING <seq>
-//! PONG <seq>
+//! PING <seq> <state> <term> <data_term> <lsn> <active|->   a heartbeat, with the sender's status
+//! PONG <seq> <state> <term> <data_term> <lsn> <active|->   its answer, with the answerer's
 //! ```
 //!
 //! Names are config names (letters, digits, `-`, `_`, `.`: no spaces). Every line is at most
 //! [`LINE_LEN_MAX_BYTES`]; a hello carries at most [`CONFIG_LINES_MAX`] config lines.
 
+use super::state::{State, Status};
 use std::io::{self, BufRead, Write};
 
 /// Version of the group protocol.
@@ -51,11 +52,15 @@ pub enum Message {
     Ping {
         /// Sequence number.
         seq: u64,
+        /// The sender's status.
+        status: Status,
     },
     /// The answer to a heartbeat.
     Pong {
         /// The ping's sequence number.
         seq: u64,
+        /// The answerer's status.
+        status: Status,
     },
 }
 
@@ -85,12 +90,40 @@ impl Message {
             Self::Refuse { reason } => {
                 text.push_str(&format!("REFUSE {}\n", reason.replace('\n', " ")));
             }
-            Self::Ping { seq } => text.push_str(&format!("PING {seq}\n")),
-            Self::Pong { seq } => text.push_str(&format!("PONG {seq}\n")),
+            Self::Ping { seq, status } => {
+                text.push_str(&format!("PING {seq} {}\n", status_words(status)));
+            }
+            Self::Pong { seq, status } => {
+                text.push_str(&format!("PONG {seq} {}\n", status_words(status)));
+            }
         }
         out.write_all(text.as_bytes())?;
         out.flush()
     }
+}
+
+fn status_words(status: &Status) -> String {
+    format!(
+        "{} {} {} {} {}",
+        status.state.name(),
+        status.term,
+        status.data_term,
+        status.lsn,
+        status.active.as_deref().unwrap_or("-")
+    )
+}
+
+fn parse_status(words: &[&str]) -> Option<Status> {
+    let [state, term, data_term, lsn, active] = words else {
+        return None;
+    };
+    Some(Status {
+        state: State::from_name(state)?,
+        term: term.parse().ok()?,
+        data_term: data_term.parse().ok()?,
+        lsn: lsn.parse().ok()?,
+        active: (*active != "-").then(|| active.to_string()),
+    })
 }
 
 fn invalid(what: String) -> io::Error {
@@ -174,8 +207,18 @@ pub fn parse(line: &[u8], more: &mut dyn FnMut() -> io::Result<Vec<u8>>) -> io::
         "REFUSE" => Ok(Message::Refuse {
             reason: rest.to_string(),
         }),
-        "PING" => Ok(Message::Ping { seq: number(rest)? }),
-        "PONG" => Ok(Message::Pong { seq: number(rest)? }),
+        "PING" | "PONG" => {
+            let words: Vec<&str> = rest.split(' ').collect();
+            let (seq, status) = match words.split_first() {
+                Some((seq, status)) => (number(seq)?, parse_status(status).ok_or_else(bad)?),
+                None => return Err(bad()),
+            };
+            Ok(if verb == "PING" {
+                Message::Ping { seq, status }
+            } else {
+                Message::Pong { seq, status }
+            })
+        }
         _ => Err(bad()),
     }
 }
@@ -216,8 +259,26 @@ mod tests {
             Message::Refuse {
                 reason: "cluster.election_time differs".into(),
             },
-            Message::Ping { seq: 7 },
-            Message::Pong { seq: u64::MAX },
+            Message::Ping {
+                seq: 7,
+                status: Status {
+                    state: State::Starting,
+                    term: 0,
+                    data_term: 0,
+                    lsn: 0,
+                    active: None,
+                },
+            },
+            Message::Pong {
+                seq: u64::MAX,
+                status: Status {
+                    state: State::ActiveCoordinator,
+                    term: 3,
+                    data_term: 2,
+                    lsn: 12_345,
+                    active: Some("s1".into()),
+                },
+            },
         ] {
             assert_eq!(round_trip(&message), message);
         }
@@ -228,6 +289,9 @@ mod tests {
             b"HELLO 1 s1 s2 zz 0",
             b"HELLO 1 s1 s2 00000000 99999999",
             b"PING x",
+            b"PING 1",
+            b"PING 1 ACTIVE 1 1 1 -",
+            b"PONG 1 STARTING 1 1 x -",
             b"WELCOME",
             b"get k",
             b"\xff\xfe",

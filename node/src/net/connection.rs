@@ -328,6 +328,13 @@ impl Connection {
     async fn execute(&mut self, command: Command<'_>, replies: &mut Replies) {
         let counters = &self.executor.shards.counters;
         let noreply = command.noreply();
+        // Only the active of a mirror group serves data: a passive's data is the active's
+        // to write (forwarding to the active is not built yet: say where it is).
+        let group = &self.executor.shared.group;
+        if command.touches_data() && !group.serving() {
+            reply::server_error(&mut replies.out, &group.not_serving_reply());
+            return;
+        }
         match command {
             Command::Get { keys, with_cas } => {
                 self.gets(keys.iter(), None, with_cas, replies).await;

@@ -28,8 +28,8 @@ pub struct Shared {
     pub started: SystemTime,
     /// Executors.
     pub executors: usize,
-    /// The mirror group's membership (`None` when the group has no other server).
-    pub membership: Option<crate::cluster::Membership>,
+    /// This server in its mirror group: state, term, membership, whether it serves clients.
+    pub group: Arc<crate::cluster::Group>,
 }
 
 /// One executor's view of the server, shared by its connections.

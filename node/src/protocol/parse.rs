@@ -72,6 +72,21 @@ pub enum Command<'a> {
 }
 
 impl Command<'_> {
+    /// Whether it reads or writes stored data (what only a group's active serves).
+    pub fn touches_data(&self) -> bool {
+        matches!(
+            self,
+            Self::Get { .. }
+                | Self::GetAndTouch { .. }
+                | Self::Store { .. }
+                | Self::Delete { .. }
+                | Self::Delta { .. }
+                | Self::Touch { .. }
+                | Self::FlushAll { .. }
+                | Self::Backup { .. }
+        )
+    }
+
     /// Whether the client asked for no reply.
     pub fn noreply(&self) -> bool {
         match self {
