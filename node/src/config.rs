@@ -591,6 +591,69 @@ impl Settings {
     }
 }
 
+/// Every mirror group of a cluster config, with its servers: what tools that look at the
+/// whole cluster (`terrace-ctl`) need. The file is checked as a server checks it.
+pub fn load_groups(path: &Path) -> Result<Vec<(String, Vec<Member>)>, ConfigError> {
+    let source_name = path.display().to_string();
+    let error = |field: &str, problem: String, fix: &str| ConfigError {
+        source_name: source_name.clone(),
+        field: field.to_string(),
+        problem,
+        fix: fix.to_string(),
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        error(
+            "(file)",
+            format!("cannot read it: {e}"),
+            "give the path of the cluster's config file with -f",
+        )
+    })?;
+    let file: ConfigFile = toml::from_str(&text).map_err(|e| {
+        error(
+            "(file)",
+            e.message().to_string(),
+            "see configs/ha-pair.toml for every field, with comments",
+        )
+    })?;
+    if file.servers.is_empty() {
+        return Err(error(
+            "servers",
+            "no [[servers]] entry".into(),
+            "add one: [[servers]] name, host, client_port, data",
+        ));
+    }
+    check_names(&file, &error)?;
+    for (i, a) in file.servers.iter().enumerate() {
+        if file.servers[..i].iter().any(|b| b.name == a.name) {
+            return Err(error(
+                &format!("servers[{i}].name"),
+                format!("`{}` is used twice", a.name),
+                "give every server its own name",
+            ));
+        }
+    }
+    check_addresses(&file, &error)?;
+    let groups = resolve_groups(&file, &error)?;
+    Ok(groups
+        .into_iter()
+        .map(|(name, members)| {
+            let members = members
+                .into_iter()
+                .map(|i| {
+                    let s = &file.servers[i];
+                    Member {
+                        name: s.name.clone(),
+                        host: s.host.clone(),
+                        client_port: s.client_port,
+                        group_port: s.group_port,
+                    }
+                })
+                .collect();
+            (name, members)
+        })
+        .collect())
+}
+
 type ErrorFn<'a> = dyn Fn(&str, String, &str) -> ConfigError + 'a;
 
 /// Server and group names: unique, and made of characters that are safe in logs, file names

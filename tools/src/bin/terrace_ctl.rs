@@ -1,0 +1,95 @@
+//! `terrace-ctl`: see `terrace-ctl --help` and the README's "Mirror groups" section.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use terrace_tools::ctl::{Seen, problems, status};
+
+/// Exit status when the cluster is not healthy: a server unreachable, a group without
+/// exactly one active.
+const EXIT_UNHEALTHY: u8 = 1;
+/// Exit status when the config cannot be used.
+const EXIT_USAGE: u8 = 2;
+
+/// Operations on a Terrace cluster, from its config file.
+///
+/// Exit status: 0 healthy, 1 not (an unreachable server, a mirror group without exactly one
+/// ACTIVE-COORDINATOR), 2 bad arguments or config.
+#[derive(Debug, Parser)]
+#[command(name = "terrace-ctl", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Every server of the cluster: reachable or not, state, term, LSN, lag behind its
+    /// group's active, connected clients (asked on each client port with `stats cluster`).
+    Status {
+        /// The cluster's config file (the one every server was started with).
+        #[arg(short = 'f', long = "config", value_name = "FILE")]
+        config: PathBuf,
+        /// How long to wait for each server, in milliseconds.
+        #[arg(long, value_name = "MS", default_value_t = 2000)]
+        timeout_ms: u64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let Command::Status {
+        config,
+        timeout_ms,
+        json,
+    } = Cli::parse().command;
+    let servers = match status(&config, Duration::from_millis(timeout_ms.max(1))) {
+        Ok(servers) => servers,
+        Err(e) => {
+            eprintln!("terrace-ctl: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let problems = problems(&servers);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "healthy": problems.is_empty(), "problems": problems, "servers": servers })
+        );
+    } else {
+        println!(
+            "{:<10} {:<10} {:<22} {:<22} {:>5} {:>10} {:>8} {:>7}",
+            "group", "server", "address", "state", "term", "lsn", "lag", "clients"
+        );
+        for s in &servers {
+            let lag = s.lag.map_or("-".to_string(), |l| l.to_string());
+            match &s.seen {
+                Seen::Up {
+                    state,
+                    term,
+                    lsn,
+                    clients,
+                    ..
+                } => println!(
+                    "{:<10} {:<10} {:<22} {:<22} {:>5} {:>10} {:>8} {:>7}",
+                    s.group, s.name, s.address, state, term, lsn, lag, clients
+                ),
+                Seen::Down { unreachable } => println!(
+                    "{:<10} {:<10} {:<22} unreachable: {unreachable}",
+                    s.group, s.name, s.address
+                ),
+            }
+        }
+        for problem in &problems {
+            println!("problem: {problem}");
+        }
+    }
+    if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_UNHEALTHY)
+    }
+}
