@@ -11,7 +11,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// A two-server group config in `dir` (data dirs below it), with fast health checks.
-fn pair_config(dir: &Path, name: &str, group_ports: (u16, u16), extra_cluster: &str) -> PathBuf {
+fn pair_config(
+    dir: &Path,
+    name: &str,
+    (g1, g2, c1, c2): (u16, u16, u16, u16),
+    extra_cluster: &str,
+) -> PathBuf {
     let path = dir.join(name);
     let extra_cluster = if extra_cluster.contains("election_time") {
         extra_cluster.to_string()
@@ -31,22 +36,20 @@ segment_size = "2MiB"
 [[servers]]
 name = "s1"
 host = "127.0.0.1"
-client_port = 1
-group_port = {}
+client_port = {c1}
+group_port = {g1}
 data = "{}"
 [[servers]]
 name = "s2"
 host = "127.0.0.1"
-client_port = 2
-group_port = {}
+client_port = {c2}
+group_port = {g2}
 data = "{}"
 [[mirror_groups]]
 name = "g1"
 servers = ["s1", "s2"]
 "#,
-        group_ports.0,
         dir.join("s1").display(),
-        group_ports.1,
         dir.join("s2").display(),
     );
     std::fs::write(&path, text).expect("write config");
@@ -98,7 +101,7 @@ fn signal(server: &Server, signal: rustix::process::Signal) {
 fn a_pair_joins_and_sees_its_peer_leave_and_come_back() {
     let dir = tempfile::tempdir().expect("temp dir");
     let [g1, g2, c1, c2] = free_ports();
-    let config = pair_config(dir.path(), "pair.toml", (g1, g2), "");
+    let config = pair_config(dir.path(), "pair.toml", (g1, g2, c1, c2), "");
     let s1 = Server::start_at(&config, c1, &["-n", "s1", "--cores", "1"]);
     let mut s2 = Server::start_at(&config, c2, &["-n", "s2", "--cores", "1"]);
     wait_for(&s1, "s2:health", "joined");
@@ -160,7 +163,7 @@ fn a_pair_joins_and_sees_its_peer_leave_and_come_back() {
 fn the_server_with_the_newest_data_becomes_active() {
     let dir = tempfile::tempdir().expect("temp dir");
     let [g1, g2, c1, c2] = free_ports();
-    let config = pair_config(dir.path(), "pair.toml", (g1, g2), "");
+    let config = pair_config(dir.path(), "pair.toml", (g1, g2, c1, c2), "");
     // s2 alone: after the election time it is the active, and takes writes.
     let mut s2 = Server::start_at(&config, c2, &["-n", "s2", "--cores", "1"]);
     wait_for(&s2, "s2:state", "ACTIVE-COORDINATOR");
@@ -189,13 +192,9 @@ fn the_server_with_the_newest_data_becomes_active() {
         "{}",
         s1.log()
     );
-    // The passive does not serve data: it names the active. The active does.
-    let reply = s1.connect().call("get k1\r\n");
-    assert!(
-        reply.starts_with("SERVER_ERROR this server is PASSIVE-UNINITIALIZED")
-            && reply.contains("the active of mirror group g1 is s2"),
-        "{reply}"
-    );
+    // The passive forwards data requests to the active; its admin commands are its own.
+    assert_eq!(s1.connect().get("k1").as_deref(), Some("v"));
+    assert_eq!(stat(&s1, "s1:health").as_deref(), Some("self"));
     assert_eq!(s2.connect().get("k1").as_deref(), Some("v"));
 }
 
@@ -205,7 +204,7 @@ fn the_server_with_the_newest_data_becomes_active() {
 fn a_restarted_active_is_elected_again() {
     let dir = tempfile::tempdir().expect("temp dir");
     let [g1, g2, c1, c2] = free_ports();
-    let config = pair_config(dir.path(), "pair.toml", (g1, g2), "");
+    let config = pair_config(dir.path(), "pair.toml", (g1, g2, c1, c2), "");
     let mut s1 = Server::start_at(&config, c1, &["-n", "s1", "--cores", "1"]);
     let s2 = Server::start_at(&config, c2, &["-n", "s2", "--cores", "1"]);
     wait_for(&s1, "s1:state", "ACTIVE-COORDINATOR");
@@ -233,8 +232,13 @@ fn a_restarted_active_is_elected_again() {
 fn a_server_with_another_config_is_refused_naming_the_field() {
     let dir = tempfile::tempdir().expect("temp dir");
     let [g1, g2, c1, c2] = free_ports();
-    let config = pair_config(dir.path(), "pair.toml", (g1, g2), "");
-    let other = pair_config(dir.path(), "other.toml", (g1, g2), "election_time = \"3s\"");
+    let config = pair_config(dir.path(), "pair.toml", (g1, g2, c1, c2), "");
+    let other = pair_config(
+        dir.path(),
+        "other.toml",
+        (g1, g2, c1, c2),
+        "election_time = \"3s\"",
+    );
     let s1 = Server::start_at(&config, c1, &["-n", "s1", "--cores", "1"]);
     let s2 = Server::start_at(&other, c2, &["-n", "s2", "--cores", "1"]);
     wait_for(&s1, "s2:health", "refused");
@@ -256,8 +260,8 @@ fn a_taken_group_port_stops_the_start_naming_it() {
     let dir = tempfile::tempdir().expect("temp dir");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = taken.local_addr().expect("addr").port();
-    let [g2, client] = free_ports();
-    let config = pair_config(dir.path(), "pair.toml", (port, g2), "");
+    let [g2, client, c2] = free_ports();
+    let config = pair_config(dir.path(), "pair.toml", (port, g2, client, c2), "");
     let output = output_within(
         Command::new(common::server_binary())
             .arg("-f")
@@ -289,4 +293,57 @@ fn a_server_alone_in_its_group_reports_itself() {
             .log()
             .contains("Becoming State[ ACTIVE-COORDINATOR ]")
     );
+}
+
+/// A client of the passive works as if it were connected to the active: every data command,
+/// pipelined, noreply included; and a request sent while there is no active yet waits for
+/// one instead of failing.
+#[test]
+fn a_passive_forwards_data_requests_to_the_active() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let [g1, g2, c1, c2] = free_ports();
+    let config = pair_config(dir.path(), "pair.toml", (g1, g2, c1, c2), "");
+    // s2 alone and STARTING: a write waits out the election (500 ms) and is then served.
+    let mut s2 = Server::start_at(&config, c2, &["-n", "s2", "--cores", "1"]);
+    let held = Instant::now();
+    assert_eq!(s2.connect().set("early", "1"), "STORED\r\n");
+    println!(
+        "a write held through the election took {:?}",
+        held.elapsed()
+    );
+    assert!(s2.terminate().success());
+
+    let s1 = Server::start_at(&config, c1, &["-n", "s1", "--cores", "1"]);
+    s2.restart();
+    // s2 holds the data, so it is the active; s1 forwards.
+    wait_for(&s2, "s2:state", "ACTIVE-COORDINATOR");
+    wait_for(&s1, "cluster:active", "s2");
+    let mut c = s1.connect();
+    let steps: &[(&str, &str)] = &[
+        ("get early\r\n", "VALUE early 0 1\r\n1\r\nEND\r\n"),
+        ("set a 5 0 2\r\nxy\r\n", "STORED\r\n"),
+        (
+            "set b 0 0 7 noreply\r\nnoreply\r\nget a b\r\n",
+            "VALUE a 5 2\r\nxy\r\nVALUE b 0 7\r\nnoreply\r\nEND\r\n",
+        ),
+        ("append a 0 0 1\r\nz\r\n", "STORED\r\n"),
+        ("set n 0 0 1\r\n9\r\nincr n 1\r\n", "STORED\r\n10\r\n"),
+        ("delete b\r\ndelete b\r\n", "DELETED\r\nNOT_FOUND\r\n"),
+        ("touch a 100\r\n", "TOUCHED\r\n"),
+        ("get a missing\r\n", "VALUE a 5 3\r\nxyz\r\nEND\r\n"),
+        (
+            "incr a 1\r\n",
+            "CLIENT_ERROR cannot increment or decrement non-numeric value\r\n",
+        ),
+        ("version\r\n", &format!("VERSION {}\r\n", "0.1.0")),
+    ];
+    for (request, expected) in steps {
+        c.send(request.as_bytes());
+        let got = c.read_exact_n(expected.len());
+        assert_eq!(String::from_utf8_lossy(&got), *expected, "{request:?}");
+    }
+    // The writes are the active's.
+    assert_eq!(s2.connect().get("a").as_deref(), Some("xyz"));
+    let gets = c.call_end("gets a\r\n");
+    assert!(gets.starts_with("VALUE a 5 3 "), "{gets}");
 }

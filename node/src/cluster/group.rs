@@ -1,10 +1,10 @@
 //! This server's side of its mirror group: its state, terms and status, the coordinator that
 //! applies elections, and whether clients are served here.
 //!
-//! Built so far (issue 6 in progress): states, terms and elections. Replication, INITIALIZING
-//! sync and client forwarding are not built yet, so a passive stays PASSIVE-UNINITIALIZED and
-//! answers clients with a `SERVER_ERROR` naming the active; with no PASSIVE-STANDBY there is
-//! no failover, and the group says so when its active goes.
+//! Built so far (issue 6 in progress): states, terms and elections; a passive forwards its
+//! clients' data requests to the active (`net/connection/forward.rs`). Replication and the
+//! INITIALIZING sync are not built yet, so a passive stays PASSIVE-UNINITIALIZED; with no
+//! PASSIVE-STANDBY there is no failover, and the group says so when its active goes.
 //!
 //! Log lines, as Terracotta's: `Becoming State[ ACTIVE-COORDINATOR ]`, `Moved to State[
 //! PASSIVE-UNINITIALIZED ]`, `Starting reconnect window: <ms> ms`.
@@ -131,6 +131,21 @@ impl Group {
     /// The group's settings.
     pub fn cluster(&self) -> &ClusterSettings {
         &self.cluster
+    }
+
+    /// The active's name and client address, when the active is another server.
+    pub fn active_client_address(&self) -> Option<(String, std::net::SocketAddr)> {
+        use std::net::ToSocketAddrs as _;
+        let active = self.lock().active.clone()?;
+        if active == self.me {
+            return None;
+        }
+        let member = self.cluster.members.iter().find(|m| m.name == active)?;
+        let addr = (member.host.as_str(), member.client_port)
+            .to_socket_addrs()
+            .ok()?
+            .next()?;
+        Some((active, addr))
     }
 
     /// The reply to a client request this server does not serve.

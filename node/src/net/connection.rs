@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 mod backup;
+mod forward;
 
 /// Where a remote reply part goes: (offset in the reply buffer, sequence number among
 /// parts at the same offset, part index in the answer).
@@ -82,6 +83,7 @@ pub async fn serve(stream: TcpStream, executor: Rc<Executor>, id: u64) {
         executor: Rc::clone(&executor),
         id,
         cuts: Vec::new(),
+        upstream: None,
     };
     if let Err(reason) = connection.run().await {
         tracing::debug!(connection = id, %reason, "connection closed");
@@ -101,6 +103,8 @@ struct Connection {
     id: u64,
     /// Online-backup cuts this connection holds (released when it closes).
     cuts: Vec<u64>,
+    /// On a passive: the connection to the active its data requests are forwarded to.
+    upstream: Option<forward::Upstream>,
 }
 
 impl Connection {
@@ -161,7 +165,16 @@ impl Connection {
                     Parsed::Request { command, len } => {
                         let command_start = start;
                         start += len;
-                        self.execute(command, &mut replies).await;
+                        let forwarded =
+                            if command.forwardable() && !self.executor.shared.group.serving() {
+                                let raw = &buf[command_start..start];
+                                self.forward(&command, raw, &mut replies).await
+                            } else {
+                                forward::Forwarded::ServeHere
+                            };
+                        if let forward::Forwarded::ServeHere = forwarded {
+                            self.execute(command, &mut replies).await;
+                        }
                         debug_assert!(command_start < start);
                         if replies.quit {
                             self.flush(&mut replies).await?;
@@ -328,8 +341,8 @@ impl Connection {
     async fn execute(&mut self, command: Command<'_>, replies: &mut Replies) {
         let counters = &self.executor.shards.counters;
         let noreply = command.noreply();
-        // Only the active of a mirror group serves data: a passive's data is the active's
-        // to write (forwarding to the active is not built yet: say where it is).
+        // Only the active of a mirror group serves data: requests a passive cannot forward
+        // (backup cuts, or all of them when forwarding gave up) are refused, naming the active.
         let group = &self.executor.shared.group;
         if command.touches_data() && !group.serving() {
             reply::server_error(&mut replies.out, &group.not_serving_reply());

@@ -87,6 +87,11 @@ impl Command<'_> {
         )
     }
 
+    /// Whether a passive forwards it to its group's active: the memcached data commands.
+    pub fn forwardable(&self) -> bool {
+        self.touches_data() && !matches!(self, Self::Backup { .. })
+    }
+
     /// Whether the client asked for no reply.
     pub fn noreply(&self) -> bool {
         match self {
