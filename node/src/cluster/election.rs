@@ -5,7 +5,11 @@
 //! - An active with a term at least this server's is followed. An active with a lower term
 //!   is stale (an old active that has not noticed yet) and is not.
 //! - An active that meets an active of a higher term steps down (split brain: the higher
-//!   term wins).
+//!   term wins). An active that meets any other server that has seen a higher term raises its
+//!   own above it, so that the other can follow it (it would otherwise wait forever for an
+//!   active of its term).
+//! - A server alone that has seen a term newer than its data (it followed another active
+//!   since its data was written) does not elect itself: that active may hold newer data.
 //! - With no active, once the election time has passed, the servers that may become active
 //!   (STARTING, or PASSIVE-STANDBY) compare their data: the newest (data term, then LSN)
 //!   wins, then the lowest name. The winner becomes active with a term above every term it
@@ -37,6 +41,11 @@ pub enum Decision {
         /// The active.
         active: String,
         /// Its term.
+        term: u64,
+    },
+    /// This active has met a server that saw a higher term: stay active, at this term.
+    RaiseTerm {
+        /// The new term.
         term: u64,
     },
     /// This active has met an active of a higher term: stop serving and follow it.
@@ -72,7 +81,10 @@ pub fn decide(me: View<'_>, peers: &[View<'_>], election_due: bool) -> Decision 
                     term: other.status.term,
                 }
             }
-            _ => Decision::Stay,
+            _ => match peers.iter().map(|p| p.status.term).max() {
+                Some(seen) if seen > me.status.term => Decision::RaiseTerm { term: seen + 1 },
+                _ => Decision::Stay,
+            },
         };
     }
     if let Some(active) = peer_active
@@ -91,6 +103,9 @@ pub fn decide(me: View<'_>, peers: &[View<'_>], election_due: bool) -> Decision 
         };
     }
     if !election_due || !me.status.state.may_become_active() {
+        return Decision::Stay;
+    }
+    if peers.is_empty() && me.status.term > me.status.data_term {
         return Decision::Stay;
     }
     let newest = std::iter::once(&me)
@@ -226,6 +241,32 @@ mod tests {
         assert_eq!(
             decide(view("s2", &new_active), &[view("s1", &old_active)], false),
             Decision::Stay
+        );
+        // An active meeting a starting server that saw a higher term raises its own, so that
+        // the other can follow it.
+        let ahead = status(State::Starting, 9, 9, 0);
+        assert_eq!(
+            decide(view("s2", &new_active), &[view("s1", &ahead)], false),
+            Decision::RaiseTerm { term: 10 }
+        );
+    }
+
+    #[test]
+    fn a_lone_server_that_followed_a_newer_active_does_not_elect_itself() {
+        let former_passive = status(State::Starting, 4, 2, 100);
+        assert_eq!(
+            decide(view("s2", &former_passive), &[], true),
+            Decision::Stay
+        );
+        // With a peer to compare with, data decides as usual.
+        let peer = status(State::Starting, 4, 4, 50);
+        assert_eq!(
+            decide(view("s2", &former_passive), &[view("s1", &peer)], true),
+            Decision::Stay
+        );
+        assert_eq!(
+            decide(view("s1", &peer), &[view("s2", &former_passive)], true),
+            Decision::BecomeActive { term: 5 }
         );
     }
 }

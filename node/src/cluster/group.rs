@@ -40,6 +40,8 @@ pub struct Group {
     lsns: Vec<AtomicU64>,
     membership: OnceLock<Membership>,
     stopping: AtomicBool,
+    /// The group's servers' client addresses, resolved once (forwarding asks per request).
+    client_addrs: Vec<(String, Option<std::net::SocketAddr>)>,
 }
 
 impl std::fmt::Debug for Group {
@@ -80,6 +82,18 @@ impl Group {
             lsns: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             membership: OnceLock::new(),
             stopping: AtomicBool::new(false),
+            client_addrs: cluster
+                .members
+                .iter()
+                .map(|m| {
+                    use std::net::ToSocketAddrs as _;
+                    let addr = (m.host.as_str(), m.client_port)
+                        .to_socket_addrs()
+                        .ok()
+                        .and_then(|mut a| a.next());
+                    (m.name.clone(), addr)
+                })
+                .collect(),
         }))
     }
 
@@ -135,16 +149,15 @@ impl Group {
 
     /// The active's name and client address, when the active is another server.
     pub fn active_client_address(&self) -> Option<(String, std::net::SocketAddr)> {
-        use std::net::ToSocketAddrs as _;
         let active = self.lock().active.clone()?;
         if active == self.me {
             return None;
         }
-        let member = self.cluster.members.iter().find(|m| m.name == active)?;
-        let addr = (member.host.as_str(), member.client_port)
-            .to_socket_addrs()
-            .ok()?
-            .next()?;
+        let addr = self
+            .client_addrs
+            .iter()
+            .find(|(name, _)| *name == active)
+            .and_then(|(_, addr)| *addr)?;
         Some((active, addr))
     }
 
@@ -185,9 +198,13 @@ impl Group {
         let Some(membership) = membership else {
             let mut inner = self.lock();
             let term = inner.terms.term.max(1);
-            self.become_active(&mut inner, term);
-            return Ok(());
+            return self
+                .become_active(&mut inner, term)
+                .map_err(|source| ClusterError::Terms { source });
         };
+        // The election time runs from now, when this server can hear its peers (not from
+        // before its recovery).
+        self.lock().no_active_since = Some(Instant::now());
         let _ = self.membership.set(membership);
         let group = Arc::clone(self);
         std::thread::Builder::new()
@@ -266,12 +283,25 @@ impl Group {
             }
             Decision::BecomeActive { term } => {
                 let failover = inner.state == State::PassiveStandby;
-                self.become_active(&mut inner, term);
+                if let Err(error) = self.become_active(&mut inner, term) {
+                    tracing::error!(%error, term, "cannot record the new term: not becoming active");
+                    return;
+                }
                 if failover {
                     tracing::info!(
                         "Starting reconnect window: {} ms",
                         self.cluster.client_reconnect_window.as_millis()
                     );
+                }
+            }
+            Decision::RaiseTerm { term } => {
+                tracing::info!(
+                    from = inner.terms.term,
+                    to = term,
+                    "raising the term: a peer has seen a newer one"
+                );
+                if let Err(error) = self.become_active(&mut inner, term) {
+                    tracing::error!(%error, term, "cannot record the new term");
                 }
             }
             Decision::Follow { active, term } => self.follow(&mut inner, active, term),
@@ -287,21 +317,23 @@ impl Group {
         }
     }
 
-    fn become_active(&self, inner: &mut Inner, term: u64) {
-        if let Err(error) = inner.terms.store(term, term) {
-            tracing::error!(%error, term, "cannot record the new term: not becoming active");
-            return;
-        }
+    /// Records `term` durably, then serves as the active.
+    fn become_active(&self, inner: &mut Inner, term: u64) -> std::io::Result<()> {
+        inner.terms.store(term, term)?;
+        let was_active = inner.state == State::ActiveCoordinator;
         inner.state = State::ActiveCoordinator;
         inner.active = Some(self.me.clone());
         inner.no_active_since = None;
         self.serving.store(true, Ordering::SeqCst);
-        tracing::info!(
-            term,
-            group = %self.cluster.group,
-            "Becoming State[ {} ]",
-            State::ActiveCoordinator.name()
-        );
+        if !was_active {
+            tracing::info!(
+                term,
+                group = %self.cluster.group,
+                "Becoming State[ {} ]",
+                State::ActiveCoordinator.name()
+            );
+        }
+        Ok(())
     }
 
     fn follow(&self, inner: &mut Inner, active: String, term: u64) {

@@ -65,6 +65,12 @@ pub struct PeerStatus {
 /// Why membership could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
+    /// The group's term could not be recorded.
+    #[error("cannot record the mirror group term in the data dir: {source}")]
+    Terms {
+        /// Why.
+        source: std::io::Error,
+    },
     /// A membership thread could not be started.
     #[error("cannot start a mirror group thread: {source}")]
     Thread {

@@ -143,9 +143,25 @@ impl Connection {
                         skip_bytes,
                         delete_key,
                     } => {
-                        if let Some(key) = delete_key {
-                            // memcached drops the old value of a refused set; so do we, with
-                            // no reply of its own.
+                        // memcached drops the old value of a refused set; so do we, with no
+                        // reply of its own (on a passive: the active does, forwarded).
+                        let here = match delete_key {
+                            Some(key) if !self.executor.shared.group.serving() => {
+                                let mut raw = b"delete ".to_vec();
+                                raw.extend_from_slice(key);
+                                raw.extend_from_slice(b" noreply\r\n");
+                                let delete = Command::Delete { key, noreply: true };
+                                // Its own reply, or a failure to forward it, is not the
+                                // client's: the refused set answers for itself below.
+                                let mut unheard = Replies::default();
+                                matches!(
+                                    self.forward(&delete, &raw, &mut unheard).await,
+                                    forward::Forwarded::ServeHere
+                                )
+                            }
+                            _ => true,
+                        };
+                        if let Some(key) = delete_key.filter(|_| here) {
                             self.keyed(
                                 key,
                                 true,

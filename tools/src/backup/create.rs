@@ -22,6 +22,7 @@ use super::parallel::per_shard;
 use super::progress::Progress;
 use super::source::read_header;
 use std::collections::{HashMap, HashSet};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use terrace_wal::format::SegmentHeader;
@@ -61,6 +62,9 @@ pub struct SourceShard {
     pub shard: u32,
     /// Its segments.
     pub segments: Vec<SourceSegment>,
+    /// For an online cut: the last LSN the server said the cut holds. Every byte of a cut is
+    /// durable, so nothing in it may be torn, and its files must end exactly there.
+    pub cut_last_lsn: Option<u64>,
 }
 
 /// What `create` did.
@@ -92,7 +96,7 @@ pub fn write_snapshot(
     options: CreateOptions,
 ) -> Result<CreateReport, BackupError> {
     let started = Instant::now();
-    let previous = prepare_out_dir(out, &source)?;
+    let (previous, _lock) = prepare_out_dir(out, &source)?;
     // Files of the earlier snapshot that may be kept: file name -> its entry.
     let reusable: HashMap<&str, &SegmentEntry> = previous
         .as_ref()
@@ -154,7 +158,10 @@ pub fn write_snapshot(
 
 /// Checks that `out` is empty, new, or holds an earlier snapshot of the same source (which is
 /// returned, for an incremental snapshot).
-fn prepare_out_dir(out: &Path, source: &SourceInfo) -> Result<Option<Manifest>, BackupError> {
+fn prepare_out_dir(
+    out: &Path,
+    source: &SourceInfo,
+) -> Result<(Option<Manifest>, File), BackupError> {
     files::create_dirs(out)?;
     let previous = Manifest::read(out).map_err(|e| BackupError::Refused {
         path: out.to_path_buf(),
@@ -163,7 +170,10 @@ fn prepare_out_dir(out: &Path, source: &SourceInfo) -> Result<Option<Manifest>, 
     })?;
     match &previous {
         None => {
-            let names = files::list_names(out)?;
+            let names: Vec<String> = files::list_names(out)?
+                .into_iter()
+                .filter(|n| n != OUT_LOCK_FILE)
+                .collect();
             if !names.is_empty() {
                 return Err(BackupError::Refused {
                     path: out.to_path_buf(),
@@ -195,8 +205,26 @@ fn prepare_out_dir(out: &Path, source: &SourceInfo) -> Result<Option<Manifest>, 
             }
         }
     }
-    Ok(previous)
+    // Two creates into one directory would remove each other's files.
+    let lock_path = out.join(OUT_LOCK_FILE);
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(BackupError::io("open", &lock_path))?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+        |_| BackupError::Refused {
+            path: out.to_path_buf(),
+            problem: "another backup-data create is writing into it".into(),
+            fix: "wait for it to finish, or give --out another directory".into(),
+        },
+    )?;
+    Ok((previous, lock))
 }
+
+/// Held by a `create` for as long as it writes into a snapshot directory.
+const OUT_LOCK_FILE: &str = ".backup-data.lock";
 
 /// What snapshotting one shard did (see [`CreateReport`]).
 #[derive(Debug, Default)]
@@ -276,8 +304,11 @@ fn snapshot_shard(
                 reason: "the file is shorter than the cut".into(),
             });
         }
+        // Offline, the newest segment may end in a torn tail (left out); an online cut holds
+        // only durable records, so any invalid byte in it is damage.
+        let torn_allowed = is_newest && shard.cut_last_lsn.is_none();
         let scan = scanner
-            .scan_segment(header, bytes, is_newest, |_, _| {})
+            .scan_segment(header, bytes, torn_allowed, |_, _| {})
             .map_err(damaged)?;
         if let Some(torn) = scan.torn {
             entry.torn_tail_left_out = Some(TornTailEntry {
@@ -343,6 +374,22 @@ fn snapshot_shard(
         });
     }
     entry.last_lsn = scanner.last_lsn();
+    if let Some(cut) = shard.cut_last_lsn
+        && cut != entry.last_lsn
+    {
+        // Checked before the manifest is written: a wrong cut never replaces a good snapshot.
+        return Err(BackupError::Damaged {
+            path: shard
+                .segments
+                .last()
+                .map_or_else(PathBuf::new, |s| s.path.clone()),
+            offset: 0,
+            reason: format!(
+                "shard {}: the server's cut ends at LSN {cut}, its files at LSN {}",
+                shard.shard, entry.last_lsn
+            ),
+        });
+    }
     files::sync_dir(&dir)?;
     Ok((entry, report))
 }
@@ -376,6 +423,23 @@ fn remove_unlisted(out: &Path, manifest: &Manifest) -> Result<usize, BackupError
     Ok(removed)
 }
 
+/// Refuses an `--out` inside the data dir (or holding it): the server would find a foreign
+/// directory among its shards.
+pub fn refuse_overlap(out: &Path, data_dir: &Path) -> Result<(), BackupError> {
+    let out_abs = std::path::absolute(out).map_err(BackupError::io("resolve", out))?;
+    if out_abs.starts_with(data_dir) || data_dir.starts_with(&out_abs) {
+        return Err(BackupError::Refused {
+            path: out.to_path_buf(),
+            problem: format!(
+                "overlaps the data dir {} being backed up",
+                data_dir.display()
+            ),
+            fix: "give --out a directory outside the data dir".into(),
+        });
+    }
+    Ok(())
+}
+
 /// `create --data-dir`: a snapshot of a stopped server's data dir. The data dir's lock is held
 /// throughout, so no server can start on it while it is read.
 pub fn create_offline(
@@ -384,17 +448,7 @@ pub fn create_offline(
     options: CreateOptions,
 ) -> Result<CreateReport, BackupError> {
     let source = super::source::LockedDataDir::open(data_dir)?;
-    let out_abs = std::path::absolute(out).map_err(BackupError::io("resolve", out))?;
-    if out_abs.starts_with(&source.path) || source.path.starts_with(&out_abs) {
-        return Err(BackupError::Refused {
-            path: out.to_path_buf(),
-            problem: format!(
-                "overlaps the data dir {} being backed up",
-                source.path.display()
-            ),
-            fix: "give --out a directory outside the data dir".into(),
-        });
-    }
+    refuse_overlap(out, &source.path)?;
     let shards = (0..source.meta.shards)
         .map(|shard| {
             let segments = source
@@ -407,7 +461,11 @@ pub fn create_offline(
                     cut_bytes: len,
                 })
                 .collect();
-            Ok(SourceShard { shard, segments })
+            Ok(SourceShard {
+                shard,
+                segments,
+                cut_last_lsn: None,
+            })
         })
         .collect::<Result<Vec<_>, BackupError>>()?;
     let info = SourceInfo {

@@ -32,6 +32,8 @@ pub struct Cut {
     pub id: u64,
     /// The server's data dir.
     pub data_dir: PathBuf,
+    /// The server's name.
+    pub server: String,
     /// Per shard, in order: its last LSN and its segments (id, bytes in the cut, file size).
     pub shards: Vec<ShardCut>,
 }
@@ -64,6 +66,7 @@ pub fn create_online(
         .write_all(b"backup cut\r\n")
         .map_err(|e| fail(format!("cannot send the request: {e}")))?;
     let cut = read_cut(&mut reader).map_err(fail)?;
+    super::create::refuse_overlap(out, &cut.data_dir)?;
 
     let meta = data_dir::read_meta(&cut.data_dir)?.ok_or_else(|| BackupError::Refused {
         path: cut.data_dir.clone(),
@@ -72,6 +75,23 @@ pub fn create_online(
               server's data dir"
             .into(),
     })?;
+    if meta
+        .server
+        .as_deref()
+        .is_some_and(|name| name != cut.server)
+    {
+        return Err(BackupError::Refused {
+            path: cut.data_dir.clone(),
+            problem: format!(
+                "holds the data of server {}, but the cut is server {}'s",
+                meta.server.as_deref().unwrap_or_default(),
+                cut.server
+            ),
+            fix: "run backup-data on the host of the server given with --server: it reads that \
+                  server's segment files"
+                .into(),
+        });
+    }
     if meta.shards as usize != cut.shards.len() {
         return Err(fail(format!(
             "described {} shards, but its data dir {} has {}",
@@ -96,6 +116,7 @@ pub fn create_online(
                     cut_bytes,
                 })
                 .collect(),
+            cut_last_lsn: Some(shard_cut.last_lsn),
         })
         .collect();
     let info = SourceInfo {
@@ -107,15 +128,8 @@ pub fn create_online(
         data_dir_format: meta.format,
         shard_count: meta.shards,
     };
+    // Each shard's files are checked against the cut's LSN before the manifest is written.
     let report = write_snapshot(out, info, &shards, options)?;
-    for (entry, shard_cut) in report.manifest.shards.iter().zip(&cut.shards) {
-        if entry.last_lsn != shard_cut.last_lsn {
-            return Err(fail(format!(
-                "shard {}: the cut ends at LSN {} but its files at LSN {}",
-                shard_cut.shard, shard_cut.last_lsn, entry.last_lsn
-            )));
-        }
-    }
     // Released explicitly; closing the connection would release it too.
     writer
         .write_all(format!("backup release {}\r\n", cut.id).as_bytes())
@@ -166,6 +180,12 @@ pub fn read_cut<R: std::io::BufRead>(reader: &mut R) -> Result<Cut, String> {
     let count: u32 = count.parse().map_err(|_| bad(&first))?;
     let line = read_line(reader)?;
     let data_dir = PathBuf::from(line.strip_prefix("DATA_DIR ").ok_or_else(|| bad(&line))?);
+    let line = read_line(reader)?;
+    let server = line
+        .strip_prefix("SERVER ")
+        .filter(|name| !name.is_empty())
+        .ok_or_else(|| bad(&line))?
+        .to_string();
     let mut shards = Vec::new();
     for expected in 0..count {
         let line = read_line(reader)?;
@@ -198,6 +218,7 @@ pub fn read_cut<R: std::io::BufRead>(reader: &mut R) -> Result<Cut, String> {
     Ok(Cut {
         id,
         data_dir,
+        server,
         shards,
     })
 }
@@ -219,13 +240,14 @@ mod tests {
 
     #[test]
     fn reads_a_cut_and_refuses_what_is_not_one() {
-        let reply = b"CUT 7 2\r\nDATA_DIR /var/lib/terrace data\r\nSHARD 0 12 1\r\nSEGMENT 3 4096 65536\r\nSHARD 1 0 0\r\nEND\r\n";
+        let reply = b"CUT 7 2\r\nDATA_DIR /var/lib/terrace data\r\nSERVER s1\r\nSHARD 0 12 1\r\nSEGMENT 3 4096 65536\r\nSHARD 1 0 0\r\nEND\r\n";
         let cut = read_cut(&mut &reply[..]).unwrap();
         assert_eq!(
             cut,
             Cut {
                 id: 7,
                 data_dir: "/var/lib/terrace data".into(),
+                server: "s1".into(),
                 shards: vec![
                     ShardCut {
                         shard: 0,
@@ -243,9 +265,10 @@ mod tests {
         for bad in [
             &b"ERROR\r\n"[..],
             b"SERVER_ERROR too many backup cuts held\r\n",
-            b"CUT 7 1\r\nDATA_DIR /d\r\nSHARD 1 0 0\r\nEND\r\n",
-            b"CUT 7 1\r\nDATA_DIR /d\r\nSHARD 0 5 1\r\nSEGMENT 1 70000 65536\r\nEND\r\n",
-            b"CUT 7 1\r\nDATA_DIR /d\r\nSHARD 0 0 0\r\n",
+            b"CUT 7 1\r\nDATA_DIR /d\r\nSERVER s1\r\nSHARD 1 0 0\r\nEND\r\n",
+            b"CUT 7 1\r\nDATA_DIR /d\r\nSERVER s1\r\nSHARD 0 5 1\r\nSEGMENT 1 70000 65536\r\nEND\r\n",
+            b"CUT 7 1\r\nDATA_DIR /d\r\nSERVER s1\r\nSHARD 0 0 0\r\n",
+            b"CUT 7 1\r\nDATA_DIR /d\r\nSHARD 0 0 0\r\nEND\r\n",
             b"CUT x 1\r\n",
         ] {
             assert!(

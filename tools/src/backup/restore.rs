@@ -94,9 +94,18 @@ pub fn restore(
         });
     }
     // Held until the new data dir is in place: no server may start on the old one meanwhile.
-    let _lock = check_target(&target, force)?;
-    files::create_dirs(&parent)?;
-    let (removed_leftovers, recovered_contents) = clean_leftovers(&target, &parent, &name)?;
+    let (lock, created) = check_target(&target, force)?;
+    let cleaned = clean_leftovers(&target, &parent, &name);
+    let (removed_leftovers, recovered_contents) = match cleaned {
+        Ok(cleaned) => cleaned,
+        Err(e) => {
+            drop(lock);
+            if created {
+                remove_created(&target);
+            }
+            return Err(e);
+        }
+    };
 
     let tmp = parent.join(format!(".{name}.restore-{}", std::process::id()));
     if tmp.exists() {
@@ -112,6 +121,10 @@ pub fn restore(
             // Our own partial copy; the target was not touched.
             let _ = std::fs::remove_dir_all(&tmp);
             let _ = files::sync_dir(&parent);
+            drop(lock);
+            if created {
+                remove_created(&target);
+            }
             return Err(e);
         }
     };
@@ -121,6 +134,7 @@ pub fn restore(
 
     let previous_contents = swap_into_place(&tmp, &target, &parent, &name)?;
     files::sync_dir(&parent)?;
+    drop(lock);
     files::remove_if_exists(&target.join(COMPLETE_MARKER))?;
     files::sync_dir(&target)?;
     Ok(RestoreReport {
@@ -134,42 +148,69 @@ pub fn restore(
     })
 }
 
-/// Refuses a target a server holds, or a non-empty one without `force`. Returns the target's
-/// lock, if it has a lock file.
-fn check_target(target: &Path, force: bool) -> Result<Option<data_dir::DataDirLock>, BackupError> {
-    if !target.exists() {
-        return Ok(None);
-    }
-    if !target.is_dir() {
+/// Refuses a target a server holds, or a non-empty one without `force`, or a mount point.
+/// Creates the target if needed and returns its lock, held until the new data dir is in
+/// place: no server can start on it meanwhile, and no second restore can run into it.
+fn check_target(target: &Path, force: bool) -> Result<(data_dir::DataDirLock, bool), BackupError> {
+    if target.exists() && !target.is_dir() {
         return Err(BackupError::Refused {
             path: target.to_path_buf(),
             problem: "exists and is not a directory".into(),
             fix: "give --data-dir a directory".into(),
         });
     }
-    let lock = if target.join(LOCK_FILE).exists() {
-        Some(data_dir::lock(target).map_err(|e| BackupError::Refused {
-            path: target.to_path_buf(),
-            problem: super::source::held_by(&e),
-            fix: "stop that server before restoring over its data".into(),
-        })?)
-    } else {
-        None
+    if target.is_dir() {
+        let contents: Vec<String> = files::list_names(target)?
+            .into_iter()
+            .filter(|n| n != LOCK_FILE)
+            .collect();
+        if !contents.is_empty() && !force {
+            return Err(BackupError::Refused {
+                path: target.to_path_buf(),
+                problem: format!("not empty: holds {}", contents.join(", ")),
+                fix: "restore into a new or empty directory, or add --force to replace it (its \
+                      contents are moved aside, not deleted)"
+                    .into(),
+            });
+        }
+    }
+    let created = !target.exists();
+    if created {
+        files::create_dirs(target)?;
+    }
+    let lock = data_dir::lock(target).map_err(|e| BackupError::Refused {
+        path: target.to_path_buf(),
+        problem: super::source::held_by(&e),
+        fix: "stop that server (or that restore) before restoring over its data".into(),
+    })?;
+    // The new data dir is written beside the target and renamed into place: that cannot
+    // cross filesystems.
+    let device = |path: &Path| {
+        std::fs::metadata(path)
+            .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
+            .map_err(BackupError::io("stat", path))
     };
-    let contents: Vec<String> = files::list_names(target)?
-        .into_iter()
-        .filter(|n| n != LOCK_FILE)
-        .collect();
-    if !contents.is_empty() && !force {
+    if let Some(parent) = target.parent()
+        && device(target)? != device(parent)?
+    {
         return Err(BackupError::Refused {
             path: target.to_path_buf(),
-            problem: format!("not empty: holds {}", contents.join(", ")),
-            fix: "restore into a new or empty directory, or add --force to replace it (its \
-                  contents are moved aside, not deleted)"
+            problem: "is a mount point: a restore writes beside it and renames the result into \
+                      place, which cannot cross filesystems"
+                .into(),
+            fix: "restore into a directory below the mount point (and point the server's data \
+                  there)"
                 .into(),
         });
     }
-    Ok(lock)
+    Ok((lock, created))
+}
+
+/// Removes a target this restore created (holding only its lock file) after a failure.
+fn remove_created(target: &Path) {
+    let _ = std::fs::remove_file(target.join(LOCK_FILE));
+    let _ = std::fs::remove_dir(target);
+    let _ = files::sync_parent(target);
 }
 
 /// Cleans up after interrupted restores into `target` (see the module doc). Returns the
@@ -186,6 +227,13 @@ fn clean_leftovers(
             continue;
         }
         let path = parent.join(&entry);
+        // Another restore that is still running (its pid is in the name) is left alone.
+        let pid = entry[prefix.len()..].parse::<u32>().ok();
+        if pid.is_some_and(|pid| {
+            pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists()
+        }) {
+            continue;
+        }
         if path.join(INCOMPLETE_MARKER).exists() || path.join(COMPLETE_MARKER).exists() {
             std::fs::remove_dir_all(&path).map_err(BackupError::io("remove", &path))?;
             removed.push(path);

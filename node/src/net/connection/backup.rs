@@ -3,6 +3,7 @@
 //! ```text
 //! backup cut             -> CUT <id> <shards>
 //!                           DATA_DIR <absolute path of the data dir>
+//!                           SERVER <this server's name>
 //!                           SHARD <shard> <last_lsn> <segments>      (every shard, in order)
 //!                           SEGMENT <id> <cut_bytes> <file_bytes>    (its segments, in order)
 //!                           END
@@ -95,7 +96,7 @@ impl Connection {
         // Writing into a Vec cannot fail.
         let _ = write!(out, "CUT {id} {}\r\nDATA_DIR ", all.len());
         out.extend_from_slice(data_dir.as_os_str().as_encoded_bytes());
-        out.extend_from_slice(b"\r\n");
+        let _ = write!(out, "\r\nSERVER {}\r\n", self.executor.shared.settings.name);
         for cut in &all {
             let _ = write!(
                 out,

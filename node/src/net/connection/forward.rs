@@ -6,7 +6,7 @@
 //!   always answers, so that its replies can be framed, and the answer is discarded here for
 //!   a client that asked for none.
 //! - A reply is framed by what was asked: the get family reads `VALUE` blocks (skipping their
-//!   data by length) up to `END`; everything else is one line. An error line ends either.
+//!   data by length) and error parts up to `END`; everything else is one line.
 //! - With no active known (an election under way), a request waits, at most
 //!   `client_reconnect_window` and [`FORWARD_HOLD_MAX`]; if this server becomes the active
 //!   meanwhile, it serves the request itself.
@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 /// Longest a request waits for an active.
 pub const FORWARD_HOLD_MAX: Duration = Duration::from_secs(30);
+/// Longest a connection to the active may take to open.
+const FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest the active may take to answer a forwarded request.
 const FORWARD_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a held request looks for an active.
@@ -103,7 +105,7 @@ impl Connection {
         values: bool,
     ) -> std::io::Result<Vec<u8>> {
         if self.upstream.as_ref().is_none_or(|u| u.addr != addr) {
-            let stream = TcpStream::connect(addr).await?;
+            let stream = TcpStream::connect_timeout(addr, FORWARD_CONNECT_TIMEOUT).await?;
             stream.set_nodelay(true)?;
             stream.set_read_timeout(Some(FORWARD_REPLY_TIMEOUT))?;
             stream.set_write_timeout(Some(FORWARD_REPLY_TIMEOUT))?;
@@ -122,8 +124,14 @@ impl Connection {
         loop {
             let line = upstream.line().await?;
             answer.extend_from_slice(&line);
-            if !values || line.starts_with(b"END") || is_error(&line) {
+            if !values || line.starts_with(b"END") {
                 break;
+            }
+            // An error inside a multi-key reply (a `gat` refused for one key) is one of its
+            // parts: `END` still follows. (Requests reach here parsed and valid, so the active
+            // never answers a get family request with a lone error line.)
+            if is_error(&line) {
+                continue;
             }
             // `VALUE <key> <flags> <bytes> [<cas>]`, then the data and \r\n.
             let bytes = std::str::from_utf8(&line)
