@@ -103,6 +103,13 @@ pub enum WalError {
         max_bytes: usize,
     },
 
+    /// A record copied from another log (replication) cannot be appended as it is.
+    #[error("cannot append a copied record: {reason}")]
+    BadCopy {
+        /// Why: not a whole valid record, or not the LSN that comes next.
+        reason: String,
+    },
+
     /// A configuration value is out of range.
     #[error("invalid log setting {field} = {value}: {fix}")]
     Config {

@@ -385,6 +385,83 @@ impl<S: Storage> Log<S> {
         })
     }
 
+    /// Appends a copy of a record that another log wrote, byte for byte: LSN and CRC included
+    /// (a passive applying its active's log keeps the active's LSNs). `record` must be one
+    /// whole, valid record, padding included, and its LSN must be this log's next. It is
+    /// checked where it lands, in the mapping; an invalid copy is zeroed again and refused.
+    pub fn append_copy(&mut self, record: &[u8], class: AppendClass) -> Result<Appended, WalError> {
+        self.check_poisoned()?;
+        let bad = |reason: String| WalError::BadCopy { reason };
+        let len = record.len();
+        if len < RECORD_HEADER_LEN_BYTES
+            || !len.is_multiple_of(crate::constants::RECORD_ALIGN_BYTES)
+        {
+            return Err(bad(format!("{len} bytes is not a whole record")));
+        }
+        if len > self.config.record_len_max() {
+            return Err(WalError::RecordTooLarge {
+                len_bytes: len,
+                max_bytes: self.config.record_len_max(),
+            });
+        }
+        let lsn = self.next_lsn;
+        let mut lsn_word = [0u8; 8];
+        lsn_word.copy_from_slice(
+            &record[crate::constants::RECORD_LSN_OFFSET..crate::constants::RECORD_LSN_OFFSET + 8],
+        );
+        let found = u64::from_le_bytes(lsn_word);
+        if found != lsn {
+            return Err(bad(format!("its LSN is {found}, the log's next is {lsn}")));
+        }
+        if self.tail().is_sealed() || self.tail().free_bytes() < len {
+            self.create_tail(class)?;
+        }
+        let tail = Rc::clone(self.tail());
+        let mut invalid = None;
+        let offset = tail.append_with(lsn, |dst| {
+            let dst = &mut dst[..len];
+            dst.copy_from_slice(record);
+            match crate::format::check_record(dst, 0) {
+                // Padding is outside the CRC: a copy must bring it zero, as it was written.
+                crate::format::RecordCheck::Valid(r)
+                    if r.total_len == len
+                        && dst[RECORD_HEADER_LEN_BYTES + r.payload.len()..]
+                            .iter()
+                            .all(|&b| b == 0) =>
+                {
+                    Some(len)
+                }
+                other => {
+                    invalid = Some(match other {
+                        crate::format::RecordCheck::Invalid(reason) => reason.to_string(),
+                        crate::format::RecordCheck::Valid(r) if r.total_len != len => {
+                            format!("a record of {} bytes in {len}", r.total_len)
+                        }
+                        crate::format::RecordCheck::Valid(_) => "non-zero padding".to_string(),
+                        crate::format::RecordCheck::End => "a zero header".to_string(),
+                    });
+                    // The bytes after the records stay zero (segment invariant).
+                    dst.fill(0);
+                    None
+                }
+            }
+        });
+        let Some(offset) = offset else {
+            return Err(bad(invalid.unwrap_or_default()));
+        };
+        self.next_lsn += 1;
+        self.commit.note_append(lsn, &tail);
+        self.records_appended.set(self.records_appended.get() + 1);
+        self.bytes_appended
+            .set(self.bytes_appended.get() + len as u64);
+        Ok(Appended {
+            lsn,
+            segment: tail.id(),
+            offset,
+            len,
+        })
+    }
+
     /// Whether a new segment fits within the capacity for `class`.
     pub fn has_room_for_segment(&self, class: AppendClass) -> bool {
         let size = self.config.segment_size_bytes as u64;

@@ -855,6 +855,56 @@ impl<S: Storage> Store<S> {
         Ok(Written { lsn, cas })
     }
 
+    /// Applies a record copied from another store's log (a passive following its active):
+    /// appends it byte for byte, with its LSN (see [`Log::append_copy`]), and changes the
+    /// index as recovery would. The result equals the source's store up to that LSN.
+    pub fn apply_copy(&mut self, record: &[u8]) -> Result<Written, StoreError> {
+        let appended = self.log.append_copy(record, AppendClass::Compaction)?;
+        let segment = Rc::clone(self.appended_segment(&appended));
+        let copied = segment.record(appended.offset);
+        // SAFETY: `append_copy` validated the record where it landed.
+        let body = unsafe { copied.body_unchecked() };
+        let mut cas = appended.lsn;
+        match body {
+            Body::Put(put) => {
+                let key: &[u8] = put.key.as_ref();
+                cas = put.cas.to_native();
+                let hash = self.state.index.hash(key);
+                self.state.apply_put(
+                    &self.log,
+                    &segment,
+                    appended.offset,
+                    appended.len,
+                    (hash, key.len(), || key),
+                    put.expiry.to_native(),
+                );
+            }
+            Body::Delete(delete) => {
+                self.state
+                    .apply_delete(&self.log, &segment, appended.len, delete.key.as_ref());
+            }
+            Body::Touch(touch) => self.state.apply_touch(
+                &self.log,
+                &segment,
+                appended.len,
+                touch.key.as_ref(),
+                touch.cas.to_native(),
+                touch.expiry.to_native(),
+            ),
+            Body::Flush(flush) => self.state.apply_flush(
+                &segment,
+                appended.len,
+                appended.lsn,
+                flush.boundary_lsn.to_native(),
+                flush.at.to_native(),
+            ),
+        }
+        Ok(Written {
+            lsn: appended.lsn,
+            cas,
+        })
+    }
+
     /// memcached's set, add, replace, append, prepend and cas. `exptime` is memcached's
     /// (relative up to 30 days, else unix time; negative: already expired); it is ignored by
     /// append and prepend, which keep the item's flags and expiry.

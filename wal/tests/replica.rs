@@ -1,0 +1,189 @@
+//! A replica built by copying a store's records (`Store::apply_copy`), as a passive will
+//! follow its active: after random operations on the source (every kind of record, clock
+//! moves, compaction), the replica holds the same items with the same CAS, flags and expiry,
+//! at the same LSNs, and recovers to the same state from its own disk. Copies that are not
+//! the next record, or are damaged, are refused and change nothing.
+//!
+//! `TERRACE_REPLICA_SEEDS` sets the number of random runs (default 20).
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "tests stop at the first unexpected result"
+)]
+
+mod common;
+
+use common::recovery::env_count;
+use common::{open_sim, run, small_config, sync_all};
+use rand::rngs::SmallRng;
+use rand::{Rng as _, SeedableRng as _};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use terrace_wal::error::{StoreError, WalError};
+use terrace_wal::log::Durability;
+use terrace_wal::storage::{SimDisk, SimStorage};
+use terrace_wal::store::{Delta, ManualClock, SetMode, Store, compact_once};
+
+const START: u32 = 1_700_000_000;
+const SEGMENT: usize = 16 << 10;
+
+/// Every live item: key -> (value, flags, cas, expiry).
+type Items = BTreeMap<Vec<u8>, (Vec<u8>, u32, u64, u32)>;
+
+fn items(store: &Store<SimStorage>) -> Items {
+    let mut items = BTreeMap::new();
+    store.for_each_live(|item| {
+        items.insert(
+            item.key().to_vec(),
+            (
+                item.value().to_vec(),
+                item.flags(),
+                item.cas(),
+                item.expiry(),
+            ),
+        );
+    });
+    items
+}
+
+/// Copies every record of `source` the replica does not have yet, in LSN order.
+fn catch_up(source: &Store<SimStorage>, replica: &mut Store<SimStorage>) -> usize {
+    let from = replica.log().next_lsn();
+    let mut records = Vec::new();
+    for segment in source.log().segments() {
+        if segment.last_lsn() < from {
+            continue;
+        }
+        for (offset, record) in segment.records() {
+            if record.lsn >= from {
+                records.push(segment.slice(offset, offset + record.total_len).to_vec());
+            }
+        }
+    }
+    for record in &records {
+        replica.apply_copy(record).expect("apply copy");
+    }
+    records.len()
+}
+
+#[test]
+fn a_replica_of_copied_records_equals_its_source() {
+    let seeds = env_count("TERRACE_REPLICA_SEEDS", 20);
+    for seed in 0..seeds {
+        run(move || async move {
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let clock = ManualClock::new(START);
+            let (source_disk, replica_disk) = (SimDisk::new(), SimDisk::new());
+            let config = small_config(SEGMENT, Durability::Fsync);
+            let source = Rc::new(RefCell::new(
+                open_sim(&source_disk, config.clone(), &clock).await.0,
+            ));
+            let (mut replica, _) = open_sim(&replica_disk, config.clone(), &clock).await;
+            let mut copied = 0;
+            for step in 0..400 {
+                let key = format!("k{}", rng.random_range(0..40)).into_bytes();
+                {
+                    let mut s = source.borrow_mut();
+                    let value = vec![b'a' + (step % 26) as u8; rng.random_range(0..600)];
+                    let result: Result<(), StoreError> = match rng.random_range(0..100) {
+                        0..40 => s
+                            .set(SetMode::Set, &key, &value, step, rng.random_range(-1..200))
+                            .map(drop),
+                        40..50 => s.set(SetMode::Add, &key, &value, 1, 0).map(drop),
+                        50..58 => s.set(SetMode::Append, &key, b"+", 0, 0).map(drop),
+                        58..68 => s.delete(&key).map(drop),
+                        68..76 => s.touch(&key, rng.random_range(1..300)).map(drop),
+                        76..80 => s.delta(&key, Delta::Incr(3)).map(drop),
+                        80..82 => s.flush_all(rng.random_range(0..3)).map(drop),
+                        82..90 => {
+                            clock.advance(rng.random_range(0..50));
+                            Ok(())
+                        }
+                        _ => s.get(&key).map(drop),
+                    };
+                    if let Err(error) = result {
+                        assert!(
+                            matches!(error, StoreError::NonNumeric | StoreError::TooLarge { .. }),
+                            "seed {seed} step {step}: {error}"
+                        );
+                    }
+                }
+                if step % 50 == 49 {
+                    // Compaction writes records too (copies of live items); they are copied
+                    // like any other.
+                    compact_once(&source).await.expect("compaction");
+                }
+                if rng.random_bool(0.3) {
+                    copied += catch_up(&source.borrow(), &mut replica);
+                    assert_eq!(
+                        items(&source.borrow()),
+                        items(&replica),
+                        "seed {seed} step {step}"
+                    );
+                }
+            }
+            copied += catch_up(&source.borrow(), &mut replica);
+            assert!(copied > 100, "seed {seed}: only {copied} records copied");
+            let (next_lsn, expected) = {
+                let source = source.borrow();
+                (source.log().next_lsn(), items(&source))
+            };
+            assert_eq!(next_lsn, replica.log().next_lsn());
+            assert_eq!(expected, items(&replica), "seed {seed}");
+            replica.check_invariants();
+            // The replica's own log recovers to the same state.
+            sync_all(&replica).await;
+            drop(replica);
+            let (reopened, _) = open_sim(&replica_disk, config, &clock).await;
+            assert_eq!(expected, items(&reopened), "seed {seed}: after recovery");
+        });
+    }
+}
+
+#[test]
+fn a_copy_that_is_not_the_next_record_or_is_damaged_is_refused() {
+    run(|| async {
+        let clock = ManualClock::new(START);
+        let config = small_config(SEGMENT, Durability::Fsync);
+        let (mut source, _) = open_sim(&SimDisk::new(), config.clone(), &clock).await;
+        let (mut replica, _) = open_sim(&SimDisk::new(), config, &clock).await;
+        for i in 0..3 {
+            source
+                .set(SetMode::Set, format!("k{i}").as_bytes(), b"value", 0, 0)
+                .expect("set");
+        }
+        let records: Vec<Vec<u8>> = source
+            .log()
+            .segments()
+            .flat_map(|s| {
+                s.records()
+                    .map(|(o, r)| s.slice(o, o + r.total_len).to_vec())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(records.len(), 3);
+        let refused = |result: Result<_, StoreError>| {
+            assert!(
+                matches!(result, Err(StoreError::Wal(WalError::BadCopy { .. }))),
+                "{result:?}"
+            );
+        };
+        // Out of order.
+        refused(replica.apply_copy(&records[1]));
+        // Damaged: one flipped bit anywhere in the record (header, payload, padding).
+        for at in 0..records[0].len() {
+            let mut damaged = records[0].clone();
+            damaged[at] ^= 0x10;
+            refused(replica.apply_copy(&damaged));
+        }
+        // Nothing changed: the true records apply in order.
+        assert_eq!(replica.log().next_lsn(), 1);
+        for record in &records {
+            replica.apply_copy(record).expect("apply");
+        }
+        assert_eq!(items(&source), items(&replica));
+        refused(replica.apply_copy(&records[2]));
+    });
+}
