@@ -48,24 +48,22 @@ fn items(store: &Store<SimStorage>) -> Items {
     items
 }
 
-/// Copies every record of `source` the replica does not have yet, in LSN order.
+/// Copies every record of `source` the replica does not have yet, in LSN order, read with a
+/// log cursor as an active will stream them.
 fn catch_up(source: &Store<SimStorage>, replica: &mut Store<SimStorage>) -> usize {
     let from = replica.log().next_lsn();
-    let mut records = Vec::new();
-    for segment in source.log().segments() {
-        if segment.last_lsn() < from {
-            continue;
-        }
-        for (offset, record) in segment.records() {
-            if record.lsn >= from {
-                records.push(segment.slice(offset, offset + record.total_len).to_vec());
-            }
-        }
-    }
-    for record in &records {
+    let mut cursor = source
+        .log()
+        .cursor_at(from)
+        .expect("the source holds the replica's next LSN");
+    let mut copied = 0;
+    while let Some((lsn, record)) = cursor.next(source.log(), u64::MAX).expect("not behind") {
+        assert_eq!(lsn, replica.log().next_lsn());
         replica.apply_copy(record).expect("apply copy");
+        copied += 1;
     }
-    records.len()
+    assert_eq!(cursor.next_lsn(), source.log().next_lsn());
+    copied
 }
 
 #[test]
@@ -112,7 +110,9 @@ fn a_replica_of_copied_records_equals_its_source() {
                 }
                 if step % 50 == 49 {
                     // Compaction writes records too (copies of live items); they are copied
-                    // like any other.
+                    // like any other. (It also removes old segments: a replica that lags
+                    // behind them must start over from a snapshot, tested below.)
+                    copied += catch_up(&source.borrow(), &mut replica);
                     compact_once(&source).await.expect("compaction");
                 }
                 if rng.random_bool(0.3) {
@@ -185,5 +185,69 @@ fn a_copy_that_is_not_the_next_record_or_is_damaged_is_refused() {
         }
         assert_eq!(items(&source), items(&replica));
         refused(replica.apply_copy(&records[2]));
+    });
+}
+
+/// A cursor reads up to the limit it is given (the durable LSN), goes on when more is
+/// appended, crosses segments, and says when the records it needs were removed.
+#[test]
+fn a_cursor_follows_the_log_and_knows_when_it_fell_behind() {
+    run(|| async {
+        let clock = ManualClock::new(START);
+        let config = small_config(SEGMENT, Durability::Fsync);
+        let store = Rc::new(RefCell::new(
+            open_sim(&SimDisk::new(), config, &clock).await.0,
+        ));
+        assert!(
+            store.borrow().log().cursor_at(2).is_none(),
+            "beyond the log"
+        );
+        let mut cursor = store.borrow().log().cursor_at(1).expect("at the start");
+        let value = vec![b'v'; 1500];
+        for i in 0..40 {
+            store
+                .borrow_mut()
+                .set(SetMode::Set, format!("k{}", i % 4).as_bytes(), &value, 0, 0)
+                .expect("set");
+        }
+        assert!(store.borrow().log().segment_count() > 2, "several segments");
+        {
+            let s = store.borrow();
+            let mut read = 0;
+            while let Some((lsn, _)) = cursor.next(s.log(), 10).expect("not behind") {
+                read += 1;
+                assert_eq!(lsn, read);
+            }
+            assert_eq!(read, 10, "stops at the limit");
+            while cursor
+                .next(s.log(), u64::MAX)
+                .expect("not behind")
+                .is_some()
+            {}
+            assert_eq!(cursor.next_lsn(), 41);
+        }
+        // A cursor left behind at the start: compaction removes the segments it needs.
+        let mut stale = store.borrow().log().cursor_at(1).expect("at the start");
+        // Overwrites leave the old segments dead; compaction removes them.
+        for _ in 0..10 {
+            let synced = sync_all(&store.borrow());
+            synced.await;
+            compact_once(&store).await.expect("compaction");
+        }
+        assert!(store.borrow().log().cursor_at(1).is_none(), "LSN 1 is gone");
+        let s = store.borrow();
+        let mut result = Ok(None);
+        for _ in 0..100 {
+            result = stale.next(s.log(), u64::MAX).map(|r| r.map(|(lsn, _)| lsn));
+            if !matches!(result, Ok(Some(_))) {
+                break;
+            }
+        }
+        assert!(
+            matches!(result, Err(terrace_wal::log::FellBehind { .. })),
+            "{result:?}"
+        );
+        // The segment it held is still readable; the next one is what is missing.
+        assert!(stale.next_lsn() > 1);
     });
 }

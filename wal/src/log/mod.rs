@@ -10,11 +10,13 @@
 //!   module reports durability otherwise.
 //! - After a write or sync failure the log refuses appends (fail-stop).
 
+mod cursor;
 mod group_commit;
 mod recovery;
 pub mod scan;
 mod segment;
 
+pub use cursor::{FellBehind, LogCursor};
 pub use group_commit::{Durability, GroupCommit};
 pub use recovery::{RecordVisitor, RecoveryPolicy, RecoveryReport, TornTail};
 pub use segment::{Segment, SegmentRecords};
