@@ -400,36 +400,7 @@ impl Settings {
             problem,
             fix: fix.to_string(),
         };
-        let file: ConfigFile = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
-            error(
-                &line.map_or("(file)".to_string(), |l| format!("line {l}")),
-                e.message().to_string(),
-                "see configs/dev.toml for every field, with comments",
-            )
-        })?;
-
-        if file.servers.is_empty() {
-            return Err(error(
-                "servers",
-                "no [[servers]] entry".into(),
-                "add one: [[servers]] name, host, client_port, data",
-            ));
-        }
-        for (i, a) in file.servers.iter().enumerate() {
-            if file.servers[..i].iter().any(|b| b.name == a.name) {
-                return Err(error(
-                    &format!("servers[{i}].name"),
-                    format!("`{}` is used twice", a.name),
-                    "give every server its own name",
-                ));
-            }
-        }
-        check_names(&file, &error)?;
-        check_addresses(&file, &error)?;
-        let groups = resolve_groups(&file, &error)?;
+        let (file, groups) = parse_cluster(text, &error)?;
         let index = match name {
             Some(name) => file
                 .servers
@@ -608,11 +579,40 @@ pub fn load_groups(path: &Path) -> Result<Vec<(String, Vec<Member>)>, ConfigErro
             "give the path of the cluster's config file with -f",
         )
     })?;
-    let file: ConfigFile = toml::from_str(&text).map_err(|e| {
+    let (file, groups) = parse_cluster(&text, &error)?;
+    Ok(groups
+        .into_iter()
+        .map(|(name, members)| {
+            let members = members
+                .into_iter()
+                .map(|i| member(&file.servers[i]))
+                .collect();
+            (name, members)
+        })
+        .collect())
+}
+
+fn member(server: &ServerSection) -> Member {
+    Member {
+        name: server.name.clone(),
+        host: server.host.clone(),
+        client_port: server.client_port,
+        group_port: server.group_port,
+    }
+}
+
+/// Parses a config's text and checks what holds for the whole cluster: servers there, named
+/// once and plainly, ports and data dirs distinct per host, every server in one group.
+/// Returns the file and its groups (names and server indexes).
+fn parse_cluster(text: &str, error: &ErrorFn<'_>) -> Result<(ConfigFile, Groups), ConfigError> {
+    let file: ConfigFile = toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
         error(
-            "(file)",
+            &line.map_or("(file)".to_string(), |l| format!("line {l}")),
             e.message().to_string(),
-            "see configs/ha-pair.toml for every field, with comments",
+            "see configs/dev.toml and configs/ha-pair.toml for every field, with comments",
         )
     })?;
     if file.servers.is_empty() {
@@ -622,7 +622,6 @@ pub fn load_groups(path: &Path) -> Result<Vec<(String, Vec<Member>)>, ConfigErro
             "add one: [[servers]] name, host, client_port, data",
         ));
     }
-    check_names(&file, &error)?;
     for (i, a) in file.servers.iter().enumerate() {
         if file.servers[..i].iter().any(|b| b.name == a.name) {
             return Err(error(
@@ -632,29 +631,16 @@ pub fn load_groups(path: &Path) -> Result<Vec<(String, Vec<Member>)>, ConfigErro
             ));
         }
     }
-    check_addresses(&file, &error)?;
-    let groups = resolve_groups(&file, &error)?;
-    Ok(groups
-        .into_iter()
-        .map(|(name, members)| {
-            let members = members
-                .into_iter()
-                .map(|i| {
-                    let s = &file.servers[i];
-                    Member {
-                        name: s.name.clone(),
-                        host: s.host.clone(),
-                        client_port: s.client_port,
-                        group_port: s.group_port,
-                    }
-                })
-                .collect();
-            (name, members)
-        })
-        .collect())
+    check_names(&file, error)?;
+    check_addresses(&file, error)?;
+    let groups = resolve_groups(&file, error)?;
+    Ok((file, groups))
 }
 
 type ErrorFn<'a> = dyn Fn(&str, String, &str) -> ConfigError + 'a;
+
+/// Mirror groups as (name, indexes of their servers in the file).
+type Groups = Vec<(String, Vec<usize>)>;
 
 /// Server and group names: unique, and made of characters that are safe in logs, file names
 /// and the group protocol.
@@ -740,10 +726,7 @@ fn check_addresses(file: &ConfigFile, error: &ErrorFn<'_>) -> Result<(), ConfigE
 
 /// The mirror groups as (name, server indexes). Every server is in exactly one; a file with
 /// one server and no group gets a group of its own named `default`.
-fn resolve_groups(
-    file: &ConfigFile,
-    error: &ErrorFn<'_>,
-) -> Result<Vec<(String, Vec<usize>)>, ConfigError> {
+fn resolve_groups(file: &ConfigFile, error: &ErrorFn<'_>) -> Result<Groups, ConfigError> {
     if file.mirror_groups.is_empty() {
         if file.servers.len() == 1 {
             return Ok(vec![("default".to_string(), vec![0])]);
@@ -838,7 +821,7 @@ fn check_interval(
 /// description every server of the cluster must share.
 fn cluster_settings(
     file: &ConfigFile,
-    groups: &[(String, Vec<usize>)],
+    groups: &Groups,
     index: usize,
     persistence: Persistence,
     (shards, segment_size, capacity, item_size_max): (u32, usize, u64, usize),
@@ -934,18 +917,7 @@ fn cluster_settings(
         .iter()
         .find(|(_, members)| members.contains(&index))
         .map(|(name, members)| {
-            let members = members
-                .iter()
-                .map(|&i| {
-                    let s = &file.servers[i];
-                    Member {
-                        name: s.name.clone(),
-                        host: s.host.clone(),
-                        client_port: s.client_port,
-                        group_port: s.group_port,
-                    }
-                })
-                .collect();
+            let members = members.iter().map(|&i| member(&file.servers[i])).collect();
             (name.clone(), members)
         })
         .unwrap_or_default();

@@ -374,17 +374,28 @@ impl<S: Storage> Log<S> {
         };
         let len = tail.written_bytes() - offset;
         debug_assert!(len >= RECORD_HEADER_LEN_BYTES);
+        Ok(self.appended(lsn, &tail, offset, len))
+    }
+
+    /// Accounts for the record of `len` bytes just written at `offset` of `tail` with `lsn`.
+    fn appended(
+        &mut self,
+        lsn: u64,
+        tail: &Rc<Segment<S::File>>,
+        offset: usize,
+        len: usize,
+    ) -> Appended {
         self.next_lsn += 1;
-        self.commit.note_append(lsn, &tail);
+        self.commit.note_append(lsn, tail);
         self.records_appended.set(self.records_appended.get() + 1);
         self.bytes_appended
             .set(self.bytes_appended.get() + len as u64);
-        Ok(Appended {
+        Appended {
             lsn,
             segment: tail.id(),
             offset,
             len,
-        })
+        }
     }
 
     /// Appends a copy of a record that another log wrote, byte for byte: LSN and CRC included
@@ -451,17 +462,7 @@ impl<S: Storage> Log<S> {
         let Some(offset) = offset else {
             return Err(bad(invalid.unwrap_or_default()));
         };
-        self.next_lsn += 1;
-        self.commit.note_append(lsn, &tail);
-        self.records_appended.set(self.records_appended.get() + 1);
-        self.bytes_appended
-            .set(self.bytes_appended.get() + len as u64);
-        Ok(Appended {
-            lsn,
-            segment: tail.id(),
-            offset,
-            len,
-        })
+        Ok(self.appended(lsn, &tail, offset, len))
     }
 
     /// Whether a new segment fits within the capacity for `class`.
