@@ -5,56 +5,9 @@
 
 mod common;
 
-use common::{Server, free_ports, output_within};
-use std::path::{Path, PathBuf};
+use common::{Server, free_ports, output_within, pair_config};
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// A two-server group config in `dir` (data dirs below it), with fast health checks.
-fn pair_config(
-    dir: &Path,
-    name: &str,
-    (g1, g2, c1, c2): (u16, u16, u16, u16),
-    extra_cluster: &str,
-) -> PathBuf {
-    let path = dir.join(name);
-    let extra_cluster = if extra_cluster.contains("election_time") {
-        extra_cluster.to_string()
-    } else {
-        format!("election_time = \"500ms\"\n{extra_cluster}")
-    };
-    let text = format!(
-        r#"
-[cluster]
-persistence = "permanent-store"
-health_check_interval = "100ms"
-health_check_missed = 5
-{extra_cluster}
-[storage]
-shards = 4
-segment_size = "2MiB"
-[[servers]]
-name = "s1"
-host = "127.0.0.1"
-client_port = {c1}
-group_port = {g1}
-data = "{}"
-[[servers]]
-name = "s2"
-host = "127.0.0.1"
-client_port = {c2}
-group_port = {g2}
-data = "{}"
-[[mirror_groups]]
-name = "g1"
-servers = ["s1", "s2"]
-"#,
-        dir.join("s1").display(),
-        dir.join("s2").display(),
-    );
-    std::fs::write(&path, text).expect("write config");
-    path
-}
 
 /// `stats cluster` of `server` as (name, value) pairs.
 fn cluster_stats(server: &Server) -> Vec<(String, String)> {

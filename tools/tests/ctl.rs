@@ -5,7 +5,7 @@
 #[path = "../../node/tests/common/mod.rs"]
 mod common;
 
-use common::{Server, free_ports, output_within};
+use common::{Server, free_ports, output_within, pair_config};
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -34,39 +34,12 @@ fn server<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Valu
 fn status_shows_the_group_and_says_when_it_is_unhealthy() {
     let dir = tempfile::tempdir().expect("temp dir");
     let [g1, g2, c1, c2] = free_ports();
-    let config = dir.path().join("pair.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[cluster]
-persistence = "permanent-store"
-election_time = "300ms"
-health_check_interval = "100ms"
-[storage]
-shards = 2
-segment_size = "2MiB"
-[[servers]]
-name = "s1"
-host = "127.0.0.1"
-client_port = {c1}
-group_port = {g1}
-data = "{}"
-[[servers]]
-name = "s2"
-host = "127.0.0.1"
-client_port = {c2}
-group_port = {g2}
-data = "{}"
-[[mirror_groups]]
-name = "g1"
-servers = ["s1", "s2"]
-"#,
-            dir.path().join("s1").display(),
-            dir.path().join("s2").display()
-        ),
-    )
-    .expect("write config");
+    let config = pair_config(
+        dir.path(),
+        "pair.toml",
+        (g1, g2, c1, c2),
+        "election_time = \"300ms\"",
+    );
     let s1 = Server::start_at(&config, c1, &["-n", "s1", "--cores", "1"]);
     let mut s2 = Server::start_at(&config, c2, &["-n", "s2", "--cores", "1"]);
 

@@ -99,6 +99,53 @@ pub fn server_binary() -> PathBuf {
     binary
 }
 
+/// A two-server mirror group config in `dir` (data dirs below it), permanent-store, with fast
+/// health checks and a 500 ms election time unless `extra_cluster` sets one.
+pub fn pair_config(
+    dir: &Path,
+    name: &str,
+    (g1, g2, c1, c2): (u16, u16, u16, u16),
+    extra_cluster: &str,
+) -> PathBuf {
+    let path = dir.join(name);
+    let extra_cluster = if extra_cluster.contains("election_time") {
+        extra_cluster.to_string()
+    } else {
+        format!("election_time = \"500ms\"\n{extra_cluster}")
+    };
+    let text = format!(
+        r#"
+[cluster]
+persistence = "permanent-store"
+health_check_interval = "100ms"
+health_check_missed = 5
+{extra_cluster}
+[storage]
+shards = 4
+segment_size = "2MiB"
+[[servers]]
+name = "s1"
+host = "127.0.0.1"
+client_port = {c1}
+group_port = {g1}
+data = "{}"
+[[servers]]
+name = "s2"
+host = "127.0.0.1"
+client_port = {c2}
+group_port = {g2}
+data = "{}"
+[[mirror_groups]]
+name = "g1"
+servers = ["s1", "s2"]
+"#,
+        dir.join("s1").display(),
+        dir.join("s2").display(),
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
 /// A running server.
 pub struct Server {
     pub child: Option<Child>,
