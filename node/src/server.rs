@@ -113,6 +113,8 @@ pub fn run(settings: Settings, options: RunOptions) -> Result<(), ServerError> {
         topology.shards,
     )
     .map_err(ServerError::Group)?;
+    // Heard by its peers while it recovers: they wait for its data before electing.
+    group.join()?;
     let shared = Arc::new(Shared {
         settings: settings.clone(),
         clock: ServerClock::default(),
@@ -171,9 +173,9 @@ pub fn run(settings: Settings, options: RunOptions) -> Result<(), ServerError> {
             }
         }
     }
-    // The group starts once every shard is recovered: its election compares data.
+    // Every shard is recovered: the group's election can compare data.
     if failure.is_none()
-        && let Err(error) = group.start()
+        && let Err(error) = group.data_ready()
     {
         failure = Some(error.to_string());
         control.stopping.store(true, Ordering::SeqCst);

@@ -108,6 +108,10 @@ pub fn decide(me: View<'_>, peers: &[View<'_>], election_due: bool) -> Decision 
     if peers.is_empty() && me.status.term > me.status.data_term {
         return Decision::Stay;
     }
+    // A peer still recovering may hold the newest data: wait until it can say.
+    if !me.status.ready || peers.iter().any(|p| !p.status.ready) {
+        return Decision::Stay;
+    }
     let newest = std::iter::once(&me)
         .chain(peers.iter().filter(|p| p.status.state.may_become_active()))
         .max_by(|a, b| {
@@ -140,6 +144,7 @@ mod tests {
             data_term,
             lsn,
             active: None,
+            ready: true,
         }
     }
 
@@ -179,6 +184,15 @@ mod tests {
         );
         assert_eq!(
             decide(view("s2", &same), &[view("s1", &same)], true),
+            Decision::Stay
+        );
+        // A peer still recovering may have the newest data: no election until it is ready.
+        let recovering = Status {
+            ready: false,
+            ..status(State::Starting, 0, 0, 0)
+        };
+        assert_eq!(
+            decide(view("s1", &same), &[view("s2", &recovering)], true),
             Decision::Stay
         );
         // Alone after the election time: itself.

@@ -36,6 +36,8 @@ pub struct Group {
     inner: Mutex<Inner>,
     /// Whether this server serves clients (it is the active). Read by every request.
     serving: AtomicBool,
+    /// Whether this server's data is recovered.
+    ready: AtomicBool,
     /// Last LSN of every shard, published by the executors that own them.
     lsns: Vec<AtomicU64>,
     membership: OnceLock<Membership>,
@@ -79,6 +81,7 @@ impl Group {
                 told_unavailable: false,
             }),
             serving: AtomicBool::new(false),
+            ready: AtomicBool::new(false),
             lsns: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             membership: OnceLock::new(),
             stopping: AtomicBool::new(false),
@@ -134,6 +137,7 @@ impl Group {
             data_term: inner.terms.data_term,
             lsn: self.lsns.iter().map(|l| l.load(Ordering::Relaxed)).sum(),
             active: inner.active.clone(),
+            ready: self.ready.load(Ordering::SeqCst),
         }
     }
 
@@ -186,9 +190,10 @@ impl Group {
         }
     }
 
-    /// Starts taking part in the group, once this server's data is recovered: alone, it
-    /// becomes active at once; otherwise membership starts and the coordinator elects.
-    pub fn start(self: &Arc<Self>) -> Result<(), ClusterError> {
+    /// Joins the group at start-up, before this server's data is recovered: membership (its
+    /// heartbeats say it is recovering, so that no peer elects itself meanwhile) and the
+    /// coordinator, which elects once the data is ready ([`Group::data_ready`]).
+    pub fn join(self: &Arc<Self>) -> Result<(), ClusterError> {
         let status_source = Arc::clone(self);
         let membership = Membership::start(
             &self.me,
@@ -196,15 +201,8 @@ impl Group {
             Arc::new(move || status_source.status()),
         )?;
         let Some(membership) = membership else {
-            let mut inner = self.lock();
-            let term = inner.terms.term.max(1);
-            return self
-                .become_active(&mut inner, term)
-                .map_err(|source| ClusterError::Terms { source });
+            return Ok(());
         };
-        // The election time runs from now, when this server can hear its peers (not from
-        // before its recovery).
-        self.lock().no_active_since = Some(Instant::now());
         let _ = self.membership.set(membership);
         let group = Arc::clone(self);
         std::thread::Builder::new()
@@ -221,6 +219,21 @@ impl Group {
         Ok(())
     }
 
+    /// This server's data is recovered: alone in its group, it becomes active at once;
+    /// otherwise the election time starts now.
+    pub fn data_ready(&self) -> Result<(), ClusterError> {
+        let mut inner = self.lock();
+        self.ready.store(true, Ordering::SeqCst);
+        if self.membership().is_none() {
+            let term = inner.terms.term.max(1);
+            return self
+                .become_active(&mut inner, term)
+                .map_err(|source| ClusterError::Terms { source });
+        }
+        inner.no_active_since = Some(Instant::now());
+        Ok(())
+    }
+
     /// Stops the coordinator and the membership.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
@@ -231,6 +244,9 @@ impl Group {
 
     /// One round of the coordinator: what the peers say, the election, its outcome.
     fn tick(&self) {
+        if !self.ready.load(Ordering::SeqCst) {
+            return;
+        }
         let peers: Vec<(String, Status)> = self
             .membership()
             .map(Membership::joined_statuses)

@@ -66,6 +66,8 @@ pub struct Status {
     pub lsn: u64,
     /// The active it knows of.
     pub active: Option<String>,
+    /// Whether its data is recovered (its LSN means something yet).
+    pub ready: bool,
 }
 
 /// The group file in a data dir.

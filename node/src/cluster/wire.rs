@@ -5,8 +5,9 @@
 //! HELLO <version> <from> <to> <fingerprint> <n>   then n lines: CONFIG <field> <value>
 //! WELCOME <from>
 //! REFUSE <reason>
-//! PING <seq> <state> <term> <data_term> <lsn> <active|->   a heartbeat, with the sender's status
-//! PONG <seq> <state> <term> <data_term> <lsn> <active|->   its answer, with the answerer's
+//! PING <seq> <state> <term> <data_term> <lsn> <active|-> <ready|recovering>   a heartbeat,
+//!                                                   with the sender's status
+//! PONG <seq> <state> <term> <data_term> <lsn> <active|-> <ready|recovering>   its answer
 //! ```
 //!
 //! Names are config names (letters, digits, `-`, `_`, `.`: no spaces). Every line is at most
@@ -104,18 +105,24 @@ impl Message {
 
 fn status_words(status: &Status) -> String {
     format!(
-        "{} {} {} {} {}",
+        "{} {} {} {} {} {}",
         status.state.name(),
         status.term,
         status.data_term,
         status.lsn,
-        status.active.as_deref().unwrap_or("-")
+        status.active.as_deref().unwrap_or("-"),
+        if status.ready { "ready" } else { "recovering" }
     )
 }
 
 fn parse_status(words: &[&str]) -> Option<Status> {
-    let [state, term, data_term, lsn, active] = words else {
+    let [state, term, data_term, lsn, active, ready] = words else {
         return None;
+    };
+    let ready = match *ready {
+        "ready" => true,
+        "recovering" => false,
+        _ => return None,
     };
     Some(Status {
         state: State::from_name(state)?,
@@ -123,6 +130,7 @@ fn parse_status(words: &[&str]) -> Option<Status> {
         data_term: data_term.parse().ok()?,
         lsn: lsn.parse().ok()?,
         active: (*active != "-").then(|| active.to_string()),
+        ready,
     })
 }
 
@@ -267,6 +275,7 @@ mod tests {
                     data_term: 0,
                     lsn: 0,
                     active: None,
+                    ready: false,
                 },
             },
             Message::Pong {
@@ -277,6 +286,7 @@ mod tests {
                     data_term: 2,
                     lsn: 12_345,
                     active: Some("s1".into()),
+                    ready: true,
                 },
             },
         ] {
@@ -291,7 +301,9 @@ mod tests {
             b"PING x",
             b"PING 1",
             b"PING 1 ACTIVE 1 1 1 -",
-            b"PONG 1 STARTING 1 1 x -",
+            b"PONG 1 STARTING 1 1 x - ready",
+            b"PONG 1 STARTING 1 1 1 - maybe",
+            b"PONG 1 STARTING 1 1 1 -",
             b"WELCOME",
             b"get k",
             b"\xff\xfe",
