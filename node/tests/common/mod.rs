@@ -76,27 +76,33 @@ data = "{}"
 }
 
 /// The `terrace-server` binary: this package's, or, from another package's tests (the tools
-/// share this module), the one `cargo test --workspace` built beside them, built if missing.
+/// share this module), the one beside them, brought up to date first (once per process, in
+/// the tests' own profile): a binary left from an older build would test old code.
 pub fn server_binary() -> PathBuf {
     if let Some(path) = option_env!("CARGO_BIN_EXE_terrace-server") {
         return path.into();
     }
-    let exe = std::env::current_exe().expect("test exe");
-    let bin_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
-    let binary = bin_dir.join("terrace-server");
-    if !binary.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["build", "-p", "terrace-node", "--bin", "terrace-server"])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "cargo build of terrace-server failed");
-    }
-    binary
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("test exe");
+            let bin_dir = exe
+                .parent()
+                .and_then(|deps| deps.parent())
+                .expect("target dir");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut build = Command::new(cargo);
+            build
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .args(["build", "-q", "-p", "terrace-node", "--bin", "terrace-server"]);
+            if bin_dir.file_name().is_some_and(|name| name == "release") {
+                build.arg("--release");
+            }
+            let status = build.status().expect("run cargo build");
+            assert!(status.success(), "cargo build of terrace-server failed");
+            bin_dir.join("terrace-server")
+        })
+        .clone()
 }
 
 /// A two-server mirror group config in `dir` (data dirs below it), permanent-store, with fast
