@@ -92,9 +92,14 @@ pub fn server_binary() -> PathBuf {
                 .expect("target dir");
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let mut build = Command::new(cargo);
-            build
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .args(["build", "-q", "-p", "terrace-node", "--bin", "terrace-server"]);
+            build.current_dir(env!("CARGO_MANIFEST_DIR")).args([
+                "build",
+                "-q",
+                "-p",
+                "terrace-node",
+                "--bin",
+                "terrace-server",
+            ]);
             if bin_dir.file_name().is_some_and(|name| name == "release") {
                 build.arg("--release");
             }
