@@ -37,6 +37,11 @@ struct Args {
     /// tests; never in production).
     #[arg(long)]
     enable_debugtime: bool,
+    /// Allow the `shutdown` command on the client port (memcached's -A): it stops this server
+    /// as SIGTERM does. `terrace-ctl shutdown` uses it. Anyone who can reach the port can then
+    /// stop the server.
+    #[arg(long)]
+    enable_shutdown: bool,
     /// Log format on stderr. The level comes from RUST_LOG (default: info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -116,6 +121,7 @@ fn main() -> ExitCode {
     }
     let options = RunOptions {
         enable_debugtime: args.enable_debugtime,
+        enable_shutdown: args.enable_shutdown,
     };
     match run(settings, options) {
         Ok(()) => ExitCode::SUCCESS,

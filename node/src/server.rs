@@ -32,6 +32,8 @@ use terrace_wal::store::{CompactionConfig, StoreConfig, WhenFull, spawn_compacto
 pub struct RunOptions {
     /// Allow the `debugtime` command (tests).
     pub enable_debugtime: bool,
+    /// Allow the `shutdown` command.
+    pub enable_shutdown: bool,
 }
 
 /// Why the server could not start or stopped abnormally.
@@ -70,7 +72,8 @@ pub enum ServerError {
 /// State every executor thread sees, for shutdown.
 #[derive(Debug)]
 struct Control {
-    stopping: AtomicBool,
+    /// Set by SIGTERM/SIGINT, or by the `shutdown` command.
+    stopping: Arc<AtomicBool>,
     /// Executors whose connections have ended.
     drained: AtomicUsize,
 }
@@ -115,6 +118,13 @@ pub fn run(settings: Settings, options: RunOptions) -> Result<(), ServerError> {
     .map_err(ServerError::Group)?;
     // Heard by its peers while it recovers: they wait for its data before electing.
     group.join()?;
+    let control = Arc::new(Control {
+        stopping: Arc::new(AtomicBool::new(false)),
+        drained: AtomicUsize::new(0),
+    });
+    let shutdown = options
+        .enable_shutdown
+        .then(|| Arc::clone(&control.stopping));
     let shared = Arc::new(Shared {
         settings: settings.clone(),
         clock: ServerClock::default(),
@@ -122,10 +132,7 @@ pub fn run(settings: Settings, options: RunOptions) -> Result<(), ServerError> {
         started: SystemTime::now(),
         executors,
         group: Arc::clone(&group),
-    });
-    let control = Arc::new(Control {
-        stopping: AtomicBool::new(false),
-        drained: AtomicUsize::new(0),
+        shutdown,
     });
     install_signal_handler(&control);
 

@@ -273,3 +273,33 @@ fn backup_admin_command() {
     // Still serving.
     assert_eq!(c.get("k").as_deref(), Some("v"));
 }
+
+/// `shutdown` is memcached's: refused unless the server was started to allow it
+/// (`--enable-shutdown`, memcached's -A); with it, `OK` and a clean stop.
+#[test]
+fn shutdown_only_when_enabled() {
+    let (_dir, server) = server("temporary-swap-only", &[]);
+    let mut c = server.connect();
+    assert_eq!(c.call("shutdown\r\n"), "ERROR: shutdown not enabled\r\n");
+    assert_eq!(
+        c.call("shutdown now\r\n"),
+        "CLIENT_ERROR bad command line format\r\n"
+    );
+    assert_eq!(c.set("k", "v"), "STORED\r\n");
+    let (_dir, mut server) = server_with_shutdown();
+    assert_eq!(server.connect().call("shutdown\r\n"), "OK\r\n");
+    let mut child = server.child.take().expect("running");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "did not stop");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+}
+
+fn server_with_shutdown() -> (tempfile::TempDir, Server) {
+    server("permanent-store", &["--enable-shutdown"])
+}

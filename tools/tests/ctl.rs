@@ -106,3 +106,77 @@ fn status_shows_the_group_and_says_when_it_is_unhealthy() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("servers[0].name"));
 }
+
+/// `terrace-ctl shutdown`: the passive first, then the active, each waited for; both exit
+/// cleanly. Servers without --enable-shutdown are not stopped, and the active of a group whose
+/// passive could not be stopped keeps running.
+#[test]
+fn shutdown_stops_the_passives_first_then_the_active() {
+    use wait_timeout::ChildExt as _;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let [g1, g2, c1, c2] = free_ports();
+    let config = pair_config(
+        dir.path(),
+        "pair.toml",
+        (g1, g2, c1, c2),
+        "election_time = \"300ms\"",
+    );
+    let run_ctl = || {
+        output_within(
+            Command::new(env!("CARGO_BIN_EXE_terrace-ctl"))
+                .args(["shutdown", "-f"])
+                .arg(&config),
+            Duration::from_secs(120),
+        )
+    };
+    let wait_healthy = || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ctl(&config).0.status.success() {
+            assert!(Instant::now() < deadline, "never healthy");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    // Not enabled: nothing stops.
+    let s1 = Server::start_at(&config, c1, &["-n", "s1", "--cores", "1"]);
+    let s2 = Server::start_at(&config, c2, &["-n", "s2", "--cores", "1"]);
+    wait_healthy();
+    let output = run_ctl();
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("s2: not stopped: its shutdown command is not enabled"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("s1: not stopped: a server of its group before it"),
+        "{stdout}"
+    );
+    assert!(ctl(&config).0.status.success(), "both still up");
+    drop((s1, s2));
+
+    // Enabled: s2 (the passive) first, then s1, and both exit 0.
+    let mut s1 = Server::start_at(
+        &config,
+        c1,
+        &["-n", "s1", "--cores", "1", "--enable-shutdown"],
+    );
+    let mut s2 = Server::start_at(
+        &config,
+        c2,
+        &["-n", "s2", "--cores", "1", "--enable-shutdown"],
+    );
+    wait_healthy();
+    let output = run_ctl();
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(output.status.success(), "{stdout}");
+    assert_eq!(stdout, "s2: stopped\ns1: stopped\n");
+    for server in [&mut s1, &mut s2] {
+        let mut child = server.child.take().expect("running");
+        let status = child
+            .wait_timeout(Duration::from_secs(30))
+            .expect("wait")
+            .expect("exited");
+        assert!(status.success(), "{status:?}");
+    }
+}

@@ -462,6 +462,19 @@ impl Connection {
             Command::Quit => replies.quit = true,
             Command::Stats { args } => self.stats(args, replies).await,
             Command::Backup { args } => self.backup(args, replies).await,
+            Command::Shutdown => match &self.executor.shared.shutdown {
+                Some(stopping) => {
+                    tracing::info!(
+                        "stopping (shutdown command): finishing in-flight requests, then syncing"
+                    );
+                    replies.out.extend_from_slice(reply::OK);
+                    stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                // memcached's answer without -A.
+                None => replies
+                    .out
+                    .extend_from_slice(b"ERROR: shutdown not enabled\r\n"),
+            },
             Command::DebugTime { shift_secs } => {
                 if self.executor.shared.debugtime_enabled {
                     self.executor.shared.clock.shift(shift_secs);

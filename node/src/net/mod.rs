@@ -30,6 +30,8 @@ pub struct Shared {
     pub executors: usize,
     /// This server in its mirror group: state, term, membership, whether it serves clients.
     pub group: Arc<crate::cluster::Group>,
+    /// The server's stop flag (what SIGTERM sets), when the `shutdown` command is enabled.
+    pub shutdown: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// One executor's view of the server, shared by its connections.

@@ -66,6 +66,8 @@ pub enum Command<'a> {
     Stats { args: &'a [u8] },
     /// `debugtime <seconds>`: shift the server clock (only with `--enable-debugtime`).
     DebugTime { shift_secs: i64 },
+    /// `shutdown [graceful]`: stop the server (only with `--enable-shutdown`).
+    Shutdown,
     /// `backup <args>`: Terrace's online-backup admin command (`backup cut`,
     /// `backup release <id>`); the arguments, trimmed.
     Backup { args: &'a [u8] },
@@ -184,6 +186,10 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<'a> {
         b"stats" => request(Command::Stats { args: trim(rest) }, line_len),
         b"debugtime" => parse_debugtime(rest, line_len),
         b"backup" => request(Command::Backup { args: trim(rest) }, line_len),
+        b"shutdown" => match trim(rest) {
+            b"" | b"graceful" => request(Command::Shutdown, line_len),
+            _ => invalid(ProtocolError::BadCommandLine, line_len),
+        },
         _ => invalid(ProtocolError::UnknownCommand, line_len),
     }
 }

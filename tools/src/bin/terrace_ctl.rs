@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use terrace_tools::ctl::{Seen, problems, status};
+use terrace_tools::ctl::{Seen, problems, shutdown, status};
 
 /// Exit status when the cluster is not healthy: a server unreachable, a group without
 /// exactly one active.
@@ -38,14 +38,46 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Stop every server of the cluster, group by group: the passives first, then the active
+    /// (each must run with --enable-shutdown). Waits for each to stop before the next.
+    Shutdown {
+        /// The cluster's config file (the one every server was started with).
+        #[arg(short = 'f', long = "config", value_name = "FILE")]
+        config: PathBuf,
+        /// How long to wait for each server to answer, in milliseconds.
+        #[arg(long, value_name = "MS", default_value_t = 2000)]
+        timeout_ms: u64,
+    },
 }
 
 fn main() -> ExitCode {
-    let Command::Status {
-        config,
-        timeout_ms,
-        json,
-    } = Cli::parse().command;
+    let (config, timeout_ms, json) = match Cli::parse().command {
+        Command::Status {
+            config,
+            timeout_ms,
+            json,
+        } => (config, timeout_ms, json),
+        Command::Shutdown { config, timeout_ms } => {
+            let timeout = Duration::from_millis(timeout_ms.max(1));
+            let outcomes = shutdown(&config, timeout, |s| println!("{}: {}", s.name, s.outcome));
+            return match outcomes {
+                Ok(outcomes) => {
+                    let all = outcomes
+                        .iter()
+                        .all(|o| o.outcome == "stopped" || o.outcome == "already down");
+                    if all {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(EXIT_UNHEALTHY)
+                    }
+                }
+                Err(e) => {
+                    eprintln!("terrace-ctl: {e}");
+                    ExitCode::from(EXIT_USAGE)
+                }
+            };
+        }
+    };
     let servers = match status(&config, Duration::from_millis(timeout_ms.max(1))) {
         Ok(servers) => servers,
         Err(e) => {

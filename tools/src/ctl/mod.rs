@@ -187,3 +187,100 @@ fn ask(address: &str, timeout: Duration) -> Result<Seen, String> {
         clients: number("curr_connections"),
     })
 }
+
+/// What `shutdown` did to one server.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stopped {
+    /// Its name.
+    pub name: String,
+    /// `stopped`, `already down`, or why it was not stopped.
+    pub outcome: String,
+}
+
+/// Stops every server of the cluster config at `path`, group by group: the passives first,
+/// then the active (so that no passive takes over from an active being stopped, and the
+/// active stops last with the newest data). Each server is asked with the `shutdown`
+/// command (it must run with `--enable-shutdown`) and waited for until its client port
+/// closes. A group whose passive cannot be stopped keeps its active running.
+pub fn shutdown(
+    path: &Path,
+    timeout: Duration,
+    mut progress: impl FnMut(&Stopped),
+) -> Result<Vec<Stopped>, ConfigError> {
+    let servers = status(path, timeout)?;
+    let mut outcomes = Vec::new();
+    let mut groups: Vec<&str> = servers.iter().map(|s| s.group.as_str()).collect();
+    groups.dedup();
+    for group in groups {
+        let mut members: Vec<&ServerStatus> = servers.iter().filter(|s| s.group == group).collect();
+        // Passives (and anything not active) first, the active last.
+        members.sort_by_key(
+            |s| matches!(&s.seen, Seen::Up { state, .. } if state == "ACTIVE-COORDINATOR"),
+        );
+        let mut failed = false;
+        for server in members {
+            let outcome = match (&server.seen, failed) {
+                (Seen::Down { .. }, _) => "already down".to_string(),
+                (Seen::Up { .. }, true) => {
+                    "not stopped: a server of its group before it could not be".to_string()
+                }
+                (Seen::Up { .. }, false) => match stop_one(&server.address, timeout) {
+                    Ok(()) => "stopped".to_string(),
+                    Err(why) => {
+                        failed = true;
+                        format!("not stopped: {why}")
+                    }
+                },
+            };
+            let stopped = Stopped {
+                name: server.name.clone(),
+                outcome,
+            };
+            progress(&stopped);
+            outcomes.push(stopped);
+        }
+    }
+    Ok(outcomes)
+}
+
+/// Sends `shutdown` to the server at `address` and waits until its port closes.
+fn stop_one(address: &str, timeout: Duration) -> Result<(), String> {
+    let addr = address
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve: {e}"))?
+        .next()
+        .ok_or("resolves to no address")?;
+    let mut stream =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("cannot connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"shutdown\r\n")
+        .map_err(|e| format!("cannot send: {e}"))?;
+    let mut reply = [0u8; 128];
+    let n = stream.read(&mut reply).map_err(|e| e.to_string())?;
+    let reply = String::from_utf8_lossy(&reply[..n]);
+    if reply.trim() != "OK" {
+        return Err(if reply.contains("not enabled") {
+            "its shutdown command is not enabled: start it with --enable-shutdown".into()
+        } else {
+            format!("it answered `{}`", reply.trim())
+        });
+    }
+    drop(stream);
+    // It finishes in-flight requests and syncs: wait until it no longer answers.
+    let deadline = Instant::now() + STOP_WAIT_MAX;
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "still answering {STOP_WAIT_MAX:?} after it accepted to stop"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Longest `shutdown` waits for one server to stop.
+const STOP_WAIT_MAX: Duration = Duration::from_secs(60);
