@@ -121,19 +121,25 @@ pub fn problems(servers: &[ServerStatus]) -> Vec<String> {
     problems
 }
 
-/// `stats cluster` and `stats` of the server at `address`.
-fn ask(address: &str, timeout: Duration) -> Result<Seen, String> {
+/// A connection to `address`, with `timeout` for connecting, reading and writing.
+fn connect(address: &str, timeout: Duration) -> Result<(TcpStream, std::net::SocketAddr), String> {
     let addr = address
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve: {e}"))?
         .next()
         .ok_or("resolves to no address")?;
-    let mut stream =
+    let stream =
         TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("cannot connect: {e}"))?;
     stream
         .set_read_timeout(Some(timeout))
         .and_then(|()| stream.set_write_timeout(Some(timeout)))
         .map_err(|e| e.to_string())?;
+    Ok((stream, addr))
+}
+
+/// `stats cluster` and `stats` of the server at `address`.
+fn ask(address: &str, timeout: Duration) -> Result<Seen, String> {
+    let (mut stream, _) = connect(address, timeout)?;
     stream
         .write_all(b"stats cluster\r\nstats\r\n")
         .map_err(|e| format!("cannot send: {e}"))?;
@@ -245,16 +251,7 @@ pub fn shutdown(
 
 /// Sends `shutdown` to the server at `address` and waits until its port closes.
 fn stop_one(address: &str, timeout: Duration) -> Result<(), String> {
-    let addr = address
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve: {e}"))?
-        .next()
-        .ok_or("resolves to no address")?;
-    let mut stream =
-        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("cannot connect: {e}"))?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
+    let (mut stream, addr) = connect(address, timeout)?;
     stream
         .write_all(b"shutdown\r\n")
         .map_err(|e| format!("cannot send: {e}"))?;
