@@ -30,16 +30,22 @@ fn server<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Valu
         .expect("listed")
 }
 
-#[test]
-fn status_shows_the_group_and_says_when_it_is_unhealthy() {
-    let dir = tempfile::tempdir().expect("temp dir");
+/// A pair's config in `dir` with a short election time, and the two client ports.
+fn pair(dir: &Path) -> (std::path::PathBuf, u16, u16) {
     let [g1, g2, c1, c2] = free_ports();
     let config = pair_config(
-        dir.path(),
+        dir,
         "pair.toml",
         (g1, g2, c1, c2),
         "election_time = \"300ms\"",
     );
+    (config, c1, c2)
+}
+
+#[test]
+fn status_shows_the_group_and_says_when_it_is_unhealthy() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (config, c1, c2) = pair(dir.path());
     let s1 = Server::start_at(&config, c1, &["-n", "s1", "--cores", "1"]);
     let mut s2 = Server::start_at(&config, c2, &["-n", "s2", "--cores", "1"]);
 
@@ -114,13 +120,7 @@ fn status_shows_the_group_and_says_when_it_is_unhealthy() {
 fn shutdown_stops_the_passives_first_then_the_active() {
     use wait_timeout::ChildExt as _;
     let dir = tempfile::tempdir().expect("temp dir");
-    let [g1, g2, c1, c2] = free_ports();
-    let config = pair_config(
-        dir.path(),
-        "pair.toml",
-        (g1, g2, c1, c2),
-        "election_time = \"300ms\"",
-    );
+    let (config, c1, c2) = pair(dir.path());
     let run_ctl = || {
         output_within(
             Command::new(env!("CARGO_BIN_EXE_terrace-ctl"))

@@ -843,16 +843,27 @@ impl<S: Storage> Store<S> {
                 .index
                 .get(&self.log, self.state.index.hash(key), key)
         );
+        self.index_put(&segment, &appended, key, expiry);
+        Ok(Written { lsn, cas })
+    }
+
+    /// Makes the put record just appended (`appended`, in `segment`) the item of `key`.
+    fn index_put(
+        &mut self,
+        segment: &Segment<S::File>,
+        appended: &Appended,
+        key: &[u8],
+        expiry: u32,
+    ) {
         let hash = self.state.index.hash(key);
         self.state.apply_put(
             &self.log,
-            &segment,
+            segment,
             appended.offset,
             appended.len,
             (hash, key.len(), || key),
             expiry,
         );
-        Ok(Written { lsn, cas })
     }
 
     /// Applies a record copied from another store's log (a passive following its active):
@@ -867,15 +878,11 @@ impl<S: Storage> Store<S> {
         let mut cas = appended.lsn;
         match body {
             Body::Put(put) => {
-                let key: &[u8] = put.key.as_ref();
                 cas = put.cas.to_native();
-                let hash = self.state.index.hash(key);
-                self.state.apply_put(
-                    &self.log,
+                self.index_put(
                     &segment,
-                    appended.offset,
-                    appended.len,
-                    (hash, key.len(), || key),
+                    &appended,
+                    put.key.as_ref(),
                     put.expiry.to_native(),
                 );
             }
