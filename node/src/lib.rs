@@ -6,7 +6,7 @@
 //!
 //! - [`constants`]: every limit.
 //! - [`config`]: the TOML config, command-line overrides, validation.
-//! - [`cluster`]: mirror groups: membership and health of a group's servers.
+//! - [`cluster`]: mirror groups: membership and health, elections, replication, the dirty db.
 //! - [`preflight`]: checks before start-up (io_uring, memlock) and the data dir (lock,
 //!   layout, emptying for temporary-swap-only).
 //! - [`protocol`]: the memcached text protocol, parsed in place.
@@ -14,6 +14,7 @@
 //! - [`net`]: listeners and connections.
 //! - [`stats`]: counters and the `stats` reply.
 //! - [`server`]: executors, start-up and shutdown.
+//! - [`time`]: UTC strings.
 
 pub mod cluster;
 pub mod config;
@@ -25,3 +26,4 @@ pub mod protocol;
 pub mod server;
 pub mod shard;
 pub mod stats;
+pub mod time;

@@ -113,9 +113,13 @@ pub fn run(settings: Settings, options: RunOptions) -> Result<(), ServerError> {
         &settings.cluster,
         data.path(),
         settings.persistence,
-        topology.shards,
+        (topology.shards, executors),
     )
     .map_err(ServerError::Group)?;
+    let dirty_db = Arc::new(crate::cluster::dirty_db::DirtyDb::new(
+        data.path(),
+        settings.cluster.dirtydb_rolling,
+    ));
     // Heard by its peers while it recovers: they wait for its data before electing.
     group.join()?;
     let control = Arc::new(Control {
@@ -152,6 +156,7 @@ pub fn run(settings: Settings, options: RunOptions) -> Result<(), ServerError> {
             shard_dirs: shard_dirs.clone(),
             meshes: (executors > 1).then(|| (request_mesh.clone(), reply_mesh.clone())),
             ready: ready_tx.clone(),
+            dirty_db: Arc::clone(&dirty_db),
         };
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("terrace-{index}"))
@@ -230,6 +235,46 @@ pub fn run(settings: Settings, options: RunOptions) -> Result<(), ServerError> {
     Ok(())
 }
 
+/// Starts this executor's part of replication, if the server has peers: serving the
+/// streams its shards' passives open (while active), and following the active for its shards
+/// (while passive).
+fn start_replication(
+    executor: &Rc<Executor>,
+    index: usize,
+    shard_dirs: &[std::path::PathBuf],
+    dirty_db: Arc<crate::cluster::dirty_db::DirtyDb>,
+) {
+    use crate::cluster::replication::{Context, receiver, sender};
+    if executor.shared.group.membership().is_none() {
+        return;
+    }
+    let ctx = Rc::new(Context {
+        executor: index,
+        shards: Rc::clone(&executor.shards),
+        shared: Arc::clone(&executor.shared),
+        shard_dirs: shard_dirs.to_vec(),
+        stop: Rc::clone(&executor.stop),
+        dirty_db,
+    });
+    let inbox = Rc::clone(&ctx);
+    glommio::spawn_local(async move {
+        while !inbox.stop.is_stopped() {
+            for (request, stream) in inbox.shared.group.take_handed_off(inbox.executor) {
+                glommio::spawn_local(sender::serve(Rc::clone(&inbox), request, stream)).detach();
+            }
+            glommio::timer::sleep(Duration::from_millis(REPLICATION_INBOX_POLL_MILLIS)).await;
+        }
+    })
+    .detach();
+    let owned: Vec<u32> = executor.shards.owned().map(|(shard, _)| shard).collect();
+    for shard in owned {
+        glommio::spawn_local(receiver::follow(Rc::clone(&ctx), shard)).detach();
+    }
+}
+
+/// How often an executor picks up the replication connections its group port accepted.
+const REPLICATION_INBOX_POLL_MILLIS: u64 = 5;
+
 /// The address to listen on: port 0 becomes a free port. Executors bind with SO_REUSEPORT
 /// (glommio always sets it), which would let this server silently share a port with another
 /// process of the same user; so first check that nothing answers there. A plain bind is no
@@ -299,6 +344,7 @@ struct ExecutorStart {
     shard_dirs: Vec<std::path::PathBuf>,
     meshes: Option<(MeshBuilder<Request, Full>, MeshBuilder<Reply, Full>)>,
     ready: mpsc::Sender<Result<usize, String>>,
+    dirty_db: Arc<crate::cluster::dirty_db::DirtyDb>,
 }
 
 fn store_config(settings: &Settings, shards: u32) -> StoreConfig {
@@ -326,11 +372,60 @@ fn store_config(settings: &Settings, shards: u32) -> StoreConfig {
 /// How often executors publish their shards' last LSNs for the group's elections.
 const LSN_PUBLISH_MILLIS: u64 = 50;
 
+/// Publishes the shards' last LSNs, and turns compaction on only while this server is the
+/// active (a passive's log must stay a copy of its active's).
 fn publish_lsns(shards: &LocalShards, shared: &Shared) {
+    let serving = shared.group.serving();
     for (shard, store) in shards.owned() {
-        let last = store.borrow().log().next_lsn().saturating_sub(1);
+        let mut store = store.borrow_mut();
+        let last = store.log().next_lsn().saturating_sub(1);
         shared.group.publish_lsn(shard, last);
+        if store.compaction_paused() == serving {
+            store.set_compaction_paused(!serving);
+        }
     }
+}
+
+/// Opens (recovering) the store of `shard` in `dir`, compaction paused until this server is
+/// known to be the active.
+pub async fn open_store(
+    shared: &Shared,
+    shard: u32,
+    dir: &std::path::Path,
+) -> Result<ShardStore, String> {
+    let config = store_config(&shared.settings, shared.settings.shards);
+    let storage = FsStorage::open(dir)
+        .await
+        .map_err(|e| format!("shard {shard}: {e}"))?;
+    let clock: Rc<dyn terrace_wal::store::Clock> = Rc::new(shared.clock.clone());
+    let (mut store, report) =
+        ShardStore::open(storage, config, clock, RecoveryPolicy::TruncateTornTail)
+            .await
+            .map_err(|e| format!("shard {shard} ({}): {e}", dir.display()))?;
+    store.set_compaction_paused(!shared.group.serving());
+    if report.records > 0 || report.torn_tail.is_some() {
+        tracing::info!(
+            shard,
+            segments = report.segments,
+            records = report.records,
+            bytes = report.record_bytes,
+            last_lsn = report.last_lsn,
+            truncated_bytes = report.truncated_bytes(),
+            millis = report.duration.as_millis() as u64,
+            items = store.index_len(),
+            "shard recovered"
+        );
+    }
+    if let Some(torn) = &report.torn_tail {
+        tracing::warn!(
+            shard,
+            segment = torn.segment,
+            offset = torn.offset,
+            bytes = torn.garbage_bytes,
+            "cut a torn tail (records that were never acknowledged)"
+        );
+    }
+    Ok(store)
 }
 
 async fn run_executor(start: ExecutorStart) -> Result<(), String> {
@@ -343,6 +438,7 @@ async fn run_executor(start: ExecutorStart) -> Result<(), String> {
         shard_dirs,
         meshes,
         ready,
+        dirty_db,
     } = start;
     let started = async {
         // First, before anything that can fail: the other executors wait for this.
@@ -350,8 +446,6 @@ async fn run_executor(start: ExecutorStart) -> Result<(), String> {
             Some((requests, replies)) => Some(route::join(requests, replies).await?),
             None => None,
         };
-        let settings = &shared.settings;
-        let config = store_config(settings, topology.shards);
         let mut stores: Vec<Option<Rc<RefCell<ShardStore>>>> = Vec::new();
         for (shard, dir) in shard_dirs.iter().enumerate() {
             let shard = shard as u32;
@@ -359,47 +453,15 @@ async fn run_executor(start: ExecutorStart) -> Result<(), String> {
                 stores.push(None);
                 continue;
             }
-            let storage = FsStorage::open(dir)
-                .await
-                .map_err(|e| format!("shard {shard}: {e}"))?;
-            let clock: Rc<dyn terrace_wal::store::Clock> = Rc::new(shared.clock.clone());
-            let (store, report) = ShardStore::open(
-                storage,
-                config.clone(),
-                clock,
-                RecoveryPolicy::TruncateTornTail,
-            )
-            .await
-            .map_err(|e| format!("shard {shard} ({}): {e}", dir.display()))?;
-            if report.records > 0 || report.torn_tail.is_some() {
-                tracing::info!(
-                    shard,
-                    segments = report.segments,
-                    records = report.records,
-                    bytes = report.record_bytes,
-                    last_lsn = report.last_lsn,
-                    truncated_bytes = report.truncated_bytes(),
-                    millis = report.duration.as_millis() as u64,
-                    items = store.index_len(),
-                    "shard recovered"
-                );
-            }
-            if let Some(torn) = &report.torn_tail {
-                tracing::warn!(
-                    shard,
-                    segment = torn.segment,
-                    offset = torn.offset,
-                    bytes = torn.garbage_bytes,
-                    "cut a torn tail (records that were never acknowledged)"
-                );
-            }
-            let store = Rc::new(RefCell::new(store));
+            let store = Rc::new(RefCell::new(open_store(&shared, shard, dir).await?));
             spawn_compactor(Rc::clone(&store), 10)
                 .map_err(|e| format!("shard {shard}: cannot start compaction: {e}"))?
                 .detach();
             stores.push(Some(store));
         }
-        let shards = Rc::new(LocalShards::new(topology, stores));
+        let sync_replication =
+            shared.settings.cluster.replication == crate::config::Replication::Sync;
+        let shards = Rc::new(LocalShards::new(topology, stores, sync_replication));
         publish_lsns(&shards, &shared);
         let router = match joined {
             Some(joined) => joined.serve(&shards),
@@ -440,6 +502,8 @@ async fn run_executor(start: ExecutorStart) -> Result<(), String> {
         }
     })
     .detach();
+
+    start_replication(&executor, index, &shard_dirs, dirty_db);
 
     // Watch the process-wide flag; tell this executor's tasks.
     let stop = Rc::clone(&executor.stop);

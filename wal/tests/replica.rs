@@ -251,3 +251,97 @@ fn a_cursor_follows_the_log_and_knows_when_it_fell_behind() {
         assert!(stale.next_lsn() > 1);
     });
 }
+
+/// A replica that starts from a snapshot of a compacted log: the pinned segments' records
+/// are copied in order, skipping forward over the gaps compaction left (`Store::skip_to`),
+/// then the records appended since. It equals its source, keeps following it, and recovers
+/// from its own disk (the gaps included) to the same state.
+#[test]
+fn a_replica_started_from_a_snapshot_with_gaps_equals_its_source() {
+    for durability in [Durability::Fsync, Durability::None] {
+        run(move || async move {
+            let clock = ManualClock::new(START);
+            let config = small_config(SEGMENT, durability);
+            let source = Rc::new(RefCell::new(
+                open_sim(&SimDisk::new(), config.clone(), &clock).await.0,
+            ));
+            let replica_disk = SimDisk::new();
+            let (mut replica, _) = open_sim(&replica_disk, config.clone(), &clock).await;
+            let value = vec![b'v'; 900];
+            // Segments of items that stay, between segments of items overwritten at once:
+            // compaction removes the latter and leaves gaps between the former.
+            for round in 0..6 {
+                for i in 0..16 {
+                    let key = format!("keep{round}.{i}");
+                    source
+                        .borrow_mut()
+                        .set(SetMode::Set, key.as_bytes(), &value, i, 0)
+                        .expect("set");
+                }
+                for i in 0..40 {
+                    source
+                        .borrow_mut()
+                        .set(SetMode::Set, format!("k{}", i % 3).as_bytes(), &value, i, 0)
+                        .expect("set");
+                }
+                let synced = sync_all(&source.borrow());
+                synced.await;
+                while compact_once(&source).await.expect("compaction") {}
+            }
+            let pin = source.borrow().log().pin();
+            let mut gaps = 0;
+            let mut previous_end: Option<u64> = None;
+            for (segment, end) in pin.segments() {
+                for (offset, record) in segment.records().take_while(|(o, _)| *o < end) {
+                    if record.lsn > replica.log().next_lsn() {
+                        gaps += u32::from(previous_end.is_some());
+                        replica.skip_to(record.lsn).expect("skip");
+                    }
+                    replica
+                        .apply_copy(segment.slice(offset, offset + record.total_len))
+                        .expect("apply");
+                    previous_end = Some(record.lsn);
+                }
+            }
+            assert!(gaps > 0, "compaction left gaps in the source's log");
+            assert_eq!(replica.log().next_lsn(), pin.last_lsn() + 1);
+            drop(pin);
+            // The source goes on; the replica follows from where the snapshot ended.
+            for i in 0..20 {
+                source
+                    .borrow_mut()
+                    .set(SetMode::Set, format!("n{i}").as_bytes(), b"new", 0, 0)
+                    .expect("set");
+            }
+            catch_up(&source.borrow(), &mut replica);
+            let expected = items(&source.borrow());
+            assert_eq!(expected, items(&replica));
+            replica.check_invariants();
+            sync_all(&replica).await;
+            drop(replica);
+            let (reopened, _) = open_sim(&replica_disk, config, &clock).await;
+            assert_eq!(expected, items(&reopened), "after recovery");
+            assert_eq!(reopened.log().next_lsn(), source.borrow().log().next_lsn());
+        });
+    }
+}
+
+/// Skipping forward on a fresh, empty log starts it at that LSN; skipping back is refused.
+#[test]
+fn skipping_forward_starts_an_empty_log_at_that_lsn() {
+    run(|| async {
+        let clock = ManualClock::new(START);
+        let config = small_config(SEGMENT, Durability::Fsync);
+        let disk = SimDisk::new();
+        let (mut store, _) = open_sim(&disk, config.clone(), &clock).await;
+        store.skip_to(500).expect("skip");
+        assert_eq!(store.log().next_lsn(), 500);
+        assert!(store.skip_to(10).is_err(), "skipping back");
+        store.set(SetMode::Set, b"k", b"v", 0, 0).expect("set");
+        sync_all(&store).await;
+        drop(store);
+        let (reopened, _) = open_sim(&disk, config, &clock).await;
+        assert_eq!(reopened.log().next_lsn(), 501);
+        assert_eq!(items(&reopened).len(), 1);
+    });
+}

@@ -145,6 +145,7 @@ mod tests {
             lsn,
             active: None,
             ready: true,
+            standbys: vec![],
         }
     }
 

@@ -1,22 +1,77 @@
 //! This server's side of its mirror group: its state, terms and status, the coordinator that
 //! applies elections, and whether clients are served here.
 //!
-//! Built so far (issue 6 in progress): states, terms and elections; a passive forwards its
-//! clients' data requests to the active (`net/connection/forward.rs`). Replication and the
-//! INITIALIZING sync are not built yet, so a passive stays PASSIVE-UNINITIALIZED; with no
-//! PASSIVE-STANDBY there is no failover, and the group says so when its active goes.
+//! A passive forwards its clients' data requests to the active (`net/connection/forward.rs`)
+//! and follows the active's log shard by shard (`cluster::replication`). Its state follows
+//! its shards: PASSIVE-UNINITIALIZED until a stream starts, INITIALIZING while shards sync,
+//! PASSIVE-STANDBY once every shard is in sync *and* the active says so (the active lists its
+//! standbys in its heartbeats: a passive the active dropped from its sync set is no standby,
+//! even if it has not noticed). Only a PASSIVE-STANDBY may take over.
 //!
 //! Log lines, as Terracotta's: `Becoming State[ ACTIVE-COORDINATOR ]`, `Moved to State[
-//! PASSIVE-UNINITIALIZED ]`, `Starting reconnect window: <ms> ms`.
+//! PASSIVE-UNINITIALIZED ]`, `Moved to State[ INITIALIZING ]`, `Moved to State[
+//! PASSIVE-STANDBY ]`, `Starting reconnect window: <ms> ms`.
 
 use super::election::{self, Decision, View};
 use super::membership::{ClusterError, Membership};
 use super::state::{State, Status, Terms};
+use super::wire::ReplicateRequest;
 use crate::config::{ClusterSettings, Persistence};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
+
+/// Where a passive's shard stands in following the active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardSync {
+    /// No stream.
+    Idle = 0,
+    /// Receiving the active's snapshot.
+    Snapshot = 1,
+    /// Receiving the records after the snapshot (or after its own data, a prefix).
+    CatchingUp = 2,
+    /// In the active's sync set.
+    InSync = 3,
+}
+
+impl ShardSync {
+    fn from_u8(value: u8) -> Self {
+        match value {
+            1 => Self::Snapshot,
+            2 => Self::CatchingUp,
+            3 => Self::InSync,
+            _ => Self::Idle,
+        }
+    }
+}
+
+/// The active a passive follows, for its replication streams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicationSource {
+    /// The active's name.
+    pub active: String,
+    /// Its group port.
+    pub addr: SocketAddr,
+    /// The term it is active in.
+    pub term: u64,
+}
+
+/// A replication connection the group port accepted, for the executor owning its shard.
+pub type HandedOff = (ReplicateRequest, std::net::TcpStream);
+
+/// A passive's INITIALIZING progress: snapshot bytes received and expected, over all shards.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncProgress {
+    /// Bytes of snapshot records received.
+    pub done: u64,
+    /// Bytes the snapshots hold.
+    pub total: u64,
+    /// Shards in the active's sync set.
+    pub shards_in_sync: u32,
+}
 
 struct Inner {
     state: State,
@@ -43,7 +98,17 @@ pub struct Group {
     membership: OnceLock<Membership>,
     stopping: AtomicBool,
     /// The group's servers' client addresses, resolved once (forwarding asks per request).
-    client_addrs: Vec<(String, Option<std::net::SocketAddr>)>,
+    client_addrs: Vec<(String, Option<SocketAddr>)>,
+    /// The group's servers' group ports, resolved once.
+    group_addrs: Vec<(String, Option<SocketAddr>)>,
+    /// Passive: each shard's [`ShardSync`].
+    shard_sync: Vec<AtomicU8>,
+    /// Passive: each shard's snapshot bytes received and expected.
+    sync_bytes: Vec<(AtomicU64, AtomicU64)>,
+    /// Active: for each passive, which shards are in the sync set.
+    replica_sync: Mutex<BTreeMap<String, Vec<bool>>>,
+    /// Active: replication connections accepted on the group port, by owning executor.
+    inbox: Vec<Mutex<Vec<HandedOff>>>,
 }
 
 impl std::fmt::Debug for Group {
@@ -63,7 +128,7 @@ impl Group {
         cluster: &ClusterSettings,
         data_dir: &Path,
         persistence: Persistence,
-        shards: u32,
+        (shards, executors): (u32, usize),
     ) -> Result<Arc<Self>, String> {
         let mut terms = Terms::load(data_dir)?;
         if persistence == Persistence::TemporarySwapOnly {
@@ -85,19 +150,129 @@ impl Group {
             lsns: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             membership: OnceLock::new(),
             stopping: AtomicBool::new(false),
-            client_addrs: cluster
-                .members
-                .iter()
-                .map(|m| {
-                    use std::net::ToSocketAddrs as _;
-                    let addr = (m.host.as_str(), m.client_port)
-                        .to_socket_addrs()
-                        .ok()
-                        .and_then(|mut a| a.next());
-                    (m.name.clone(), addr)
-                })
+            client_addrs: resolve(cluster, |m| Some(m.client_port)),
+            group_addrs: resolve(cluster, |m| m.group_port),
+            shard_sync: (0..shards).map(|_| AtomicU8::new(0)).collect(),
+            sync_bytes: (0..shards)
+                .map(|_| (AtomicU64::new(0), AtomicU64::new(0)))
+                .collect(),
+            replica_sync: Mutex::new(BTreeMap::new()),
+            inbox: (0..executors.max(1))
+                .map(|_| Mutex::new(Vec::new()))
                 .collect(),
         }))
+    }
+
+    /// This server's name.
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    /// The highest term this server has seen.
+    pub fn term(&self) -> u64 {
+        self.lock().terms.term
+    }
+
+    /// How long a peer may stay silent before it is gone (the health checks' limit); also how
+    /// long a passive in the sync set may keep writes waiting.
+    pub fn silence_limit(&self) -> Duration {
+        self.cluster.health_check_interval * self.cluster.health_check_missed
+    }
+
+    /// The active to follow, while this server is a passive that knows one.
+    pub fn replication_source(&self) -> Option<ReplicationSource> {
+        let inner = self.lock();
+        if !matches!(
+            inner.state,
+            State::PassiveUninitialized | State::Initializing | State::PassiveStandby
+        ) {
+            return None;
+        }
+        let active = inner.active.clone().filter(|a| *a != self.me)?;
+        let addr = self
+            .group_addrs
+            .iter()
+            .find(|(name, _)| *name == active)
+            .and_then(|(_, addr)| *addr)?;
+        Some(ReplicationSource {
+            active,
+            addr,
+            term: inner.terms.term,
+        })
+    }
+
+    /// Passive: where a shard stands.
+    pub fn set_shard_sync(&self, shard: u32, sync: ShardSync) {
+        if let Some(slot) = self.shard_sync.get(shard as usize) {
+            slot.store(sync as u8, Ordering::SeqCst);
+        }
+    }
+
+    /// Passive: a shard's snapshot progress (bytes received, bytes expected).
+    pub fn set_sync_bytes(&self, shard: u32, done: u64, total: u64) {
+        if let Some((d, t)) = self.sync_bytes.get(shard as usize) {
+            d.store(done, Ordering::Relaxed);
+            t.store(total, Ordering::Relaxed);
+        }
+    }
+
+    /// Passive: INITIALIZING progress over all shards.
+    pub fn sync_progress(&self) -> SyncProgress {
+        let mut progress = SyncProgress::default();
+        for ((done, total), sync) in self.sync_bytes.iter().zip(&self.shard_sync) {
+            progress.done += done.load(Ordering::Relaxed);
+            progress.total += total.load(Ordering::Relaxed);
+            progress.shards_in_sync +=
+                u32::from(ShardSync::from_u8(sync.load(Ordering::SeqCst)) == ShardSync::InSync);
+        }
+        progress
+    }
+
+    /// Active: whether `peer`'s stream of `shard` is in the sync set.
+    pub fn set_replica_in_sync(&self, peer: &str, shard: u32, in_sync: bool) {
+        let shards = self.shard_sync.len();
+        let mut table = self
+            .replica_sync
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let flags = table
+            .entry(peer.to_string())
+            .or_insert_with(|| vec![false; shards]);
+        if let Some(flag) = flags.get_mut(shard as usize) {
+            *flag = in_sync;
+        }
+    }
+
+    /// Active: the passives with every shard in the sync set.
+    pub fn standbys(&self) -> Vec<String> {
+        self.replica_sync
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|(_, flags)| flags.iter().all(|&f| f))
+            .map(|(peer, _)| peer.clone())
+            .collect()
+    }
+
+    /// The group port accepted a replication connection: queue it for the executor that
+    /// owns its shard.
+    pub fn hand_off(&self, request: ReplicateRequest, stream: std::net::TcpStream) {
+        let executor = request.shard as usize % self.inbox.len();
+        self.inbox[executor]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((request, stream));
+    }
+
+    /// Replication connections queued for `executor`.
+    pub fn take_handed_off(&self, executor: usize) -> Vec<HandedOff> {
+        self.inbox.get(executor).map_or_else(Vec::new, |inbox| {
+            std::mem::take(
+                &mut *inbox
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            )
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -138,6 +313,11 @@ impl Group {
             lsn: self.lsns.iter().map(|l| l.load(Ordering::Relaxed)).sum(),
             active: inner.active.clone(),
             ready: self.ready.load(Ordering::SeqCst),
+            standbys: if inner.state == State::ActiveCoordinator {
+                self.standbys()
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -152,7 +332,7 @@ impl Group {
     }
 
     /// The active's name and client address, when the active is another server.
-    pub fn active_client_address(&self) -> Option<(String, std::net::SocketAddr)> {
+    pub fn active_client_address(&self) -> Option<(String, SocketAddr)> {
         let active = self.lock().active.clone()?;
         if active == self.me {
             return None;
@@ -195,10 +375,12 @@ impl Group {
     /// coordinator, which elects once the data is ready ([`Group::data_ready`]).
     pub fn join(self: &Arc<Self>) -> Result<(), ClusterError> {
         let status_source = Arc::clone(self);
+        let replication = Arc::clone(self);
         let membership = Membership::start(
             &self.me,
             &self.cluster,
             Arc::new(move || status_source.status()),
+            Arc::new(move |request, stream| replication.hand_off(request, stream)),
         )?;
         let Some(membership) = membership else {
             return Ok(());
@@ -331,6 +513,69 @@ impl Group {
                 self.follow(&mut inner, active, term);
             }
         }
+        self.passive_progress(&mut inner, &peers);
+    }
+
+    /// A passive's state follows its shards' replication and what the active says.
+    fn passive_progress(&self, inner: &mut Inner, peers: &[(String, Status)]) {
+        if !matches!(
+            inner.state,
+            State::PassiveUninitialized | State::Initializing | State::PassiveStandby
+        ) {
+            return;
+        }
+        let Some(active) = inner.active.clone() else {
+            return;
+        };
+        // While the active is not heard from, the state stays: a PASSIVE-STANDBY whose
+        // active died must stay one to take over.
+        let Some((_, active_status)) = peers.iter().find(|(name, _)| *name == active) else {
+            return;
+        };
+        if active_status.state != State::ActiveCoordinator {
+            return;
+        }
+        let syncs: Vec<ShardSync> = self
+            .shard_sync
+            .iter()
+            .map(|s| ShardSync::from_u8(s.load(Ordering::SeqCst)))
+            .collect();
+        let all_in_sync = syncs.iter().all(|&s| s == ShardSync::InSync);
+        let listed = active_status.standbys.contains(&self.me);
+        let next = if all_in_sync && listed {
+            State::PassiveStandby
+        } else if inner.state == State::PassiveStandby {
+            // The active no longer counts this server in its sync set.
+            State::PassiveUninitialized
+        } else if syncs.iter().any(|&s| s != ShardSync::Idle) {
+            State::Initializing
+        } else {
+            inner.state
+        };
+        if next == inner.state {
+            return;
+        }
+        if next == State::PassiveStandby {
+            // The data is now the active's, of its term: what elections compare.
+            let term = inner.terms.term;
+            if let Err(error) = inner.terms.store(term, term) {
+                tracing::error!(%error, term, "cannot record the data's term: staying {}", inner.state.name());
+                return;
+            }
+        }
+        if next == State::PassiveUninitialized {
+            tracing::warn!(
+                "NodeID[{active}] no longer counts this server as PASSIVE-STANDBY (it fell \
+                 behind or lost its streams); syncing again"
+            );
+        }
+        inner.state = next;
+        tracing::info!(
+            term = inner.terms.term,
+            group = %self.cluster.group,
+            "Moved to State[ {} ]",
+            next.name()
+        );
     }
 
     /// Records `term` durably, then serves as the active.
@@ -340,6 +585,11 @@ impl Group {
         inner.state = State::ActiveCoordinator;
         inner.active = Some(self.me.clone());
         inner.no_active_since = None;
+        if !was_active {
+            for sync in &self.shard_sync {
+                sync.store(ShardSync::Idle as u8, Ordering::SeqCst);
+            }
+        }
         self.serving.store(true, Ordering::SeqCst);
         if !was_active {
             tracing::info!(
@@ -354,6 +604,10 @@ impl Group {
 
     fn follow(&self, inner: &mut Inner, active: String, term: u64) {
         self.serving.store(false, Ordering::SeqCst);
+        self.replica_sync
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
         if term != inner.terms.term {
             let data_term = inner.terms.data_term;
             if let Err(error) = inner.terms.store(term, data_term) {
@@ -381,4 +635,25 @@ impl Group {
         inner.active = Some(active);
         inner.no_active_since = None;
     }
+}
+
+/// Resolves every member's address for one of its ports, once.
+fn resolve(
+    cluster: &ClusterSettings,
+    port: impl Fn(&crate::config::Member) -> Option<u16>,
+) -> Vec<(String, Option<SocketAddr>)> {
+    use std::net::ToSocketAddrs as _;
+    cluster
+        .members
+        .iter()
+        .map(|m| {
+            let addr = port(m).and_then(|port| {
+                (m.host.as_str(), port)
+                    .to_socket_addrs()
+                    .ok()
+                    .and_then(|mut a| a.next())
+            });
+            (m.name.clone(), addr)
+        })
+        .collect()
 }

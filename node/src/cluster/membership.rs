@@ -15,7 +15,7 @@
 //! cluster`.
 
 use super::state::Status;
-use super::wire::{self, Message, PROTOCOL_VERSION};
+use super::wire::{self, Message, PROTOCOL_VERSION, ReplicateRequest};
 use crate::config::ClusterSettings;
 use std::collections::BTreeMap;
 use std::io::{BufReader, ErrorKind};
@@ -93,9 +93,14 @@ pub enum ClusterError {
 /// This server's status, for its heartbeats.
 pub type StatusSource = Arc<dyn Fn() -> Status + Send + Sync>;
 
+/// Takes a replication connection a passive opened on the group port (checked: a peer of the
+/// group with the same config).
+pub type ReplicationSink = Arc<dyn Fn(ReplicateRequest, TcpStream) + Send + Sync>;
+
 struct Inner {
     me: String,
     status: StatusSource,
+    replication: ReplicationSink,
     cluster: ClusterSettings,
     peers: Mutex<BTreeMap<String, PeerStatus>>,
     next_session: AtomicU64,
@@ -125,6 +130,7 @@ impl Membership {
         me: &str,
         cluster: &ClusterSettings,
         status: StatusSource,
+        replication: ReplicationSink,
     ) -> Result<Option<Self>, ClusterError> {
         let Some(self_member) = cluster.members.iter().find(|m| m.name == me) else {
             return Ok(None);
@@ -156,6 +162,7 @@ impl Membership {
             inner: Arc::new(Inner {
                 me: me.to_string(),
                 status,
+                replication,
                 cluster: cluster.clone(),
                 peers: Mutex::new(peers),
                 next_session: AtomicU64::new(1),
@@ -301,6 +308,33 @@ impl Inner {
         }
     }
 
+    /// Why a replication request must be refused, if it must (whether this server is the
+    /// active is its executor's call).
+    fn check_replicate(&self, request: &ReplicateRequest) -> Result<(), String> {
+        if request.version != PROTOCOL_VERSION {
+            return Err(format!(
+                "group protocol version {}, but {} speaks {PROTOCOL_VERSION}",
+                request.version, self.me
+            ));
+        }
+        if request.to != self.me {
+            return Err(format!("this is {}, not {}", self.me, request.to));
+        }
+        if !self.cluster.peers(&self.me).any(|m| m.name == request.from) {
+            return Err(format!(
+                "{} is not in mirror group {}",
+                request.from, self.cluster.group
+            ));
+        }
+        if request.fingerprint != self.cluster.fingerprint {
+            return Err(format!(
+                "cluster config fingerprint {:08x} on {}, {:08x} on {}",
+                request.fingerprint, request.from, self.cluster.fingerprint, self.me
+            ));
+        }
+        Ok(())
+    }
+
     /// Why a hello must be refused, if it must.
     fn check_hello(&self, message: &Message) -> Result<String, String> {
         let Message::Hello {
@@ -413,6 +447,28 @@ fn accepted(inner: &Arc<Inner>, mut stream: TcpStream) {
             return;
         }
     };
+    if let Message::Replicate(request) = hello {
+        match inner.check_replicate(&request) {
+            Ok(()) => {
+                // The stream belongs to the shard's executor from here on; its reader holds
+                // no buffered bytes (the passive sends nothing more before the first frame).
+                drop(reader);
+                let ready = stream
+                    .set_read_timeout(None)
+                    .and_then(|()| stream.set_write_timeout(None));
+                match ready {
+                    Ok(()) => (inner.replication)(request, stream),
+                    Err(error) => tracing::debug!(%error, "a replication connection failed"),
+                }
+            }
+            Err(reason) => {
+                tracing::warn!(peer = %request.from, shard = request.shard, %reason, "refused a replication stream");
+                let refusal = super::replication::frame::refusal(&reason);
+                let _ = std::io::Write::write_all(&mut stream, &refusal);
+            }
+        }
+        return;
+    }
     match inner.check_hello(&hello) {
         Ok(peer) => {
             let welcome = Message::Welcome {

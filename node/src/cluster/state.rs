@@ -68,6 +68,8 @@ pub struct Status {
     pub active: Option<String>,
     /// Whether its data is recovered (its LSN means something yet).
     pub ready: bool,
+    /// An active's passives that are PASSIVE-STANDBY: every shard in its sync set.
+    pub standbys: Vec<String>,
 }
 
 /// The group file in a data dir.

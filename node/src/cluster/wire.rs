@@ -5,9 +5,15 @@
 //! HELLO <version> <from> <to> <fingerprint> <n>   then n lines: CONFIG <field> <value>
 //! WELCOME <from>
 //! REFUSE <reason>
-//! PING <seq> <state> <term> <data_term> <lsn> <active|-> <ready|recovering>   a heartbeat,
-//!                                                   with the sender's status
-//! PONG <seq> <state> <term> <data_term> <lsn> <active|-> <ready|recovering>   its answer
+//! PING <seq> <state> <term> <data_term> <lsn> <active|-> <ready|recovering> <standbys|->
+//!                                 a heartbeat, with the sender's status (standbys: the
+//!                                 passives an active counts as PASSIVE-STANDBY, by commas)
+//! PONG <seq> ...                  its answer, with the answerer's status
+//! REPLICATE <version> <from> <to> <fingerprint> <term> <shard> <next_lsn> <k> <digest>
+//!                                 a passive asks for one shard's records from `next_lsn` on;
+//!                                 `digest` is the CRC-32 of the CRCs of its last `k` records
+//!                                 (the prefix check); the connection then carries
+//!                                 replication frames (`cluster::replication::frame`)
 //! ```
 //!
 //! Names are config names (letters, digits, `-`, `_`, `.`: no spaces). Every line is at most
@@ -17,7 +23,7 @@ use super::state::{State, Status};
 use std::io::{self, BufRead, Write};
 
 /// Version of the group protocol.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Longest line accepted.
 pub const LINE_LEN_MAX_BYTES: usize = 4096;
 /// Most config lines in a hello.
@@ -63,6 +69,31 @@ pub enum Message {
         /// The answerer's status.
         status: Status,
     },
+    /// A passive asks for a shard's replication stream.
+    Replicate(ReplicateRequest),
+}
+
+/// What a passive asks of its active for one shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicateRequest {
+    /// Group protocol version.
+    pub version: u32,
+    /// The passive.
+    pub from: String,
+    /// The active it means to reach.
+    pub to: String,
+    /// Its config fingerprint.
+    pub fingerprint: u32,
+    /// The term of the active it follows.
+    pub term: u64,
+    /// The shard.
+    pub shard: u32,
+    /// The LSN of the next record it needs (1: it holds nothing).
+    pub next_lsn: u64,
+    /// How many of its last records the digest covers.
+    pub digest_records: u32,
+    /// CRC-32 over the CRCs of those records, oldest first.
+    pub digest: u32,
 }
 
 impl Message {
@@ -97,6 +128,18 @@ impl Message {
             Self::Pong { seq, status } => {
                 text.push_str(&format!("PONG {seq} {}\n", status_words(status)));
             }
+            Self::Replicate(r) => text.push_str(&format!(
+                "REPLICATE {} {} {} {:08x} {} {} {} {} {:08x}\n",
+                r.version,
+                r.from,
+                r.to,
+                r.fingerprint,
+                r.term,
+                r.shard,
+                r.next_lsn,
+                r.digest_records,
+                r.digest
+            )),
         }
         out.write_all(text.as_bytes())?;
         out.flush()
@@ -105,19 +148,29 @@ impl Message {
 
 fn status_words(status: &Status) -> String {
     format!(
-        "{} {} {} {} {} {}",
+        "{} {} {} {} {} {} {}",
         status.state.name(),
         status.term,
         status.data_term,
         status.lsn,
         status.active.as_deref().unwrap_or("-"),
-        if status.ready { "ready" } else { "recovering" }
+        if status.ready { "ready" } else { "recovering" },
+        if status.standbys.is_empty() {
+            "-".to_string()
+        } else {
+            status.standbys.join(",")
+        }
     )
 }
 
 fn parse_status(words: &[&str]) -> Option<Status> {
-    let [state, term, data_term, lsn, active, ready] = words else {
+    let [state, term, data_term, lsn, active, ready, standbys] = words else {
         return None;
+    };
+    let standbys = if *standbys == "-" {
+        Vec::new()
+    } else {
+        standbys.split(',').map(str::to_string).collect()
     };
     let ready = match *ready {
         "ready" => true,
@@ -131,6 +184,7 @@ fn parse_status(words: &[&str]) -> Option<Status> {
         lsn: lsn.parse().ok()?,
         active: (*active != "-").then(|| active.to_string()),
         ready,
+        standbys,
     })
 }
 
@@ -227,6 +281,36 @@ pub fn parse(line: &[u8], more: &mut dyn FnMut() -> io::Result<Vec<u8>>) -> io::
                 Message::Pong { seq, status }
             })
         }
+        "REPLICATE" => {
+            let parts: Vec<&str> = rest.split(' ').collect();
+            let [
+                version,
+                from,
+                to,
+                fingerprint,
+                term,
+                shard,
+                next_lsn,
+                k,
+                digest,
+            ] = parts[..]
+            else {
+                return Err(bad());
+            };
+            let hex = |s: &str| u32::from_str_radix(s, 16).map_err(|_| bad());
+            let small = |s: &str| u32::try_from(number(s)?).map_err(|_| bad());
+            Ok(Message::Replicate(ReplicateRequest {
+                version: small(version)?,
+                from: from.to_string(),
+                to: to.to_string(),
+                fingerprint: hex(fingerprint)?,
+                term: number(term)?,
+                shard: small(shard)?,
+                next_lsn: number(next_lsn)?,
+                digest_records: small(k)?,
+                digest: hex(digest)?,
+            }))
+        }
         _ => Err(bad()),
     }
 }
@@ -276,6 +360,7 @@ mod tests {
                     lsn: 0,
                     active: None,
                     ready: false,
+                    standbys: vec![],
                 },
             },
             Message::Pong {
@@ -287,8 +372,20 @@ mod tests {
                     lsn: 12_345,
                     active: Some("s1".into()),
                     ready: true,
+                    standbys: vec!["s2".into(), "s3".into()],
                 },
             },
+            Message::Replicate(ReplicateRequest {
+                version: PROTOCOL_VERSION,
+                from: "s2".into(),
+                to: "s1".into(),
+                fingerprint: 0x0123_abcd,
+                term: 4,
+                shard: 7,
+                next_lsn: 1_000_001,
+                digest_records: 8,
+                digest: 0xffff_0000,
+            }),
         ] {
             assert_eq!(round_trip(&message), message);
         }
@@ -303,7 +400,10 @@ mod tests {
             b"PING 1 ACTIVE 1 1 1 -",
             b"PONG 1 STARTING 1 1 x - ready",
             b"PONG 1 STARTING 1 1 1 - maybe",
-            b"PONG 1 STARTING 1 1 1 -",
+            b"PONG 1 STARTING 1 1 1 - ready",
+            b"REPLICATE 2 s2 s1 0 1 0 1 0",
+            b"REPLICATE 2 s2 s1 zz 1 0 1 0 0",
+            b"REPLICATE 2 s2 s1 0 1 99999999999 1 0 0",
             b"WELCOME",
             b"get k",
             b"\xff\xfe",

@@ -8,6 +8,7 @@
 pub mod clock;
 pub mod route;
 
+use crate::cluster::replication::sync_set::ShardReplicas;
 use crate::protocol::reply;
 use crate::stats::{Counters, Snapshot, Stat};
 use std::cell::{Cell, RefCell};
@@ -47,22 +48,28 @@ impl Topology {
     }
 }
 
-/// A reply may be sent once this LSN of this shard is durable.
+/// A reply may be sent once this LSN of this shard is durable, and (sync replication)
+/// acknowledged by every passive in the shard's sync set.
 #[derive(Debug, Clone)]
 pub struct Durable {
     /// The shard's group commit.
     pub commit: Rc<GroupCommit<FsStorage>>,
     /// The LSN.
     pub lsn: u64,
+    /// The shard's passives, when writes wait for them.
+    pub replicas: Option<Rc<ShardReplicas>>,
 }
 
 impl Durable {
     /// Waits for it. An error means the shard failed a sync: the reply must not be sent.
     pub async fn wait(&self) -> Result<(), WalError> {
-        if self.commit.durable_lsn() >= self.lsn {
-            return Ok(());
+        if self.commit.durable_lsn() < self.lsn {
+            self.commit.wait_durable(self.lsn).await?;
         }
-        self.commit.wait_durable(self.lsn).await
+        if let Some(replicas) = &self.replicas {
+            replicas.wait_acknowledged(self.lsn).await;
+        }
+        Ok(())
     }
 }
 
@@ -72,6 +79,10 @@ pub struct LocalShards {
     topology: Topology,
     /// By shard id; `None` for shards other executors own.
     stores: Vec<Option<Rc<RefCell<ShardStore>>>>,
+    /// The passives following each owned shard (by shard id), when this server is active.
+    replicas: Vec<Option<Rc<ShardReplicas>>>,
+    /// Writes wait for the passives in the sync set (`replication = "sync"`).
+    sync_replication: bool,
     /// This executor's counters.
     pub counters: Counters,
     /// Online-backup cuts held on this executor's shards, by cut id: their segments are not
@@ -94,11 +105,21 @@ pub struct ShardCut {
 }
 
 impl LocalShards {
-    /// Shards of `topology` owned by this executor, in `stores` (by shard id).
-    pub fn new(topology: Topology, stores: Vec<Option<Rc<RefCell<ShardStore>>>>) -> Self {
+    /// Shards of `topology` owned by this executor, in `stores` (by shard id). With
+    /// `sync_replication`, writes wait for the passives in each shard's sync set.
+    pub fn new(
+        topology: Topology,
+        stores: Vec<Option<Rc<RefCell<ShardStore>>>>,
+        sync_replication: bool,
+    ) -> Self {
         assert_eq!(stores.len(), topology.shards as usize);
         Self {
             topology,
+            replicas: stores
+                .iter()
+                .map(|s| s.as_ref().map(|_| Rc::new(ShardReplicas::default())))
+                .collect(),
+            sync_replication,
             stores,
             counters: Counters::default(),
             backup_pins: RefCell::default(),
@@ -119,6 +140,16 @@ impl LocalShards {
             .filter_map(|(id, store)| store.as_ref().map(|s| (id as u32, s)))
     }
 
+    /// The store of `shard`, if this executor owns it.
+    pub fn shard_store(&self, shard: u32) -> Option<&Rc<RefCell<ShardStore>>> {
+        self.stores.get(shard as usize)?.as_ref()
+    }
+
+    /// The passives of `shard`, if this executor owns it.
+    pub fn replicas(&self, shard: u32) -> Option<&Rc<ShardReplicas>> {
+        self.replicas.get(shard as usize)?.as_ref()
+    }
+
     /// The store of `key`, which this executor must own.
     fn store_of(&self, key: &[u8]) -> (u32, &Rc<RefCell<ShardStore>>) {
         let shard = self.topology.shard_of(key);
@@ -128,20 +159,38 @@ impl LocalShards {
         }
     }
 
-    fn durable(store: &Rc<RefCell<ShardStore>>, lsn: u64) -> Option<Durable> {
+    /// What a reply showing or confirming LSN `lsn` of `shard` must wait for, if anything.
+    fn durable(&self, shard: u32, lsn: u64) -> Option<Durable> {
+        let store = self.stores[shard as usize].as_ref()?;
         let commit = store.borrow().commit();
-        (commit.durable_lsn() < lsn).then_some(Durable { commit, lsn })
+        let replicas = self.replicas[shard as usize]
+            .as_ref()
+            .filter(|r| self.sync_replication && !r.acknowledged(lsn));
+        (commit.durable_lsn() < lsn || replicas.is_some()).then(|| Durable {
+            commit,
+            lsn,
+            replicas: replicas.cloned(),
+        })
+    }
+
+    /// A write appended `lsn` to `shard`: wakes the shard's replication streams, and says
+    /// what its reply must wait for.
+    fn written(&self, shard: u32, lsn: u64) -> Option<Durable> {
+        if let Some(replicas) = &self.replicas[shard as usize] {
+            replicas.appended.notify();
+        }
+        self.durable(shard, lsn)
     }
 
     /// `get`/`gets` of one key: writes its `VALUE` block if it is there.
     pub fn get(&self, key: &[u8], with_cas: bool, out: &mut Vec<u8>) -> Option<Durable> {
-        let (_, store) = self.store_of(key);
+        let (shard, store) = self.store_of(key);
         let item = store.borrow_mut().get(key);
         match item {
             Ok(Some(item)) => {
                 self.counters.bump(Stat::get_hits);
                 value_reply(out, &item, with_cas);
-                Self::durable(store, item.lsn())
+                self.durable(shard, item.lsn())
             }
             Ok(None) | Err(_) => {
                 self.counters.bump(Stat::get_misses);
@@ -165,7 +214,7 @@ impl LocalShards {
                 self.counters.bump(Stat::get_hits);
                 self.counters.bump(Stat::touch_hits);
                 value_reply(out, &item, with_cas);
-                Ok(Self::durable(store, written.lsn.max(item.lsn())))
+                Ok(self.written(shard, written.lsn.max(item.lsn())))
             }
             Ok(None) => {
                 self.counters.bump(Stat::get_misses);
@@ -195,7 +244,7 @@ impl LocalShards {
                 if is_cas {
                     self.counters.bump(Stat::cas_hits);
                 }
-                (reply::STORED, Self::durable(store, written.lsn))
+                (reply::STORED, self.written(shard, written.lsn))
             }
             StoreOutcome::NotStored => (reply::NOT_STORED, None),
             StoreOutcome::Exists => {
@@ -294,7 +343,7 @@ impl LocalShards {
                     self.counters.bump(hit);
                 }
                 found(value, out);
-                Ok(Self::durable(store, written.lsn))
+                Ok(self.written(shard, written.lsn))
             }
             None => {
                 if let Some((_, miss)) = stats {
@@ -312,7 +361,7 @@ impl LocalShards {
         for (shard, store) in self.owned() {
             let written = store.borrow_mut().flush_all(delay);
             let written = written.map_err(|error| Refusal::new(shard, error))?;
-            waits.extend(Self::durable(store, written.lsn));
+            waits.extend(self.written(shard, written.lsn));
         }
         Ok(waits)
     }
@@ -335,9 +384,9 @@ impl LocalShards {
         }
         let mut pins = Vec::new();
         let mut waits = Vec::new();
-        for (_, store) in self.owned() {
+        for (shard, store) in self.owned() {
             let pin = store.borrow().log().pin();
-            waits.extend(Self::durable(store, pin.last_lsn()));
+            waits.extend(self.durable(shard, pin.last_lsn()));
             pins.push(pin);
         }
         held.insert(cut, pins);

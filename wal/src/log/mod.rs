@@ -513,9 +513,55 @@ impl<S: Storage> Log<S> {
         }
     }
 
+    /// Moves the log forward to `lsn`, which becomes the next record's LSN: the records in
+    /// between are not in this log (a passive receiving its active's snapshot, whose log has
+    /// gaps where compaction removed segments). The records so far stay; a new tail segment
+    /// starts at `lsn`, with an id that skips one so that recovery sees the gap as removed
+    /// segments and not as records lost at the end of the previous one. An empty tail is
+    /// removed (it holds no record), and so is the spare (its id is skipped).
+    pub fn skip_to(&mut self, lsn: u64) -> Result<(), WalError> {
+        self.check_poisoned()?;
+        if lsn < self.next_lsn {
+            return Err(WalError::BadCopy {
+                reason: format!(
+                    "cannot skip back to LSN {lsn}: the next LSN is {}",
+                    self.next_lsn
+                ),
+            });
+        }
+        if lsn == self.next_lsn {
+            return Ok(());
+        }
+        let remove = |storage: &S, id: SegmentId| {
+            storage.remove(id).map_err(|source| WalError::Io {
+                op: "remove segment",
+                path: storage.segment_path(id),
+                source,
+            })
+        };
+        if let Some((id, file)) = self.spare.take() {
+            drop(file);
+            remove(&self.storage, id)?;
+        }
+        let tail = Rc::clone(self.tail());
+        if tail.last_lsn() < tail.first_lsn() {
+            self.segments.remove(tail.id());
+            remove(&self.storage, tail.id())?;
+        }
+        // Not `tail.id() + 1`: the group commit may still hold a removed empty tail.
+        let id = tail.id() + 2;
+        self.next_lsn = lsn;
+        self.create_tail_with_id(id, AppendClass::Compaction)
+    }
+
     /// Seals the tail and starts a new one.
     fn create_tail(&mut self, class: AppendClass) -> Result<(), WalError> {
         let id = self.segments.last().map_or(1, |tail| tail.id() + 1);
+        self.create_tail_with_id(id, class)
+    }
+
+    /// Seals the tail and starts segment `id` as the new one.
+    fn create_tail_with_id(&mut self, id: SegmentId, class: AppendClass) -> Result<(), WalError> {
         let file = match self.spare.take() {
             Some((spare_id, file)) => {
                 assert_eq!(

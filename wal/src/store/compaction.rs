@@ -361,6 +361,9 @@ impl<S: Storage> Store<S> {
 /// One round of compaction work: removes retired segments no longer pinned, then compacts
 /// one victim, if there is one, to the end. Returns whether it compacted a segment.
 pub async fn compact_once<S: Storage>(store: &Rc<RefCell<Store<S>>>) -> Result<bool, StoreError> {
+    if store.borrow().compaction_paused() {
+        return Ok(false);
+    }
     remove_retired(store).await?;
     let Some(victim) = store.borrow().compaction_victim() else {
         return Ok(false);

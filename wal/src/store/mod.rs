@@ -600,6 +600,9 @@ pub struct Store<S: Storage> {
     clock: Rc<dyn Clock>,
     config: StoreConfig,
     counters: StoreCounters,
+    /// Compaction is off: a passive's log must stay a copy of its active's,
+    /// record for record, so it writes nothing of its own.
+    compaction_paused: bool,
 }
 
 impl<S: Storage> std::fmt::Debug for Store<S> {
@@ -668,6 +671,7 @@ impl<S: Storage> Store<S> {
                 clock,
                 config,
                 counters: StoreCounters::default(),
+                compaction_paused: false,
             },
             report,
         ))
@@ -676,6 +680,22 @@ impl<S: Storage> Store<S> {
     /// The log.
     pub fn log(&self) -> &Log<S> {
         &self.log
+    }
+
+    /// Turns compaction off (a passive) or on (an active).
+    pub fn set_compaction_paused(&mut self, paused: bool) {
+        self.compaction_paused = paused;
+    }
+
+    /// Whether compaction is off.
+    pub fn compaction_paused(&self) -> bool {
+        self.compaction_paused
+    }
+
+    /// Moves the log forward to `lsn` (see [`Log::skip_to`]): a passive applying its active's
+    /// snapshot, which has gaps where compaction removed segments.
+    pub fn skip_to(&mut self, lsn: u64) -> Result<(), StoreError> {
+        Ok(self.log.skip_to(lsn)?)
     }
 
     /// Group commit, to wait for durability without holding the store.

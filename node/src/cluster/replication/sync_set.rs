@@ -1,0 +1,240 @@
+//! The active's side of one shard's replication: the passives it streams to, how far each
+//! has acknowledged, and which of them are in the sync set (in sync: a write on this shard
+//! is acknowledged to its client only once every passive in the sync set has acknowledged
+//! it, with `replication = "sync"`). Lives on the executor that owns the shard.
+
+use futures_lite::future::poll_fn;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::Instant;
+
+/// Wakes the tasks waiting for something to change (records appended, an acknowledgment).
+#[derive(Debug, Default)]
+pub struct Signal {
+    wakers: RefCell<Vec<Waker>>,
+}
+
+impl Signal {
+    /// Wakes every waiting task.
+    pub fn notify(&self) {
+        let wakers = std::mem::take(&mut *self.wakers.borrow_mut());
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+
+    /// Waits until `ready()` holds, checked again after each notification.
+    pub async fn wait_until(&self, ready: impl Fn() -> bool) {
+        poll_fn(|cx| {
+            if ready() {
+                return Poll::Ready(());
+            }
+            let mut wakers = self.wakers.borrow_mut();
+            // A task that gave up waiting (a timer won) and waits again is not added twice.
+            if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                wakers.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await;
+    }
+}
+
+/// One passive's stream of a shard.
+#[derive(Debug)]
+pub struct Replica {
+    /// The passive's name.
+    pub peer: String,
+    /// Highest LSN it acknowledged.
+    acked: Cell<u64>,
+    /// Highest LSN sent to it.
+    sent: Cell<u64>,
+    /// In the sync set.
+    in_sync: Cell<bool>,
+    /// The stream ended (why), or it was dropped from the sync set.
+    closed: RefCell<Option<String>>,
+    /// Acknowledgment progress: the LSN it must reach, and since when it is awaited.
+    awaited: Cell<Option<(u64, Instant)>>,
+}
+
+impl Replica {
+    /// Highest LSN acknowledged.
+    pub fn acked(&self) -> u64 {
+        self.acked.get()
+    }
+
+    /// Whether it is in the sync set.
+    pub fn in_sync(&self) -> bool {
+        self.in_sync.get() && self.closed.borrow().is_none()
+    }
+
+    /// Why it was closed, if it was.
+    pub fn closed(&self) -> Option<String> {
+        self.closed.borrow().clone()
+    }
+
+    /// Records sent up to `lsn`.
+    pub fn note_sent(&self, lsn: u64) {
+        self.sent.set(self.sent.get().max(lsn));
+    }
+}
+
+/// The passives of one shard.
+#[derive(Debug, Default)]
+pub struct ShardReplicas {
+    replicas: RefCell<Vec<Rc<Replica>>>,
+    /// Records were appended to the shard (senders wait for it).
+    pub appended: Signal,
+    /// A passive acknowledged, or left the sync set (writers wait for it).
+    pub acked: Signal,
+}
+
+impl ShardReplicas {
+    /// A new stream to `peer`, not in the sync set yet. An older stream to the same peer is
+    /// closed: a passive has one stream per shard.
+    pub fn attach(&self, peer: &str) -> Rc<Replica> {
+        for old in self.replicas.borrow().iter().filter(|r| r.peer == peer) {
+            self.close(old, "a new stream from the same passive replaced it".into());
+        }
+        let replica = Rc::new(Replica {
+            peer: peer.to_string(),
+            acked: Cell::new(0),
+            sent: Cell::new(0),
+            in_sync: Cell::new(false),
+            closed: RefCell::new(None),
+            awaited: Cell::new(None),
+        });
+        self.replicas.borrow_mut().push(Rc::clone(&replica));
+        replica
+    }
+
+    /// Forgets a stream that ended.
+    pub fn detach(&self, replica: &Rc<Replica>) {
+        self.close(replica, "the stream ended".into());
+        self.replicas
+            .borrow_mut()
+            .retain(|r| !Rc::ptr_eq(r, replica));
+    }
+
+    /// Closes a stream (its writers stop waiting for it); the first reason stays.
+    pub fn close(&self, replica: &Replica, reason: String) {
+        let mut closed = replica.closed.borrow_mut();
+        if closed.is_none() {
+            *closed = Some(reason);
+        }
+        drop(closed);
+        self.appended.notify();
+        self.acked.notify();
+    }
+
+    /// The passive caught up: from now on writes wait for its acknowledgment.
+    pub fn enter_sync_set(&self, replica: &Replica) {
+        replica.in_sync.set(true);
+    }
+
+    /// The passive acknowledged up to `lsn`.
+    pub fn ack(&self, replica: &Replica, lsn: u64) {
+        if lsn > replica.acked.get() {
+            replica.acked.set(lsn);
+            self.acked.notify();
+        }
+    }
+
+    /// Whether every passive in the sync set acknowledged `lsn`.
+    pub fn acknowledged(&self, lsn: u64) -> bool {
+        self.replicas
+            .borrow()
+            .iter()
+            .all(|r| !r.in_sync() || r.acked.get() >= lsn)
+    }
+
+    /// Whether `peer` has a stream in the sync set.
+    pub fn peer_in_sync(&self, peer: &str) -> bool {
+        self.replicas
+            .borrow()
+            .iter()
+            .any(|r| r.peer == peer && r.in_sync())
+    }
+
+    /// Waits until every passive in the sync set acknowledged `lsn` (passives that fail to
+    /// leave the set: see [`ShardReplicas::overdue`]).
+    pub async fn wait_acknowledged(&self, lsn: u64) {
+        self.acked.wait_until(|| self.acknowledged(lsn)).await;
+    }
+
+    /// Whether `replica`, in the sync set, has kept writers waiting longer than `limit`:
+    /// some record sent to it was not acknowledged within `limit`. Called now and then by
+    /// its sender; the first call with records outstanding starts the clock.
+    pub fn overdue(&self, replica: &Replica, limit: std::time::Duration) -> bool {
+        let (acked, sent) = (replica.acked.get(), replica.sent.get());
+        if !replica.in_sync() || acked >= sent {
+            replica.awaited.set(None);
+            return false;
+        }
+        match replica.awaited.get() {
+            Some((target, since)) if acked < target => since.elapsed() > limit,
+            _ => {
+                // Nothing awaited yet, or the last target was reached: await what is sent now.
+                replica.awaited.set(Some((sent, Instant::now())));
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn writes_wait_only_for_passives_in_the_sync_set() {
+        let replicas = ShardReplicas::default();
+        let a = replicas.attach("s2");
+        let b = replicas.attach("s3");
+        a.note_sent(10);
+        assert!(replicas.acknowledged(10), "nobody in the sync set yet");
+        replicas.enter_sync_set(&a);
+        assert!(!replicas.acknowledged(10));
+        replicas.ack(&a, 10);
+        assert!(replicas.acknowledged(10));
+        replicas.enter_sync_set(&b);
+        assert!(!replicas.acknowledged(5));
+        replicas.close(&b, "gone".into());
+        assert!(
+            replicas.acknowledged(10),
+            "a closed stream is not waited for"
+        );
+        assert!(!replicas.acknowledged(11));
+        // A new stream from the same passive closes the old one.
+        let a2 = replicas.attach("s2");
+        assert!(a.closed().is_some() && a2.closed().is_none());
+        replicas.detach(&b);
+        replicas.detach(&a);
+        assert_eq!(replicas.replicas.borrow().len(), 1);
+    }
+
+    #[test]
+    fn a_passive_that_does_not_acknowledge_in_time_is_overdue() {
+        let replicas = ShardReplicas::default();
+        let a = replicas.attach("s2");
+        replicas.enter_sync_set(&a);
+        let limit = Duration::from_millis(30);
+        assert!(!replicas.overdue(&a, limit), "nothing outstanding");
+        a.note_sent(5);
+        assert!(!replicas.overdue(&a, limit), "the clock starts");
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(replicas.overdue(&a, limit));
+        replicas.ack(&a, 5);
+        assert!(!replicas.overdue(&a, limit), "caught up");
+        a.note_sent(9);
+        assert!(!replicas.overdue(&a, limit));
+        replicas.ack(&a, 7);
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(
+            replicas.overdue(&a, limit),
+            "progress short of the target is not enough"
+        );
+    }
+}
