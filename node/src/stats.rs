@@ -196,6 +196,18 @@ pub fn cluster(out: &mut Vec<u8>, shared: &crate::net::Shared) {
     stat(out, "cluster:replication", c.replication.name());
     stat(out, "cluster:term", me.term);
     stat(out, "cluster:active", me.active.as_deref().unwrap_or("-"));
+    if me.state == crate::cluster::State::ActiveCoordinator {
+        let standbys = group.standbys();
+        stat(
+            out,
+            "cluster:standbys",
+            if standbys.is_empty() {
+                "-".to_string()
+            } else {
+                standbys.join(",")
+            },
+        );
+    }
     let peers = group
         .membership()
         .map(crate::cluster::Membership::peers)
@@ -212,6 +224,29 @@ pub fn cluster(out: &mut Vec<u8>, shared: &crate::net::Shared) {
             stat(out, &format!("{name}:state"), me.state.name());
             stat(out, &format!("{name}:term"), me.term);
             stat(out, &format!("{name}:lsn"), me.lsn);
+            if matches!(
+                me.state,
+                crate::cluster::State::Initializing
+                    | crate::cluster::State::PassiveUninitialized
+                    | crate::cluster::State::PassiveStandby
+            ) {
+                let progress = group.sync_progress();
+                stat(out, &format!("{name}:sync_bytes"), progress.done);
+                stat(out, &format!("{name}:sync_total_bytes"), progress.total);
+                stat(
+                    out,
+                    &format!("{name}:sync_percent"),
+                    (progress.done * 100)
+                        .checked_div(progress.total)
+                        .unwrap_or(100)
+                        .min(100),
+                );
+                stat(
+                    out,
+                    &format!("{name}:shards_in_sync"),
+                    format!("{}/{}", progress.shards_in_sync, s.shards),
+                );
+            }
             continue;
         }
         match peers.iter().find(|(peer, _)| peer == name) {
@@ -226,6 +261,10 @@ pub fn cluster(out: &mut Vec<u8>, shared: &crate::net::Shared) {
                     stat(out, &format!("{name}:state"), last.state.name());
                     stat(out, &format!("{name}:term"), last.term);
                     stat(out, &format!("{name}:lsn"), last.lsn);
+                    if me.state == crate::cluster::State::ActiveCoordinator {
+                        // How many records it is behind this active, over all shards.
+                        stat(out, &format!("{name}:lag"), me.lsn.saturating_sub(last.lsn));
+                    }
                 }
             }
             None => stat(out, &format!("{name}:health"), "unknown"),

@@ -5,44 +5,9 @@
 
 mod common;
 
-use common::{Server, free_ports, output_within, pair_config};
+use common::{Server, free_ports, output_within, pair_config, stat, wait_for};
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// `stats cluster` of `server` as (name, value) pairs.
-fn cluster_stats(server: &Server) -> Vec<(String, String)> {
-    let reply = server.connect().call_end("stats cluster\r\n");
-    reply
-        .lines()
-        .filter_map(|line| line.strip_prefix("STAT "))
-        .filter_map(|line| line.split_once(' '))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-fn stat(server: &Server, name: &str) -> Option<String> {
-    cluster_stats(server)
-        .into_iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v)
-}
-
-/// Waits (at most 20 s) until `server`'s `stats cluster` says `name` is `value`.
-fn wait_for(server: &Server, name: &str, value: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let now = stat(server, name);
-        if now.as_deref() == Some(value) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} is {now:?}, not {value}, after 20 s; log:\n{}",
-            server.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn signal(server: &Server, signal: rustix::process::Signal) {
     let pid = server.child.as_ref().expect("running").id();

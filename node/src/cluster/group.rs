@@ -542,13 +542,15 @@ impl Group {
             .collect();
         let all_in_sync = syncs.iter().all(|&s| s == ShardSync::InSync);
         let listed = active_status.standbys.contains(&self.me);
-        let next = if all_in_sync && listed {
+        let started = syncs.iter().any(|&s| s != ShardSync::Idle);
+        let next = if inner.state == State::PassiveUninitialized && started {
+            // Through INITIALIZING always, however short the sync.
+            State::Initializing
+        } else if all_in_sync && listed {
             State::PassiveStandby
         } else if inner.state == State::PassiveStandby {
             // The active no longer counts this server in its sync set.
             State::PassiveUninitialized
-        } else if syncs.iter().any(|&s| s != ShardSync::Idle) {
-            State::Initializing
         } else {
             inner.state
         };

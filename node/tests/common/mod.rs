@@ -355,6 +355,42 @@ impl Client {
     }
 }
 
+/// `stats cluster` of `server` as (name, value) pairs.
+pub fn cluster_stats(server: &Server) -> Vec<(String, String)> {
+    let reply = server.connect().call_end("stats cluster\r\n");
+    reply
+        .lines()
+        .filter_map(|line| line.strip_prefix("STAT "))
+        .filter_map(|line| line.split_once(' '))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// One value of `stats cluster`.
+pub fn stat(server: &Server, name: &str) -> Option<String> {
+    cluster_stats(server)
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+}
+
+/// Waits (at most 30 s) until `server`'s `stats cluster` says `name` is `value`.
+pub fn wait_for(server: &Server, name: &str, value: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = stat(server, name);
+        if now.as_deref() == Some(value) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} is {now:?}, not {value}, after 30 s; log:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Runs `command` to completion with its output captured, killing it after `limit`: a hung
 /// client or installer fails the test instead of hanging it.
 pub fn output_within(command: &mut Command, limit: Duration) -> std::process::Output {

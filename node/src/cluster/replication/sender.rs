@@ -100,15 +100,16 @@ impl Stream<'_> {
         Header::new(kind, self.term, lsn)
     }
 
-    /// Whether the passive holds a prefix of this log and can continue from its next LSN.
+    /// Whether the passive holds a prefix of this log and can continue from its next LSN. An
+    /// empty passive gets a snapshot (which reports its progress), even of a whole log.
     fn continues(&self, request: &ReplicateRequest) -> bool {
         let store = self.store.borrow();
         let log = store.log();
-        let next = request.next_lsn.max(1);
-        if next > log.next_lsn() || log.cursor_at(next).is_none() {
-            return false;
-        }
-        next == 1 || digest(log, next - 1, request.digest_records) == Some(request.digest)
+        let next = request.next_lsn;
+        next > 1
+            && next <= log.next_lsn()
+            && log.cursor_at(next).is_some()
+            && digest(log, next - 1, request.digest_records) == Some(request.digest)
     }
 
     /// Sends the stream: its start, a snapshot if needed, then records as they come.
@@ -116,15 +117,13 @@ impl Stream<'_> {
         let io = |e: std::io::Error| format!("connection failed: {e}");
         let peer = &self.replica.peer;
         let next = if self.continues(request) {
-            let next = request.next_lsn.max(1);
-            if next > 1 {
-                tracing::info!(
-                    shard = self.shard,
-                    from_lsn = next,
-                    "NodeID[{peer}] holds a prefix of shard {}: resyncing from LSN {next}",
-                    self.shard
-                );
-            }
+            let next = request.next_lsn;
+            tracing::info!(
+                shard = self.shard,
+                from_lsn = next,
+                "NodeID[{peer}] holds a prefix of shard {}: resyncing from LSN {next}",
+                self.shard
+            );
             frame::write(&mut writer, self.header(Kind::Start, next), &[])
                 .await
                 .map_err(io)?;

@@ -10,15 +10,21 @@
 //! - With no active known (an election under way), a request waits, at most
 //!   `client_reconnect_window` and [`FORWARD_HOLD_MAX`]; if this server becomes the active
 //!   meanwhile, it serves the request itself.
-//! - If the upstream fails, the request's outcome is unknown: the client gets a
-//!   `SERVER_ERROR` that says so, and the next request opens a new upstream.
+//! - If the upstream fails (the active died: a failover follows), the request waits for the
+//!   next active, within the same bounds, and is sent again when that is safe: it was never
+//!   sent (the connection could not be opened, or an idle one was found closed), or sending it
+//!   twice gives the same state and the same reply (reads, `set`, `replace`, `touch`, `gat`,
+//!   `flush_all`). Otherwise (`add`, `cas`, `append`, `prepend`, `incr`, `decr`, `delete`) its
+//!   outcome cannot be known: the client gets a `SERVER_ERROR` that says so.
 
 use super::{Connection, Replies};
 use crate::protocol::{Command, reply};
 use futures_lite::{AsyncReadExt as _, AsyncWriteExt as _};
 use glommio::net::TcpStream;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd as _, BorrowedFd};
 use std::time::{Duration, Instant};
+use terrace_wal::store::SetMode;
 
 /// Longest a request waits for an active.
 pub const FORWARD_HOLD_MAX: Duration = Duration::from_secs(30);
@@ -61,40 +67,55 @@ impl Connection {
             .client_reconnect_window
             .min(FORWARD_HOLD_MAX);
         let deadline = Instant::now() + hold;
-        let (name, addr) = loop {
-            if group.serving() {
-                return Forwarded::ServeHere;
-            }
-            if let Some(active) = group.active_client_address() {
-                break active;
-            }
-            if Instant::now() >= deadline || self.executor.stop.is_stopped() {
-                reply::server_error(&mut replies.out, &group.not_serving_reply());
-                return Forwarded::Done;
-            }
-            glommio::timer::sleep(HOLD_POLL).await;
-        };
         let noreply = command.noreply();
         let request = without_noreply(raw, noreply);
         let values = matches!(command, Command::Get { .. } | Command::GetAndTouch { .. });
-        match self.exchange(addr, &request, values).await {
-            Ok(answer) => {
-                if !noreply {
-                    replies.out.extend_from_slice(&answer);
+        let repeatable = repeatable(command);
+        loop {
+            let (name, addr) = loop {
+                if group.serving() {
+                    return Forwarded::ServeHere;
                 }
+                if let Some(active) = group.active_client_address() {
+                    break active;
+                }
+                if Instant::now() >= deadline || self.executor.stop.is_stopped() {
+                    reply::server_error(&mut replies.out, &group.not_serving_reply());
+                    return Forwarded::Done;
+                }
+                glommio::timer::sleep(HOLD_POLL).await;
+            };
+            let failure = match self.exchange(addr, &request, values).await {
+                Ok(answer) => {
+                    if !noreply {
+                        replies.out.extend_from_slice(&answer);
+                    }
+                    return Forwarded::Done;
+                }
+                Err(failure) => failure,
+            };
+            self.upstream = None;
+            let again = !failure.sent || repeatable;
+            if again && Instant::now() < deadline && !self.executor.stop.is_stopped() {
+                // The active is gone or going: wait for the group to notice and elect.
+                glommio::timer::sleep(HOLD_POLL).await;
+                continue;
             }
-            Err(error) => {
-                self.upstream = None;
-                reply::server_error(
-                    &mut replies.out,
-                    &format!(
-                        "forwarding to the active {name} ({addr}) failed: {error}; the \
-                         request's outcome is unknown"
-                    ),
-                );
-            }
+            let error = failure.error;
+            let message = if failure.sent {
+                format!(
+                    "forwarding to the active {name} ({addr}) failed: {error}; the request's \
+                     outcome is unknown"
+                )
+            } else {
+                format!(
+                    "the active {name} ({addr}) cannot be reached: {error}; the request was \
+                     not applied"
+                )
+            };
+            reply::server_error(&mut replies.out, &message);
+            return Forwarded::Done;
         }
-        Forwarded::Done
     }
 
     /// Sends `request` to the active at `addr` and reads its whole reply.
@@ -103,12 +124,24 @@ impl Connection {
         addr: SocketAddr,
         request: &[u8],
         values: bool,
-    ) -> std::io::Result<Vec<u8>> {
-        if self.upstream.as_ref().is_none_or(|u| u.addr != addr) {
-            let stream = TcpStream::connect_timeout(addr, FORWARD_CONNECT_TIMEOUT).await?;
-            stream.set_nodelay(true)?;
-            stream.set_read_timeout(Some(FORWARD_REPLY_TIMEOUT))?;
-            stream.set_write_timeout(Some(FORWARD_REPLY_TIMEOUT))?;
+    ) -> Result<Vec<u8>, Failure> {
+        let not_sent = |error| Failure { error, sent: false };
+        if self
+            .upstream
+            .as_ref()
+            .is_some_and(|u| u.addr != addr || u.closed())
+        {
+            self.upstream = None;
+        }
+        if self.upstream.is_none() {
+            let stream = TcpStream::connect_timeout(addr, FORWARD_CONNECT_TIMEOUT)
+                .await
+                .map_err(|e| not_sent(e.into()))?;
+            let ready = stream
+                .set_nodelay(true)
+                .and_then(|()| stream.set_read_timeout(Some(FORWARD_REPLY_TIMEOUT)))
+                .and_then(|()| stream.set_write_timeout(Some(FORWARD_REPLY_TIMEOUT)));
+            ready.map_err(|e| not_sent(e.into()))?;
             self.upstream = Some(Upstream {
                 addr,
                 stream,
@@ -119,6 +152,54 @@ impl Connection {
         let Some(upstream) = self.upstream.as_mut() else {
             unreachable!("opened above");
         };
+        upstream
+            .exchange(request, values)
+            .await
+            .map_err(|error| Failure { error, sent: true })
+    }
+}
+
+/// Why a forwarded request failed.
+struct Failure {
+    error: std::io::Error,
+    /// Whether any of it may have reached the active.
+    sent: bool,
+}
+
+/// Whether a request may be sent to the next active after it may already have been applied
+/// by the last one: applying it twice leaves the same state and gives the same reply.
+fn repeatable(command: &Command<'_>) -> bool {
+    match command {
+        Command::Get { .. } | Command::GetAndTouch { .. } | Command::Touch { .. } => true,
+        Command::FlushAll { .. } | Command::Version | Command::Verbosity { .. } => true,
+        Command::Store { mode, .. } => matches!(mode, SetMode::Set | SetMode::Replace),
+        _ => false,
+    }
+}
+
+impl Upstream {
+    /// Whether the active closed this (idle) connection: it stopped or died since the last
+    /// request. Checked before a request is sent on it, so that a request is not lost to a
+    /// connection that was dead before it was written.
+    fn closed(&self) -> bool {
+        let mut byte = [0u8; 1];
+        // SAFETY: the stream owns this fd and outlives the call.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.stream.as_raw_fd()) };
+        match rustix::net::recv(
+            fd,
+            &mut byte,
+            rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT,
+        ) {
+            Ok((0, _)) => true,
+            // Bytes nobody asked for: out of step; start over.
+            Ok(_) => true,
+            Err(e) => e != rustix::io::Errno::AGAIN,
+        }
+    }
+
+    /// Sends one request and reads its whole reply.
+    async fn exchange(&mut self, request: &[u8], values: bool) -> std::io::Result<Vec<u8>> {
+        let upstream = self;
         upstream.stream.write_all(request).await?;
         let mut answer = Vec::new();
         loop {
@@ -145,9 +226,7 @@ impl Connection {
         }
         Ok(answer)
     }
-}
 
-impl Upstream {
     /// Reads more from the active.
     async fn fill(&mut self) -> std::io::Result<()> {
         if self.start > 0 {

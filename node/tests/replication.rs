@@ -1,0 +1,178 @@
+//! Mirror group replication with real servers on 127.0.0.1: a passive syncs from the active
+//! (PASSIVE-UNINITIALIZED -> INITIALIZING -> PASSIVE-STANDBY) while writes go on, takes over
+//! when the active is killed with every acknowledged write, and the old active comes back as
+//! a passive (its data resynced, or moved to the dirty db when it is not a prefix).
+//!
+//! `TERRACE_HA_KEYS` sets how many keys are written before and during the sync (default
+//! 20000 each; the full check is 100000).
+#![allow(clippy::expect_used, clippy::unwrap_used, reason = "tests")]
+
+mod common;
+
+use common::{Client, Server, env_count, free_ports, pair_config, stat, wait_for};
+use std::time::Instant;
+
+/// Sets `prefix{i}` = `v{i}` for `i` in `range`, pipelined in batches; every reply must be
+/// STORED.
+fn write_keys(port: u16, prefix: &str, range: std::ops::Range<u64>) {
+    let mut c = Client::connect(port);
+    let ids: Vec<u64> = range.collect();
+    for batch in ids.chunks(200) {
+        let mut request = String::new();
+        for i in batch {
+            let value = format!("v{i}");
+            request.push_str(&format!(
+                "set {prefix}{i} 0 0 {}\r\n{value}\r\n",
+                value.len()
+            ));
+        }
+        c.send(request.as_bytes());
+        let expected = "STORED\r\n".repeat(batch.len());
+        let got = c.read_exact_n(expected.len());
+        assert_eq!(String::from_utf8_lossy(&got), expected);
+    }
+}
+
+/// Checks that `prefix{i}` = `v{i}` for every `i` in `range`, with multi-key gets.
+fn check_keys(port: u16, prefix: &str, range: std::ops::Range<u64>) {
+    let mut c = Client::connect(port);
+    let ids: Vec<u64> = range.collect();
+    for batch in ids.chunks(100) {
+        let keys: Vec<String> = batch.iter().map(|i| format!("{prefix}{i}")).collect();
+        let reply = c.call_end(&format!("get {}\r\n", keys.join(" ")));
+        let mut expected = String::new();
+        for i in batch {
+            let value = format!("v{i}");
+            expected.push_str(&format!(
+                "VALUE {prefix}{i} 0 {}\r\n{value}\r\n",
+                value.len()
+            ));
+        }
+        expected.push_str("END\r\n");
+        assert_eq!(reply, expected, "keys {prefix}{}..", batch[0]);
+    }
+}
+
+/// Counts the log lines of `server` that contain `text`.
+fn count(server: &Server, text: &str) -> usize {
+    server.log().matches(text).count()
+}
+
+#[test]
+fn a_passive_syncs_during_writes_and_takes_over_with_every_acknowledged_write() {
+    let keys = env_count("TERRACE_HA_KEYS", 20_000);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let [g1, g2, c1, c2] = free_ports();
+    let config = pair_config(dir.path(), "pair.toml", (g1, g2, c1, c2), "");
+    let mut s1 = Server::start_at(&config, c1, &["-n", "s1", "--cores", "2"]);
+    wait_for(&s1, "s1:state", "ACTIVE-COORDINATOR");
+    write_keys(c1, "before", 0..keys);
+
+    // s2 joins while a client keeps writing to s1.
+    let mut s2 = Server::start_at(&config, c2, &["-n", "s2", "--cores", "2"]);
+    let writer = std::thread::spawn(move || write_keys(c1, "during", 0..keys));
+    wait_for(&s2, "s2:state", "PASSIVE-STANDBY");
+    writer.join().expect("writer");
+    wait_for(&s1, "cluster:standbys", "s2");
+    for line in [
+        "Moved to State[ PASSIVE-UNINITIALIZED ]",
+        "Moved to State[ INITIALIZING ]",
+        "Moved to State[ PASSIVE-STANDBY ]",
+    ] {
+        assert_eq!(count(&s2, line), 1, "{line}; log:\n{}", s2.log());
+    }
+    // Written through the passive: forwarded to the active, replicated back.
+    write_keys(c2, "via-passive", 0..500);
+
+    // kill -9 the active: s2 takes over with every acknowledged write.
+    s1.kill();
+    let killed = Instant::now();
+    let mut c = Client::connect(c2);
+    assert_eq!(c.set("after-failover", "1"), "STORED\r\n");
+    println!(
+        "failover pause (kill -9 to the first write acknowledged): {:?}",
+        killed.elapsed()
+    );
+    wait_for(&s2, "s2:state", "ACTIVE-COORDINATOR");
+    assert_eq!(count(&s2, "Starting reconnect window"), 1, "{}", s2.log());
+    check_keys(c2, "before", 0..keys);
+    check_keys(c2, "during", 0..keys);
+    check_keys(c2, "via-passive", 0..500);
+
+    // The old active comes back as a passive, catches up, and could take over again.
+    write_keys(c2, "while-s1-down", 0..2000);
+    s1.restart();
+    wait_for(&s1, "s1:state", "PASSIVE-STANDBY");
+    write_keys(c2, "s1-back", 0..2000);
+    let log = s1.log();
+    assert!(
+        log.contains("moved it to the dirty db")
+            || log.contains("resyncing from LSN")
+            || s2.log().contains("resyncing from LSN"),
+        "says whether it resynced from its own data or moved it aside:\n{log}"
+    );
+    s2.kill();
+    wait_for(&s1, "s1:state", "ACTIVE-COORDINATOR");
+    check_keys(c1, "before", 0..keys);
+    check_keys(c1, "during", 0..keys);
+    check_keys(c1, "while-s1-down", 0..2000);
+    check_keys(c1, "s1-back", 0..2000);
+    assert_eq!(
+        Client::connect(c1).get("after-failover").as_deref(),
+        Some("1")
+    );
+    println!("s1:\n{}\ns2:\n{}", s1.log(), s2.log());
+    drop(s2);
+    let _ = stat;
+}
+
+/// A server whose data is not a prefix of the active's (it took writes the active never saw)
+/// moves its data to the dirty db before it syncs, says so, and becomes PASSIVE-STANDBY with
+/// the active's data.
+#[test]
+fn a_server_with_diverged_data_moves_it_to_the_dirty_db_and_syncs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let [g1, g2, c1, c2] = free_ports();
+    let config = pair_config(
+        dir.path(),
+        "pair.toml",
+        (g1, g2, c1, c2),
+        "dirtydb_rolling = 1\n",
+    );
+    let mut s1 = Server::start_at(&config, c1, &["-n", "s1", "--cores", "1"]);
+    let mut s2 = Server::start_at(&config, c2, &["-n", "s2", "--cores", "1"]);
+    wait_for(&s2, "s2:state", "PASSIVE-STANDBY");
+    write_keys(c1, "both", 0..1000);
+    // s2 stops; s1 takes writes alone, then dies.
+    assert!(s2.terminate().success());
+    write_keys(c1, "only-s1", 0..1000);
+    s1.kill();
+    // s2 comes back alone: after the election time it is the active, and takes other writes.
+    s2.restart();
+    wait_for(&s2, "s2:state", "ACTIVE-COORDINATOR");
+    write_keys(c2, "only-s2", 0..1500);
+    // s1 returns: its data holds records s2 never had.
+    s1.restart();
+    wait_for(&s1, "s1:state", "PASSIVE-STANDBY");
+    let log = s1.log();
+    assert!(log.contains("moved it to the dirty db"), "{log}");
+    assert!(log.contains("Moved to State[ INITIALIZING ]"), "{log}");
+    let dirty = dir.path().join("s1").join("dirty-db-backup");
+    let copies: Vec<_> = std::fs::read_dir(&dirty)
+        .expect("dirty db")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert!(copies[0].join("terrace-meta.toml").exists());
+    assert!(copies[0].join("shards").is_dir());
+    // s1 now holds s2's data: it takes over with it.
+    s2.kill();
+    wait_for(&s1, "s1:state", "ACTIVE-COORDINATOR");
+    check_keys(c1, "both", 0..1000);
+    check_keys(c1, "only-s2", 0..1500);
+    assert_eq!(
+        Client::connect(c1).get("only-s10"),
+        None,
+        "the diverged writes are set aside"
+    );
+}
