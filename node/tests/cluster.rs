@@ -68,10 +68,10 @@ fn a_pair_joins_and_sees_its_peer_leave_and_come_back() {
         "{}",
         s2.log()
     );
-    // The active stayed the active throughout (a passive that is not in sync cannot take
-    // over).
+    // The pause was shorter than the health limit plus the election time: the active stayed
+    // the active, and the passive is (again) in sync with it.
     wait_for(&s1, "s1:state", "ACTIVE-COORDINATOR");
-    wait_for(&s2, "s2:state", "PASSIVE-UNINITIALIZED");
+    wait_for(&s2, "s2:state", "PASSIVE-STANDBY");
     println!("departure noticed after kill -9: {noticed:?}; after SIGSTOP: {paused:?}");
 }
 
@@ -96,7 +96,7 @@ fn the_server_with_the_newest_data_becomes_active() {
     let s1 = Server::start_at(&config, c1, &["-n", "s1", "--cores", "1"]);
     s2.restart();
     wait_for(&s2, "s2:state", "ACTIVE-COORDINATOR");
-    wait_for(&s1, "s1:state", "PASSIVE-UNINITIALIZED");
+    wait_for(&s1, "s1:state", "PASSIVE-STANDBY");
     wait_for(&s1, "cluster:active", "s2");
     assert_eq!(stat(&s2, "cluster:term").as_deref(), Some("2"));
     assert_eq!(stat(&s1, "cluster:term").as_deref(), Some("2"));
@@ -114,36 +114,6 @@ fn the_server_with_the_newest_data_becomes_active() {
     assert_eq!(s1.connect().get("k1").as_deref(), Some("v"));
     assert_eq!(stat(&s1, "s1:health").as_deref(), Some("self"));
     assert_eq!(s2.connect().get("k1").as_deref(), Some("v"));
-}
-
-/// A killed active leaves a group with no standby unavailable (loudly); when it comes back it
-/// is elected again, at a new term.
-#[test]
-fn a_restarted_active_is_elected_again() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let [g1, g2, c1, c2] = free_ports();
-    let config = pair_config(dir.path(), "pair.toml", (g1, g2, c1, c2), "");
-    let mut s1 = Server::start_at(&config, c1, &["-n", "s1", "--cores", "1"]);
-    let s2 = Server::start_at(&config, c2, &["-n", "s2", "--cores", "1"]);
-    wait_for(&s1, "s1:state", "ACTIVE-COORDINATOR");
-    wait_for(&s2, "cluster:active", "s1");
-    assert_eq!(stat(&s1, "cluster:term").as_deref(), Some("1"));
-    s1.kill();
-    wait_for(&s2, "s1:health", "gone");
-    wait_for(&s2, "cluster:active", "-");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !s2.log().contains("no PASSIVE-STANDBY to take over") {
-        assert!(Instant::now() < deadline, "{}", s2.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(
-        stat(&s2, "s2:state").as_deref(),
-        Some("PASSIVE-UNINITIALIZED")
-    );
-    s1.restart();
-    wait_for(&s1, "s1:state", "ACTIVE-COORDINATOR");
-    wait_for(&s2, "cluster:active", "s1");
-    assert_eq!(stat(&s1, "cluster:term").as_deref(), Some("2"));
 }
 
 #[test]

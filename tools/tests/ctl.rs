@@ -53,7 +53,7 @@ fn status_shows_the_group_and_says_when_it_is_unhealthy() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let report = loop {
         let (output, report) = ctl(&config);
-        if output.status.success() && report["servers"][1]["state"] == "PASSIVE-UNINITIALIZED" {
+        if output.status.success() && report["servers"][1]["state"] == "PASSIVE-STANDBY" {
             break report;
         }
         assert!(
@@ -65,7 +65,7 @@ fn status_shows_the_group_and_says_when_it_is_unhealthy() {
     };
     assert_eq!(report["healthy"], true);
     assert_eq!(server(&report, "s1")["state"], "ACTIVE-COORDINATOR");
-    assert_eq!(server(&report, "s2")["state"], "PASSIVE-UNINITIALIZED");
+    assert_eq!(server(&report, "s2")["state"], "PASSIVE-STANDBY");
     assert_eq!(server(&report, "s2")["active"], "s1");
     assert_eq!(server(&report, "s1")["lag"], 0);
     // A write on the active shows in its LSN.
