@@ -383,6 +383,10 @@ fn publish_lsns(shards: &LocalShards, shared: &Shared) {
         if store.compaction_paused() == serving {
             store.set_compaction_paused(!serving);
         }
+        if !serving && let Some(replicas) = shards.replicas(shard) {
+            // Writes waiting for passives give up: this server is no longer the active.
+            replicas.wake_writers();
+        }
     }
 }
 
@@ -461,7 +465,11 @@ async fn run_executor(start: ExecutorStart) -> Result<(), String> {
         }
         let sync_replication =
             shared.settings.cluster.replication == crate::config::Replication::Sync;
-        let shards = Rc::new(LocalShards::new(topology, stores, sync_replication));
+        let shards = Rc::new(LocalShards::new(
+            topology,
+            stores,
+            (sync_replication, shared.group.serving_flag()),
+        ));
         publish_lsns(&shards, &shared);
         let router = match joined {
             Some(joined) => joined.serve(&shards),

@@ -9,49 +9,10 @@
 
 mod common;
 
-use common::{Client, Server, env_count, free_ports, pair_config, stat, wait_for};
+use common::{
+    Client, Server, check_keys, env_count, free_ports, pair_config, stat, wait_for, write_keys,
+};
 use std::time::Instant;
-
-/// Sets `prefix{i}` = `v{i}` for `i` in `range`, pipelined in batches; every reply must be
-/// STORED.
-fn write_keys(port: u16, prefix: &str, range: std::ops::Range<u64>) {
-    let mut c = Client::connect(port);
-    let ids: Vec<u64> = range.collect();
-    for batch in ids.chunks(200) {
-        let mut request = String::new();
-        for i in batch {
-            let value = format!("v{i}");
-            request.push_str(&format!(
-                "set {prefix}{i} 0 0 {}\r\n{value}\r\n",
-                value.len()
-            ));
-        }
-        c.send(request.as_bytes());
-        let expected = "STORED\r\n".repeat(batch.len());
-        let got = c.read_exact_n(expected.len());
-        assert_eq!(String::from_utf8_lossy(&got), expected);
-    }
-}
-
-/// Checks that `prefix{i}` = `v{i}` for every `i` in `range`, with multi-key gets.
-fn check_keys(port: u16, prefix: &str, range: std::ops::Range<u64>) {
-    let mut c = Client::connect(port);
-    let ids: Vec<u64> = range.collect();
-    for batch in ids.chunks(100) {
-        let keys: Vec<String> = batch.iter().map(|i| format!("{prefix}{i}")).collect();
-        let reply = c.call_end(&format!("get {}\r\n", keys.join(" ")));
-        let mut expected = String::new();
-        for i in batch {
-            let value = format!("v{i}");
-            expected.push_str(&format!(
-                "VALUE {prefix}{i} 0 {}\r\n{value}\r\n",
-                value.len()
-            ));
-        }
-        expected.push_str("END\r\n");
-        assert_eq!(reply, expected, "keys {prefix}{}..", batch[0]);
-    }
-}
 
 /// Counts the log lines of `server` that contain `text`.
 fn count(server: &Server, text: &str) -> usize {

@@ -90,7 +90,7 @@ pub struct Group {
     cluster: ClusterSettings,
     inner: Mutex<Inner>,
     /// Whether this server serves clients (it is the active). Read by every request.
-    serving: AtomicBool,
+    serving: Arc<AtomicBool>,
     /// Whether this server's data is recovered.
     ready: AtomicBool,
     /// Last LSN of every shard, published by the executors that own them.
@@ -145,7 +145,7 @@ impl Group {
                 no_active_since: Some(Instant::now()),
                 told_unavailable: false,
             }),
-            serving: AtomicBool::new(false),
+            serving: Arc::new(AtomicBool::new(false)),
             ready: AtomicBool::new(false),
             lsns: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             membership: OnceLock::new(),
@@ -292,6 +292,12 @@ impl Group {
     /// Whether clients are served here.
     pub fn serving(&self) -> bool {
         self.serving.load(Ordering::Relaxed)
+    }
+
+    /// The flag [`Group::serving`] reads, for the executors' writers: a write waiting for
+    /// its passives gives up when this server stops being the active.
+    pub fn serving_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.serving)
     }
 
     /// This server's state.

@@ -60,14 +60,30 @@ pub struct Durable {
     pub replicas: Option<Rc<ShardReplicas>>,
 }
 
+/// Why a reply must not be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum NotAcknowledged {
+    /// The shard failed a sync.
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    /// This server stopped being the active before its passives acknowledged the write.
+    #[error(
+        "this server stopped being the active of its mirror group before its passives \
+         acknowledged the write; its outcome is unknown: retry on the new active"
+    )]
+    NoLongerActive,
+}
+
 impl Durable {
-    /// Waits for it. An error means the shard failed a sync: the reply must not be sent.
-    pub async fn wait(&self) -> Result<(), WalError> {
+    /// Waits for it. An error means the reply must not be sent.
+    pub async fn wait(&self) -> Result<(), NotAcknowledged> {
         if self.commit.durable_lsn() < self.lsn {
             self.commit.wait_durable(self.lsn).await?;
         }
-        if let Some(replicas) = &self.replicas {
-            replicas.wait_acknowledged(self.lsn).await;
+        if let Some(replicas) = &self.replicas
+            && !replicas.wait_acknowledged(self.lsn).await
+        {
+            return Err(NotAcknowledged::NoLongerActive);
         }
         Ok(())
     }
@@ -106,18 +122,22 @@ pub struct ShardCut {
 
 impl LocalShards {
     /// Shards of `topology` owned by this executor, in `stores` (by shard id). With
-    /// `sync_replication`, writes wait for the passives in each shard's sync set.
+    /// `sync_replication`, writes wait for the passives in each shard's sync set, while
+    /// `serving` (this server is the active) holds.
     pub fn new(
         topology: Topology,
         stores: Vec<Option<Rc<RefCell<ShardStore>>>>,
-        sync_replication: bool,
+        (sync_replication, serving): (bool, std::sync::Arc<std::sync::atomic::AtomicBool>),
     ) -> Self {
         assert_eq!(stores.len(), topology.shards as usize);
         Self {
             topology,
             replicas: stores
                 .iter()
-                .map(|s| s.as_ref().map(|_| Rc::new(ShardReplicas::default())))
+                .map(|s| {
+                    s.as_ref()
+                        .map(|_| Rc::new(ShardReplicas::new(std::sync::Arc::clone(&serving))))
+                })
                 .collect(),
             sync_replication,
             stores,

@@ -68,7 +68,21 @@ pub async fn serve(ctx: Rc<Context>, request: ReplicateRequest, stream: std::net
             .unwrap_or_else(|| "the stream ended".into()),
         Err(error) => error,
     };
-    let was_in_sync = replica.in_sync();
+    let was_in_sync = replica.counted();
+    replicas.close(&replica, reason.clone());
+    if was_in_sync && !replica.overdue_dropped() {
+        // The passive may have taken over (this server was paused or cut off): writes keep
+        // waiting for it a while, long enough to hear of a higher term and stop serving.
+        let grace = group.silence_limit();
+        tracing::warn!(
+            shard,
+            %reason,
+            grace_ms = grace.as_millis() as u64,
+            "the stream of NodeID[{peer}], in the sync set of shard {shard}, ended; writes \
+             wait for it a while longer"
+        );
+        glommio::timer::sleep(grace).await;
+    }
     replicas.detach(&replica);
     // Another stream from the same passive may have replaced this one.
     group.set_replica_in_sync(&peer, shard, replicas.peer_in_sync(&peer));
@@ -153,7 +167,9 @@ impl Stream<'_> {
                     "no acknowledgment for {} ms (the health-check limit)",
                     limit.as_millis()
                 );
+                self.replica.mark_overdue();
                 self.replicas.close(self.replica, reason.clone());
+                self.replicas.release(self.replica);
                 return Err(reason);
             }
             batch.clear();

@@ -2,10 +2,19 @@
 //! has acknowledged, and which of them are in the sync set (in sync: a write on this shard
 //! is acknowledged to its client only once every passive in the sync set has acknowledged
 //! it, with `replication = "sync"`). Lives on the executor that owns the shard.
+//!
+//! A passive leaves the sync set when it is *released*: at once when it kept writes waiting
+//! too long (it is hung or far behind), but only after a grace period when its stream just
+//! ended. A stream also ends when the passive took over (this server was paused or cut
+//! off, and the group elected the passive): releasing at once would acknowledge writes the
+//! new active never saw. During the grace this server learns of the higher term, stops being
+//! the active, and the waiting writes fail instead ([`ShardReplicas::serving`]).
 
 use futures_lite::future::poll_fn;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Poll, Waker};
 use std::time::Instant;
 
@@ -50,12 +59,16 @@ pub struct Replica {
     acked: Cell<u64>,
     /// Highest LSN sent to it.
     sent: Cell<u64>,
-    /// In the sync set.
+    /// Entered the sync set.
     in_sync: Cell<bool>,
-    /// The stream ended (why), or it was dropped from the sync set.
+    /// Left the sync set: writes no longer wait for it.
+    released: Cell<bool>,
+    /// The stream ended, or must end (why).
     closed: RefCell<Option<String>>,
     /// Acknowledgment progress: the LSN it must reach, and since when it is awaited.
     awaited: Cell<Option<(u64, Instant)>>,
+    /// It was dropped for keeping writes waiting too long.
+    overdue: Cell<bool>,
 }
 
 impl Replica {
@@ -64,14 +77,29 @@ impl Replica {
         self.acked.get()
     }
 
-    /// Whether it is in the sync set.
+    /// Whether writes wait for it: in the sync set, not released.
+    pub fn counted(&self) -> bool {
+        self.in_sync.get() && !self.released.get()
+    }
+
+    /// Whether it is in the sync set with a live stream.
     pub fn in_sync(&self) -> bool {
-        self.in_sync.get() && self.closed.borrow().is_none()
+        self.counted() && self.closed.borrow().is_none()
     }
 
     /// Why it was closed, if it was.
     pub fn closed(&self) -> Option<String> {
         self.closed.borrow().clone()
+    }
+
+    /// It kept writes waiting too long: dropped from the sync set.
+    pub fn mark_overdue(&self) {
+        self.overdue.set(true);
+    }
+
+    /// Whether it was dropped for keeping writes waiting too long.
+    pub fn overdue_dropped(&self) -> bool {
+        self.overdue.get()
     }
 
     /// Records sent up to `lsn`.
@@ -81,16 +109,39 @@ impl Replica {
 }
 
 /// The passives of one shard.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ShardReplicas {
     replicas: RefCell<Vec<Rc<Replica>>>,
+    /// Whether this server is the active (the group's flag).
+    serving: Arc<AtomicBool>,
     /// Records were appended to the shard (senders wait for it).
     pub appended: Signal,
     /// A passive acknowledged, or left the sync set (writers wait for it).
     pub acked: Signal,
 }
 
+impl Default for ShardReplicas {
+    fn default() -> Self {
+        Self::new(Arc::new(AtomicBool::new(true)))
+    }
+}
+
 impl ShardReplicas {
+    /// The passives of a shard of a server whose group sets `serving`.
+    pub fn new(serving: Arc<AtomicBool>) -> Self {
+        Self {
+            replicas: RefCell::default(),
+            serving,
+            appended: Signal::default(),
+            acked: Signal::default(),
+        }
+    }
+
+    /// Whether this server is still the active.
+    pub fn serving(&self) -> bool {
+        self.serving.load(Ordering::SeqCst)
+    }
+
     /// A new stream to `peer`, not in the sync set yet. An older stream to the same peer is
     /// closed: a passive has one stream per shard.
     pub fn attach(&self, peer: &str) -> Rc<Replica> {
@@ -102,22 +153,37 @@ impl ShardReplicas {
             acked: Cell::new(0),
             sent: Cell::new(0),
             in_sync: Cell::new(false),
+            released: Cell::new(false),
             closed: RefCell::new(None),
             awaited: Cell::new(None),
+            overdue: Cell::new(false),
         });
         self.replicas.borrow_mut().push(Rc::clone(&replica));
         replica
     }
 
-    /// Forgets a stream that ended.
+    /// Forgets a stream that ended (and releases it).
     pub fn detach(&self, replica: &Rc<Replica>) {
         self.close(replica, "the stream ended".into());
+        self.release(replica);
         self.replicas
             .borrow_mut()
             .retain(|r| !Rc::ptr_eq(r, replica));
     }
 
-    /// Closes a stream (its writers stop waiting for it); the first reason stays.
+    /// Takes a passive out of the sync set: writes stop waiting for it.
+    pub fn release(&self, replica: &Replica) {
+        replica.released.set(true);
+        self.acked.notify();
+    }
+
+    /// Wakes the writers (this server stopped being the active: they give up).
+    pub fn wake_writers(&self) {
+        self.acked.notify();
+    }
+
+    /// Ends a stream (its sender stops); the first reason stays. Writes keep waiting for it
+    /// until it is released.
     pub fn close(&self, replica: &Replica, reason: String) {
         let mut closed = replica.closed.borrow_mut();
         if closed.is_none() {
@@ -128,9 +194,16 @@ impl ShardReplicas {
         self.acked.notify();
     }
 
-    /// The passive caught up: from now on writes wait for its acknowledgment.
+    /// The passive caught up: from now on writes wait for its acknowledgment. Older,
+    /// ended streams of the same passive leave the set: this one carries on from them.
     pub fn enter_sync_set(&self, replica: &Replica) {
         replica.in_sync.set(true);
+        for old in self.replicas.borrow().iter() {
+            if old.peer == replica.peer && !std::ptr::eq(&**old, replica) {
+                old.released.set(true);
+            }
+        }
+        self.acked.notify();
     }
 
     /// The passive acknowledged up to `lsn`.
@@ -146,7 +219,7 @@ impl ShardReplicas {
         self.replicas
             .borrow()
             .iter()
-            .all(|r| !r.in_sync() || r.acked.get() >= lsn)
+            .all(|r| !r.counted() || r.acked.get() >= lsn)
     }
 
     /// Whether `peer` has a stream in the sync set.
@@ -158,9 +231,13 @@ impl ShardReplicas {
     }
 
     /// Waits until every passive in the sync set acknowledged `lsn` (passives that fail to
-    /// leave the set: see [`ShardReplicas::overdue`]).
-    pub async fn wait_acknowledged(&self, lsn: u64) {
-        self.acked.wait_until(|| self.acknowledged(lsn)).await;
+    /// leave the set: see [`ShardReplicas::overdue`]). Returns whether they did; `false` if
+    /// this server stopped being the active first.
+    pub async fn wait_acknowledged(&self, lsn: u64) -> bool {
+        self.acked
+            .wait_until(|| self.acknowledged(lsn) || !self.serving())
+            .await;
+        self.acknowledged(lsn)
     }
 
     /// Whether `replica`, in the sync set, has kept writers waiting longer than `limit`:
@@ -203,16 +280,38 @@ mod tests {
         assert!(!replicas.acknowledged(5));
         replicas.close(&b, "gone".into());
         assert!(
+            !replicas.acknowledged(5),
+            "an ended stream is waited for until released"
+        );
+        replicas.release(&b);
+        assert!(
             replicas.acknowledged(10),
-            "a closed stream is not waited for"
+            "a released stream is not waited for"
         );
         assert!(!replicas.acknowledged(11));
-        // A new stream from the same passive closes the old one.
+        // A new stream from the same passive closes the old one; once it is in sync, the old
+        // one is no longer waited for.
         let a2 = replicas.attach("s2");
         assert!(a.closed().is_some() && a2.closed().is_none());
+        assert!(!replicas.acknowledged(11));
+        replicas.enter_sync_set(&a2);
+        replicas.ack(&a2, 11);
+        assert!(replicas.acknowledged(11));
         replicas.detach(&b);
         replicas.detach(&a);
         assert_eq!(replicas.replicas.borrow().len(), 1);
+    }
+
+    #[test]
+    fn writers_give_up_when_this_server_stops_being_the_active() {
+        let serving = Arc::new(AtomicBool::new(true));
+        let replicas = ShardReplicas::new(Arc::clone(&serving));
+        let a = replicas.attach("s2");
+        replicas.enter_sync_set(&a);
+        replicas.close(&a, "the passive took over".into());
+        serving.store(false, Ordering::SeqCst);
+        let acknowledged = futures_lite::future::block_on(replicas.wait_acknowledged(3));
+        assert!(!acknowledged);
     }
 
     #[test]

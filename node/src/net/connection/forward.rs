@@ -152,8 +152,17 @@ impl Connection {
         let Some(upstream) = self.upstream.as_mut() else {
             unreachable!("opened above");
         };
-        upstream
-            .exchange(request, values)
+        // This server may become the active while the request is out (the old active was
+        // paused and lost the group): then its answer may never come, and this server is
+        // where the request belongs.
+        let group = std::sync::Arc::clone(&self.executor.shared.group);
+        let became_active = async {
+            while !group.serving() {
+                glommio::timer::sleep(HOLD_POLL).await;
+            }
+            Err(std::io::Error::other("this server became the active"))
+        };
+        futures_lite::future::or(upstream.exchange(request, values), became_active)
             .await
             .map_err(|error| Failure { error, sent: true })
     }

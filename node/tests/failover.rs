@@ -1,0 +1,219 @@
+//! Failover under load, with real servers on 127.0.0.1: clients write through both servers'
+//! client ports while the active is killed (kill -9) or paused (SIGSTOP, split brain). Every
+//! write a client saw acknowledged must be on the server that ends up active.
+//!
+//! `TERRACE_FAILOVER_ROUNDS` sets the kill -9 rounds (default 3; the full check is 20 or
+//! more). Each round prints its failover pause (kill -> first write acknowledged through the
+//! surviving server); the last line gives the distribution.
+#![allow(clippy::expect_used, clippy::unwrap_used, reason = "tests")]
+
+mod common;
+
+use common::{Server, env_count, free_ports, pair_config, stat, wait_for};
+use rand::rngs::SmallRng;
+use rand::{Rng as _, SeedableRng as _};
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// What a writer saw.
+#[derive(Default)]
+struct Written {
+    /// Keys acknowledged (value = key), with when.
+    acked: Vec<(String, Instant)>,
+    /// Replies other than STORED, and failed connections.
+    errors: Vec<String>,
+}
+
+/// Writes `prefix-<n>` = `prefix-<n>` through `port`, one request at a time, until `stop`;
+/// reconnects after an error.
+fn writer(port: u16, prefix: String, stop: Arc<AtomicBool>) -> JoinHandle<Written> {
+    std::thread::spawn(move || {
+        let mut written = Written::default();
+        let mut n = 0u64;
+        while !stop.load(Ordering::SeqCst) {
+            let Ok(stream) = TcpStream::connect(("127.0.0.1", port)) else {
+                written.errors.push("connect failed".into());
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            stream
+                .set_read_timeout(Some(Duration::from_secs(40)))
+                .unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut stream = stream;
+            while !stop.load(Ordering::SeqCst) {
+                let key = format!("{prefix}-{n}");
+                n += 1;
+                let request = format!("set {key} 0 0 {}\r\n{key}\r\n", key.len());
+                let mut line = String::new();
+                let ok = stream.write_all(request.as_bytes()).is_ok()
+                    && reader.read_line(&mut line).is_ok_and(|read| read > 0);
+                if ok && line == "STORED\r\n" {
+                    written.acked.push((key, Instant::now()));
+                    continue;
+                }
+                written.errors.push(format!("{key}: {line:?}"));
+                break;
+            }
+        }
+        written
+    })
+}
+
+/// Every acknowledged key is on the server at `port`, with its value.
+fn check_acked(port: u16, written: &Written) {
+    let mut c = common::Client::connect(port);
+    for batch in written.acked.chunks(100) {
+        let keys: Vec<&str> = batch.iter().map(|(k, _)| k.as_str()).collect();
+        let reply = c.call_end(&format!("get {}\r\n", keys.join(" ")));
+        let mut expected = String::new();
+        for key in &keys {
+            expected.push_str(&format!("VALUE {key} 0 {}\r\n{key}\r\n", key.len()));
+        }
+        expected.push_str("END\r\n");
+        assert_eq!(reply, expected, "acknowledged writes missing");
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+#[test]
+fn kill_9_of_the_active_under_load_loses_no_acknowledged_write() {
+    let rounds = env_count("TERRACE_FAILOVER_ROUNDS", 3);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let [g1, g2, c1, c2] = free_ports();
+    let config = pair_config(dir.path(), "pair.toml", (g1, g2, c1, c2), "");
+    let mut servers = [
+        Server::start_at(&config, c1, &["-n", "s1", "--cores", "1"]),
+        Server::start_at(&config, c2, &["-n", "s2", "--cores", "1"]),
+    ];
+    let names = ["s1", "s2"];
+    let ports = [c1, c2];
+    let mut active = 0;
+    wait_for(&servers[0], "s1:state", "ACTIVE-COORDINATOR");
+    let mut pauses = Vec::new();
+    for round in 0..rounds {
+        let passive = 1 - active;
+        wait_for(
+            &servers[passive],
+            &format!("{}:state", names[passive]),
+            "PASSIVE-STANDBY",
+        );
+        let mut rng = SmallRng::seed_from_u64(round);
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers: Vec<_> = (0..2)
+            .flat_map(|w| {
+                [
+                    writer(ports[active], format!("r{round}-a{w}"), Arc::clone(&stop)),
+                    writer(ports[passive], format!("r{round}-p{w}"), Arc::clone(&stop)),
+                ]
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(rng.random_range(200..600)));
+        servers[active].kill();
+        let killed = Instant::now();
+        wait_for(
+            &servers[passive],
+            &format!("{}:state", names[passive]),
+            "ACTIVE-COORDINATOR",
+        );
+        // Let the writers go on through the new active for a moment.
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::SeqCst);
+        let results: Vec<Written> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+        let resumed = results
+            .iter()
+            .flat_map(|w| w.acked.iter().map(|(_, at)| *at))
+            .filter(|at| *at > killed)
+            .min()
+            .expect("writes were acknowledged after the failover");
+        let pause = resumed - killed;
+        // Clients of the surviving server saw a pause, not an error.
+        for (i, w) in results.iter().enumerate() {
+            if i % 2 == 1 {
+                assert!(
+                    w.errors.is_empty(),
+                    "round {round}: errors through the passive: {:?}",
+                    w.errors
+                );
+            }
+            check_acked(ports[passive], w);
+        }
+        let acked: usize = results.iter().map(|w| w.acked.len()).sum();
+        println!(
+            "round {round}: killed {}, {acked} writes acknowledged, all on {}; pause {pause:?}",
+            names[active], names[passive]
+        );
+        pauses.push(pause);
+        // The killed server comes back as the passive.
+        servers[active].restart();
+        active = passive;
+    }
+    pauses.sort();
+    println!(
+        "failover pause over {} rounds: p50 {:?}, max {:?}",
+        pauses.len(),
+        percentile(&pauses, 0.5),
+        pauses[pauses.len() - 1]
+    );
+}
+
+/// SIGSTOP the active past the health limit: the passive takes over with a higher term. On
+/// SIGCONT the old active sees the higher term, stops serving (writes it took meanwhile fail
+/// instead of being acknowledged), moves what it wrote alone to its dirty db if anything,
+/// and follows. No acknowledged write is lost.
+#[test]
+fn a_paused_active_that_resumes_steps_down_and_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let [g1, g2, c1, c2] = free_ports();
+    let config = pair_config(dir.path(), "pair.toml", (g1, g2, c1, c2), "");
+    let s1 = Server::start_at(&config, c1, &["-n", "s1", "--cores", "1"]);
+    let s2 = Server::start_at(&config, c2, &["-n", "s2", "--cores", "1"]);
+    wait_for(&s2, "s2:state", "PASSIVE-STANDBY");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = [
+        writer(c1, "via-s1".into(), Arc::clone(&stop)),
+        writer(c2, "via-s2".into(), Arc::clone(&stop)),
+    ];
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = rustix::process::Pid::from_raw(s1.child.as_ref().unwrap().id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    wait_for(&s2, "s2:state", "ACTIVE-COORDINATOR");
+    std::thread::sleep(Duration::from_millis(300));
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+    wait_for(&s1, "s1:state", "PASSIVE-STANDBY");
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::SeqCst);
+    let [a, b] = writers.map(|w| w.join().unwrap());
+    let log = s1.log();
+    assert!(log.contains("split brain"), "{log}");
+    assert_eq!(stat(&s1, "cluster:active").as_deref(), Some("s2"));
+    check_acked(c2, &a);
+    check_acked(c2, &b);
+    let dirty = dir.path().join("s1").join("dirty-db-backup");
+    println!(
+        "acknowledged: {} via s1, {} via s2; errors: {:?} / {:?}; s1's own writes {}",
+        a.acked.len(),
+        b.acked.len(),
+        a.errors,
+        b.errors,
+        if dirty.exists() {
+            "moved to its dirty db"
+        } else {
+            "were a prefix of s2's (resynced)"
+        }
+    );
+    assert!(
+        dirty.exists()
+            || log.contains("resyncing from LSN")
+            || s2.log().contains("resyncing from LSN"),
+        "{log}"
+    );
+}
