@@ -383,9 +383,17 @@ fn publish_lsns(shards: &LocalShards, shared: &Shared) {
         if store.compaction_paused() == serving {
             store.set_compaction_paused(!serving);
         }
-        if !serving && let Some(replicas) = shards.replicas(shard) {
+        let Some(replicas) = shards.replicas(shard) else {
+            continue;
+        };
+        match shared.group.handover_target() {
+            // A planned failover waits until the target holds every record.
+            Some(target) => shared
+                .group
+                .set_handover_ready(shard, replicas.peer_acked(&target) >= last),
             // Writes waiting for passives give up: this server is no longer the active.
-            replicas.wake_writers();
+            None if !serving => replicas.wake_writers(),
+            None => {}
         }
     }
 }
@@ -468,7 +476,7 @@ async fn run_executor(start: ExecutorStart) -> Result<(), String> {
         let shards = Rc::new(LocalShards::new(
             topology,
             stores,
-            (sync_replication, shared.group.serving_flag()),
+            (sync_replication, shared.group.serving_flags()),
         ));
         publish_lsns(&shards, &shared);
         let router = match joined {
@@ -505,7 +513,13 @@ async fn run_executor(start: ExecutorStart) -> Result<(), String> {
     let (publisher, published) = (Rc::clone(&executor.shards), Arc::clone(&shared));
     glommio::spawn_local(async move {
         loop {
-            glommio::timer::sleep(Duration::from_millis(LSN_PUBLISH_MILLIS)).await;
+            // Often during a planned failover, which waits on it.
+            let period = if published.group.handover_target().is_some() {
+                crate::cluster::group::HANDOVER_POLL
+            } else {
+                Duration::from_millis(LSN_PUBLISH_MILLIS)
+            };
+            glommio::timer::sleep(period).await;
             publish_lsns(&publisher, &published);
         }
     })

@@ -9,75 +9,14 @@
 
 mod common;
 
-use common::{Server, env_count, free_ports, pair_config, stat, wait_for};
+use common::{
+    Server, Written, check_acked, env_count, free_ports, pair_config, stat, wait_for, writer,
+};
 use rand::rngs::SmallRng;
 use rand::{Rng as _, SeedableRng as _};
-use std::io::{BufRead as _, BufReader, Write as _};
-use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-/// What a writer saw.
-#[derive(Default)]
-struct Written {
-    /// Keys acknowledged (value = key), with when.
-    acked: Vec<(String, Instant)>,
-    /// Replies other than STORED, and failed connections.
-    errors: Vec<String>,
-}
-
-/// Writes `prefix-<n>` = `prefix-<n>` through `port`, one request at a time, until `stop`;
-/// reconnects after an error.
-fn writer(port: u16, prefix: String, stop: Arc<AtomicBool>) -> JoinHandle<Written> {
-    std::thread::spawn(move || {
-        let mut written = Written::default();
-        let mut n = 0u64;
-        while !stop.load(Ordering::SeqCst) {
-            let Ok(stream) = TcpStream::connect(("127.0.0.1", port)) else {
-                written.errors.push("connect failed".into());
-                std::thread::sleep(Duration::from_millis(20));
-                continue;
-            };
-            stream
-                .set_read_timeout(Some(Duration::from_secs(40)))
-                .unwrap();
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut stream = stream;
-            while !stop.load(Ordering::SeqCst) {
-                let key = format!("{prefix}-{n}");
-                n += 1;
-                let request = format!("set {key} 0 0 {}\r\n{key}\r\n", key.len());
-                let mut line = String::new();
-                let ok = stream.write_all(request.as_bytes()).is_ok()
-                    && reader.read_line(&mut line).is_ok_and(|read| read > 0);
-                if ok && line == "STORED\r\n" {
-                    written.acked.push((key, Instant::now()));
-                    continue;
-                }
-                written.errors.push(format!("{key}: {line:?}"));
-                break;
-            }
-        }
-        written
-    })
-}
-
-/// Every acknowledged key is on the server at `port`, with its value.
-fn check_acked(port: u16, written: &Written) {
-    let mut c = common::Client::connect(port);
-    for batch in written.acked.chunks(100) {
-        let keys: Vec<&str> = batch.iter().map(|(k, _)| k.as_str()).collect();
-        let reply = c.call_end(&format!("get {}\r\n", keys.join(" ")));
-        let mut expected = String::new();
-        for key in &keys {
-            expected.push_str(&format!("VALUE {key} 0 {}\r\n{key}\r\n", key.len()));
-        }
-        expected.push_str("END\r\n");
-        assert_eq!(reply, expected, "acknowledged writes missing");
-    }
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;

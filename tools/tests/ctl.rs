@@ -1,13 +1,15 @@
-//! `terrace-ctl status` against a real mirror group: what an operator sees, and its exit
-//! status, when the group is healthy and when a server is down.
+//! `terrace-ctl` against a real mirror group: what `status` shows, and its exit status, when
+//! the group is healthy and when a server is down; `failover` under load; `shutdown`.
 #![allow(clippy::expect_used, clippy::unwrap_used, reason = "tests")]
 
 #[path = "../../node/tests/common/mod.rs"]
 mod common;
 
-use common::{Server, free_ports, output_within, pair_config};
+use common::{Server, check_acked, free_ports, output_within, pair_config, wait_for, writer};
 use std::path::Path;
 use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 fn ctl(config: &Path) -> (Output, serde_json::Value) {
@@ -178,5 +180,72 @@ fn shutdown_stops_the_passives_first_then_the_active() {
             .expect("wait")
             .expect("exited");
         assert!(status.success(), "{status:?}");
+    }
+}
+
+/// `terrace-ctl failover` under load, there and back: each time the standby becomes the
+/// active, no client sees an error, every acknowledged write is on the new active, and the
+/// old active follows it.
+#[test]
+fn failover_hands_over_under_load_with_no_error_and_no_lost_write() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (config, c1, c2) = pair(dir.path());
+    let s1 = Server::start_at(&config, c1, &["-n", "s1", "--cores", "1"]);
+    let s2 = Server::start_at(&config, c2, &["-n", "s2", "--cores", "1"]);
+    wait_for(&s1, "s1:state", "ACTIVE-COORDINATOR");
+    for (round, (from, to, port)) in [(&s1, "s2", c2), (&s2, "s1", c1)].into_iter().enumerate() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers = [
+            writer(c1, format!("r{round}-via-s1"), Arc::clone(&stop)),
+            writer(c2, format!("r{round}-via-s2"), Arc::clone(&stop)),
+        ];
+        std::thread::sleep(Duration::from_millis(300));
+        let started = Instant::now();
+        let output = output_within(
+            Command::new(env!("CARGO_BIN_EXE_terrace-ctl"))
+                .args(["failover", "--to", to, "-f"])
+                .arg(&config),
+            Duration::from_secs(120),
+        );
+        let took = started.elapsed();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{stdout}{}\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            from.log()
+        );
+        assert!(
+            stdout.contains(&format!("-> {to} is ACTIVE-COORDINATOR")),
+            "{stdout}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::SeqCst);
+        let results = writers.map(|w| w.join().expect("writer"));
+        // The longest gap between acknowledgments: the pause clients saw.
+        let mut times: Vec<Instant> = results
+            .iter()
+            .flat_map(|w| w.acked.iter().map(|(_, at)| *at))
+            .collect();
+        times.sort();
+        let pause = times
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or_default();
+        for w in &results {
+            assert!(w.errors.is_empty(), "client errors: {:?}", w.errors);
+            check_acked(port, w);
+        }
+        println!(
+            "failover to {to}: terrace-ctl took {took:?}; longest pause between \
+             acknowledgments {pause:?}; {}",
+            stdout.trim()
+        );
+        wait_for(
+            from,
+            &format!("{}:state", if to == "s2" { "s1" } else { "s2" }),
+            "PASSIVE-STANDBY",
+        );
     }
 }

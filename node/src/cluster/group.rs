@@ -13,7 +13,7 @@
 //! PASSIVE-STANDBY ]`, `Starting reconnect window: <ms> ms`.
 
 use super::election::{self, Decision, View};
-use super::membership::{ClusterError, Membership};
+use super::membership::{ClusterError, Hooks, Membership};
 use super::state::{State, Status, Terms};
 use super::wire::ReplicateRequest;
 use crate::config::{ClusterSettings, Persistence};
@@ -82,6 +82,8 @@ struct Inner {
     no_active_since: Option<Instant>,
     /// The group's unavailability was logged (once per outage).
     told_unavailable: bool,
+    /// A planned failover to this passive is under way (this server is the active).
+    handover: Option<String>,
 }
 
 /// This server in its mirror group.
@@ -109,6 +111,14 @@ pub struct Group {
     replica_sync: Mutex<BTreeMap<String, Vec<bool>>>,
     /// Active: replication connections accepted on the group port, by owning executor.
     inbox: Vec<Mutex<Vec<HandedOff>>>,
+    /// Active, during a planned failover: the passive it hands over to.
+    handover_target: Mutex<Option<String>>,
+    /// A planned failover is under way: this server does not serve new requests, but the
+    /// writes it took still complete.
+    handing_over: Arc<AtomicBool>,
+    /// Active, during a planned failover: each shard's records are all acknowledged by the
+    /// target (set by the executors).
+    handover_ready: Vec<AtomicBool>,
 }
 
 impl std::fmt::Debug for Group {
@@ -144,6 +154,7 @@ impl Group {
                 active: None,
                 no_active_since: Some(Instant::now()),
                 told_unavailable: false,
+                handover: None,
             }),
             serving: Arc::new(AtomicBool::new(false)),
             ready: AtomicBool::new(false),
@@ -160,7 +171,31 @@ impl Group {
             inbox: (0..executors.max(1))
                 .map(|_| Mutex::new(Vec::new()))
                 .collect(),
+            handover_target: Mutex::new(None),
+            handing_over: Arc::new(AtomicBool::new(false)),
+            handover_ready: (0..shards).map(|_| AtomicBool::new(false)).collect(),
         }))
+    }
+
+    /// During a planned failover: the passive this server hands over to.
+    pub fn handover_target(&self) -> Option<String> {
+        self.handover_target
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// During a planned failover: whether every record of `shard` is acknowledged by the
+    /// target.
+    pub fn set_handover_ready(&self, shard: u32, ready: bool) {
+        if let Some(flag) = self.handover_ready.get(shard as usize) {
+            flag.store(ready, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether `peer` is joined (heartbeats flowing).
+    pub fn is_joined(&self, peer: &str) -> bool {
+        self.membership().is_some_and(|m| m.is_joined(peer))
     }
 
     /// This server's name.
@@ -294,10 +329,11 @@ impl Group {
         self.serving.load(Ordering::Relaxed)
     }
 
-    /// The flag [`Group::serving`] reads, for the executors' writers: a write waiting for
-    /// its passives gives up when this server stops being the active.
-    pub fn serving_flag(&self) -> Arc<AtomicBool> {
-        Arc::clone(&self.serving)
+    /// The flags [`Group::serving`] and "handing over" read, for the executors' writers: a
+    /// write waiting for its passives gives up when this server stops being the active (but
+    /// not during a planned failover, which waits for those writes).
+    pub fn serving_flags(&self) -> (Arc<AtomicBool>, Arc<AtomicBool>) {
+        (Arc::clone(&self.serving), Arc::clone(&self.handing_over))
     }
 
     /// This server's state.
@@ -380,14 +416,8 @@ impl Group {
     /// heartbeats say it is recovering, so that no peer elects itself meanwhile) and the
     /// coordinator, which elects once the data is ready ([`Group::data_ready`]).
     pub fn join(self: &Arc<Self>) -> Result<(), ClusterError> {
-        let status_source = Arc::clone(self);
-        let replication = Arc::clone(self);
-        let membership = Membership::start(
-            &self.me,
-            &self.cluster,
-            Arc::new(move || status_source.status()),
-            Arc::new(move |request, stream| replication.hand_off(request, stream)),
-        )?;
+        let hooks: Arc<dyn Hooks> = Arc::clone(self) as Arc<dyn Hooks>;
+        let membership = Membership::start(&self.me, &self.cluster, hooks)?;
         let Some(membership) = membership else {
             return Ok(());
         };
@@ -440,6 +470,10 @@ impl Group {
             .map(Membership::joined_statuses)
             .unwrap_or_default();
         let mut inner = self.lock();
+        if inner.handover.is_some() {
+            // A planned failover decides who is active.
+            return;
+        }
         let active_known = inner.state == State::ActiveCoordinator
             || peers
                 .iter()
@@ -644,6 +678,154 @@ impl Group {
         inner.no_active_since = None;
     }
 }
+
+impl Hooks for Group {
+    fn status(&self) -> Status {
+        Group::status(self)
+    }
+
+    fn replicate(&self, request: ReplicateRequest, stream: std::net::TcpStream) {
+        self.hand_off(request, stream);
+    }
+
+    fn take_over(&self, from: &str, term: u64) {
+        let mut inner = self.lock();
+        let expected = inner.state == State::PassiveStandby
+            && inner.active.as_deref() == Some(from)
+            && term > inner.terms.term;
+        if !expected {
+            tracing::warn!(
+                state = inner.state.name(),
+                term,
+                "NodeID[{from}] handed the group over, but this server cannot take over: it is \
+                 not a PASSIVE-STANDBY of that active, or the term is not new"
+            );
+            return;
+        }
+        tracing::info!(
+            term,
+            "planned failover: NodeID[{from}] hands the group over"
+        );
+        if let Err(error) = self.become_active(&mut inner, term) {
+            tracing::error!(%error, term, "cannot record the new term: not becoming active");
+        }
+    }
+
+    fn hand_over(&self, to: Option<&str>) -> Result<String, String> {
+        let started = Instant::now();
+        let (target, term) = {
+            let mut inner = self.lock();
+            if inner.state != State::ActiveCoordinator {
+                return Err(format!(
+                    "{} is {}, not the ACTIVE-COORDINATOR",
+                    self.me,
+                    inner.state.name()
+                ));
+            }
+            if inner.handover.is_some() {
+                return Err("a planned failover is already under way".into());
+            }
+            let standbys = self.standbys();
+            let target = match to {
+                Some(to) if standbys.iter().any(|s| s == to) => to.to_string(),
+                Some(to) => {
+                    return Err(format!(
+                        "{to} is not a PASSIVE-STANDBY of {} (standbys: {})",
+                        self.me,
+                        if standbys.is_empty() {
+                            "none".to_string()
+                        } else {
+                            standbys.join(", ")
+                        }
+                    ));
+                }
+                None => standbys.into_iter().next().ok_or_else(|| {
+                    "no PASSIVE-STANDBY to hand over to: wait until a passive is in sync \
+                     (terrace-ctl status)"
+                        .to_string()
+                })?,
+            };
+            for flag in &self.handover_ready {
+                flag.store(false, Ordering::SeqCst);
+            }
+            *self
+                .handover_target
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(target.clone());
+            inner.handover = Some(target.clone());
+            // New requests wait (they go to the new active once it is known).
+            self.handing_over.store(true, Ordering::SeqCst);
+            self.serving.store(false, Ordering::SeqCst);
+            (target, inner.terms.term)
+        };
+        tracing::info!(
+            "planned failover: handing mirror group {} over to NodeID[{target}]",
+            self.cluster.group
+        );
+        let result = self.wait_handover_ready().and_then(|()| {
+            let membership = self.membership().ok_or("no membership")?;
+            membership.send(&target, &super::wire::Message::TakeOver { term: term + 1 })
+        });
+        *self
+            .handover_target
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        let mut inner = self.lock();
+        inner.handover = None;
+        self.handing_over.store(false, Ordering::SeqCst);
+        match result {
+            Ok(()) => {
+                self.follow(&mut inner, target.clone(), term + 1);
+                let millis = started.elapsed().as_millis();
+                tracing::info!(millis, "planned failover done: NodeID[{target}] takes over");
+                Ok(format!(
+                    "{} handed mirror group {} over to {target} at term {} in {millis} ms",
+                    self.me,
+                    self.cluster.group,
+                    term + 1
+                ))
+            }
+            Err(error) => {
+                tracing::warn!(%error, "planned failover abandoned: this server stays the active");
+                self.serving.store(true, Ordering::SeqCst);
+                Err(format!(
+                    "planned failover abandoned, {} stays the active: {error}",
+                    self.me
+                ))
+            }
+        }
+    }
+}
+
+impl Group {
+    /// Waits until every shard's records are acknowledged by the hand-over target, twice in
+    /// a row a few milliseconds apart (a request admitted just before serving stopped may
+    /// still be on its way to its shard).
+    fn wait_handover_ready(&self) -> Result<(), String> {
+        let deadline = Instant::now() + HANDOVER_WAIT_MAX;
+        let mut ready_in_a_row = 0;
+        while ready_in_a_row < 2 {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the passive did not acknowledge every record within {} ms",
+                    HANDOVER_WAIT_MAX.as_millis()
+                ));
+            }
+            std::thread::sleep(HANDOVER_POLL);
+            if self.handover_ready.iter().all(|f| f.load(Ordering::SeqCst)) {
+                ready_in_a_row += 1;
+            } else {
+                ready_in_a_row = 0;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Longest a planned failover waits for the target to acknowledge every record.
+const HANDOVER_WAIT_MAX: Duration = Duration::from_secs(10);
+/// How often a planned failover checks the target's acknowledgments.
+pub const HANDOVER_POLL: Duration = Duration::from_millis(3);
 
 /// Resolves every member's address for one of its ports, once.
 fn resolve(

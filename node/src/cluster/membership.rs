@@ -60,6 +60,8 @@ pub struct PeerStatus {
     pub last: Option<Status>,
     /// The connection that carries it (0: none).
     session: u64,
+    /// That connection's sending side, shared by the heartbeats and [`Membership::send`].
+    writer: Option<Arc<Mutex<TcpStream>>>,
 }
 
 /// Why membership could not start.
@@ -90,17 +92,23 @@ pub enum ClusterError {
     },
 }
 
-/// This server's status, for its heartbeats.
-pub type StatusSource = Arc<dyn Fn() -> Status + Send + Sync>;
-
-/// Takes a replication connection a passive opened on the group port (checked: a peer of the
-/// group with the same config).
-pub type ReplicationSink = Arc<dyn Fn(ReplicateRequest, TcpStream) + Send + Sync>;
+/// What membership asks of, and hands to, the rest of the server (the group).
+pub trait Hooks: Send + Sync {
+    /// This server's status, for its heartbeats.
+    fn status(&self) -> Status;
+    /// A replication connection a passive opened on the group port (checked: a peer of the
+    /// group with the same config).
+    fn replicate(&self, request: ReplicateRequest, stream: TcpStream);
+    /// The active `from` hands the group over to this server at `term`.
+    fn take_over(&self, from: &str, term: u64);
+    /// An operator (`terrace-ctl failover`) asks this server, the active, to hand the group
+    /// over to `to` (or any PASSIVE-STANDBY). Blocks until done; says what happened.
+    fn hand_over(&self, to: Option<&str>) -> Result<String, String>;
+}
 
 struct Inner {
     me: String,
-    status: StatusSource,
-    replication: ReplicationSink,
+    hooks: Arc<dyn Hooks>,
     cluster: ClusterSettings,
     peers: Mutex<BTreeMap<String, PeerStatus>>,
     next_session: AtomicU64,
@@ -129,8 +137,7 @@ impl Membership {
     pub fn start(
         me: &str,
         cluster: &ClusterSettings,
-        status: StatusSource,
-        replication: ReplicationSink,
+        hooks: Arc<dyn Hooks>,
     ) -> Result<Option<Self>, ClusterError> {
         let Some(self_member) = cluster.members.iter().find(|m| m.name == me) else {
             return Ok(None);
@@ -154,6 +161,7 @@ impl Membership {
                         since: Instant::now(),
                         last: None,
                         session: 0,
+                        writer: None,
                     },
                 )
             })
@@ -161,8 +169,7 @@ impl Membership {
         let membership = Self {
             inner: Arc::new(Inner {
                 me: me.to_string(),
-                status,
-                replication,
+                hooks,
                 cluster: cluster.clone(),
                 peers: Mutex::new(peers),
                 next_session: AtomicU64::new(1),
@@ -209,6 +216,31 @@ impl Membership {
             .collect()
     }
 
+    /// Whether `peer` is joined (heartbeats flowing).
+    pub fn is_joined(&self, peer: &str) -> bool {
+        self.inner
+            .table()
+            .get(peer)
+            .is_some_and(|s| s.health == Health::Joined)
+    }
+
+    /// Sends `message` to `peer` on its session now.
+    pub fn send(&self, peer: &str, message: &Message) -> Result<(), String> {
+        let writer = self
+            .inner
+            .table()
+            .get(peer)
+            .filter(|s| s.health == Health::Joined)
+            .and_then(|s| s.writer.clone())
+            .ok_or_else(|| format!("NodeID[{peer}] is not joined"))?;
+        let mut stream = writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        message
+            .write_to(&mut *stream)
+            .map_err(|e| format!("sending to NodeID[{peer}] failed: {e}"))
+    }
+
     /// Stops heartbeats and dialing (connections close within one heartbeat tick).
     pub fn stop(&self) {
         self.inner.stopping.store(true, Ordering::SeqCst);
@@ -252,7 +284,7 @@ impl Inner {
     }
 
     /// A handshake with `peer` succeeded: a new session replaces any older one.
-    fn joined(&self, peer: &str) -> u64 {
+    fn joined(&self, peer: &str, writer: Arc<Mutex<TcpStream>>) -> u64 {
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let mut table = self.table();
         if let Some(status) = table.get_mut(peer) {
@@ -266,6 +298,7 @@ impl Inner {
             status.since = Instant::now();
             status.last = None;
             status.session = session;
+            status.writer = Some(writer);
         }
         tracing::info!("NodeID[{peer}] joined the cluster");
         session
@@ -282,6 +315,7 @@ impl Inner {
             status.since = Instant::now();
             status.last = None;
             status.session = 0;
+            status.writer = None;
         }
     }
 
@@ -447,6 +481,30 @@ fn accepted(inner: &Arc<Inner>, mut stream: TcpStream) {
             return;
         }
     };
+    if let Message::HandOver {
+        version,
+        fingerprint,
+        to,
+    } = &hello
+    {
+        let answer = if *version != PROTOCOL_VERSION || *fingerprint != inner.cluster.fingerprint {
+            Err(format!(
+                "this server runs group protocol {PROTOCOL_VERSION} with config fingerprint \
+                 {:08x}: give terrace-ctl the config file the servers run",
+                inner.cluster.fingerprint
+            ))
+        } else {
+            // Long enough for the hand-over to finish.
+            let _ = stream.set_write_timeout(Some(Duration::from_secs(60)));
+            inner.hooks.hand_over(to.as_deref())
+        };
+        let reply = match answer {
+            Ok(text) => Message::Done { text },
+            Err(reason) => Message::Refuse { reason },
+        };
+        let _ = reply.write_to(&mut stream);
+        return;
+    }
     if let Message::Replicate(request) = hello {
         match inner.check_replicate(&request) {
             Ok(()) => {
@@ -457,7 +515,7 @@ fn accepted(inner: &Arc<Inner>, mut stream: TcpStream) {
                     .set_read_timeout(None)
                     .and_then(|()| stream.set_write_timeout(None));
                 match ready {
-                    Ok(()) => (inner.replication)(request, stream),
+                    Ok(()) => inner.hooks.replicate(request, stream),
                     Err(error) => tracing::debug!(%error, "a replication connection failed"),
                 }
             }
@@ -537,22 +595,19 @@ fn dial(inner: &Arc<Inner>, peer: &str, addr: SocketAddr) -> Result<(), String> 
 
 /// Heartbeats with `peer` until it goes silent, the connection fails, a newer session
 /// replaces this one, or the server stops.
-fn session(
-    inner: &Arc<Inner>,
-    peer: &str,
-    mut stream: TcpStream,
-    mut reader: BufReader<TcpStream>,
-) {
-    let id = inner.joined(peer);
+fn session(inner: &Arc<Inner>, peer: &str, stream: TcpStream, mut reader: BufReader<TcpStream>) {
     let interval = inner.interval();
     let limit = inner.silence_limit();
     // Reads wake up often enough to send heartbeats on time.
     let tick = (interval / 4).max(Duration::from_millis(5));
-    let reason = match stream.set_read_timeout(Some(tick)) {
-        Err(error) => format!("connection failed: {error}"),
-        Ok(()) => heartbeat(inner, peer, id, (interval, limit), &mut stream, &mut reader),
-    };
-    let _ = stream.shutdown(std::net::Shutdown::Both);
+    if let Err(error) = stream.set_read_timeout(Some(tick)) {
+        tracing::debug!(peer, %error, "a group connection failed");
+        return;
+    }
+    let writer = Arc::new(Mutex::new(stream));
+    let id = inner.joined(peer, Arc::clone(&writer));
+    let reason = heartbeat(inner, peer, id, (interval, limit), &writer, &mut reader);
+    let _ = reader.get_ref().shutdown(std::net::Shutdown::Both);
     if !reason.is_empty() {
         inner.ended(peer, id, reason);
     }
@@ -565,9 +620,15 @@ fn heartbeat(
     peer: &str,
     id: u64,
     (interval, limit): (Duration, Duration),
-    stream: &mut TcpStream,
+    writer: &Mutex<TcpStream>,
     reader: &mut BufReader<TcpStream>,
 ) -> String {
+    let send = |message: &Message| {
+        let mut stream = writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        message.write_to(&mut *stream)
+    };
     let mut last_heard = Instant::now();
     let mut next_ping = Instant::now();
     let mut seq = 0u64;
@@ -580,9 +641,9 @@ fn heartbeat(
         if now >= next_ping {
             let ping = Message::Ping {
                 seq,
-                status: (inner.status)(),
+                status: inner.hooks.status(),
             };
-            if let Err(error) = ping.write_to(stream) {
+            if let Err(error) = send(&ping) {
                 return format!("connection failed: {error}");
             }
             seq += 1;
@@ -601,13 +662,14 @@ fn heartbeat(
                         inner.heard(peer, id, status);
                         let pong = Message::Pong {
                             seq,
-                            status: (inner.status)(),
+                            status: inner.hooks.status(),
                         };
-                        if let Err(error) = pong.write_to(stream) {
+                        if let Err(error) = send(&pong) {
                             return format!("connection failed: {error}");
                         }
                     }
                     Ok(Message::Pong { status, .. }) => inner.heard(peer, id, status),
+                    Ok(Message::TakeOver { term }) => inner.hooks.take_over(peer, term),
                     Ok(other) => return format!("unexpected message {other:?}"),
                     Err(error) => return format!("protocol error: {error}"),
                 }

@@ -9,6 +9,9 @@
 //!                                 a heartbeat, with the sender's status (standbys: the
 //!                                 passives an active counts as PASSIVE-STANDBY, by commas)
 //! PONG <seq> ...                  its answer, with the answerer's status
+//! TAKEOVER <term>                 (in a session) the active hands the group to this passive
+//! HANDOVER <version> <fingerprint> <to|->   (terrace-ctl to the active) a planned failover
+//! DONE <text>                     the answer to a HANDOVER that succeeded (REFUSE if not)
 //! REPLICATE <version> <from> <to> <fingerprint> <term> <shard> <next_lsn> <k> <digest>
 //!                                 a passive asks for one shard's records from `next_lsn` on;
 //!                                 `digest` is the CRC-32 of the CRCs of its last `k` records
@@ -71,6 +74,25 @@ pub enum Message {
     },
     /// A passive asks for a shard's replication stream.
     Replicate(ReplicateRequest),
+    /// The active hands the group over to the receiving passive, at `term`.
+    TakeOver {
+        /// The new term.
+        term: u64,
+    },
+    /// An operator asks the active for a planned failover.
+    HandOver {
+        /// Group protocol version.
+        version: u32,
+        /// Fingerprint of the operator's config.
+        fingerprint: u32,
+        /// The passive to hand over to (`None`: any PASSIVE-STANDBY).
+        to: Option<String>,
+    },
+    /// A request succeeded, and what happened.
+    Done {
+        /// For the operator.
+        text: String,
+    },
 }
 
 /// What a passive asks of its active for one shard.
@@ -127,6 +149,18 @@ impl Message {
             }
             Self::Pong { seq, status } => {
                 text.push_str(&format!("PONG {seq} {}\n", status_words(status)));
+            }
+            Self::TakeOver { term } => text.push_str(&format!("TAKEOVER {term}\n")),
+            Self::HandOver {
+                version,
+                fingerprint,
+                to,
+            } => text.push_str(&format!(
+                "HANDOVER {version} {fingerprint:08x} {}\n",
+                to.as_deref().unwrap_or("-")
+            )),
+            Self::Done { text: done } => {
+                text.push_str(&format!("DONE {}\n", done.replace('\n', " ")));
             }
             Self::Replicate(r) => text.push_str(&format!(
                 "REPLICATE {} {} {} {:08x} {} {} {} {} {:08x}\n",
@@ -281,6 +315,23 @@ pub fn parse(line: &[u8], more: &mut dyn FnMut() -> io::Result<Vec<u8>>) -> io::
                 Message::Pong { seq, status }
             })
         }
+        "TAKEOVER" => Ok(Message::TakeOver {
+            term: number(rest)?,
+        }),
+        "HANDOVER" => {
+            let parts: Vec<&str> = rest.split(' ').collect();
+            let [version, fingerprint, to] = parts[..] else {
+                return Err(bad());
+            };
+            Ok(Message::HandOver {
+                version: u32::try_from(number(version)?).map_err(|_| bad())?,
+                fingerprint: u32::from_str_radix(fingerprint, 16).map_err(|_| bad())?,
+                to: (to != "-").then(|| to.to_string()),
+            })
+        }
+        "DONE" => Ok(Message::Done {
+            text: rest.to_string(),
+        }),
         "REPLICATE" => {
             let parts: Vec<&str> = rest.split(' ').collect();
             let [
@@ -375,6 +426,20 @@ mod tests {
                     standbys: vec!["s2".into(), "s3".into()],
                 },
             },
+            Message::TakeOver { term: 9 },
+            Message::HandOver {
+                version: PROTOCOL_VERSION,
+                fingerprint: 0xabcd,
+                to: Some("s2".into()),
+            },
+            Message::HandOver {
+                version: PROTOCOL_VERSION,
+                fingerprint: 1,
+                to: None,
+            },
+            Message::Done {
+                text: "s2 is active".into(),
+            },
             Message::Replicate(ReplicateRequest {
                 version: PROTOCOL_VERSION,
                 from: "s2".into(),
@@ -402,6 +467,10 @@ mod tests {
             b"PONG 1 STARTING 1 1 1 - maybe",
             b"PONG 1 STARTING 1 1 1 - ready",
             b"REPLICATE 2 s2 s1 0 1 0 1 0",
+            b"TAKEOVER",
+            b"TAKEOVER x",
+            b"HANDOVER 2 zz s2",
+            b"HANDOVER 2 00",
             b"REPLICATE 2 s2 s1 zz 1 0 1 0 0",
             b"REPLICATE 2 s2 s1 0 1 99999999999 1 0 0",
             b"WELCOME",

@@ -19,6 +19,12 @@ use terrace_wal::log::{GroupCommit, LogPin};
 use terrace_wal::storage::{FsSegment, FsStorage};
 use terrace_wal::store::{Delta, SetMode, Store, StoreOutcome, Written};
 
+/// The group's "serving" and "handing over" flags.
+type Flags = (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+);
+
 /// A shard's store on real files.
 pub type ShardStore = Store<FsStorage>;
 
@@ -127,7 +133,7 @@ impl LocalShards {
     pub fn new(
         topology: Topology,
         stores: Vec<Option<Rc<RefCell<ShardStore>>>>,
-        (sync_replication, serving): (bool, std::sync::Arc<std::sync::atomic::AtomicBool>),
+        (sync_replication, serving): (bool, Flags),
     ) -> Self {
         assert_eq!(stores.len(), topology.shards as usize);
         Self {
@@ -135,8 +141,12 @@ impl LocalShards {
             replicas: stores
                 .iter()
                 .map(|s| {
-                    s.as_ref()
-                        .map(|_| Rc::new(ShardReplicas::new(std::sync::Arc::clone(&serving))))
+                    s.as_ref().map(|_| {
+                        Rc::new(ShardReplicas::new((
+                            std::sync::Arc::clone(&serving.0),
+                            std::sync::Arc::clone(&serving.1),
+                        )))
+                    })
                 })
                 .collect(),
             sync_replication,

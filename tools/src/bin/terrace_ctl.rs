@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use terrace_tools::ctl::{Seen, problems, shutdown, status};
+use terrace_tools::ctl::{Seen, failover, problems, shutdown, status};
 
 /// Exit status when the cluster is not healthy: a server unreachable, a group without
 /// exactly one active.
@@ -38,6 +38,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Planned failover: wait until the group has a PASSIVE-STANDBY, then have the active hand
+    /// over to it. The active stops taking requests (they wait, then go to the new active),
+    /// waits until the standby has acknowledged every record, and hands over at the next
+    /// term; it then follows as a passive. No acknowledged write is lost; clients see a pause.
+    Failover {
+        /// The cluster's config file (the one every server was started with).
+        #[arg(short = 'f', long = "config", value_name = "FILE")]
+        config: PathBuf,
+        /// The mirror group (needed when the config has several).
+        #[arg(long, value_name = "NAME")]
+        group: Option<String>,
+        /// The server to hand over to (default: any PASSIVE-STANDBY).
+        #[arg(long, value_name = "SERVER")]
+        to: Option<String>,
+        /// How long to wait for a PASSIVE-STANDBY, and for the new active, in milliseconds.
+        #[arg(long, value_name = "MS", default_value_t = 30_000)]
+        wait_ms: u64,
+        /// How long to wait for each server to answer, in milliseconds.
+        #[arg(long, value_name = "MS", default_value_t = 2000)]
+        timeout_ms: u64,
+    },
     /// Stop every server of the cluster, group by group: the passives first, then the active
     /// (each must run with --enable-shutdown). Waits for each to stop before the next.
     Shutdown {
@@ -57,6 +78,38 @@ fn main() -> ExitCode {
             timeout_ms,
             json,
         } => (config, timeout_ms, json),
+        Command::Failover {
+            config,
+            group,
+            to,
+            wait_ms,
+            timeout_ms,
+        } => {
+            let started = std::time::Instant::now();
+            let result = failover(
+                &config,
+                (group.as_deref(), to.as_deref()),
+                Duration::from_millis(wait_ms),
+                Duration::from_millis(timeout_ms.max(1)),
+            );
+            return match result {
+                Ok(done) => {
+                    println!(
+                        "mirror group {}: {} -> {} is ACTIVE-COORDINATOR ({}); {} ms in all",
+                        done.group,
+                        done.from,
+                        done.to,
+                        done.report,
+                        started.elapsed().as_millis()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("terrace-ctl failover: {e}");
+                    ExitCode::from(EXIT_UNHEALTHY)
+                }
+            };
+        }
         Command::Shutdown { config, timeout_ms } => {
             let timeout = Duration::from_millis(timeout_ms.max(1));
             let outcomes = shutdown(&config, timeout, |s| println!("{}: {}", s.name, s.outcome));

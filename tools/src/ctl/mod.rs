@@ -2,7 +2,8 @@
 //!
 //! `status` asks every server of a cluster config, on its client port, for `stats cluster`
 //! and `stats`, and reports per server: reachable or not, state, term, LSN, lag behind its
-//! group's active, connected clients. (`failover` and `shutdown` come with replication.)
+//! group's active, connected clients. `failover` hands a group over to a PASSIVE-STANDBY
+//! (planned), `shutdown` stops a cluster passives first.
 
 use serde::Serialize;
 use std::io::{Read as _, Write as _};
@@ -281,3 +282,147 @@ fn stop_one(address: &str, timeout: Duration) -> Result<(), String> {
 
 /// Longest `shutdown` waits for one server to stop.
 const STOP_WAIT_MAX: Duration = Duration::from_secs(60);
+
+/// What `failover` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailedOver {
+    /// The mirror group.
+    pub group: String,
+    /// The server that was active.
+    pub from: String,
+    /// The server that is active now.
+    pub to: String,
+    /// What the old active said.
+    pub report: String,
+}
+
+/// A planned failover of one mirror group (seed 001's safe procedure): waits (at most
+/// `wait`) until the group has an active and a PASSIVE-STANDBY (`to`, if given), then asks
+/// the active, on its group port, to hand over. The active stops taking new requests (they
+/// wait, then go to the new active), waits until the standby has acknowledged every record,
+/// and tells it to take over at the next term; then it follows it. No acknowledged write is
+/// lost and clients see a pause, not an error.
+pub fn failover(
+    path: &Path,
+    (group, to): (Option<&str>, Option<&str>),
+    wait: Duration,
+    timeout: Duration,
+) -> Result<FailedOver, String> {
+    let deadline = Instant::now() + wait;
+    let (group, from) = loop {
+        let servers = status(path, timeout).map_err(|e| e.to_string())?;
+        let mut groups: Vec<&str> = servers.iter().map(|s| s.group.as_str()).collect();
+        groups.dedup();
+        let group = match (group, groups.as_slice()) {
+            (Some(g), _) if groups.contains(&g) => g.to_string(),
+            (Some(g), _) => return Err(format!("the config has no mirror group {g}")),
+            (None, [only]) => (*only).to_string(),
+            (None, _) => {
+                return Err(format!(
+                    "the config has several mirror groups ({}): name one with --group",
+                    groups.join(", ")
+                ));
+            }
+        };
+        let state_of = |name: &str| {
+            servers.iter().find_map(|s| match &s.seen {
+                Seen::Up { state, .. } if s.name == name && s.group == group => Some(state.clone()),
+                _ => None,
+            })
+        };
+        let members: Vec<&ServerStatus> = servers.iter().filter(|s| s.group == group).collect();
+        let active = members
+            .iter()
+            .find(|s| state_of(&s.name).as_deref() == Some("ACTIVE-COORDINATOR"))
+            .map(|s| s.name.clone());
+        let standby = members.iter().any(|s| {
+            state_of(&s.name).as_deref() == Some("PASSIVE-STANDBY")
+                && to.is_none_or(|to| to == s.name)
+        });
+        match active {
+            Some(active) if standby => break (group, active),
+            _ if Instant::now() > deadline => {
+                return Err(format!(
+                    "mirror group {group} has no ACTIVE-COORDINATOR with a PASSIVE-STANDBY{} \
+                     after {} ms; see terrace-ctl status",
+                    to.map(|t| format!(" {t}")).unwrap_or_default(),
+                    wait.as_millis()
+                ));
+            }
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    let settings = terrace_node::config::Settings::load(
+        Some(path),
+        Some(&from),
+        &terrace_node::config::Overrides::default(),
+    )
+    .map_err(|e| e.to_string())?;
+    let member = settings
+        .cluster
+        .members
+        .iter()
+        .find(|m| m.name == from)
+        .ok_or_else(|| format!("{from} is not in the config"))?;
+    let group_port = member
+        .group_port
+        .ok_or_else(|| format!("{from} has no group_port in the config"))?;
+    let (mut stream, _) = connect(&format!("{}:{group_port}", member.host), timeout)?;
+    let request = terrace_node::cluster::wire::Message::HandOver {
+        version: terrace_node::cluster::wire::PROTOCOL_VERSION,
+        fingerprint: settings.cluster.fingerprint,
+        to: to.map(str::to_string),
+    };
+    request
+        .write_to(&mut stream)
+        .map_err(|e| format!("cannot ask {from}: {e}"))?;
+    stream
+        .set_read_timeout(Some(HANDOVER_ANSWER_MAX))
+        .map_err(|e| e.to_string())?;
+    let mut reader = std::io::BufReader::new(stream);
+    let mut line = Vec::new();
+    let answered = terrace_node::cluster::wire::read_line(&mut reader, &mut line)
+        .map_err(|e| format!("{from} did not answer: {e}"))?;
+    if !answered {
+        return Err(format!("{from} closed the connection without an answer"));
+    }
+    let mut none = || Err(std::io::Error::other("one line expected"));
+    let report = match terrace_node::cluster::wire::parse(&line, &mut none) {
+        Ok(terrace_node::cluster::wire::Message::Done { text }) => text,
+        Ok(terrace_node::cluster::wire::Message::Refuse { reason }) => {
+            return Err(format!("{from} refused: {reason}"));
+        }
+        other => return Err(format!("{from} answered {other:?}")),
+    };
+    // The new active, as its own client port says.
+    let deadline = Instant::now() + wait;
+    loop {
+        let servers = status(path, timeout).map_err(|e| e.to_string())?;
+        let now = servers.iter().find_map(|s| match &s.seen {
+            Seen::Up { state, .. }
+                if s.group == group && state == "ACTIVE-COORDINATOR" && s.name != from =>
+            {
+                Some(s.name.clone())
+            }
+            _ => None,
+        });
+        if let Some(to) = now {
+            return Ok(FailedOver {
+                group,
+                from,
+                to,
+                report,
+            });
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{from} handed over ({report}), but no new ACTIVE-COORDINATOR shows after {} ms",
+                wait.as_millis()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Longest `failover` waits for the active's answer.
+const HANDOVER_ANSWER_MAX: Duration = Duration::from_secs(60);

@@ -114,6 +114,8 @@ pub struct ShardReplicas {
     replicas: RefCell<Vec<Rc<Replica>>>,
     /// Whether this server is the active (the group's flag).
     serving: Arc<AtomicBool>,
+    /// Whether a planned failover is under way (writes complete then).
+    handing_over: Arc<AtomicBool>,
     /// Records were appended to the shard (senders wait for it).
     pub appended: Signal,
     /// A passive acknowledged, or left the sync set (writers wait for it).
@@ -122,24 +124,28 @@ pub struct ShardReplicas {
 
 impl Default for ShardReplicas {
     fn default() -> Self {
-        Self::new(Arc::new(AtomicBool::new(true)))
+        Self::new((
+            Arc::new(AtomicBool::new(true)),
+            Arc::new(AtomicBool::new(false)),
+        ))
     }
 }
 
 impl ShardReplicas {
-    /// The passives of a shard of a server whose group sets `serving`.
-    pub fn new(serving: Arc<AtomicBool>) -> Self {
+    /// The passives of a shard of a server whose group sets `serving` and `handing_over`.
+    pub fn new((serving, handing_over): (Arc<AtomicBool>, Arc<AtomicBool>)) -> Self {
         Self {
             replicas: RefCell::default(),
             serving,
+            handing_over,
             appended: Signal::default(),
             acked: Signal::default(),
         }
     }
 
-    /// Whether this server is still the active.
+    /// Whether this server is still the active (or handing over, planned).
     pub fn serving(&self) -> bool {
-        self.serving.load(Ordering::SeqCst)
+        self.serving.load(Ordering::SeqCst) || self.handing_over.load(Ordering::SeqCst)
     }
 
     /// A new stream to `peer`, not in the sync set yet. An older stream to the same peer is
@@ -220,6 +226,17 @@ impl ShardReplicas {
             .borrow()
             .iter()
             .all(|r| !r.counted() || r.acked.get() >= lsn)
+    }
+
+    /// Highest LSN `peer` acknowledged on a stream in the sync set (0: none).
+    pub fn peer_acked(&self, peer: &str) -> u64 {
+        self.replicas
+            .borrow()
+            .iter()
+            .filter(|r| r.peer == peer && r.in_sync())
+            .map(|r| r.acked.get())
+            .max()
+            .unwrap_or(0)
     }
 
     /// Whether `peer` has a stream in the sync set.
@@ -305,7 +322,7 @@ mod tests {
     #[test]
     fn writers_give_up_when_this_server_stops_being_the_active() {
         let serving = Arc::new(AtomicBool::new(true));
-        let replicas = ShardReplicas::new(Arc::clone(&serving));
+        let replicas = ShardReplicas::new((Arc::clone(&serving), Arc::new(AtomicBool::new(false))));
         let a = replicas.attach("s2");
         replicas.enter_sync_set(&a);
         replicas.close(&a, "the passive took over".into());

@@ -85,7 +85,7 @@ impl Connection {
                 }
                 glommio::timer::sleep(HOLD_POLL).await;
             };
-            let failure = match self.exchange(addr, &request, values).await {
+            let failure = match self.exchange((&name, addr), &request, values).await {
                 Ok(answer) => {
                     if !noreply {
                         replies.out.extend_from_slice(&answer);
@@ -121,7 +121,7 @@ impl Connection {
     /// Sends `request` to the active at `addr` and reads its whole reply.
     async fn exchange(
         &mut self,
-        addr: SocketAddr,
+        (name, addr): (&str, SocketAddr),
         request: &[u8],
         values: bool,
     ) -> Result<Vec<u8>, Failure> {
@@ -155,9 +155,12 @@ impl Connection {
         // This server may become the active while the request is out (the old active was
         // paused and lost the group): then its answer may never come, and this server is
         // where the request belongs.
+        // (A planned failover is different: the old active, still joined, answers or
+        // forwards the request here.)
         let group = std::sync::Arc::clone(&self.executor.shared.group);
+        let name = name.to_string();
         let became_active = async {
-            while !group.serving() {
+            while !group.serving() || group.is_joined(&name) {
                 glommio::timer::sleep(HOLD_POLL).await;
             }
             Err(std::io::Error::other("this server became the active"))
