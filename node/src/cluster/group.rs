@@ -263,18 +263,28 @@ impl Group {
         progress
     }
 
-    /// Active: whether `peer`'s stream of `shard` is in the sync set.
+    /// Active: whether `peer`'s stream of `shard` is in the sync set. When that makes it a
+    /// standby or not, the peers hear it at once (a passive becomes PASSIVE-STANDBY, or stops
+    /// being one, on the active's word).
     pub fn set_replica_in_sync(&self, peer: &str, shard: u32, in_sync: bool) {
-        let shards = self.shard_sync.len();
-        let mut table = self
-            .replica_sync
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let flags = table
-            .entry(peer.to_string())
-            .or_insert_with(|| vec![false; shards]);
-        if let Some(flag) = flags.get_mut(shard as usize) {
-            *flag = in_sync;
+        let before = self.standbys();
+        {
+            let shards = self.shard_sync.len();
+            let mut table = self
+                .replica_sync
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let flags = table
+                .entry(peer.to_string())
+                .or_insert_with(|| vec![false; shards]);
+            if let Some(flag) = flags.get_mut(shard as usize) {
+                *flag = in_sync;
+            }
+        }
+        if self.standbys() != before
+            && let Some(membership) = self.membership()
+        {
+            membership.announce();
         }
     }
 

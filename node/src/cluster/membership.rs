@@ -241,6 +241,27 @@ impl Membership {
             .map_err(|e| format!("sending to NodeID[{peer}] failed: {e}"))
     }
 
+    /// Sends this server's status to every joined peer now, without waiting for the next
+    /// heartbeat (a change its peers act on: the active's standbys).
+    pub fn announce(&self) {
+        let peers: Vec<String> = self
+            .inner
+            .table()
+            .iter()
+            .filter(|(_, s)| s.health == Health::Joined)
+            .map(|(name, _)| name.clone())
+            .collect();
+        let ping = Message::Ping {
+            seq: 0,
+            status: self.inner.hooks.status(),
+        };
+        for peer in peers {
+            if let Err(error) = self.send(&peer, &ping) {
+                tracing::debug!(%error, "announcing this server's status failed");
+            }
+        }
+    }
+
     /// Stops heartbeats and dialing (connections close within one heartbeat tick).
     pub fn stop(&self) {
         self.inner.stopping.store(true, Ordering::SeqCst);
@@ -555,7 +576,9 @@ fn dial_loop(inner: &Arc<Inner>, peer: &str) {
     let Some(group_port) = member.group_port else {
         return;
     };
-    let interval = inner.interval();
+    // Soon, not a heartbeat interval later: a peer that just started must hear from this
+    // server well within its election time, or it elects itself while this one is active.
+    let redial = inner.interval().min(REDIAL_MAX);
     while !inner.stopping.load(Ordering::SeqCst) {
         let addr: Option<SocketAddr> = (member.host.as_str(), group_port)
             .to_socket_addrs()
@@ -568,9 +591,12 @@ fn dial_loop(inner: &Arc<Inner>, peer: &str) {
         if let Err(reason) = result {
             tracing::debug!(peer, %reason, "dialing a peer failed; retrying");
         }
-        std::thread::sleep(interval);
+        std::thread::sleep(redial);
     }
 }
+
+/// Longest pause before a peer is dialed again.
+const REDIAL_MAX: Duration = Duration::from_millis(50);
 
 fn dial(inner: &Arc<Inner>, peer: &str, addr: SocketAddr) -> Result<(), String> {
     let timeout = inner.silence_limit();
