@@ -377,6 +377,10 @@ const LSN_PUBLISH_MILLIS: u64 = 50;
 fn publish_lsns(shards: &LocalShards, shared: &Shared) {
     let serving = shared.group.serving();
     for (shard, store) in shards.owned() {
+        if serving {
+            // Compaction's records too carry the active's term.
+            shards.stamp(store);
+        }
         let mut store = store.borrow_mut();
         let last = store.log().next_lsn().saturating_sub(1);
         shared.group.publish_lsn(shard, last);
@@ -476,7 +480,7 @@ async fn run_executor(start: ExecutorStart) -> Result<(), String> {
         let shards = Rc::new(LocalShards::new(
             topology,
             stores,
-            (sync_replication, shared.group.serving_flags()),
+            (sync_replication, shared.group.flags()),
         ));
         publish_lsns(&shards, &shared);
         let router = match joined {

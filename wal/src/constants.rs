@@ -62,8 +62,12 @@ pub const RECORD_LEN_OFFSET: usize = 4;
 pub const RECORD_LSN_OFFSET: usize = 8;
 /// `u8` record kind (see `format::RecordKind`).
 pub const RECORD_KIND_OFFSET: usize = 16;
-/// `[u8; 15]` reserved, zero.
+/// `[u8; 7]` reserved, zero.
 pub const RECORD_RESERVED_OFFSET: usize = 17;
+/// `u64` LE the mirror group term in which the record was written (0: none, or written
+/// before terms were stamped). Covered by the CRC, so records written by different actives
+/// at the same LSN differ even when their contents are the same.
+pub const RECORD_TERM_OFFSET: usize = 24;
 
 /// Largest key accepted by the store (memcached's limit).
 pub const KEY_LEN_MAX_BYTES: usize = 250;
@@ -87,7 +91,8 @@ const _: () = assert!(RECORD_ALIGN_BYTES.is_power_of_two());
 const _: () = assert!(SEGMENT_HEADER_LEN_BYTES <= SECTOR_SIZE_BYTES);
 const _: () = assert!(SEGMENT_HEADER_CRC_OFFSET + 4 == SEGMENT_HEADER_LEN_BYTES);
 const _: () = assert!(SEGMENT_HEADER_RESERVED_OFFSET + 20 == SEGMENT_HEADER_CRC_OFFSET);
-const _: () = assert!(RECORD_RESERVED_OFFSET + 15 == RECORD_HEADER_LEN_BYTES);
+const _: () = assert!(RECORD_RESERVED_OFFSET + 7 == RECORD_TERM_OFFSET);
+const _: () = assert!(RECORD_TERM_OFFSET + 8 == RECORD_HEADER_LEN_BYTES);
 const _: () = assert!(SEGMENT_SIZE_DEFAULT_BYTES.is_multiple_of(PAGE_SIZE_BYTES));
 const _: () = assert!(SEGMENT_SIZE_MIN_BYTES.is_multiple_of(PAGE_SIZE_BYTES));
 const _: () = assert!(SEGMENT_SIZE_MAX_BYTES / RECORD_ALIGN_BYTES <= u32::MAX as usize + 1);

@@ -38,7 +38,11 @@ impl DirtyDb {
     /// Moves shard `shard`'s directory `dir` into the copy for `term` (created on first use)
     /// and leaves an empty directory in its place. Returns the copy's directory.
     pub fn move_shard(&self, shard: u32, dir: &Path, term: u64) -> io::Result<PathBuf> {
-        let copy = self.copy_for(term)?;
+        let mut copy = self.copy_for(term, false)?;
+        if shard_dir_in(&copy, shard).exists() {
+            // This shard was moved aside once already in this term: a copy of its own.
+            copy = self.copy_for(term, true)?;
+        }
         let target = shard_dir_in(&copy, shard);
         let parent = target
             .parent()
@@ -53,13 +57,14 @@ impl DirtyDb {
         Ok(copy)
     }
 
-    fn copy_for(&self, term: u64) -> io::Result<PathBuf> {
+    fn copy_for(&self, term: u64, new: bool) -> io::Result<PathBuf> {
         let mut current = self
             .current
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some((t, path)) = &*current
             && *t == term
+            && !new
         {
             return Ok(path.clone());
         }
@@ -190,8 +195,15 @@ mod tests {
                 "one copy per term"
             );
         }
+        // The same shard moved twice in one term: a copy of its own, nothing overwritten.
+        let dir = shard_dir_in(data.path(), 0);
+        std::fs::write(dir.join("2.seg"), "again").unwrap();
+        let again = db.move_shard(0, &dir, 3).unwrap();
+        assert_ne!(again, copies[5]);
+        assert!(shard_dir_in(&copies[5], 0).join("1.seg").exists());
+        assert!(shard_dir_in(&again, 0).join("2.seg").exists());
         let kept = list_copies(&data.path().join(DIRTY_DB_DIR));
         assert_eq!(kept.len(), 2, "rolling count honoured: {kept:?}");
-        assert!(!copies[0].exists() && copies[5].exists());
+        assert!(!copies[0].exists() && copies[5].exists() && again.exists());
     }
 }

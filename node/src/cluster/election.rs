@@ -9,7 +9,8 @@
 //!   own above it, so that the other can follow it (it would otherwise wait forever for an
 //!   active of its term).
 //! - A server alone that has seen a term newer than its data (it followed another active
-//!   since its data was written) does not elect itself: that active may hold newer data.
+//!   since its data was written), or whose newest data it received as a passive, does not
+//!   elect itself: another server may hold newer data.
 //! - With no active, once the election time has passed, the servers that may become active
 //!   (STARTING, or PASSIVE-STANDBY) compare their data: the newest (data term, then LSN)
 //!   wins, then the lowest name. The winner becomes active with a term above every term it
@@ -58,7 +59,13 @@ pub enum Decision {
 }
 
 /// Decides for `me`. `election_due`: no active has been known for the election time.
-pub fn decide(me: View<'_>, peers: &[View<'_>], election_due: bool) -> Decision {
+/// `own_data`: `me`'s newest data was written by itself as the active (or it has none), so
+/// it may elect itself when alone.
+pub fn decide(
+    me: View<'_>,
+    peers: &[View<'_>],
+    (election_due, own_data): (bool, bool),
+) -> Decision {
     let peer_active = peers
         .iter()
         .filter(|p| p.status.state == State::ActiveCoordinator)
@@ -105,7 +112,12 @@ pub fn decide(me: View<'_>, peers: &[View<'_>], election_due: bool) -> Decision 
     if !election_due || !me.status.state.may_become_active() {
         return Decision::Stay;
     }
-    if peers.is_empty() && me.status.term > me.status.data_term {
+    // (A PASSIVE-STANDBY whose active just died is alone too, and must take over: it holds
+    // every acknowledged write. The rule is for a server that restarted.)
+    if peers.is_empty()
+        && (me.status.term > me.status.data_term
+            || (!own_data && me.status.state == State::Starting))
+    {
         return Decision::Stay;
     }
     // A peer still recovering may hold the newest data: wait until it can say.
@@ -160,31 +172,31 @@ mod tests {
         let newer_term = status(State::Starting, 4, 4, 5);
         // Not before the election time.
         assert_eq!(
-            decide(view("s1", &new), &[view("s2", &old)], false),
+            decide(view("s1", &new), &[view("s2", &old)], (false, true)),
             Decision::Stay
         );
         // More data wins, whatever the name.
         assert_eq!(
-            decide(view("s2", &new), &[view("s1", &old)], true),
+            decide(view("s2", &new), &[view("s1", &old)], (true, true)),
             Decision::BecomeActive { term: 4 }
         );
         assert_eq!(
-            decide(view("s1", &old), &[view("s2", &new)], true),
+            decide(view("s1", &old), &[view("s2", &new)], (true, true)),
             Decision::Stay
         );
         // A newer data term beats more records of an older term.
         assert_eq!(
-            decide(view("s2", &newer_term), &[view("s1", &new)], true),
+            decide(view("s2", &newer_term), &[view("s1", &new)], (true, true)),
             Decision::BecomeActive { term: 5 }
         );
         // Equal data: the lowest name, and both sides agree.
         let same = status(State::Starting, 0, 0, 0);
         assert_eq!(
-            decide(view("s1", &same), &[view("s2", &same)], true),
+            decide(view("s1", &same), &[view("s2", &same)], (true, true)),
             Decision::BecomeActive { term: 1 }
         );
         assert_eq!(
-            decide(view("s2", &same), &[view("s1", &same)], true),
+            decide(view("s2", &same), &[view("s1", &same)], (true, true)),
             Decision::Stay
         );
         // A peer still recovering may have the newest data: no election until it is ready.
@@ -193,12 +205,12 @@ mod tests {
             ..status(State::Starting, 0, 0, 0)
         };
         assert_eq!(
-            decide(view("s1", &same), &[view("s2", &recovering)], true),
+            decide(view("s1", &same), &[view("s2", &recovering)], (true, true)),
             Decision::Stay
         );
         // Alone after the election time: itself.
         assert_eq!(
-            decide(view("s1", &same), &[], true),
+            decide(view("s1", &same), &[], (true, true)),
             Decision::BecomeActive { term: 1 }
         );
     }
@@ -208,7 +220,7 @@ mod tests {
         let active = status(State::ActiveCoordinator, 7, 7, 10);
         let starting = status(State::Starting, 5, 5, 999);
         assert_eq!(
-            decide(view("s2", &starting), &[view("s1", &active)], false),
+            decide(view("s2", &starting), &[view("s1", &active)], (false, true)),
             Decision::Follow {
                 active: "s1".into(),
                 term: 7
@@ -221,13 +233,13 @@ mod tests {
             ..status(State::PassiveUninitialized, 7, 5, 999)
         };
         assert_eq!(
-            decide(view("s2", &following), &[view("s1", &active)], true),
+            decide(view("s2", &following), &[view("s1", &active)], (true, true)),
             Decision::Stay
         );
         // An active of a lower term than ours is stale: not followed.
         let ahead = status(State::Starting, 9, 9, 0);
         assert_eq!(
-            decide(view("s2", &ahead), &[view("s1", &active)], false),
+            decide(view("s2", &ahead), &[view("s1", &active)], (false, true)),
             Decision::Stay
         );
     }
@@ -236,32 +248,44 @@ mod tests {
     fn only_a_standby_takes_over_and_split_brain_goes_to_the_higher_term() {
         let uninitialized = status(State::PassiveUninitialized, 7, 0, 0);
         assert_eq!(
-            decide(view("s2", &uninitialized), &[], true),
+            decide(view("s2", &uninitialized), &[], (true, true)),
             Decision::Stay
         );
         let standby = status(State::PassiveStandby, 7, 7, 50);
         assert_eq!(
-            decide(view("s2", &standby), &[], true),
+            decide(view("s2", &standby), &[], (true, false)),
             Decision::BecomeActive { term: 8 }
         );
         let old_active = status(State::ActiveCoordinator, 7, 7, 60);
         let new_active = status(State::ActiveCoordinator, 8, 8, 50);
         assert_eq!(
-            decide(view("s1", &old_active), &[view("s2", &new_active)], false),
+            decide(
+                view("s1", &old_active),
+                &[view("s2", &new_active)],
+                (false, true)
+            ),
             Decision::StepDown {
                 active: "s2".into(),
                 term: 8
             }
         );
         assert_eq!(
-            decide(view("s2", &new_active), &[view("s1", &old_active)], false),
+            decide(
+                view("s2", &new_active),
+                &[view("s1", &old_active)],
+                (false, true)
+            ),
             Decision::Stay
         );
         // An active meeting a starting server that saw a higher term raises its own, so that
         // the other can follow it.
         let ahead = status(State::Starting, 9, 9, 0);
         assert_eq!(
-            decide(view("s2", &new_active), &[view("s1", &ahead)], false),
+            decide(
+                view("s2", &new_active),
+                &[view("s1", &ahead)],
+                (false, true)
+            ),
             Decision::RaiseTerm { term: 10 }
         );
     }
@@ -270,18 +294,46 @@ mod tests {
     fn a_lone_server_that_followed_a_newer_active_does_not_elect_itself() {
         let former_passive = status(State::Starting, 4, 2, 100);
         assert_eq!(
-            decide(view("s2", &former_passive), &[], true),
+            decide(view("s2", &former_passive), &[], (true, true)),
             Decision::Stay
         );
         // With a peer to compare with, data decides as usual.
         let peer = status(State::Starting, 4, 4, 50);
         assert_eq!(
-            decide(view("s2", &former_passive), &[view("s1", &peer)], true),
+            decide(
+                view("s2", &former_passive),
+                &[view("s1", &peer)],
+                (true, true)
+            ),
             Decision::Stay
         );
         assert_eq!(
-            decide(view("s1", &peer), &[view("s2", &former_passive)], true),
+            decide(
+                view("s1", &peer),
+                &[view("s2", &former_passive)],
+                (true, true)
+            ),
             Decision::BecomeActive { term: 5 }
+        );
+        // A server whose newest data it received as a passive waits for its peers too,
+        // however current its term.
+        let standby_restarted = status(State::Starting, 4, 4, 100);
+        assert_eq!(
+            decide(view("s2", &standby_restarted), &[], (true, false)),
+            Decision::Stay
+        );
+        assert_eq!(
+            decide(view("s2", &standby_restarted), &[], (true, true)),
+            Decision::BecomeActive { term: 5 }
+        );
+        assert_eq!(
+            decide(
+                view("s2", &standby_restarted),
+                &[view("s1", &peer)],
+                (true, false)
+            ),
+            Decision::BecomeActive { term: 5 },
+            "with a peer to compare with, data decides"
         );
     }
 }

@@ -59,6 +59,28 @@ pub struct ReplicationSource {
     pub term: u64,
 }
 
+/// See [`Group::flags`].
+#[derive(Debug, Clone)]
+pub struct GroupFlags {
+    /// This server is the active.
+    pub serving: Arc<AtomicBool>,
+    /// A planned failover is under way.
+    pub handing_over: Arc<AtomicBool>,
+    /// The term this server is (or was last) the active in.
+    pub term: Arc<AtomicU64>,
+}
+
+impl Default for GroupFlags {
+    /// A server that is the active, at term 0 (tests).
+    fn default() -> Self {
+        Self {
+            serving: Arc::new(AtomicBool::new(true)),
+            handing_over: Arc::new(AtomicBool::new(false)),
+            term: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
 /// A replication connection the group port accepted, for the executor owning its shard.
 pub type HandedOff = (ReplicateRequest, std::net::TcpStream);
 
@@ -116,6 +138,8 @@ pub struct Group {
     /// A planned failover is under way: this server does not serve new requests, but the
     /// writes it took still complete.
     handing_over: Arc<AtomicBool>,
+    /// The term this server is (or was last) the active in: new records carry it.
+    active_term: Arc<AtomicU64>,
     /// Active, during a planned failover: each shard's records are all acknowledged by the
     /// target (set by the executors).
     handover_ready: Vec<AtomicBool>,
@@ -173,6 +197,7 @@ impl Group {
                 .collect(),
             handover_target: Mutex::new(None),
             handing_over: Arc::new(AtomicBool::new(false)),
+            active_term: Arc::new(AtomicU64::new(0)),
             handover_ready: (0..shards).map(|_| AtomicBool::new(false)).collect(),
         }))
     }
@@ -339,11 +364,16 @@ impl Group {
         self.serving.load(Ordering::Relaxed)
     }
 
-    /// The flags [`Group::serving`] and "handing over" read, for the executors' writers: a
-    /// write waiting for its passives gives up when this server stops being the active (but
-    /// not during a planned failover, which waits for those writes).
-    pub fn serving_flags(&self) -> (Arc<AtomicBool>, Arc<AtomicBool>) {
-        (Arc::clone(&self.serving), Arc::clone(&self.handing_over))
+    /// What the executors' writers read without the group's lock: whether this server is
+    /// the active (a write waiting for its passives gives up when it stops being one), whether
+    /// a planned failover is under way (which waits for those writes instead), and the term
+    /// new records are stamped with.
+    pub fn flags(&self) -> GroupFlags {
+        GroupFlags {
+            serving: Arc::clone(&self.serving),
+            handing_over: Arc::clone(&self.handing_over),
+            term: Arc::clone(&self.active_term),
+        }
     }
 
     /// This server's state.
@@ -508,16 +538,30 @@ impl Group {
             .iter()
             .map(|(name, status)| View { name, status })
             .collect();
+        // Its newest data came from another active (it was a passive): another server may
+        // hold newer data, so it does not elect itself alone.
+        let own_data =
+            inner.terms.data_term == 0 || inner.terms.data_term == inner.terms.active_term;
         let decision = election::decide(
             View {
                 name: &self.me,
                 status: &me,
             },
             &views,
-            due,
+            (due, own_data),
         );
         match decision {
             Decision::Stay => {
+                if due && views.is_empty() && !own_data && !inner.told_unavailable {
+                    inner.told_unavailable = true;
+                    tracing::error!(
+                        data_term = inner.terms.data_term,
+                        "this server's newest data was replicated from another active (it was \
+                         a passive): it does not elect itself alone, since a peer may hold \
+                         newer data; start the group's last active (or every server of the \
+                         group)"
+                    );
+                }
                 if due && !inner.state.may_become_active() && !inner.told_unavailable {
                     inner.told_unavailable = true;
                     tracing::error!(
@@ -578,8 +622,24 @@ impl Group {
             return;
         };
         // While the active is not heard from, the state stays: a PASSIVE-STANDBY whose
-        // active died must stay one to take over.
+        // active died must stay one to take over. Unless the last thing the active said was
+        // that it no longer counts this server as a standby (it dropped it, then
+        // acknowledged writes without it): then this server must not take over.
         let Some((_, active_status)) = peers.iter().find(|(name, _)| *name == active) else {
+            let last_word = self.membership().and_then(|m| m.last_word(&active));
+            let dropped = last_word.is_some_and(|s| {
+                s.state == State::ActiveCoordinator && !s.standbys.contains(&self.me)
+            });
+            if dropped && inner.state == State::PassiveStandby {
+                inner.state = State::PassiveUninitialized;
+                tracing::warn!(
+                    term = inner.terms.term,
+                    "NodeID[{active}] is gone, and its last word was that this server is no \
+                     longer its standby (it acknowledged writes without it): this server \
+                     cannot take over. Moved to State[ {} ]",
+                    inner.state.name()
+                );
+            }
             return;
         };
         if active_status.state != State::ActiveCoordinator {
@@ -632,7 +692,7 @@ impl Group {
 
     /// Records `term` durably, then serves as the active.
     fn become_active(&self, inner: &mut Inner, term: u64) -> std::io::Result<()> {
-        inner.terms.store(term, term)?;
+        inner.terms.store_all(term, term, term)?;
         let was_active = inner.state == State::ActiveCoordinator;
         inner.state = State::ActiveCoordinator;
         inner.active = Some(self.me.clone());
@@ -642,6 +702,8 @@ impl Group {
                 sync.store(ShardSync::Idle as u8, Ordering::SeqCst);
             }
         }
+        // Before serving: every record written from here on carries the new term.
+        self.active_term.store(term, Ordering::SeqCst);
         self.serving.store(true, Ordering::SeqCst);
         if !was_active {
             tracing::info!(
@@ -718,6 +780,12 @@ impl Hooks for Group {
         );
         if let Err(error) = self.become_active(&mut inner, term) {
             tracing::error!(%error, term, "cannot record the new term: not becoming active");
+            return;
+        }
+        drop(inner);
+        // The old active waits for this to hand over (and its clients with it).
+        if let Some(membership) = self.membership() {
+            membership.announce();
         }
     }
 
@@ -774,7 +842,8 @@ impl Hooks for Group {
         );
         let result = self.wait_handover_ready().and_then(|()| {
             let membership = self.membership().ok_or("no membership")?;
-            membership.send(&target, &super::wire::Message::TakeOver { term: term + 1 })
+            membership.send(&target, &super::wire::Message::TakeOver { term: term + 1 })?;
+            self.wait_taken_over(membership, &target, term + 1)
         });
         *self
             .handover_target
@@ -831,6 +900,35 @@ impl Group {
         Ok(())
     }
 }
+
+impl Group {
+    /// Waits until `target` says it is the active at `term` (it announces it at once).
+    fn wait_taken_over(
+        &self,
+        membership: &Membership,
+        target: &str,
+        term: u64,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + self.silence_limit().max(HANDOVER_CONFIRM_MIN);
+        loop {
+            let taken = membership.joined_statuses().iter().any(|(name, status)| {
+                name == target && status.state == State::ActiveCoordinator && status.term >= term
+            });
+            if taken {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "NodeID[{target}] did not confirm it took over at term {term}"
+                ));
+            }
+            std::thread::sleep(HANDOVER_POLL);
+        }
+    }
+}
+
+/// Shortest wait for the target of a planned failover to confirm it took over.
+const HANDOVER_CONFIRM_MIN: Duration = Duration::from_secs(2);
 
 /// Longest a planned failover waits for the target to acknowledge every record.
 const HANDOVER_WAIT_MAX: Duration = Duration::from_secs(10);

@@ -58,6 +58,8 @@ pub struct PeerStatus {
     pub since: Instant,
     /// What it said in its last heartbeat (while joined).
     pub last: Option<Status>,
+    /// What it said last, kept after it left (replaced by what it says next).
+    last_word: Option<Status>,
     /// The connection that carries it (0: none).
     session: u64,
     /// That connection's sending side, shared by the heartbeats and [`Membership::send`].
@@ -160,6 +162,7 @@ impl Membership {
                         health: Health::Connecting,
                         since: Instant::now(),
                         last: None,
+                        last_word: None,
                         session: 0,
                         writer: None,
                     },
@@ -214,6 +217,14 @@ impl Membership {
             .filter(|(_, s)| s.health == Health::Joined)
             .filter_map(|(name, s)| s.last.clone().map(|last| (name.clone(), last)))
             .collect()
+    }
+
+    /// What `peer` said last, even if it has left since.
+    pub fn last_word(&self, peer: &str) -> Option<Status> {
+        self.inner
+            .table()
+            .get(peer)
+            .and_then(|s| s.last_word.clone())
     }
 
     /// Whether `peer` is joined (heartbeats flowing).
@@ -345,6 +356,7 @@ impl Inner {
         if let Some(entry) = self.table().get_mut(peer)
             && entry.session == session
         {
+            entry.last_word = Some(status.clone());
             entry.last = Some(status);
         }
     }
@@ -595,6 +607,24 @@ fn dial_loop(inner: &Arc<Inner>, peer: &str) {
     }
 }
 
+/// The statuses in whole lines `peer` sent that are already read in (no I/O): its last words
+/// on a connection that just failed.
+fn hear_buffered(inner: &Inner, peer: &str, id: u64, reader: &mut BufReader<TcpStream>) {
+    let mut line = Vec::new();
+    while reader.buffer().contains(&b'\n') {
+        line.clear();
+        if !matches!(wire::read_line(reader, &mut line), Ok(true)) {
+            return;
+        }
+        let mut none = || Err(std::io::Error::new(ErrorKind::InvalidData, "one line"));
+        if let Ok(Message::Ping { status, .. } | Message::Pong { status, .. }) =
+            wire::parse(&line, &mut none)
+        {
+            inner.heard(peer, id, status);
+        }
+    }
+}
+
 /// Longest pause before a peer is dialed again.
 const REDIAL_MAX: Duration = Duration::from_millis(50);
 
@@ -670,6 +700,7 @@ fn heartbeat(
                 status: inner.hooks.status(),
             };
             if let Err(error) = send(&ping) {
+                hear_buffered(inner, peer, id, reader);
                 return format!("connection failed: {error}");
             }
             seq += 1;
@@ -686,11 +717,21 @@ fn heartbeat(
                 match wire::parse(&line, &mut none) {
                     Ok(Message::Ping { seq, status }) => {
                         inner.heard(peer, id, status);
+                        if reader.buffer().contains(&b'\n') {
+                            // More came meanwhile (this process was paused): hear it all
+                            // before answering; the connection may be dead, and its last
+                            // words matter (an active's word that this server is no longer
+                            // its standby).
+                            line.clear();
+                            last_heard = Instant::now();
+                            continue;
+                        }
                         let pong = Message::Pong {
                             seq,
                             status: inner.hooks.status(),
                         };
                         if let Err(error) = send(&pong) {
+                            hear_buffered(inner, peer, id, reader);
                             return format!("connection failed: {error}");
                         }
                     }

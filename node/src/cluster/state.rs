@@ -80,6 +80,8 @@ pub const GROUP_FILE: &str = "terrace-group.toml";
 struct GroupFile {
     term: u64,
     data_term: u64,
+    /// Absent in files written before it existed: taken as `data_term`.
+    active_term: Option<u64>,
 }
 
 /// The persisted terms of a server: the highest term seen, and the term of its newest data.
@@ -90,6 +92,10 @@ pub struct Terms {
     pub term: u64,
     /// Term of the newest data.
     pub data_term: u64,
+    /// The last term in which this server was the active itself. Below `data_term`: its
+    /// newest data came from another active (it was a passive), and another server may hold
+    /// newer data, so it does not elect itself alone.
+    pub active_term: u64,
 }
 
 impl Terms {
@@ -112,15 +118,26 @@ impl Terms {
             path,
             term: file.term,
             data_term: file.data_term,
+            active_term: file.active_term.unwrap_or(file.data_term),
         })
     }
 
     /// Records new terms durably (a temporary file, fsynced, renamed over, the directory
     /// fsynced) before anything acts on them.
     pub fn store(&mut self, term: u64, data_term: u64) -> std::io::Result<()> {
+        self.store_all(term, data_term, self.active_term)
+    }
+
+    /// Records new terms, this server's own active term included (see [`Terms::store`]).
+    pub fn store_all(
+        &mut self,
+        term: u64,
+        data_term: u64,
+        active_term: u64,
+    ) -> std::io::Result<()> {
         let text = format!(
             "# Written by terrace-server: the mirror group terms of this data. Do not edit.\n\
-             term = {term}\ndata_term = {data_term}\n"
+             term = {term}\ndata_term = {data_term}\nactive_term = {active_term}\n"
         );
         let tmp = self.path.with_extension("tmp");
         let mut file = std::fs::File::create(&tmp)?;
@@ -132,6 +149,7 @@ impl Terms {
         }
         self.term = term;
         self.data_term = data_term;
+        self.active_term = active_term;
         Ok(())
     }
 }

@@ -19,12 +19,6 @@ use terrace_wal::log::{GroupCommit, LogPin};
 use terrace_wal::storage::{FsSegment, FsStorage};
 use terrace_wal::store::{Delta, SetMode, Store, StoreOutcome, Written};
 
-/// The group's "serving" and "handing over" flags.
-type Flags = (
-    std::sync::Arc<std::sync::atomic::AtomicBool>,
-    std::sync::Arc<std::sync::atomic::AtomicBool>,
-);
-
 /// A shard's store on real files.
 pub type ShardStore = Store<FsStorage>;
 
@@ -105,6 +99,8 @@ pub struct LocalShards {
     replicas: Vec<Option<Rc<ShardReplicas>>>,
     /// Writes wait for the passives in the sync set (`replication = "sync"`).
     sync_replication: bool,
+    /// The term this server is the active in: its records carry it.
+    term: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// This executor's counters.
     pub counters: Counters,
     /// Online-backup cuts held on this executor's shards, by cut id: their segments are not
@@ -133,7 +129,7 @@ impl LocalShards {
     pub fn new(
         topology: Topology,
         stores: Vec<Option<Rc<RefCell<ShardStore>>>>,
-        (sync_replication, serving): (bool, Flags),
+        (sync_replication, flags): (bool, crate::cluster::group::GroupFlags),
     ) -> Self {
         assert_eq!(stores.len(), topology.shards as usize);
         Self {
@@ -143,13 +139,14 @@ impl LocalShards {
                 .map(|s| {
                     s.as_ref().map(|_| {
                         Rc::new(ShardReplicas::new((
-                            std::sync::Arc::clone(&serving.0),
-                            std::sync::Arc::clone(&serving.1),
+                            std::sync::Arc::clone(&flags.serving),
+                            std::sync::Arc::clone(&flags.handing_over),
                         )))
                     })
                 })
                 .collect(),
             sync_replication,
+            term: flags.term,
             stores,
             counters: Counters::default(),
             backup_pins: RefCell::default(),
@@ -186,6 +183,15 @@ impl LocalShards {
         match &self.stores[shard as usize] {
             Some(store) => (shard, store),
             None => panic!("shard {shard} is not owned by this executor"),
+        }
+    }
+
+    /// Stamps `store`'s next records with this server's active term (checked before every
+    /// write: the term changes only when this server becomes the active, before it serves).
+    pub fn stamp(&self, store: &Rc<RefCell<ShardStore>>) {
+        let term = self.term.load(std::sync::atomic::Ordering::SeqCst);
+        if store.borrow().term() != term {
+            store.borrow_mut().set_term(term);
         }
     }
 
@@ -238,6 +244,7 @@ impl LocalShards {
         out: &mut Vec<u8>,
     ) -> Result<Option<Durable>, Refusal> {
         let (shard, store) = self.store_of(key);
+        self.stamp(store);
         let touched = store.borrow_mut().get_and_touch(key, exptime);
         match touched {
             Ok(Some((item, written))) => {
@@ -266,6 +273,7 @@ impl LocalShards {
         out: &mut Vec<u8>,
     ) -> Result<Option<Durable>, Refusal> {
         let (shard, store) = self.store_of(key);
+        self.stamp(store);
         let outcome = store.borrow_mut().set(mode, key, data, flags, exptime);
         let outcome = outcome.map_err(|error| Refusal::new(shard, error))?;
         let is_cas = matches!(mode, SetMode::Cas(_));
@@ -366,6 +374,7 @@ impl LocalShards {
         found: impl FnOnce(T, &mut Vec<u8>),
     ) -> Result<Option<Durable>, Refusal> {
         let (shard, store) = self.store_of(key);
+        self.stamp(store);
         let result = run(&mut store.borrow_mut());
         match result.map_err(|error| Refusal::new(shard, error))? {
             Some((written, value)) => {
@@ -389,6 +398,7 @@ impl LocalShards {
     pub fn flush_all(&self, delay: i64) -> Result<Vec<Durable>, Refusal> {
         let mut waits = Vec::new();
         for (shard, store) in self.owned() {
+            self.stamp(store);
             let written = store.borrow_mut().flush_all(delay);
             let written = written.map_err(|error| Refusal::new(shard, error))?;
             waits.extend(self.written(shard, written.lsn));

@@ -15,7 +15,7 @@
 
 use crate::constants::{
     RECORD_ALIGN_BYTES, RECORD_CRC_OFFSET, RECORD_HEADER_LEN_BYTES, RECORD_KIND_OFFSET,
-    RECORD_LEN_OFFSET, RECORD_LSN_OFFSET, RECORD_RESERVED_OFFSET,
+    RECORD_LEN_OFFSET, RECORD_LSN_OFFSET, RECORD_RESERVED_OFFSET, RECORD_TERM_OFFSET,
 };
 use crate::format::payload::{ArchivedDelete, ArchivedFlush, ArchivedPut, ArchivedTouch};
 use rkyv::{
@@ -110,8 +110,18 @@ const fn align8(n: usize) -> usize {
 }
 
 /// Writes a whole record — header, payload, padding — at the start of `dst`, which must be
-/// 16-aligned in memory. Returns its length, or `None` if it does not fit in `dst`.
+/// 16-aligned in memory, with term 0. Returns its length, or `None` if it does not fit.
 pub fn write_record<T: RecordBody>(dst: &mut [u8], lsn: u64, body: &T) -> Option<usize> {
+    write_record_in_term(dst, lsn, 0, body)
+}
+
+/// Like [`write_record`], stamped with the mirror group `term` it is written in.
+pub fn write_record_in_term<T: RecordBody>(
+    dst: &mut [u8],
+    lsn: u64,
+    term: u64,
+    body: &T,
+) -> Option<usize> {
     debug_assert_eq!(
         dst.as_ptr() as usize % RECORD_ALIGN_BYTES,
         0,
@@ -138,7 +148,8 @@ pub fn write_record<T: RecordBody>(dst: &mut [u8], lsn: u64, body: &T) -> Option
     header[RECORD_LEN_OFFSET..RECORD_LSN_OFFSET].copy_from_slice(&len_u32.to_le_bytes());
     header[RECORD_LSN_OFFSET..RECORD_KIND_OFFSET].copy_from_slice(&lsn.to_le_bytes());
     header[RECORD_KIND_OFFSET] = T::KIND as u8;
-    header[RECORD_RESERVED_OFFSET..].fill(0);
+    header[RECORD_RESERVED_OFFSET..RECORD_TERM_OFFSET].fill(0);
+    header[RECORD_TERM_OFFSET..].copy_from_slice(&term.to_le_bytes());
     let crc = record_crc(header, &rest[..payload_len]);
     header[RECORD_CRC_OFFSET..RECORD_LEN_OFFSET].copy_from_slice(&crc.to_le_bytes());
     Some(RECORD_HEADER_LEN_BYTES + padded_len)
@@ -352,7 +363,10 @@ pub fn check_record(segment: &[u8], offset: usize) -> RecordCheck<'_> {
     let Some(kind) = RecordKind::from_byte(kind_byte) else {
         return RecordCheck::Invalid(InvalidRecord::UnknownKind { kind: kind_byte });
     };
-    if header[RECORD_RESERVED_OFFSET..].iter().any(|&b| b != 0) {
+    if header[RECORD_RESERVED_OFFSET..RECORD_TERM_OFFSET]
+        .iter()
+        .any(|&b| b != 0)
+    {
         return RecordCheck::Invalid(InvalidRecord::ReservedNotZero);
     }
     let payload = &segment[start..start + len as usize];

@@ -51,6 +51,26 @@ impl<S: Storage> Log<S> {
     }
 }
 
+impl<S: Storage> Log<S> {
+    /// Whether the log holds every record from LSN `lsn` to its end, with no gap (a cursor
+    /// at `lsn` would not fall behind unless compaction removes segments later).
+    pub fn holds_from(&self, lsn: u64) -> bool {
+        if self.cursor_at(lsn).is_none() {
+            return false;
+        }
+        let mut expected: Option<u64> = None;
+        for segment in self.segments().filter(|s| s.last_lsn() + 1 >= lsn) {
+            if let Some(first) = expected
+                && segment.first_lsn() != first
+            {
+                return false;
+            }
+            expected = Some(segment.last_lsn() + 1);
+        }
+        true
+    }
+}
+
 impl<F: SegmentFile> LogCursor<F> {
     /// LSN of the next record it will read.
     pub fn next_lsn(&self) -> u64 {

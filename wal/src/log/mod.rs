@@ -26,7 +26,7 @@ use crate::constants::{
     SEGMENT_SIZE_MAX_BYTES, SEGMENT_SIZE_MIN_BYTES,
 };
 use crate::error::WalError;
-use crate::format::{RecordBody, write_record};
+use crate::format::{RecordBody, write_record_in_term};
 use crate::storage::{Preparation, SegmentFile as _, SegmentId, Storage};
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -197,6 +197,8 @@ pub struct Log<S: Storage> {
     /// so recovery removes it if the process stops first).
     spare: Option<(SegmentId, S::File)>,
     next_lsn: u64,
+    /// The mirror group term new records are stamped with.
+    term: u64,
     commit: Rc<GroupCommit<S>>,
     records_appended: Cell<u64>,
     bytes_appended: Cell<u64>,
@@ -239,6 +241,7 @@ impl<S: Storage> Log<S> {
             segments: SegmentTable::new(),
             spare: None,
             next_lsn: recovered.next_lsn,
+            term: 0,
             commit,
             records_appended: Cell::new(0),
             bytes_appended: Cell::new(0),
@@ -287,6 +290,17 @@ impl<S: Storage> Log<S> {
     /// The LSN the next record gets.
     pub fn next_lsn(&self) -> u64 {
         self.next_lsn
+    }
+
+    /// The mirror group term new records are stamped with.
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    /// Stamps records appended from now on with `term` (the term this server is the active
+    /// in). Copied records keep their own.
+    pub fn set_term(&mut self, term: u64) {
+        self.term = term;
     }
 
     /// The segment with this id, if it exists.
@@ -364,11 +378,11 @@ impl<S: Storage> Log<S> {
         if self.tail().is_sealed() || self.tail().free_bytes() < len_max {
             self.create_tail(class)?;
         }
-        let lsn = self.next_lsn;
+        let (lsn, term) = (self.next_lsn, self.term);
         let tail = Rc::clone(self.tail());
-        let Some(offset) =
-            tail.append_with(lsn, |dst| write_record(&mut dst[..len_max], lsn, body))
-        else {
+        let Some(offset) = tail.append_with(lsn, |dst| {
+            write_record_in_term(&mut dst[..len_max], lsn, term, body)
+        }) else {
             // The bound given was wrong: a bug, but not one worth losing the shard over.
             panic!("record larger than its bound {len_max}");
         };

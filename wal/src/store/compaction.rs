@@ -359,12 +359,22 @@ impl<S: Storage> Store<S> {
 }
 
 /// One round of compaction work: removes retired segments no longer pinned, then compacts
-/// one victim, if there is one, to the end. Returns whether it compacted a segment.
+/// one victim, if there is one, to the end. Returns whether it compacted a segment. A round
+/// stops early, having changed nothing more, when compaction is paused or the store behind
+/// the `RefCell` is replaced while it waits.
 pub async fn compact_once<S: Storage>(store: &Rc<RefCell<Store<S>>>) -> Result<bool, StoreError> {
-    if store.borrow().compaction_paused() {
+    let instance = store.borrow().instance();
+    let still = |store: &Rc<RefCell<Store<S>>>| {
+        let store = store.borrow();
+        store.instance() == instance && !store.compaction_paused()
+    };
+    if !still(store) {
         return Ok(false);
     }
     remove_retired(store).await?;
+    if !still(store) {
+        return Ok(false);
+    }
     let Some(victim) = store.borrow().compaction_victim() else {
         return Ok(false);
     };
@@ -380,6 +390,10 @@ pub async fn compact_once<S: Storage>(store: &Rc<RefCell<Store<S>>>) -> Result<b
             glommio::timer::sleep(Duration::from_secs_f64(secs)).await;
         }
         glommio::yield_if_needed().await;
+        if !still(store) {
+            // What was copied so far is a set of ordinary records; the victim stays.
+            return Ok(false);
+        }
     }
     let (commit, last_lsn) = {
         let store = store.borrow();
@@ -387,6 +401,9 @@ pub async fn compact_once<S: Storage>(store: &Rc<RefCell<Store<S>>>) -> Result<b
     };
     // Everything moved out of the victim must be durable before its file goes.
     commit.wait_durable(last_lsn).await?;
+    if !still(store) {
+        return Ok(false);
+    }
     store.borrow_mut().retire_segment(victim);
     remove_retired(store).await?;
     Ok(true)
@@ -394,12 +411,13 @@ pub async fn compact_once<S: Storage>(store: &Rc<RefCell<Store<S>>>) -> Result<b
 
 /// Removes the files of retired, unpinned segments, durably, then forgets them.
 async fn remove_retired<S: Storage>(store: &Rc<RefCell<Store<S>>>) -> Result<(), StoreError> {
-    let (ids, storage, durability) = {
+    let (ids, storage, durability, instance) = {
         let store = store.borrow();
         (
             store.removable_segments(),
             Rc::clone(store.log.storage()),
             store.log.config().durability,
+            store.instance(),
         )
     };
     if ids.is_empty() {
@@ -416,6 +434,10 @@ async fn remove_retired<S: Storage>(store: &Rc<RefCell<Store<S>>>) -> Result<(),
         })?;
     }
     let mut store = store.borrow_mut();
+    if store.instance() != instance {
+        // Replaced while the directory synced: these ids are not the new store's.
+        return Ok(());
+    }
     for id in ids {
         store.log.forget_segment(id);
         tracing::debug!(segment = id, "removed compacted segment");

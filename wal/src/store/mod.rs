@@ -603,7 +603,13 @@ pub struct Store<S: Storage> {
     /// Compaction is off: a passive's log must stay a copy of its active's,
     /// record for record, so it writes nothing of its own.
     compaction_paused: bool,
+    /// Unique per opened store in this process: a compaction round that awaited while the
+    /// store behind its `RefCell` was replaced (a passive resetting a shard) notices.
+    instance: u64,
 }
+
+/// Stores opened so far in this process (for [`Store::instance`]).
+static STORES_OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl<S: Storage> std::fmt::Debug for Store<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -672,6 +678,7 @@ impl<S: Storage> Store<S> {
                 config,
                 counters: StoreCounters::default(),
                 compaction_paused: false,
+                instance: STORES_OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             },
             report,
         ))
@@ -682,6 +689,16 @@ impl<S: Storage> Store<S> {
         &self.log
     }
 
+    /// Stamps the records this store writes from now on with the mirror group `term`.
+    pub fn set_term(&mut self, term: u64) {
+        self.log.set_term(term);
+    }
+
+    /// The term this store stamps its records with.
+    pub fn term(&self) -> u64 {
+        self.log.term()
+    }
+
     /// Turns compaction off (a passive) or on (an active).
     pub fn set_compaction_paused(&mut self, paused: bool) {
         self.compaction_paused = paused;
@@ -690,6 +707,11 @@ impl<S: Storage> Store<S> {
     /// Whether compaction is off.
     pub fn compaction_paused(&self) -> bool {
         self.compaction_paused
+    }
+
+    /// This store's number among the stores opened in this process.
+    pub fn instance(&self) -> u64 {
+        self.instance
     }
 
     /// Moves the log forward to `lsn` (see [`Log::skip_to`]): a passive applying its active's

@@ -143,8 +143,10 @@ impl Follower<'_> {
             &applied,
             &progress,
         );
+        // What is acknowledged so far: taken now, not when `acknowledge` first runs (by then
+        // `receive` may have applied a whole snapshot, which would then never be acknowledged).
+        let mut acked = applied.get();
         let acknowledge = async {
-            let mut acked = applied.get();
             loop {
                 progress.wait_until(|| applied.get() > acked).await;
                 let target = applied.get();
@@ -215,6 +217,15 @@ impl Follower<'_> {
                 }
                 Kind::SnapshotEnd => {
                     in_snapshot = false;
+                    // The snapshot may end in a gap (an empty tail after removed segments):
+                    // the next record is the one after its last.
+                    let next = header.lsn.saturating_add(1);
+                    if store.borrow().log().next_lsn() < next {
+                        store
+                            .borrow_mut()
+                            .skip_to(next)
+                            .map_err(|e| format!("cannot skip to LSN {next}: {e}"))?;
+                    }
                     group.set_sync_bytes(self.shard, received, received);
                     group.set_shard_sync(self.shard, ShardSync::CatchingUp);
                     tracing::info!(

@@ -34,6 +34,9 @@ pub async fn serve(ctx: Rc<Context>, request: ReplicateRequest, stream: std::net
     };
     let group = &ctx.shared.group;
     let term = group.term();
+    if let Err(error) = stream.set_write_timeout(Some(group.silence_limit())) {
+        tracing::debug!(%error, "cannot set a write timeout on a replication stream");
+    }
     let (reader, mut writer) = futures_lite::io::split(stream);
     let refusal = if !group.serving() {
         Some(format!("{} is not the ACTIVE-COORDINATOR", group.me()))
@@ -70,9 +73,10 @@ pub async fn serve(ctx: Rc<Context>, request: ReplicateRequest, stream: std::net
     };
     let was_in_sync = replica.counted();
     replicas.close(&replica, reason.clone());
-    if was_in_sync && !replica.overdue_dropped() {
+    if was_in_sync {
         // The passive may have taken over (this server was paused or cut off): writes keep
         // waiting for it a while, long enough to hear of a higher term and stop serving.
+        // (A newer stream from the same passive that gets in sync ends the wait early.)
         let grace = group.silence_limit();
         tracing::warn!(
             shard,
@@ -81,7 +85,7 @@ pub async fn serve(ctx: Rc<Context>, request: ReplicateRequest, stream: std::net
             "the stream of NodeID[{peer}], in the sync set of shard {shard}, ended; writes \
              wait for it a while longer"
         );
-        glommio::timer::sleep(grace).await;
+        replicas.released_within(&replica, grace).await;
     }
     replicas.detach(&replica);
     // Another stream from the same passive may have replaced this one.
@@ -122,7 +126,7 @@ impl Stream<'_> {
         let next = request.next_lsn;
         next > 1
             && next <= log.next_lsn()
-            && log.cursor_at(next).is_some()
+            && log.holds_from(next)
             && digest(log, next - 1, request.digest_records) == Some(request.digest)
     }
 
@@ -159,18 +163,18 @@ impl Stream<'_> {
                 return Err(reason);
             }
             let group = &self.ctx.shared.group;
-            if !group.serving() || group.term() != self.term {
+            // (`replicas.serving()`: still the active, or handing over on purpose.)
+            if !self.replicas.serving() || group.term() != self.term {
                 return Err("this server is no longer the active of this term".into());
             }
             if self.replicas.overdue(self.replica, limit) {
-                let reason = format!(
+                return Err(format!(
                     "no acknowledgment for {} ms (the health-check limit)",
                     limit.as_millis()
-                );
-                self.replica.mark_overdue();
-                self.replicas.close(self.replica, reason.clone());
-                self.replicas.release(self.replica);
-                return Err(reason);
+                ));
+            }
+            if !group.is_joined(peer) {
+                return Err(format!("NodeID[{peer}] left the cluster (health checks)"));
             }
             batch.clear();
             let mut first = 0;
@@ -198,8 +202,11 @@ impl Stream<'_> {
                 self.replica.note_sent(cursor.next_lsn() - 1);
                 continue;
             }
-            if !self.replica.in_sync() {
-                // Caught up: from here on writes wait for this passive.
+            let sent_all = cursor.next_lsn() - 1;
+            if !self.replica.in_sync() && self.replica.acked() >= sent_all {
+                // Caught up, and everything sent is in the passive's log: from here on writes
+                // wait for this passive. (Not before: a passive still applying a snapshot
+                // would keep them waiting.)
                 self.replicas.enter_sync_set(self.replica);
                 self.ctx
                     .shared
@@ -223,6 +230,8 @@ impl Stream<'_> {
                         .wait_until(|| {
                             store.borrow().log().next_lsn() > waiting_for
                                 || self.replica.closed().is_some()
+                                || (!self.replica.in_sync()
+                                    && self.replica.acked() >= waiting_for - 1)
                         })
                         .await;
                     true

@@ -67,9 +67,10 @@ pub struct Replica {
     closed: RefCell<Option<String>>,
     /// Acknowledgment progress: the LSN it must reach, and since when it is awaited.
     awaited: Cell<Option<(u64, Instant)>>,
-    /// It was dropped for keeping writes waiting too long.
-    overdue: Cell<bool>,
 }
+
+/// Why a stream was closed when a newer stream from the same passive replaced it.
+pub const REPLACED: &str = "a new stream from the same passive replaced it";
 
 impl Replica {
     /// Highest LSN acknowledged.
@@ -90,16 +91,6 @@ impl Replica {
     /// Why it was closed, if it was.
     pub fn closed(&self) -> Option<String> {
         self.closed.borrow().clone()
-    }
-
-    /// It kept writes waiting too long: dropped from the sync set.
-    pub fn mark_overdue(&self) {
-        self.overdue.set(true);
-    }
-
-    /// Whether it was dropped for keeping writes waiting too long.
-    pub fn overdue_dropped(&self) -> bool {
-        self.overdue.get()
     }
 
     /// Records sent up to `lsn`.
@@ -124,10 +115,8 @@ pub struct ShardReplicas {
 
 impl Default for ShardReplicas {
     fn default() -> Self {
-        Self::new((
-            Arc::new(AtomicBool::new(true)),
-            Arc::new(AtomicBool::new(false)),
-        ))
+        let flags = crate::cluster::group::GroupFlags::default();
+        Self::new((flags.serving, flags.handing_over))
     }
 }
 
@@ -152,7 +141,7 @@ impl ShardReplicas {
     /// closed: a passive has one stream per shard.
     pub fn attach(&self, peer: &str) -> Rc<Replica> {
         for old in self.replicas.borrow().iter().filter(|r| r.peer == peer) {
-            self.close(old, "a new stream from the same passive replaced it".into());
+            self.close(old, REPLACED.into());
         }
         let replica = Rc::new(Replica {
             peer: peer.to_string(),
@@ -162,7 +151,6 @@ impl ShardReplicas {
             released: Cell::new(false),
             closed: RefCell::new(None),
             awaited: Cell::new(None),
-            overdue: Cell::new(false),
         });
         self.replicas.borrow_mut().push(Rc::clone(&replica));
         replica
@@ -217,7 +205,21 @@ impl ShardReplicas {
         if lsn > replica.acked.get() {
             replica.acked.set(lsn);
             self.acked.notify();
+            if !replica.in_sync.get() {
+                // Its sender waits for it to catch up before it enters the sync set.
+                self.appended.notify();
+            }
         }
+    }
+
+    /// Waits until `replica` is released (a newer stream of its passive got in sync), or
+    /// `grace` passed.
+    pub async fn released_within(&self, replica: &Replica, grace: std::time::Duration) {
+        futures_lite::future::or(
+            self.acked.wait_until(|| replica.released.get()),
+            glommio::timer::sleep(grace),
+        )
+        .await;
     }
 
     /// Whether every passive in the sync set acknowledged `lsn`.

@@ -13,9 +13,11 @@
 //! - If the upstream fails (the active died: a failover follows), the request waits for the
 //!   next active, within the same bounds, and is sent again when that is safe: it was never
 //!   sent (the connection could not be opened, or an idle one was found closed), or sending it
-//!   twice gives the same state and the same reply (reads, `set`, `replace`, `touch`, `gat`,
-//!   `flush_all`). Otherwise (`add`, `cas`, `append`, `prepend`, `incr`, `decr`, `delete`) its
-//!   outcome cannot be known: the client gets a `SERVER_ERROR` that says so.
+//!   twice gives the same state and the same reply (reads, `set`, `replace`, `touch`, `gat`).
+//!   Otherwise (`add`, `cas`, `append`, `prepend`, `incr`, `decr`, `delete`, and `flush_all`,
+//!   which would erase writes made since) its outcome cannot be known: the client gets a
+//!   `SERVER_ERROR` that says so. (A resent `set` lands after writes other clients made to the
+//!   same key during the failover, as if it had been sent last.)
 
 use super::{Connection, Replies};
 use crate::protocol::{Command, reply};
@@ -183,7 +185,7 @@ struct Failure {
 fn repeatable(command: &Command<'_>) -> bool {
     match command {
         Command::Get { .. } | Command::GetAndTouch { .. } | Command::Touch { .. } => true,
-        Command::FlushAll { .. } | Command::Version | Command::Verbosity { .. } => true,
+        Command::Version | Command::Verbosity { .. } => true,
         Command::Store { mode, .. } => matches!(mode, SetMode::Set | SetMode::Replace),
         _ => false,
     }
