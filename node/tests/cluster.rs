@@ -9,12 +9,6 @@ use common::{Server, free_ports, output_within, pair_config, stat, wait_for};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn signal(server: &Server, signal: rustix::process::Signal) {
-    let pid = server.child.as_ref().expect("running").id();
-    let pid = rustix::process::Pid::from_raw(pid as i32).expect("pid");
-    rustix::process::kill_process(pid, signal).expect("signal");
-}
-
 #[test]
 fn a_pair_joins_and_sees_its_peer_leave_and_come_back() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -56,11 +50,11 @@ fn a_pair_joins_and_sees_its_peer_leave_and_come_back() {
     wait_for(&s2, "s1:health", "joined");
 
     // A paused process (SIGSTOP) stops answering heartbeats: gone; resumed: joined again.
-    signal(&s1, rustix::process::Signal::STOP);
+    s1.signal(rustix::process::Signal::STOP);
     let stopped = Instant::now();
     wait_for(&s2, "s1:health", "gone");
     let paused = stopped.elapsed();
-    signal(&s1, rustix::process::Signal::CONT);
+    s1.signal(rustix::process::Signal::CONT);
     wait_for(&s2, "s1:health", "joined");
     wait_for(&s1, "s2:health", "joined");
     assert!(

@@ -122,11 +122,10 @@ fn a_paused_active_that_resumes_steps_down_and_loses_no_acknowledged_write() {
         writer(c2, "via-s2".into(), Arc::clone(&stop)),
     ];
     std::thread::sleep(Duration::from_millis(300));
-    let pid = rustix::process::Pid::from_raw(s1.child.as_ref().unwrap().id() as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    s1.signal(rustix::process::Signal::STOP);
     wait_for(&s2, "s2:state", "ACTIVE-COORDINATOR");
     std::thread::sleep(Duration::from_millis(300));
-    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+    s1.signal(rustix::process::Signal::CONT);
     wait_for(&s1, "s1:state", "PASSIVE-STANDBY");
     std::thread::sleep(Duration::from_millis(200));
     stop.store(true, Ordering::SeqCst);

@@ -105,12 +105,12 @@ fn a_server_with_diverged_data_moves_it_to_the_dirty_db_and_syncs() {
     let mut s2 = Server::start_at(&config, c2, &["-n", "s2", "--cores", "1"]);
     wait_for(&s2, "s2:state", "PASSIVE-STANDBY");
     write_keys(c1, "both", 0..1000);
-    signal(&s1, rustix::process::Signal::STOP);
+    s1.signal(rustix::process::Signal::STOP);
     let mut waiting = Client::connect(c1);
     waiting.send(b"set only-s1 0 0 4\r\nlost\r\n");
     wait_for(&s2, "s2:state", "ACTIVE-COORDINATOR");
     write_keys(c2, "only-s2", 0..1500);
-    signal(&s1, rustix::process::Signal::CONT);
+    s1.signal(rustix::process::Signal::CONT);
     let reply = String::from_utf8(waiting.read_until(b"\r\n")).expect("utf8");
     assert!(reply.starts_with("SERVER_ERROR"), "{reply}");
     wait_for(&s1, "s1:state", "PASSIVE-STANDBY");
@@ -133,10 +133,4 @@ fn a_server_with_diverged_data_moves_it_to_the_dirty_db_and_syncs() {
     check_keys(c1, "only-s2", 0..1500);
     // The write s1 applied alone is not in the group's data; it is in its dirty db.
     assert_eq!(Client::connect(c1).get("only-s1"), None);
-}
-
-fn signal(server: &Server, signal: rustix::process::Signal) {
-    let pid = server.child.as_ref().expect("running").id();
-    let pid = rustix::process::Pid::from_raw(pid as i32).expect("pid");
-    rustix::process::kill_process(pid, signal).expect("signal");
 }

@@ -262,6 +262,13 @@ impl Server {
         Client::connect(self.port)
     }
 
+    /// Sends it `signal` (SIGSTOP, SIGCONT, ...).
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        let pid = self.child.as_ref().expect("running").id();
+        let pid = rustix::process::Pid::from_raw(pid as i32).expect("pid");
+        rustix::process::kill_process(pid, signal).expect("signal");
+    }
+
     /// The server's stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
