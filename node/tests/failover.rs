@@ -155,3 +155,83 @@ fn a_paused_active_that_resumes_steps_down_and_loses_no_acknowledged_write() {
         "{log}"
     );
 }
+
+/// A group of three: the active's two passives both become standbys; when the active is
+/// killed under load, one takes over, the other follows it and is a standby again, and every
+/// acknowledged write is on the new active.
+#[test]
+fn a_group_of_three_fails_over_to_one_standby_and_the_other_follows() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let [g1, g2, g3, c1, c2, c3] = free_ports();
+    let mut text = String::from(
+        "[cluster]\npersistence = \"permanent-store\"\nelection_time = \"500ms\"\n\
+         health_check_interval = \"100ms\"\nhealth_check_missed = 5\n\
+         [storage]\nshards = 4\nsegment_size = \"2MiB\"\n",
+    );
+    for (name, client, group) in [("s1", c1, g1), ("s2", c2, g2), ("s3", c3, g3)] {
+        text.push_str(&format!(
+            "[[servers]]\nname = \"{name}\"\nhost = \"127.0.0.1\"\nclient_port = {client}\n\
+             group_port = {group}\ndata = \"{}\"\n",
+            dir.path().join(name).display()
+        ));
+    }
+    text.push_str("[[mirror_groups]]\nname = \"g1\"\nservers = [\"s1\", \"s2\", \"s3\"]\n");
+    let config = dir.path().join("three.toml");
+    std::fs::write(&config, text).expect("config");
+    let mut s1 = Server::start_at(&config, c1, &["-n", "s1", "--cores", "1"]);
+    wait_for(&s1, "s1:state", "ACTIVE-COORDINATOR");
+    let s2 = Server::start_at(&config, c2, &["-n", "s2", "--cores", "1"]);
+    let s3 = Server::start_at(&config, c3, &["-n", "s3", "--cores", "1"]);
+    wait_for(&s2, "s2:state", "PASSIVE-STANDBY");
+    wait_for(&s3, "s3:state", "PASSIVE-STANDBY");
+    wait_for(&s1, "cluster:standbys", "s2,s3");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = [
+        writer(c1, "via-s1".into(), Arc::clone(&stop)),
+        writer(c2, "via-s2".into(), Arc::clone(&stop)),
+        writer(c3, "via-s3".into(), Arc::clone(&stop)),
+    ];
+    std::thread::sleep(Duration::from_millis(400));
+    s1.kill();
+    // The new active is one of the two; the other follows it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (new, other, port) = loop {
+        if stat(&s2, "s2:state").as_deref() == Some("ACTIVE-COORDINATOR") {
+            break (&s2, "s3", c2);
+        }
+        if stat(&s3, "s3:state").as_deref() == Some("ACTIVE-COORDINATOR") {
+            break (&s3, "s2", c3);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new active:\n{}\n{}",
+            s2.log(),
+            s3.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    let results = writers.map(|w| w.join().expect("writer"));
+    let follower = if other == "s2" { &s2 } else { &s3 };
+    wait_for(follower, &format!("{other}:state"), "PASSIVE-STANDBY");
+    wait_for(
+        new,
+        "cluster:active",
+        if other == "s2" { "s3" } else { "s2" },
+    );
+    for (i, w) in results.iter().enumerate() {
+        if i > 0 {
+            assert!(
+                w.errors.is_empty(),
+                "errors through a passive: {:?}",
+                w.errors
+            );
+        }
+        check_acked(port, w);
+    }
+    println!(
+        "three servers: {} writes acknowledged, all on the new active",
+        results.iter().map(|w| w.acked.len()).sum::<usize>()
+    );
+}
