@@ -224,6 +224,8 @@ pub fn cluster(out: &mut Vec<u8>, shared: &crate::net::Shared) {
             stat(out, &format!("{name}:state"), me.state.name());
             stat(out, &format!("{name}:term"), me.term);
             stat(out, &format!("{name}:lsn"), me.lsn);
+            let shard_lsns: Vec<String> = group.shard_lsns().iter().map(u64::to_string).collect();
+            stat(out, &format!("{name}:shard_lsns"), shard_lsns.join(","));
             if matches!(
                 me.state,
                 crate::cluster::State::Initializing

@@ -77,6 +77,19 @@ fn status_shows_the_group_and_says_when_it_is_unhealthy() {
         assert!(Instant::now() < deadline, "the write never showed");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Per shard too (4 shards), adding up to the total.
+    let report = ctl(&config).1;
+    let shards: Vec<u64> = server(&report, "s1")["shard_lsns"]
+        .as_array()
+        .expect("shard_lsns")
+        .iter()
+        .filter_map(serde_json::Value::as_u64)
+        .collect();
+    assert_eq!(shards.len(), 4, "{report}");
+    assert_eq!(
+        Some(shards.iter().sum::<u64>()),
+        server(&report, "s1")["lsn"].as_u64()
+    );
 
     // A server down: named, and the exit status says so.
     s2.kill();

@@ -359,6 +359,14 @@ impl Group {
         }
     }
 
+    /// Each shard's last LSN (as published, at most 50 ms old).
+    pub fn shard_lsns(&self) -> Vec<u64> {
+        self.lsns
+            .iter()
+            .map(|l| l.load(Ordering::Relaxed))
+            .collect()
+    }
+
     /// Whether clients are served here.
     pub fn serving(&self) -> bool {
         self.serving.load(Ordering::Relaxed)

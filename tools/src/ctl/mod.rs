@@ -43,6 +43,8 @@ pub enum Seen {
         term: u64,
         /// Sum of its shards' last LSNs.
         lsn: u64,
+        /// Each shard's last LSN.
+        shard_lsns: Vec<u64>,
         /// The active it knows of.
         active: Option<String>,
         /// Client connections (this one included).
@@ -188,6 +190,9 @@ fn ask(address: &str, timeout: Duration) -> Result<Seen, String> {
             .to_string(),
         term: number("cluster:term"),
         lsn: number(&format!("{name}:lsn")),
+        shard_lsns: get(&format!("{name}:shard_lsns"))
+            .map(|v| v.split(',').filter_map(|n| n.parse().ok()).collect())
+            .unwrap_or_default(),
         active: get("cluster:active")
             .filter(|a| *a != "-")
             .map(str::to_string),
