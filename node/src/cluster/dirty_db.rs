@@ -77,12 +77,15 @@ impl DirtyDb {
             "{COPY_PREFIX}{}",
             crate::time::utc_string(secs).replace([':', '-'], "")
         );
+        // Copies are pruned oldest first by name, so a new name must sort after every
+        // existing one (within a second: `-0001`, `-0002`, ...; never a pruned name again).
+        let newest = list_copies(&root).into_iter().max();
         let mut path = root.join(&stem);
         for n in 1.. {
-            if !path.exists() {
+            if !path.exists() && newest.as_ref().is_none_or(|newest| path > *newest) {
                 break;
             }
-            path = root.join(format!("{stem}-{n}"));
+            path = root.join(format!("{stem}-{n:04}"));
         }
         std::fs::create_dir(&path)?;
         for file in [META_FILE, crate::cluster::state::GROUP_FILE] {
