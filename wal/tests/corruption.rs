@@ -23,7 +23,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng as _, SeedableRng as _};
 use std::path::{Path, PathBuf};
 use terrace_wal::constants::{
-    RECORD_CRC_OFFSET, RECORD_HEADER_LEN_BYTES, RECORD_RESERVED_OFFSET, SEGMENT_HEADER_LEN_BYTES,
+    RECORD_CRC_OFFSET, RECORD_HEADER_LEN_BYTES, RECORD_RESERVED_OFFSET, RECORD_TERM_OFFSET,
+    SEGMENT_HEADER_LEN_BYTES,
 };
 use terrace_wal::error::WalError;
 use terrace_wal::log::RecoveryPolicy;
@@ -131,8 +132,12 @@ fn every_bit_of_a_sealed_record_is_checked() {
                         if (RECORD_CRC_OFFSET..RECORD_CRC_OFFSET + 4).contains(&field) {
                             assert!(reason.contains("checksum mismatch"), "{what}: {reason}");
                         }
-                        if (RECORD_RESERVED_OFFSET..RECORD_HEADER_LEN_BYTES).contains(&field) {
+                        if (RECORD_RESERVED_OFFSET..RECORD_TERM_OFFSET).contains(&field) {
                             assert!(reason.contains("reserved"), "{what}: {reason}");
+                        }
+                        // The term is inside the CRC.
+                        if (RECORD_TERM_OFFSET..RECORD_HEADER_LEN_BYTES).contains(&field) {
+                            assert!(reason.contains("checksum mismatch"), "{what}: {reason}");
                         }
                     }
                 }
