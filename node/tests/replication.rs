@@ -106,6 +106,7 @@ fn a_server_with_diverged_data_moves_it_to_the_dirty_db_and_syncs() {
     wait_for(&s2, "s2:state", "PASSIVE-STANDBY");
     write_keys(c1, "both", 0..1000);
     s1.signal(rustix::process::Signal::STOP);
+    s1.wait_stopped();
     let mut waiting = Client::connect(c1);
     waiting.send(b"set only-s1 0 0 4\r\nlost\r\n");
     wait_for(&s2, "s2:state", "ACTIVE-COORDINATOR");
@@ -116,7 +117,11 @@ fn a_server_with_diverged_data_moves_it_to_the_dirty_db_and_syncs() {
     wait_for(&s1, "s1:state", "PASSIVE-STANDBY");
     let log = s1.log();
     assert!(log.contains("split brain"), "{log}");
-    assert!(log.contains("moved it to the dirty db"), "{log}");
+    assert!(
+        log.contains("moved it to the dirty db"),
+        "the reply was {reply:?}; s1:\n{log}\ns2:\n{}",
+        s2.log()
+    );
     assert!(log.contains("Moved to State[ INITIALIZING ]"), "{log}");
     let dirty = dir.path().join("s1").join("dirty-db-backup");
     let copies: Vec<_> = std::fs::read_dir(&dirty)

@@ -269,6 +269,30 @@ impl Server {
         rustix::process::kill_process(pid, signal).expect("signal");
     }
 
+    /// Waits until every thread of the process is stopped (after SIGSTOP: the signal takes
+    /// effect a moment later, and a request sent meanwhile could still be served).
+    pub fn wait_stopped(&self) {
+        let pid = self.child.as_ref().expect("running").id();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let all_stopped = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .expect("its threads")
+                .filter_map(Result::ok)
+                .all(|task| {
+                    std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+                        // `pid (comm) S ...`: the state follows the last ')'.
+                        stat.rsplit_once(')')
+                            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['T', 't']))
+                    })
+                });
+            if all_stopped {
+                return;
+            }
+            assert!(Instant::now() < deadline, "server {pid} did not stop");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// The server's stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()

@@ -112,6 +112,11 @@ impl Follower<'_> {
                 start.term, self.source.term
             ));
         }
+        // This stream was asked for while this server followed that active; if it has become
+        // the active since (or seen a newer term), the stream must not touch its data.
+        if group.serving() || group.term() > self.source.term {
+            return Err("this server has moved on to a newer term: the stream is stale".into());
+        }
         let snapshot = start.flags & FLAG_SNAPSHOT != 0;
         if snapshot {
             self.reset(&store).await?;
