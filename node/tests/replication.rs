@@ -139,3 +139,23 @@ fn a_server_with_diverged_data_moves_it_to_the_dirty_db_and_syncs() {
     // The write s1 applied alone is not in the group's data; it is in its dirty db.
     assert_eq!(Client::connect(c1).get("only-s1"), None);
 }
+
+/// An old active that comes back holding exactly the new active's data (nothing was written
+/// since the failover) resyncs from its own data, with nothing to receive, and is a standby
+/// again.
+#[test]
+fn a_returning_server_with_nothing_to_catch_up_becomes_a_standby() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let [g1, g2, c1, c2] = free_ports();
+    let config = pair_config(dir.path(), "pair.toml", (g1, g2, c1, c2), "");
+    let mut s1 = Server::start_at(&config, c1, &["-n", "s1", "--cores", "1"]);
+    let s2 = Server::start_at(&config, c2, &["-n", "s2", "--cores", "1"]);
+    wait_for(&s2, "s2:state", "PASSIVE-STANDBY");
+    write_keys(c1, "k", 0..100);
+    s1.kill();
+    wait_for(&s2, "s2:state", "ACTIVE-COORDINATOR");
+    s1.restart();
+    wait_for(&s1, "s1:state", "PASSIVE-STANDBY");
+    assert!(s2.log().contains("holds a prefix"), "{}", s2.log());
+    check_keys(c1, "k", 0..100);
+}

@@ -145,6 +145,11 @@ impl Stream<'_> {
             frame::write(&mut writer, self.header(Kind::Start, next), &[])
                 .await
                 .map_err(io)?;
+            // The passive holds everything before `next` (it recovered it from its own disk):
+            // as good as acknowledged. (Without this, a passive with nothing to catch up on
+            // would never acknowledge anything, and never enter the sync set.)
+            self.replica.note_sent(next - 1);
+            self.replicas.ack(self.replica, next - 1);
             next
         } else {
             self.send_snapshot(&mut writer).await?
