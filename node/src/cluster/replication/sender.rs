@@ -118,6 +118,19 @@ impl Stream<'_> {
         Header::new(kind, self.term, lsn)
     }
 
+    /// Sends one frame of this stream's term.
+    async fn put(
+        &self,
+        writer: &mut Writer,
+        kind: Kind,
+        lsn: u64,
+        payload: &[u8],
+    ) -> Result<(), String> {
+        frame::write(writer, self.header(kind, lsn), payload)
+            .await
+            .map_err(|e| format!("connection failed: {e}"))
+    }
+
     /// Whether the passive holds a prefix of this log and can continue from its next LSN. An
     /// empty passive gets a snapshot (which reports its progress), even of a whole log.
     fn continues(&self, request: &ReplicateRequest) -> bool {
@@ -132,7 +145,6 @@ impl Stream<'_> {
 
     /// Sends the stream: its start, a snapshot if needed, then records as they come.
     async fn send(&self, request: &ReplicateRequest, mut writer: Writer) -> Result<(), String> {
-        let io = |e: std::io::Error| format!("connection failed: {e}");
         let peer = &self.replica.peer;
         let next = if self.continues(request) {
             let next = request.next_lsn;
@@ -142,9 +154,7 @@ impl Stream<'_> {
                 "NodeID[{peer}] holds a prefix of shard {}: resyncing from LSN {next}",
                 self.shard
             );
-            frame::write(&mut writer, self.header(Kind::Start, next), &[])
-                .await
-                .map_err(io)?;
+            self.put(&mut writer, Kind::Start, next, &[]).await?;
             // The passive holds everything before `next` (it recovered it from its own disk):
             // as good as acknowledged. (Without this, a passive with nothing to catch up on
             // would never acknowledge anything, and never enter the sync set.)
@@ -201,9 +211,7 @@ impl Stream<'_> {
                 }
             }
             if !batch.is_empty() {
-                frame::write(&mut writer, self.header(Kind::Records, first), &batch)
-                    .await
-                    .map_err(io)?;
+                self.put(&mut writer, Kind::Records, first, &batch).await?;
                 self.replica.note_sent(cursor.next_lsn() - 1);
                 continue;
             }
@@ -217,13 +225,8 @@ impl Stream<'_> {
                     .shared
                     .group
                     .set_replica_in_sync(peer, self.shard, true);
-                frame::write(
-                    &mut writer,
-                    self.header(Kind::InSync, cursor.next_lsn()),
-                    &[],
-                )
-                .await
-                .map_err(io)?;
+                self.put(&mut writer, Kind::InSync, cursor.next_lsn(), &[])
+                    .await?;
                 tracing::debug!(shard = self.shard, "NodeID[{peer}] is in the sync set");
             }
             let store = &self.store;
@@ -249,20 +252,14 @@ impl Stream<'_> {
             )
             .await;
             if !woken {
-                frame::write(
-                    &mut writer,
-                    self.header(Kind::Keepalive, cursor.next_lsn()),
-                    &[],
-                )
-                .await
-                .map_err(io)?;
+                self.put(&mut writer, Kind::Keepalive, cursor.next_lsn(), &[])
+                    .await?;
             }
         }
     }
 
     /// Pins the log and streams every record of it; returns the LSN that follows.
     async fn send_snapshot(&self, writer: &mut Writer) -> Result<u64, String> {
-        let io = |e: std::io::Error| format!("connection failed: {e}");
         let pin = self.store.borrow().log().pin();
         let total: u64 = pin
             .segments()
@@ -284,7 +281,9 @@ impl Stream<'_> {
         let mut start = self.header(Kind::Start, first);
         start.flags = FLAG_SNAPSHOT;
         start.value = total;
-        frame::write(writer, start, &[]).await.map_err(io)?;
+        frame::write(writer, start, &[])
+            .await
+            .map_err(|e| format!("connection failed: {e}"))?;
         for (segment, end) in pin.segments() {
             // Whole records, in batches, straight from the mapping.
             let mut batch: Option<(usize, u64)> = None;
@@ -297,26 +296,21 @@ impl Stream<'_> {
                 batch_end = offset + record.total_len;
                 if batch_end - from >= BATCH_BYTES {
                     let bytes = segment.slice(from, batch_end);
-                    frame::write(writer, self.header(Kind::Records, lsn), bytes)
-                        .await
-                        .map_err(io)?;
+                    self.put(writer, Kind::Records, lsn, bytes).await?;
                     batch = None;
                 }
             }
             if let Some((from, lsn)) = batch {
                 let bytes = segment.slice(from, batch_end);
-                frame::write(writer, self.header(Kind::Records, lsn), bytes)
-                    .await
-                    .map_err(io)?;
+                self.put(writer, Kind::Records, lsn, bytes).await?;
             }
             if let Some(reason) = self.replica.closed() {
                 return Err(reason);
             }
         }
         self.replica.note_sent(pin.last_lsn());
-        frame::write(writer, self.header(Kind::SnapshotEnd, pin.last_lsn()), &[])
-            .await
-            .map_err(io)?;
+        self.put(writer, Kind::SnapshotEnd, pin.last_lsn(), &[])
+            .await?;
         Ok(pin.last_lsn() + 1)
     }
 
