@@ -389,7 +389,10 @@ pub async fn compact_once<S: Storage>(store: &Rc<RefCell<Store<S>>>) -> Result<b
             let secs = progress.bytes_rewritten as f64 / config.bytes_per_sec as f64;
             glommio::timer::sleep(Duration::from_secs_f64(secs)).await;
         }
-        glommio::yield_if_needed().await;
+        // Every batch, not `yield_if_needed`: that yields only when glommio's preemption
+        // timer (100 ms) fired, so a victim with little live data (no rate-limit sleep) ran
+        // for 100 ms at a time and stalled every client of the executor as long.
+        glommio::executor().yield_task_queue_now().await;
         if !still(store) {
             // What was copied so far is a set of ordinary records; the victim stays.
             return Ok(false);
