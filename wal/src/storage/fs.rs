@@ -132,11 +132,12 @@ impl Storage for FsStorage {
         std::thread::Builder::new()
             .name("terrace-prepare".into())
             .spawn(move || {
-                run_only_when_idle();
                 // In pieces: populating holds the process's mmap lock, and an executor that
-                // maps or unmaps a segment meanwhile waits for it. A whole 64 MiB segment held
-                // it for 50-120 ms here (and for longer when this idle-priority thread was
-                // preempted holding it): stalls of 200 ms in a SET-heavy load.
+                // maps or unmaps a segment meanwhile waits for it; a whole 64 MiB segment
+                // held it for 50-120 ms here. Not at idle priority (SCHED_IDLE was tried): on
+                // a core kept busy by other work the thread was preempted holding the lock
+                // and never ran again, and the executor waited on it (permanent-store writes
+                // stopped in the compare smoke test, load and server on one core).
                 let mut at = populate_from;
                 while at < map.len() {
                     let len = PREPARE_PIECE_BYTES.min(map.len() - at);
@@ -158,23 +159,6 @@ impl Storage for FsStorage {
 
 /// How much of a segment one `madvise` call prepares (see `FsStorage::prepare`).
 const PREPARE_PIECE_BYTES: usize = 1 << 20;
-
-/// Puts the calling thread in `SCHED_IDLE`: it runs only on a core that has nothing else to
-/// run, and yields it at once when an executor wakes up.
-///
-/// Why: the preparation thread inherits the server's CPU affinity, so it shares a core with
-/// an executor (with `taskset -c 0 terrace-server --cores 1`, always). At normal priority the
-/// scheduler gave it slices of milliseconds in the middle of client work: about a quarter of
-/// the core under a SET-heavy load, and the executor's p99 with it. At idle priority the
-/// pages it does not get to are faulted in by the appends themselves, as without it.
-fn run_only_when_idle() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: plain system call on the calling thread (pid 0) with a valid parameter.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
-        tracing::debug!(error = %io::Error::last_os_error(),
-            "could not make the preparation thread idle-priority");
-    }
-}
 
 /// One mapped segment file.
 #[derive(Debug)]
