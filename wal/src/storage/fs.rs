@@ -133,13 +133,13 @@ impl Storage for FsStorage {
         std::thread::Builder::new()
             .name("terrace-prepare".into())
             .spawn(move || {
-                lowest_priority();
                 // In pieces: populating holds the process's mmap lock, and an executor that
                 // maps or unmaps a segment meanwhile waits for it; a whole 64 MiB segment
-                // held it for 50-120 ms here. Not at idle priority (SCHED_IDLE was tried): on
-                // a core kept busy by other work the thread was preempted holding the lock
-                // and never ran again, and the executor waited on it (permanent-store writes
-                // stopped in the compare smoke test, load and server on one core).
+                // held it for 50-120 ms here. At normal priority on purpose: at idle priority
+                // (SCHED_IDLE) and at nice 19 alike, on a core kept busy by other work the
+                // thread was preempted holding the lock and barely ran again, and the
+                // executor waited on it (permanent-store writes stopped in the compare smoke
+                // test, load and server on one core).
                 let mut at = populate_from;
                 while at < map.len() {
                     let len = PREPARE_PIECE_BYTES.min(map.len() - at);
@@ -240,18 +240,6 @@ impl FsSegment {
     }
 }
 
-/// Gives the calling thread nice 19. Background threads inherit the executor's core (a
-/// pinned server pins them too); at normal priority the scheduler gave segment preparation
-/// slices of ~25 ms while the executor waited to run, and unmapping half the core for ~100 ms.
-/// At nice 19 they take ~1.5 % of a busy core, in short slices. Not `SCHED_IDLE`: a thread
-/// that never runs could hold the process's mmap lock forever (see `FsStorage::prepare`).
-fn lowest_priority() {
-    // SAFETY: plain system call on the calling thread (who = 0).
-    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) } != 0 {
-        tracing::debug!(error = %io::Error::last_os_error(), "could not lower a thread's priority");
-    }
-}
-
 /// How long a dropped segment's descriptor outlives the executor's duplicate (see `Drop`).
 const CLOSE_LAST_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -265,6 +253,8 @@ impl Drop for FsSegment {
     /// executor's duplicate (`file`, closed asynchronously by glommio) is gone, and drops the
     /// last reference itself. Durability does not depend on any of it: unmapping and closing
     /// make nothing durable (fdatasync does), and the bytes stay in the page cache either way.
+    /// The thread keeps normal priority: unmapping holds the process's mmap lock, and a
+    /// low-priority thread preempted holding it stalls the executor (see `prepare`).
     fn drop(&mut self) {
         // SAFETY: `map` and `keep` are never used again: this is the value's last use of them.
         let (map, keep) = unsafe {
@@ -277,7 +267,6 @@ impl Drop for FsSegment {
         let _ = std::thread::Builder::new()
             .name("terrace-unmap".into())
             .spawn(move || {
-                lowest_priority();
                 drop(map);
                 // glommio closes `file` at the executor's next I/O poll, well within this.
                 std::thread::sleep(CLOSE_LAST_AFTER);
