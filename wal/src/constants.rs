@@ -79,6 +79,9 @@ pub const CAPACITY_DEFAULT_BYTES: u64 = u64::MAX;
 pub const COMPACTION_LIVE_PERCENT_DEFAULT: u8 = 50;
 /// Compaction processes at most this many bytes of a victim between yields to client work.
 pub const COMPACTION_BATCH_BYTES: usize = 256 << 10;
+/// Compaction sleeps at least this long after each batch, so that the executor polls for I/O
+/// in between (see `compact_once`).
+pub const COMPACTION_BATCH_PAUSE: std::time::Duration = std::time::Duration::from_micros(50);
 /// Default compaction I/O budget: bytes of records rewritten per second.
 pub const COMPACTION_BYTES_PER_SEC_DEFAULT: u64 = 64 << 20;
 

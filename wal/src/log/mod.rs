@@ -506,7 +506,7 @@ impl<S: Storage> Log<S> {
         let id = self.segments.last().map_or(1, |tail| tail.id() + 1);
         match self.storage.create(id, self.config.segment_size_bytes) {
             Ok(file) => {
-                if let Err(error) = self.storage.prepare(&file, 0, self.preparation()) {
+                if let Err(error) = self.storage.prepare_spare(&file, self.preparation()) {
                     tracing::debug!(%error, "preparing a spare segment failed; writes into it will be slower");
                 }
                 self.spare = Some((id, file));
@@ -582,6 +582,7 @@ impl<S: Storage> Log<S> {
                     spare_id, id,
                     "the spare is always the segment after the tail"
                 );
+                file.finish_preparation();
                 file
             }
             None => {

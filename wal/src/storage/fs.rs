@@ -119,20 +119,61 @@ impl Storage for FsStorage {
     }
 
     fn prepare(&self, file: &FsSegment, from: usize, how: Preparation) -> io::Result<()> {
+        self.spawn_preparation(file, from, how, false)
+    }
+
+    fn prepare_spare(&self, file: &FsSegment, how: Preparation) -> io::Result<()> {
+        // Writing zeros with write(2) is only worth it where the pages may stay in large
+        // folios (see `PreWrite`).
+        self.spawn_preparation(file, 0, how, how == Preparation::Unsynced)
+    }
+
+    async fn sync_dir(&self) -> io::Result<()> {
+        self.dir_handle.sync().await.map_err(Into::into)
+    }
+}
+
+impl FsStorage {
+    /// Prepares bytes `[from, len)` of `file` on a thread of its own, off the executor's core;
+    /// with `pre_write`, first writes zeros over them (see `PreWrite`).
+    fn spawn_preparation(
+        &self,
+        file: &FsSegment,
+        from: usize,
+        how: Preparation,
+        pre_write: bool,
+    ) -> io::Result<()> {
         let (advice, populate_from) = match how {
             Preparation::Unsynced => (memmap2::Advice::PopulateWrite, from),
             // Here, before any append can touch the region: cheap, and it must not race them.
             Preparation::Synced => (memmap2::Advice::PopulateRead, file.small_folios_from(from)?),
         };
-        // The populating on a thread of its own, off the executor's core. Not glommio's
-        // blocking pool: its threads panic when they finish after their executor has exited,
-        // which a server shutting down (or a log dropped) mid-preparation would do. The Arc
-        // keeps the mapping alive until the thread is done.
+        // Not glommio's blocking pool: its threads panic when they finish after their
+        // executor has exited, which a server shutting down (or a log dropped)
+        // mid-preparation would do. The Arc keeps the mapping alive until the thread is done.
         let map = Arc::clone(&file.map);
         let path = self.segment_path(file.id);
+        let pre_write = match pre_write {
+            true => Some((Arc::clone(&file.pre_write), file.keep.try_clone()?)),
+            false => None,
+        };
         std::thread::Builder::new()
             .name("terrace-prepare".into())
             .spawn(move || {
+                unpin_current_thread();
+                if let Some((latch, file)) = pre_write {
+                    // Writing takes no lock an executor waits for (but the piece's, see
+                    // `PreWrite`): it can run at the lowest priority, on whatever CPU is idle.
+                    // And it stops there: the pages are then in the page cache, and the
+                    // first store into each only maps it (no zero-filling, no allocation).
+                    // Populating them as well (which holds the mmap lock) measured no faster.
+                    run_in_background();
+                    if let Err(error) = latch.write_zeros(&file, populate_from, map.len()) {
+                        tracing::debug!(segment = %path.display(), %error,
+                            "writing zeros ahead into a segment failed; appends into it will be slower");
+                    }
+                    return;
+                }
                 // In pieces: populating holds the process's mmap lock, and an executor that
                 // maps or unmaps a segment meanwhile waits for it; a whole 64 MiB segment
                 // held it for 50-120 ms here. At normal priority on purpose: at idle priority
@@ -153,9 +194,76 @@ impl Storage for FsStorage {
             })?;
         Ok(())
     }
+}
 
-    async fn sync_dir(&self) -> io::Result<()> {
-        self.dir_handle.sync().await.map_err(Into::into)
+/// Lets the calling thread run on any CPU. A thread started by an executor inherits its
+/// pinning, and would take time from its core even while another core idles. Best effort.
+fn unpin_current_thread() {
+    let mut cpus = rustix::thread::CpuSet::new();
+    for cpu in 0..rustix::thread::CpuSet::MAX_CPU {
+        cpus.set(cpu);
+    }
+    // The kernel keeps only the CPUs the process may use.
+    let _ = rustix::thread::sched_setaffinity(None, &cpus);
+}
+
+/// Unpins the calling thread and gives it the lowest priority (nice 19), so that it runs on
+/// time no executor wants. Best effort. Only for work that holds no lock an executor can
+/// wait for: a low-priority thread preempted while holding one stalls the executor (see
+/// `spawn_preparation`).
+fn run_in_background() {
+    unpin_current_thread();
+    // On Linux, the calling thread only.
+    let _ = rustix::process::setpriority_process(None, 19);
+}
+
+/// Zeros written over a spare segment ahead of use, with plain `write`s, by its preparation
+/// thread.
+///
+/// Why: storing into a mapped page of a new (fallocated) file first makes the kernel
+/// allocate a page and fill it with zeros, one 4 KiB page fault at a time, and this VM makes
+/// the first touch of memory slow (0.5-2 GB/s measured). `write` fills the page cache in
+/// large folios and copies instead of faulting, as the plain write loop the log is measured
+/// against does. Only for logs that never sync: a synced log needs its tail in one-page
+/// folios (see `FsSegment::small_folios_from`).
+///
+/// The writes must never overlap an append: the log calls `finish_preparation` before its
+/// first append into the segment, which stops the writing and waits for the piece in
+/// progress (at most `PRE_WRITE_PIECE_BYTES`).
+#[derive(Debug, Default)]
+struct PreWrite {
+    stop: std::sync::atomic::AtomicBool,
+    /// Held while a piece is written.
+    writing: std::sync::Mutex<()>,
+}
+
+/// How much one zero-writing `write` covers (see `PreWrite`). It bounds how long an executor
+/// can wait in `finish_preparation`: one piece of work at the writer's low priority.
+const PRE_WRITE_PIECE_BYTES: usize = 64 << 10;
+
+impl PreWrite {
+    fn write_zeros(&self, file: &std::fs::File, from: usize, to: usize) -> io::Result<()> {
+        use std::os::unix::fs::FileExt as _;
+        use std::sync::atomic::Ordering;
+        let zeros = vec![0u8; PRE_WRITE_PIECE_BYTES];
+        let mut at = from;
+        while at < to {
+            // A poisoned lock only means another holder panicked; the flag still decides.
+            let _piece = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+            if self.stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            let len = zeros.len().min(to - at);
+            file.write_all_at(&zeros[..len], at as u64)?;
+            at += len;
+        }
+        Ok(())
+    }
+
+    /// Stops the writing; returns once no piece is being written, and none will be.
+    fn finish(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        drop(self.writing.lock().unwrap_or_else(|e| e.into_inner()));
     }
 }
 
@@ -172,6 +280,8 @@ pub struct FsSegment {
     file: BufferedFile,
     /// The file's own descriptor, closed off the executor's thread (see `Drop`).
     keep: ManuallyDrop<std::fs::File>,
+    /// Zeros written ahead by a spare's preparation.
+    pre_write: Arc<PreWrite>,
     /// Which segment this is, for logs.
     id: SegmentId,
 }
@@ -192,6 +302,7 @@ impl FsSegment {
             map: ManuallyDrop::new(Arc::new(map)),
             file: synced,
             keep: ManuallyDrop::new(file),
+            pre_write: Arc::default(),
             id,
         })
     }
@@ -256,6 +367,10 @@ impl Drop for FsSegment {
     /// The thread keeps normal priority: unmapping holds the process's mmap lock, and a
     /// low-priority thread preempted holding it stalls the executor (see `prepare`).
     fn drop(&mut self) {
+        // A spare dropped unused: no need to go on writing it.
+        self.pre_write
+            .stop
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         // SAFETY: `map` and `keep` are never used again: this is the value's last use of them.
         let (map, keep) = unsafe {
             (
@@ -267,6 +382,7 @@ impl Drop for FsSegment {
         let _ = std::thread::Builder::new()
             .name("terrace-unmap".into())
             .spawn(move || {
+                unpin_current_thread();
                 drop(map);
                 // glommio closes `file` at the executor's next I/O poll, well within this.
                 std::thread::sleep(CLOSE_LAST_AFTER);
@@ -284,6 +400,10 @@ unsafe impl SegmentFile for FsSegment {
 
     fn as_mut_ptr(&self) -> *mut u8 {
         self.map.as_mut_ptr()
+    }
+
+    fn finish_preparation(&self) {
+        self.pre_write.finish();
     }
 
     async fn sync(&self) -> io::Result<()> {

@@ -27,8 +27,9 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Preparation {
     /// For a log that never syncs: map the pages writable, in whatever page-cache folios the
-    /// kernel likes. This marks them dirty, which would make a synced log's next fdatasync
-    /// write the whole segment.
+    /// kernel likes (a spare: write zeros over it, see [`Storage::prepare_spare`]). This
+    /// marks them dirty, which would make a synced log's next fdatasync write the whole
+    /// segment.
     Unsynced,
     /// For a log that syncs: keep the page cache in one-page folios (so that an fdatasync
     /// writes only the pages appends dirtied) and map the pages for reading only (the first
@@ -56,6 +57,11 @@ pub unsafe trait SegmentFile: 'static {
 
     /// Start of the region; page-aligned.
     fn as_mut_ptr(&self) -> *mut u8;
+
+    /// Stops any background work started by [`Storage::prepare_spare`] that writes the
+    /// file, and waits until none is in progress. Called before the first append. A no-op
+    /// by default.
+    fn finish_preparation(&self) {}
 
     /// Makes every byte written to the region so far durable (fdatasync). Must not block the
     /// executor thread.
@@ -95,6 +101,14 @@ pub trait Storage: 'static {
     fn prepare(&self, file: &Self::File, from: usize, how: Preparation) -> io::Result<()> {
         let _ = (file, from, how);
         Ok(())
+    }
+
+    /// Starts preparing a whole new segment that nothing appends to until
+    /// [`SegmentFile::finish_preparation`] was called on it: unlike [`Storage::prepare`], the
+    /// background work may write the file (zeros over zeros). By default the same as
+    /// `prepare(file, 0, how)`.
+    fn prepare_spare(&self, file: &Self::File, how: Preparation) -> io::Result<()> {
+        self.prepare(file, 0, how)
     }
 
     /// Makes creations and removals of segment files durable (fsync of the directory).
