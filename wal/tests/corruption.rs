@@ -620,3 +620,48 @@ fn bit_flip_in_a_sealed_segment_file_names_the_file_and_offset() {
         assert_eq!(read_dir_files(&dir), before);
     });
 }
+
+#[test]
+fn empty_segment_file_is_a_cut_short_spare_after_the_newest_and_corruption_before() {
+    run(|| async {
+        let temp = tempfile::TempDir::new().expect("temp dir");
+        let dir = temp.path().to_path_buf();
+        let records = build_fs(&dir, 0xC0_000D).await;
+        let newest = records.last().expect("records").segment;
+        // The spare the log prepared (if its file is there yet) becomes an empty file: a
+        // spare whose allocation never happened because the process stopped first.
+        let spare = dir.join(segment_file_name(newest + 1));
+        std::fs::write(&spare, b"").expect("empty spare");
+
+        for policy in [RecoveryPolicy::Strict, RecoveryPolicy::TruncateTornTail] {
+            let storage = FsStorage::open(&dir).await.expect("open dir");
+            let (_, report, seen) = open_log_collect(storage, log_config(SEGMENT_BYTES), policy)
+                .await
+                .unwrap_or_else(|e| panic!("{policy:?}: {e}"));
+            assert_eq!(seen, records, "{policy:?}");
+            match policy {
+                // Strict changes nothing.
+                RecoveryPolicy::Strict => assert!(spare.exists()),
+                // Removed (the log then prepares a new spare with that id).
+                _ => assert!(report.removed_segments.contains(&(newest + 1))),
+            }
+        }
+
+        // An empty file before a segment in use is damage, named.
+        let first = dir.join(segment_file_name(1));
+        std::fs::write(&first, b"").expect("truncate");
+        let storage = FsStorage::open(&dir).await.expect("open dir");
+        let error = open_log_collect(
+            storage,
+            log_config(SEGMENT_BYTES),
+            RecoveryPolicy::TruncateTornTail,
+        )
+        .await
+        .expect_err("opened over an empty segment");
+        assert!(
+            matches!(&error, WalError::Corrupt { path, .. } if *path == first),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("empty"), "{error}");
+    });
+}

@@ -504,13 +504,9 @@ impl<S: Storage> Log<S> {
             return;
         }
         let id = self.segments.last().map_or(1, |tail| tail.id() + 1);
-        match self.storage.create(id, self.config.segment_size_bytes) {
-            Ok(file) => {
-                if let Err(error) = self.storage.prepare_spare(&file, self.preparation()) {
-                    tracing::debug!(%error, "preparing a spare segment failed; writes into it will be slower");
-                }
-                self.spare = Some((id, file));
-            }
+        let size = self.config.segment_size_bytes;
+        match self.storage.create_spare(id, size, self.preparation()) {
+            Ok(file) => self.spare = Some((id, file)),
             Err(error) => tracing::warn!(
                 segment = %self.storage.segment_path(id).display(),
                 %error,
@@ -576,15 +572,28 @@ impl<S: Storage> Log<S> {
 
     /// Seals the tail and starts segment `id` as the new one.
     fn create_tail_with_id(&mut self, id: SegmentId, class: AppendClass) -> Result<(), WalError> {
-        let file = match self.spare.take() {
-            Some((spare_id, file)) => {
-                assert_eq!(
-                    spare_id, id,
-                    "the spare is always the segment after the tail"
-                );
-                file.finish_preparation();
-                file
+        let spare = self.spare.take().and_then(|(spare_id, file)| {
+            assert_eq!(
+                spare_id, id,
+                "the spare is always the segment after the tail"
+            );
+            match file.finish_preparation() {
+                Ok(()) => Some(file),
+                Err(error) => {
+                    // Then without it: its file goes, and the segment is made here (which
+                    // fails the same way if the disk is full).
+                    tracing::warn!(
+                        segment = %self.storage.segment_path(id).display(), %error,
+                        "the segment prepared ahead could not be allocated"
+                    );
+                    drop(file);
+                    let _ = self.storage.remove(id);
+                    None
+                }
             }
+        });
+        let file = match spare {
+            Some(file) => file,
             None => {
                 if !self.has_room_for_segment(class) {
                     return Err(WalError::Full {

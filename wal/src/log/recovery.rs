@@ -112,11 +112,17 @@ pub(crate) async fn recover<S: Storage>(
 
     // Headers first: find the activated segments and the never-activated ones after them.
     let mut files = Vec::with_capacity(ids.len());
+    // Empty files: segments whose creation was cut short (a spare is allocated in the
+    // background). Like an all-zero spare, one is fine only after every segment in use.
+    let mut empty = Vec::new();
     for &id in &ids {
-        let file = storage
+        match storage
             .open(id)
-            .map_err(|source| io_error("open segment", id, source))?;
-        files.push((id, file));
+            .map_err(|source| io_error("open segment", id, source))?
+        {
+            Some(file) => files.push((id, file)),
+            None => empty.push(id),
+        }
     }
     let corrupt_from = |damage: Damage| WalError::Corrupt {
         path: storage.segment_path(damage.segment),
@@ -129,6 +135,19 @@ pub(crate) async fn recover<S: Storage>(
         (*id, bytes)
     }))
     .map_err(corrupt_from)?;
+    let newest_activated = states.iter().rev().find_map(|(id, state)| match state {
+        HeaderState::Activated(_) => Some(*id),
+        HeaderState::NeverActivated => None,
+    });
+    if let (Some(&first_empty), Some(newest)) = (empty.first(), newest_activated)
+        && first_empty < newest
+    {
+        return Err(corrupt(
+            first_empty,
+            0,
+            format!("segment file is empty but segment {newest} after it is in use"),
+        ));
+    }
     let mut activated = Vec::new();
     let mut never_activated = Vec::new();
     for ((id, file), (_, state)) in files.into_iter().zip(states) {
@@ -216,6 +235,7 @@ pub(crate) async fn recover<S: Storage>(
             }
         }
         never_activated.clear();
+        empty.clear();
     }
 
     // Repairs, now that the scan succeeded.
@@ -235,9 +255,13 @@ pub(crate) async fn recover<S: Storage>(
             )
         })?;
     }
-    if !never_activated.is_empty() {
-        for (id, file) in never_activated {
-            drop(file);
+    let never_activated_ids: Vec<SegmentId> = never_activated
+        .into_iter()
+        .map(|(id, _file)| id)
+        .chain(empty)
+        .collect();
+    if !never_activated_ids.is_empty() {
+        for id in never_activated_ids {
             tracing::info!(
                 segment = %storage.segment_path(id).display(),
                 "removing a segment that was prepared but never used: it holds no acknowledged record"

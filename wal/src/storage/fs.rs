@@ -83,35 +83,52 @@ impl Storage for FsStorage {
 
     fn create(&self, id: SegmentId, size_bytes: usize) -> io::Result<FsSegment> {
         let path = self.segment_path(id);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
-        // Preallocate so that a store through the mapping can never hit ENOSPC (which would
-        // arrive as SIGBUS), and so that the file's size is fixed from the start.
-        if let Err(e) = rustix::fs::fallocate(
-            &file,
-            rustix::fs::FallocateFlags::empty(),
-            0,
-            size_bytes as u64,
-        ) {
-            drop(file);
+        let file = create_new_file(&path)?;
+        let made = allocate(&file, size_bytes)
+            .and_then(|()| FsSegment::map(file, size_bytes, id, Allocation::Done));
+        if made.is_err() {
             // Leave no half-made segment behind: it would hold nothing, and a directory must
             // hold only segments the log knows.
             let _ = std::fs::remove_file(&path);
-            return Err(e.into());
         }
-        FsSegment::map(file, size_bytes, id)
+        made
     }
 
-    fn open(&self, id: SegmentId) -> io::Result<FsSegment> {
+    fn create_spare(
+        &self,
+        id: SegmentId,
+        size_bytes: usize,
+        how: Preparation,
+    ) -> io::Result<FsSegment> {
+        // Allocated by the preparation thread: fallocate can wait for the disk (reading a
+        // block bitmap: 2-25 ms seen here), and on the executor every client would wait too.
+        // Mapped now all the same: a mapping may reach past the end of its file, and nothing
+        // touches these pages before `finish_preparation` (it would be SIGBUS).
+        let path = self.segment_path(id);
+        let file = create_new_file(&path)?;
+        let made = FsSegment::map(file, size_bytes, id, Allocation::Pending).and_then(|segment| {
+            // Zeros written with write(2) only where the pages may stay in large folios
+            // (see `Preparing`).
+            let zeros = how == Preparation::Unsynced;
+            self.spawn_preparation(&segment, 0, how, zeros)?;
+            Ok(segment)
+        });
+        if made.is_err() {
+            let _ = std::fs::remove_file(&path);
+        }
+        made
+    }
+
+    fn open(&self, id: SegmentId) -> io::Result<Option<FsSegment>> {
         let path = self.segment_path(id);
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
         let len = file.metadata()?.len();
         let len = usize::try_from(len)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "segment too large"))?;
-        FsSegment::map(file, len, id)
+        if len == 0 {
+            return Ok(None);
+        }
+        FsSegment::map(file, len, id, Allocation::Done).map(Some)
     }
 
     fn remove(&self, id: SegmentId) -> io::Result<()> {
@@ -122,26 +139,21 @@ impl Storage for FsStorage {
         self.spawn_preparation(file, from, how, false)
     }
 
-    fn prepare_spare(&self, file: &FsSegment, how: Preparation) -> io::Result<()> {
-        // Writing zeros with write(2) is only worth it where the pages may stay in large
-        // folios (see `PreWrite`).
-        self.spawn_preparation(file, 0, how, how == Preparation::Unsynced)
-    }
-
     async fn sync_dir(&self) -> io::Result<()> {
         self.dir_handle.sync().await.map_err(Into::into)
     }
 }
 
 impl FsStorage {
-    /// Prepares bytes `[from, len)` of `file` on a thread of its own, off the executor's core;
-    /// with `pre_write`, first writes zeros over them (see `PreWrite`).
+    /// Prepares bytes `[from, len)` of `file` on a thread of its own, off the executor's core:
+    /// allocates the file first if it is not yet, then with `zeros` writes zeros over the
+    /// bytes (see `Preparing`), else populates their pages.
     fn spawn_preparation(
         &self,
         file: &FsSegment,
         from: usize,
         how: Preparation,
-        pre_write: bool,
+        zeros: bool,
     ) -> io::Result<()> {
         let (advice, populate_from) = match how {
             Preparation::Unsynced => (memmap2::Advice::PopulateWrite, from),
@@ -153,22 +165,27 @@ impl FsStorage {
         // mid-preparation would do. The Arc keeps the mapping alive until the thread is done.
         let map = Arc::clone(&file.map);
         let path = self.segment_path(file.id);
-        let pre_write = match pre_write {
-            true => Some((Arc::clone(&file.pre_write), file.keep.try_clone()?)),
-            false => None,
-        };
+        let preparing = Arc::clone(&file.preparing);
+        let own = file.keep.try_clone()?;
         std::thread::Builder::new()
             .name("terrace-prepare".into())
             .spawn(move || {
                 unpin_current_thread();
-                if let Some((latch, file)) = pre_write {
+                // At normal priority: allocating takes filesystem locks.
+                if let Err(error) = preparing.allocate(&own, map.len()) {
+                    tracing::debug!(segment = %path.display(), %error,
+                        "allocating a segment ahead of need failed; the log will try again");
+                    return;
+                }
+                if zeros {
                     // Writing takes no lock an executor waits for (but the piece's, see
-                    // `PreWrite`): it can run at the lowest priority, on whatever CPU is idle.
-                    // And it stops there: the pages are then in the page cache, and the
-                    // first store into each only maps it (no zero-filling, no allocation).
-                    // Populating them as well (which holds the mmap lock) measured no faster.
+                    // `Preparing`): it can run at the lowest priority, on whatever CPU is
+                    // idle. And it stops there: the pages are then in the page cache, and
+                    // the first store into each only maps it (no zero-filling, no
+                    // allocation). Populating them as well (which holds the mmap lock)
+                    // measured no faster.
                     run_in_background();
-                    if let Err(error) = latch.write_zeros(&file, populate_from, map.len()) {
+                    if let Err(error) = preparing.write_zeros(&own, populate_from, map.len()) {
                         tracing::debug!(segment = %path.display(), %error,
                             "writing zeros ahead into a segment failed; appends into it will be slower");
                     }
@@ -196,6 +213,27 @@ impl FsStorage {
     }
 }
 
+/// Opens a new segment file; it must not exist.
+fn create_new_file(path: &Path) -> io::Result<std::fs::File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+}
+
+/// Preallocates a segment file, so that a store through the mapping can never hit ENOSPC
+/// (which would arrive as SIGBUS), and so that the file's size is fixed from the start.
+fn allocate(file: &std::fs::File, size_bytes: usize) -> io::Result<()> {
+    rustix::fs::fallocate(
+        file,
+        rustix::fs::FallocateFlags::empty(),
+        0,
+        size_bytes as u64,
+    )
+    .map_err(Into::into)
+}
+
 /// Lets the calling thread run on any CPU. A thread started by an executor inherits its
 /// pinning, and would take time from its core even while another core idles. Best effort.
 fn unpin_current_thread() {
@@ -217,40 +255,77 @@ fn run_in_background() {
     let _ = rustix::process::setpriority_process(None, 19);
 }
 
-/// Zeros written over a spare segment ahead of use, with plain `write`s, by its preparation
-/// thread.
+/// The background preparation of a spare segment, and what the log waits for before its
+/// first append (`finish`).
 ///
-/// Why: storing into a mapped page of a new (fallocated) file first makes the kernel
-/// allocate a page and fill it with zeros, one 4 KiB page fault at a time, and this VM makes
-/// the first touch of memory slow (0.5-2 GB/s measured). `write` fills the page cache in
-/// large folios and copies instead of faulting, as the plain write loop the log is measured
-/// against does. Only for logs that never sync: a synced log needs its tail in one-page
-/// folios (see `FsSegment::small_folios_from`).
+/// The spare's file is allocated here, off the executor (see `FsStorage::create_spare`).
+/// For a log that never syncs, zeros are then written over it with plain `write`s. Why:
+/// storing into a mapped page of a new (fallocated) file first makes the kernel allocate a
+/// page and fill it with zeros, one 4 KiB page fault at a time, on the executor, and this VM
+/// makes the first touch of memory slow (0.5-2 GB/s measured). `write` fills the page cache
+/// in large folios and copies instead of faulting, as the plain write loop the log is
+/// measured against does. Not for synced logs: they need their tail in one-page folios (see
+/// `FsSegment::small_folios_from`).
 ///
-/// The writes must never overlap an append: the log calls `finish_preparation` before its
-/// first append into the segment, which stops the writing and waits for the piece in
-/// progress (at most `PRE_WRITE_PIECE_BYTES`).
-#[derive(Debug, Default)]
-struct PreWrite {
+/// The writes must never overlap an append: `finish` stops them and waits for the piece in
+/// progress.
+#[derive(Debug)]
+struct Preparing {
     stop: std::sync::atomic::AtomicBool,
-    /// Held while a piece is written.
-    writing: std::sync::Mutex<()>,
+    /// Held while the file is allocated or a piece of it written.
+    writing: std::sync::Mutex<Allocation>,
 }
 
-/// How much one zero-writing `write` covers (see `PreWrite`). It bounds how long an executor
-/// can wait in `finish_preparation`: one piece of work at the writer's low priority.
+/// Whether a segment's file is allocated.
+#[derive(Debug)]
+enum Allocation {
+    Pending,
+    Done,
+    /// The first failure, as text (an `io::Error` cannot be copied to every asker).
+    Failed(io::ErrorKind, String),
+}
+
+/// How much one zero-writing `write` covers (see `Preparing`). It bounds how long an executor
+/// can wait in `finish`: one piece of work at the writer's low priority.
 const PRE_WRITE_PIECE_BYTES: usize = 64 << 10;
 
-impl PreWrite {
+impl Preparing {
+    fn new(allocation: Allocation) -> Self {
+        Self {
+            stop: std::sync::atomic::AtomicBool::new(false),
+            writing: std::sync::Mutex::new(allocation),
+        }
+    }
+
+    /// The allocation's state, under the lock. A poisoned lock only means another holder
+    /// panicked; the state it guards is still meaningful.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Allocation> {
+        self.writing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Allocates `file` unless that was done (or failed) already. Returns the outcome.
+    fn allocate(&self, file: &std::fs::File, size_bytes: usize) -> io::Result<()> {
+        let mut state = self.lock();
+        if let Allocation::Pending = *state {
+            *state = match allocate(file, size_bytes) {
+                Ok(()) => Allocation::Done,
+                Err(e) => Allocation::Failed(e.kind(), e.to_string()),
+            };
+        }
+        match &*state {
+            Allocation::Done => Ok(()),
+            Allocation::Failed(kind, message) => Err(io::Error::new(*kind, message.clone())),
+            Allocation::Pending => unreachable!("allocation decided just above"),
+        }
+    }
+
     fn write_zeros(&self, file: &std::fs::File, from: usize, to: usize) -> io::Result<()> {
         use std::os::unix::fs::FileExt as _;
-        use std::sync::atomic::Ordering;
         let zeros = vec![0u8; PRE_WRITE_PIECE_BYTES];
         let mut at = from;
         while at < to {
-            // A poisoned lock only means another holder panicked; the flag still decides.
-            let _piece = self.writing.lock().unwrap_or_else(|e| e.into_inner());
-            if self.stop.load(Ordering::SeqCst) {
+            let _piece = self.lock();
+            if self.stop.load(std::sync::atomic::Ordering::SeqCst) {
                 return Ok(());
             }
             let len = zeros.len().min(to - at);
@@ -260,10 +335,11 @@ impl PreWrite {
         Ok(())
     }
 
-    /// Stops the writing; returns once no piece is being written, and none will be.
-    fn finish(&self) {
+    /// Stops the writing and returns once no piece is being written, and none will be, with
+    /// the file allocated (here, if the preparation thread had not got to it).
+    fn finish(&self, file: &std::fs::File, size_bytes: usize) -> io::Result<()> {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        drop(self.writing.lock().unwrap_or_else(|e| e.into_inner()));
+        self.allocate(file, size_bytes)
     }
 }
 
@@ -280,14 +356,19 @@ pub struct FsSegment {
     file: BufferedFile,
     /// The file's own descriptor, closed off the executor's thread (see `Drop`).
     keep: ManuallyDrop<std::fs::File>,
-    /// Zeros written ahead by a spare's preparation.
-    pre_write: Arc<PreWrite>,
+    /// The background preparation of a spare (see `Preparing`).
+    preparing: Arc<Preparing>,
     /// Which segment this is, for logs.
     id: SegmentId,
 }
 
 impl FsSegment {
-    fn map(file: std::fs::File, len: usize, id: SegmentId) -> io::Result<Self> {
+    fn map(
+        file: std::fs::File,
+        len: usize,
+        id: SegmentId,
+        allocation: Allocation,
+    ) -> io::Result<Self> {
         if len == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -302,7 +383,7 @@ impl FsSegment {
             map: ManuallyDrop::new(Arc::new(map)),
             file: synced,
             keep: ManuallyDrop::new(file),
-            pre_write: Arc::default(),
+            preparing: Arc::new(Preparing::new(allocation)),
             id,
         })
     }
@@ -368,7 +449,7 @@ impl Drop for FsSegment {
     /// low-priority thread preempted holding it stalls the executor (see `prepare`).
     fn drop(&mut self) {
         // A spare dropped unused: no need to go on writing it.
-        self.pre_write
+        self.preparing
             .stop
             .store(true, std::sync::atomic::Ordering::SeqCst);
         // SAFETY: `map` and `keep` are never used again: this is the value's last use of them.
@@ -402,8 +483,8 @@ unsafe impl SegmentFile for FsSegment {
         self.map.as_mut_ptr()
     }
 
-    fn finish_preparation(&self) {
-        self.pre_write.finish();
+    fn finish_preparation(&self) -> io::Result<()> {
+        self.preparing.finish(&self.keep, self.map.len())
     }
 
     async fn sync(&self) -> io::Result<()> {

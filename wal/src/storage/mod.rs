@@ -27,7 +27,7 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Preparation {
     /// For a log that never syncs: map the pages writable, in whatever page-cache folios the
-    /// kernel likes (a spare: write zeros over it, see [`Storage::prepare_spare`]). This
+    /// kernel likes (a spare: write zeros over it, see [`Storage::create_spare`]). This
     /// marks them dirty, which would make a synced log's next fdatasync write the whole
     /// segment.
     Unsynced,
@@ -58,10 +58,13 @@ pub unsafe trait SegmentFile: 'static {
     /// Start of the region; page-aligned.
     fn as_mut_ptr(&self) -> *mut u8;
 
-    /// Stops any background work started by [`Storage::prepare_spare`] that writes the
-    /// file, and waits until none is in progress. Called before the first append. A no-op
-    /// by default.
-    fn finish_preparation(&self) {}
+    /// Makes a segment made by [`Storage::create_spare`] ready for appends: waits until its
+    /// file is allocated (allocating it here if the background work has not begun), and
+    /// stops any background writing of it. Fails if the file could not be allocated; the
+    /// segment must then not be used. Ok at once by default.
+    fn finish_preparation(&self) -> io::Result<()> {
+        Ok(())
+    }
 
     /// Makes every byte written to the region so far durable (fdatasync). Must not block the
     /// executor thread.
@@ -87,8 +90,10 @@ pub trait Storage: 'static {
     /// writes into it cannot fail for lack of space, and maps it. Must not exist yet.
     fn create(&self, id: SegmentId, size_bytes: usize) -> io::Result<Self::File>;
 
-    /// Maps an existing segment file.
-    fn open(&self, id: SegmentId) -> io::Result<Self::File>;
+    /// Maps an existing segment file. `None` if the file is empty: a segment whose creation
+    /// was cut short (the process stopped before it was allocated), which never held a
+    /// record.
+    fn open(&self, id: SegmentId) -> io::Result<Option<Self::File>>;
 
     /// Removes a segment file. The removal is durable after the next [`Storage::sync_dir`].
     fn remove(&self, id: SegmentId) -> io::Result<()>;
@@ -103,12 +108,22 @@ pub trait Storage: 'static {
         Ok(())
     }
 
-    /// Starts preparing a whole new segment that nothing appends to until
-    /// [`SegmentFile::finish_preparation`] was called on it: unlike [`Storage::prepare`], the
-    /// background work may write the file (zeros over zeros). By default the same as
-    /// `prepare(file, 0, how)`.
-    fn prepare_spare(&self, file: &Self::File, how: Preparation) -> io::Result<()> {
-        self.prepare(file, 0, how)
+    /// Creates a segment ahead of need, as [`Storage::create`], and starts preparing it as
+    /// [`Storage::prepare`]. Nothing may touch its bytes until
+    /// [`SegmentFile::finish_preparation`] succeeded: until then the background work may
+    /// still be allocating the file, or writing it (zeros over zeros). By default: `create`,
+    /// then `prepare` (best effort).
+    fn create_spare(
+        &self,
+        id: SegmentId,
+        size_bytes: usize,
+        how: Preparation,
+    ) -> io::Result<Self::File> {
+        let file = self.create(id, size_bytes)?;
+        if let Err(error) = self.prepare(&file, 0, how) {
+            tracing::debug!(%error, "preparing a spare segment failed; writes into it will be slower");
+        }
+        Ok(file)
     }
 
     /// Makes creations and removals of segment files durable (fsync of the directory).

@@ -305,14 +305,14 @@ impl Storage for SimStorage {
         })
     }
 
-    fn open(&self, id: SegmentId) -> io::Result<SimSegment> {
+    fn open(&self, id: SegmentId) -> io::Result<Option<SimSegment>> {
         let state = self.disk.state.borrow();
         let file = state.files.get(&id).ok_or_else(|| not_found(id))?;
-        Ok(SimSegment {
+        Ok(Some(SimSegment {
             id,
             mem: Rc::clone(&file.mem),
             disk: self.disk.clone(),
-        })
+        }))
     }
 
     fn remove(&self, id: SegmentId) -> io::Result<()> {
