@@ -170,8 +170,8 @@ impl FsStorage {
         std::thread::Builder::new()
             .name("terrace-prepare".into())
             .spawn(move || {
-                unpin_current_thread();
-                // At normal priority: allocating takes filesystem locks.
+                // At normal priority: allocating takes filesystem locks, and so does populating.
+                run_in_background(0);
                 if let Err(error) = preparing.allocate(&own, map.len()) {
                     tracing::debug!(segment = %path.display(), %error,
                         "allocating a segment ahead of need failed; the log will try again");
@@ -184,7 +184,7 @@ impl FsStorage {
                     // the first store into each only maps it (no zero-filling, no
                     // allocation). Populating them as well (which holds the mmap lock)
                     // measured no faster.
-                    run_in_background();
+                    run_in_background(19);
                     if let Err(error) = preparing.write_zeros(&own, populate_from, map.len()) {
                         tracing::debug!(segment = %path.display(), %error,
                             "writing zeros ahead into a segment failed; appends into it will be slower");
@@ -234,25 +234,25 @@ fn allocate(file: &std::fs::File, size_bytes: usize) -> io::Result<()> {
     .map_err(Into::into)
 }
 
-/// Lets the calling thread run on any CPU. A thread started by an executor inherits its
-/// pinning, and would take time from its core even while another core idles. Best effort.
-fn unpin_current_thread() {
+/// Makes the calling thread a background thread at `nice` (or its own, if lower: raising a
+/// priority takes a privilege) that may run on any CPU. Best effort.
+///
+/// A thread started by an executor inherits its pinning, and would take time from its core
+/// even while another core idles. A lower priority does not make its turns short: the
+/// scheduler lets whatever thread it picks run until the next tick (4 ms here), even at
+/// nice 19 and with a custom slice (`perf sched` under SET load); it only makes them rare.
+fn run_in_background(nice: i32) {
     let mut cpus = rustix::thread::CpuSet::new();
     for cpu in 0..rustix::thread::CpuSet::MAX_CPU {
         cpus.set(cpu);
     }
     // The kernel keeps only the CPUs the process may use.
     let _ = rustix::thread::sched_setaffinity(None, &cpus);
-}
-
-/// Unpins the calling thread and gives it the lowest priority (nice 19), so that it runs on
-/// time no executor wants. Best effort. Only for work that holds no lock an executor can
-/// wait for: a low-priority thread preempted while holding one stalls the executor (see
-/// `spawn_preparation`).
-fn run_in_background() {
-    unpin_current_thread();
-    // On Linux, the calling thread only.
-    let _ = rustix::process::setpriority_process(None, 19);
+    let own = rustix::process::getpriority_process(None).unwrap_or(0);
+    if nice > own {
+        // On Linux, the calling thread only.
+        let _ = rustix::process::setpriority_process(None, nice);
+    }
 }
 
 /// The background preparation of a spare segment, and what the log waits for before its
@@ -463,7 +463,7 @@ impl Drop for FsSegment {
         let _ = std::thread::Builder::new()
             .name("terrace-unmap".into())
             .spawn(move || {
-                unpin_current_thread();
+                run_in_background(0);
                 drop(map);
                 // glommio closes `file` at the executor's next I/O poll, well within this.
                 std::thread::sleep(CLOSE_LAST_AFTER);
