@@ -14,6 +14,7 @@
 //! - [`store`]: the index and memcached's semantics on top of the log, expiry, compaction.
 //! - [`error`]: the error types.
 
+mod background;
 pub mod constants;
 pub mod error;
 pub mod format;

