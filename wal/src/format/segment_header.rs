@@ -67,6 +67,10 @@ impl SegmentHeader {
     /// Decodes and checks the header at the start of `bytes`.
     pub fn check(bytes: &[u8]) -> SegmentHeaderCheck {
         let Some(header) = bytes.get(..SEGMENT_HEADER_LEN_BYTES) else {
+            // Empty (or short and zero): a spare whose allocation a crash cut short.
+            if bytes.iter().all(|&b| b == 0) {
+                return SegmentHeaderCheck::Zero;
+            }
             return SegmentHeaderCheck::Invalid("file is shorter than a segment header".into());
         };
         if header.iter().all(|&b| b == 0) {
@@ -144,5 +148,18 @@ mod tests {
             );
         }
         assert_eq!(SegmentHeader::check(&[0u8; 64]), SegmentHeaderCheck::Zero);
+    }
+
+    #[test]
+    fn a_short_file_is_a_cut_short_spare_only_if_it_is_all_zero() {
+        // A spare is allocated in the background: a crash can leave it empty or short.
+        assert_eq!(SegmentHeader::check(&[]), SegmentHeaderCheck::Zero);
+        assert_eq!(SegmentHeader::check(&[0u8; 10]), SegmentHeaderCheck::Zero);
+        let mut short = [0u8; 10];
+        short[3] = 1;
+        assert!(matches!(
+            SegmentHeader::check(&short),
+            SegmentHeaderCheck::Invalid(_)
+        ));
     }
 }

@@ -495,10 +495,10 @@ impl<S: Storage> Log<S> {
         self.spare.is_some() || self.has_room_for_segment(class)
     }
 
-    /// Prepares the next segment ahead of need: created now (cheap), its pages faulted in by
-    /// a background thread, so that the appends that fill it do not stall the executor on
-    /// page faults (the kernel zero-fills every new page). Best effort: without a spare, the
-    /// next roll-over creates the segment itself.
+    /// Prepares the next segment ahead of need (`Storage::create_spare`): created and mapped
+    /// now (cheap); allocated, and its pages made ready, by a background thread, so that
+    /// neither `fallocate` nor the kernel's zero-filling of new pages stalls the executor.
+    /// Best effort: without a spare, the next roll-over creates the segment itself.
     fn prepare_spare(&mut self) {
         if self.spare.is_some() || !self.has_room_for_segment(AppendClass::Client) {
             return;

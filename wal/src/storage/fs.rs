@@ -173,6 +173,10 @@ impl FsStorage {
             .spawn(move || {
                 // At normal priority: allocating takes filesystem locks, and so does populating.
                 run_in_background(0);
+                if preparing.stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    // Dropped before it was needed: no need to take the space.
+                    return;
+                }
                 if let Err(error) = preparing.allocate(&own, map.len()) {
                     tracing::debug!(segment = %path.display(), %error,
                         "allocating a segment ahead of need failed; the log will try again");
@@ -265,8 +269,10 @@ enum Allocation {
     Failed(io::ErrorKind, String),
 }
 
-/// How much one zero-writing `write` covers (see `Preparing`). It bounds how long an executor
-/// can wait in `finish`: one piece of work at the writer's low priority.
+/// How much one zero-writing `write` covers (see `Preparing`). An executor in `finish` waits
+/// for at most the piece in progress; but the writer runs at nice 19, and if it was preempted
+/// mid-piece on a busy core, that can mean waiting for its next turn (scheduler ticks of
+/// 4 ms here). Only when a segment fills before its spare is ready.
 const PRE_WRITE_PIECE_BYTES: usize = 64 << 10;
 
 impl Preparing {

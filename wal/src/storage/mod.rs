@@ -45,7 +45,9 @@ pub type SegmentId = u64;
 /// # Safety
 /// Implementations guarantee that `as_mut_ptr()` points to `len()` bytes that stay valid,
 /// readable and writable (through this pointer only) for as long as the value lives, and that
-/// `sync` makes bytes written through that pointer durable.
+/// `sync` makes bytes written through that pointer durable. For a segment made by
+/// [`Storage::create_spare`]: only once [`SegmentFile::finish_preparation`] returned `Ok`
+/// (before, its file may not be allocated yet, and a touch would be SIGBUS).
 pub unsafe trait SegmentFile: 'static {
     /// Size of the region in bytes (the segment size).
     fn len(&self) -> usize;
