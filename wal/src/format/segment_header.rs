@@ -112,10 +112,19 @@ impl SegmentHeader {
         {
             return SegmentHeaderCheck::Invalid("reserved header bytes are not zero".into());
         }
+        let segment_id = word64(SEGMENT_HEADER_ID_OFFSET);
+        // Ids and LSNs start at 1; the index holds a segment id in 32 bits.
+        if segment_id == 0 || segment_id > u64::from(u32::MAX) {
+            return SegmentHeaderCheck::Invalid(format!("segment id {segment_id} out of range"));
+        }
+        let first_lsn = word64(SEGMENT_HEADER_FIRST_LSN_OFFSET);
+        if first_lsn == 0 {
+            return SegmentHeaderCheck::Invalid("first LSN 0 (LSNs start at 1)".into());
+        }
         SegmentHeaderCheck::Valid(SegmentHeader {
-            segment_id: word64(SEGMENT_HEADER_ID_OFFSET),
+            segment_id,
             size_bytes: word64(SEGMENT_HEADER_SIZE_OFFSET),
-            first_lsn: word64(SEGMENT_HEADER_FIRST_LSN_OFFSET),
+            first_lsn,
         })
     }
 }
@@ -148,6 +157,24 @@ mod tests {
             );
         }
         assert_eq!(SegmentHeader::check(&[0u8; 64]), SegmentHeaderCheck::Zero);
+    }
+
+    #[test]
+    fn ids_and_lsns_out_of_range_are_refused_even_with_a_good_checksum() {
+        for (segment_id, first_lsn) in [(0, 1), (u64::from(u32::MAX) + 1, 1), (1, 0)] {
+            let header = SegmentHeader {
+                segment_id,
+                size_bytes: 1 << 20,
+                first_lsn,
+            };
+            assert!(
+                matches!(
+                    SegmentHeader::check(&header.encode()),
+                    SegmentHeaderCheck::Invalid(_)
+                ),
+                "id {segment_id}, first LSN {first_lsn}"
+            );
+        }
     }
 
     #[test]
