@@ -13,9 +13,11 @@
 //!   zero-copy reads, recovery, pinning, capacity.
 //! - [`store`]: the index and memcached's semantics on top of the log, expiry, compaction.
 //! - [`error`]: the error types.
+//! - [`cooperate`]: how long-running tasks give way to the rest of an executor.
 
 mod background;
 pub mod constants;
+pub mod cooperate;
 pub mod error;
 pub mod format;
 pub mod log;

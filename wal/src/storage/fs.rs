@@ -83,16 +83,10 @@ impl Storage for FsStorage {
     }
 
     fn create(&self, id: SegmentId, size_bytes: usize) -> io::Result<FsSegment> {
-        let path = self.segment_path(id);
-        let file = create_new_file(&path)?;
-        let made = allocate(&file, size_bytes)
-            .and_then(|()| FsSegment::map(file, size_bytes, id, Allocation::Done));
-        if made.is_err() {
-            // Leave no half-made segment behind: it would hold nothing, and a directory must
-            // hold only segments the log knows.
-            let _ = std::fs::remove_file(&path);
-        }
-        made
+        self.create_with(id, |file| {
+            allocate(&file, size_bytes)?;
+            FsSegment::map(file, size_bytes, id, Allocation::Done)
+        })
     }
 
     fn create_spare(
@@ -105,19 +99,14 @@ impl Storage for FsStorage {
         // block bitmap: 2-25 ms seen here), and on the executor every client would wait too.
         // Mapped now all the same: a mapping may reach past the end of its file, and nothing
         // touches these pages before `finish_preparation` (it would be SIGBUS).
-        let path = self.segment_path(id);
-        let file = create_new_file(&path)?;
-        let made = FsSegment::map(file, size_bytes, id, Allocation::Pending).and_then(|segment| {
+        self.create_with(id, |file| {
+            let segment = FsSegment::map(file, size_bytes, id, Allocation::Pending)?;
             // Zeros written with write(2) only where the pages may stay in large folios
             // (see `Preparing`).
             let zeros = how == Preparation::Unsynced;
             self.spawn_preparation(&segment, 0, how, zeros)?;
             Ok(segment)
-        });
-        if made.is_err() {
-            let _ = std::fs::remove_file(&path);
-        }
-        made
+        })
     }
 
     fn open(&self, id: SegmentId) -> io::Result<Option<FsSegment>> {
@@ -146,6 +135,27 @@ impl Storage for FsStorage {
 }
 
 impl FsStorage {
+    /// Creates segment file `id` (it must not exist) and makes a segment of it with `make`.
+    /// If that fails the file is removed: a half-made segment would hold nothing, and a
+    /// directory must hold only segments the log knows.
+    fn create_with(
+        &self,
+        id: SegmentId,
+        make: impl FnOnce(std::fs::File) -> io::Result<FsSegment>,
+    ) -> io::Result<FsSegment> {
+        let path = self.segment_path(id);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        let made = make(file);
+        if made.is_err() {
+            let _ = std::fs::remove_file(&path);
+        }
+        made
+    }
+
     /// Prepares bytes `[from, len)` of `file` on a thread of its own, off the executor's core:
     /// allocates the file first if it is not yet, then with `zeros` writes zeros over the
     /// bytes (see `Preparing`), else populates their pages.
@@ -216,15 +226,6 @@ impl FsStorage {
             })?;
         Ok(())
     }
-}
-
-/// Opens a new segment file; it must not exist.
-fn create_new_file(path: &Path) -> io::Result<std::fs::File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(path)
 }
 
 /// Preallocates a segment file, so that a store through the mapping can never hit ENOSPC
@@ -432,7 +433,7 @@ impl Drop for FsSegment {
     /// last reference itself. Durability does not depend on any of it: unmapping and closing
     /// make nothing durable (fdatasync does), and the bytes stay in the page cache either way.
     /// The thread keeps normal priority: unmapping holds the process's mmap lock, and a
-    /// low-priority thread preempted holding it stalls the executor (see `prepare`).
+    /// low-priority thread preempted holding it stalls the executor (see `spawn_preparation`).
     fn drop(&mut self) {
         // A spare dropped unused: no need to go on writing it.
         self.preparing

@@ -219,9 +219,9 @@ impl Follower<'_> {
                         }
                     }
                     // Every batch: reads of a snapshot in full flow complete without waiting,
-                    // and `yield_if_needed` yields only once glommio's 100 ms preemption timer
-                    // fired, so the executor's clients would wait that long.
-                    glommio::executor().yield_now().await;
+                    // so this task stays runnable, and only a pause lets the executor poll
+                    // for its clients' I/O in between (see `cooperate::pause`).
+                    terrace_wal::cooperate::pause(Duration::ZERO).await;
                 }
                 Kind::SnapshotEnd => {
                     in_snapshot = false;
