@@ -268,6 +268,28 @@ impl Group {
         }
     }
 
+    /// Passive: a stream of `term` is about to replace `shard`'s data with the active's
+    /// snapshot. Under the group's lock, so that no election sees it in between: false if
+    /// this server has moved on (it serves, or follows a newer term) and must not touch its
+    /// data; otherwise the shard is marked [`ShardSync::Snapshot`] and a PASSIVE-STANDBY
+    /// stops being one first, since with a shard emptied it can no longer take over.
+    pub fn begin_snapshot(&self, shard: u32, term: u64) -> bool {
+        let mut inner = self.lock();
+        if self.serving() || inner.terms.term != term {
+            return false;
+        }
+        self.set_shard_sync(shard, ShardSync::Snapshot);
+        if inner.state == State::PassiveStandby {
+            inner.state = State::PassiveUninitialized;
+            tracing::warn!(
+                shard,
+                "shard {shard} takes a new snapshot from the active: this server is no longer                  a standby until it is in sync again. Moved to State[ {} ]",
+                inner.state.name()
+            );
+        }
+        true
+    }
+
     /// Passive: a shard's snapshot progress (bytes received, bytes expected).
     pub fn set_sync_bytes(&self, shard: u32, done: u64, total: u64) {
         if let Some((d, t)) = self.sync_bytes.get(shard as usize) {
@@ -666,8 +688,11 @@ impl Group {
             State::Initializing
         } else if all_in_sync && listed {
             State::PassiveStandby
-        } else if inner.state == State::PassiveStandby {
-            // The active no longer counts this server in its sync set.
+        } else if inner.state == State::PassiveStandby && !listed {
+            // The active no longer counts this server in its sync set: it may acknowledge
+            // writes without it. Streams that merely ended (the active paused, a connection
+            // cut) do not demote: while the active lists this server it waits for it, so
+            // this server still holds every acknowledged write and may have to take over.
             State::PassiveUninitialized
         } else {
             inner.state
@@ -962,4 +987,126 @@ fn resolve(
             (m.name.clone(), addr)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+    use super::*;
+    use crate::config::{Overrides, Settings};
+
+    const PAIR: &str = r#"
+        [cluster]
+        persistence = "permanent-store"
+        [storage]
+        shards = 2
+        [[servers]]
+        name = "s1"
+        host = "127.0.0.1"
+        client_port = 11300
+        group_port = 9300
+        data = "/tmp/s1"
+        [[servers]]
+        name = "s2"
+        host = "127.0.0.1"
+        client_port = 11301
+        group_port = 9301
+        data = "/tmp/s2"
+        [[mirror_groups]]
+        name = "g1"
+        servers = ["s1", "s2"]
+    "#;
+
+    /// s2, a PASSIVE-STANDBY of s1 in term 3 with both shards in sync.
+    fn standby(dir: &Path) -> Arc<Group> {
+        let settings =
+            Settings::from_toml("pair.toml", PAIR, Some("s2"), &Overrides::default()).unwrap();
+        let group = Group::new(
+            "s2",
+            &settings.cluster,
+            dir,
+            Persistence::PermanentStore,
+            (2, 1),
+        )
+        .unwrap();
+        {
+            let mut inner = group.lock();
+            inner.terms.store(3, 3).unwrap();
+            inner.state = State::PassiveStandby;
+            inner.active = Some("s1".into());
+        }
+        for shard in 0..2 {
+            group.set_shard_sync(shard, ShardSync::InSync);
+        }
+        group
+    }
+
+    fn active_listing(standbys: &[&str]) -> Vec<(String, Status)> {
+        vec![(
+            "s1".into(),
+            Status {
+                state: State::ActiveCoordinator,
+                term: 3,
+                data_term: 3,
+                lsn: 10,
+                active: Some("s1".into()),
+                ready: true,
+                standbys: standbys.iter().map(|s| (*s).to_string()).collect(),
+            },
+        )]
+    }
+
+    fn progress(group: &Group, peers: &[(String, Status)]) -> State {
+        let mut inner = group.lock();
+        group.passive_progress(&mut inner, peers);
+        inner.state
+    }
+
+    /// The race CI once lost: a paused active's streams time out a little before the health
+    /// checks declare it gone. The standby must stay one, or nobody takes over.
+    #[test]
+    fn a_standby_whose_streams_ended_stays_one_while_the_active_lists_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let group = standby(dir.path());
+        for shard in 0..2 {
+            group.set_shard_sync(shard, ShardSync::Idle);
+        }
+        assert_eq!(
+            progress(&group, &active_listing(&["s2"])),
+            State::PassiveStandby
+        );
+        // Gone, and its last word listed this server: it may take over.
+        assert!(group.lock().state.may_become_active());
+    }
+
+    #[test]
+    fn a_standby_the_active_stops_listing_is_no_longer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let group = standby(dir.path());
+        assert_eq!(
+            progress(&group, &active_listing(&[])),
+            State::PassiveUninitialized
+        );
+    }
+
+    #[test]
+    fn a_snapshot_demotes_a_standby_before_its_data_is_touched() {
+        let dir = tempfile::tempdir().unwrap();
+        let group = standby(dir.path());
+        assert!(!group.begin_snapshot(0, 2), "a stream of an older term");
+        assert_eq!(group.state(), State::PassiveStandby);
+        assert!(group.begin_snapshot(0, 3));
+        assert_eq!(group.state(), State::PassiveUninitialized);
+        // Still listed by the active, but a shard is being replaced: not a standby again
+        // until every shard is back in sync.
+        assert_eq!(
+            progress(&group, &active_listing(&["s2"])),
+            State::Initializing
+        );
+        group.set_shard_sync(0, ShardSync::InSync);
+        assert_eq!(
+            progress(&group, &active_listing(&["s2"])),
+            State::PassiveStandby
+        );
+    }
 }

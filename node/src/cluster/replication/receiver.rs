@@ -114,13 +114,13 @@ impl Follower<'_> {
         }
         // This stream was asked for while this server followed that active; if it has become
         // the active since (or seen a newer term), the stream must not touch its data.
-        if group.serving() || group.term() > self.source.term {
-            return Err("this server has moved on to a newer term: the stream is stale".into());
-        }
+        let stale = || Err("this server has moved on to a newer term: the stream is stale".into());
         let snapshot = start.flags & FLAG_SNAPSHOT != 0;
         if snapshot {
+            if !group.begin_snapshot(self.shard, self.source.term) {
+                return stale();
+            }
             self.reset(&store).await?;
-            group.set_shard_sync(self.shard, ShardSync::Snapshot);
             group.set_sync_bytes(self.shard, 0, start.value);
             tracing::info!(
                 shard = self.shard,
@@ -130,6 +130,9 @@ impl Follower<'_> {
                 self.source.active
             );
         } else {
+            if group.serving() || group.term() > self.source.term {
+                return stale();
+            }
             if start.lsn != next_lsn {
                 return Err(format!(
                     "a stream from LSN {}, expected {next_lsn}",
