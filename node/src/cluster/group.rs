@@ -106,6 +106,8 @@ struct Inner {
     told_unavailable: bool,
     /// A planned failover to this passive is under way (this server is the active).
     handover: Option<String>,
+    /// Passive: since when, while its active was heard from, not every shard was in sync.
+    out_of_sync_since: Option<Instant>,
 }
 
 /// This server in its mirror group.
@@ -179,6 +181,7 @@ impl Group {
                 no_active_since: Some(Instant::now()),
                 told_unavailable: false,
                 handover: None,
+                out_of_sync_since: None,
             }),
             serving: Arc::new(AtomicBool::new(false)),
             ready: AtomicBool::new(false),
@@ -496,7 +499,10 @@ impl Group {
         std::thread::Builder::new()
             .name("terrace-group-coordinator".into())
             .spawn(move || {
+                // Often enough that a passive whose streams are down steps down well within
+                // the active's grace (see `passive_progress`).
                 let tick = (group.cluster.health_check_interval / 2)
+                    .min(group.silence_limit() / 4)
                     .clamp(Duration::from_millis(5), Duration::from_millis(100));
                 while !group.stopping.load(Ordering::SeqCst) {
                     group.tick();
@@ -682,17 +688,31 @@ impl Group {
             .collect();
         let all_in_sync = syncs.iter().all(|&s| s == ShardSync::InSync);
         let listed = active_status.standbys.contains(&self.me);
+        let out_of_sync_for = if all_in_sync {
+            inner.out_of_sync_since = None;
+            Duration::ZERO
+        } else {
+            inner
+                .out_of_sync_since
+                .get_or_insert_with(Instant::now)
+                .elapsed()
+        };
         let started = syncs.iter().any(|&s| s != ShardSync::Idle);
         let next = if inner.state == State::PassiveUninitialized && started {
             // Through INITIALIZING always, however short the sync.
             State::Initializing
         } else if all_in_sync && listed {
             State::PassiveStandby
-        } else if inner.state == State::PassiveStandby && !listed {
-            // The active no longer counts this server in its sync set: it may acknowledge
-            // writes without it. Streams that merely ended (the active paused, a connection
-            // cut) do not demote: while the active lists this server it waits for it, so
-            // this server still holds every acknowledged write and may have to take over.
+        } else if inner.state == State::PassiveStandby
+            && (!listed || out_of_sync_for > self.silence_limit() / 2)
+        {
+            // Not a standby once the active says so, or once its streams have been down
+            // for half the silence limit while the active is still heard from: the active
+            // drops a passive from its sync set (and may then acknowledge writes without
+            // it) no sooner than a whole silence limit after its stream ended, so this
+            // server has stepped down before then. Not at once, though: a paused active's
+            // streams time out about when the health checks declare it gone, and a standby
+            // that stepped down in that moment would leave nobody to take over.
             State::PassiveUninitialized
         } else {
             inner.state
@@ -1077,6 +1097,24 @@ mod tests {
         );
         // Gone, and its last word listed this server: it may take over.
         assert!(group.lock().state.may_become_active());
+    }
+
+    /// ... but not for long: the active drops a passive whose stream ended (and may then
+    /// acknowledge writes without it) a silence limit later; the passive steps down first.
+    #[test]
+    fn a_standby_whose_streams_stay_down_while_the_active_is_heard_steps_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let group = standby(dir.path());
+        group.set_shard_sync(1, ShardSync::CatchingUp);
+        let peers = active_listing(&["s2"]);
+        assert_eq!(progress(&group, &peers), State::PassiveStandby);
+        group.lock().out_of_sync_since = Some(Instant::now() - group.silence_limit() / 2);
+        assert_eq!(progress(&group, &peers), State::PassiveUninitialized);
+        // Back in sync, and listed: a standby again (through INITIALIZING, as always).
+        group.set_shard_sync(1, ShardSync::InSync);
+        assert_eq!(progress(&group, &peers), State::Initializing);
+        assert_eq!(progress(&group, &peers), State::PassiveStandby);
+        assert_eq!(group.lock().out_of_sync_since, None);
     }
 
     #[test]
