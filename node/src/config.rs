@@ -936,11 +936,12 @@ fn cluster_settings(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
     use super::*;
 
-    const TWO: &str = r#"
+    /// A pair of servers, s1 and s2, in mirror group g1 (permanent-store, 4 shards).
+    pub(crate) const TWO: &str = r#"
         [cluster]
         persistence = "permanent-store"
         [storage]

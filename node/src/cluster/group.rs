@@ -1013,34 +1013,13 @@ fn resolve(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
     use super::*;
+    use crate::config::tests::TWO;
     use crate::config::{Overrides, Settings};
-
-    const PAIR: &str = r#"
-        [cluster]
-        persistence = "permanent-store"
-        [storage]
-        shards = 2
-        [[servers]]
-        name = "s1"
-        host = "127.0.0.1"
-        client_port = 11300
-        group_port = 9300
-        data = "/tmp/s1"
-        [[servers]]
-        name = "s2"
-        host = "127.0.0.1"
-        client_port = 11301
-        group_port = 9301
-        data = "/tmp/s2"
-        [[mirror_groups]]
-        name = "g1"
-        servers = ["s1", "s2"]
-    "#;
 
     /// s2, a PASSIVE-STANDBY of s1 in term 3 with both shards in sync.
     fn standby(dir: &Path) -> Arc<Group> {
         let settings =
-            Settings::from_toml("pair.toml", PAIR, Some("s2"), &Overrides::default()).unwrap();
+            Settings::from_toml("pair.toml", TWO, Some("s2"), &Overrides::default()).unwrap();
         let group = Group::new(
             "s2",
             &settings.cluster,
