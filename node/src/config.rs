@@ -859,6 +859,18 @@ fn cluster_settings(
         ));
     }
     let replication = c.replication.unwrap_or(Replication::Sync);
+    // A standby whose streams are down steps down after half the silence limit plus at most
+    // two coordinator ticks (a quarter of an interval each, at most); the active drops it from
+    // the sync set no sooner than a whole silence limit. With fewer than 3 missed intervals
+    // that margin is gone: the active could acknowledge writes without a server that still
+    // calls itself a standby.
+    if replication == Replication::Sync && health_check_missed < 3 {
+        return Err(error(
+            "cluster.health_check_missed",
+            format!("{health_check_missed} is too few with replication = \"sync\""),
+            "use 3 or more (shorten health_check_interval to detect failures sooner)",
+        ));
+    }
     let dirtydb_rolling = c.dirtydb_rolling.unwrap_or(0);
 
     let mut canonical: Vec<(String, String)> = vec![
@@ -1170,6 +1182,11 @@ pub(crate) mod tests {
                 "cluster.health_check_interval",
             ),
             (
+                &TWO.replace("[cluster]", "[cluster]\nhealth_check_missed = 2"),
+                Some("s1"),
+                "cluster.health_check_missed: 2 is too few with replication = \"sync\"",
+            ),
+            (
                 &TWO.replace("[cluster]", "[cluster]\nreplication = \"eventually\""),
                 Some("s1"),
                 "line",
@@ -1185,6 +1202,16 @@ pub(crate) mod tests {
             assert!(error.contains(needle), "`{needle}` not in: {error}");
             assert!(error.starts_with("test.toml: "), "{error}");
         }
+    }
+
+    #[test]
+    fn async_replication_may_declare_a_peer_gone_after_one_missed_heartbeat() {
+        let text = TWO.replace(
+            "[cluster]",
+            "[cluster]\nreplication = \"async\"\nhealth_check_missed = 1",
+        );
+        let settings = load(&text, Some("s1")).unwrap();
+        assert_eq!(settings.cluster.health_check_missed, 1);
     }
 
     #[test]

@@ -286,7 +286,11 @@ impl Group {
             inner.state = State::PassiveUninitialized;
             tracing::warn!(
                 shard,
-                "shard {shard} takes a new snapshot from the active: this server is no longer                  a standby until it is in sync again. Moved to State[ {} ]",
+                term,
+                "shard {shard} takes a new snapshot from the ACTIVE-COORDINATOR of mirror group \
+                 {}: this server is no longer a standby until it is in sync again. Moved to \
+                 State[ {} ]",
+                self.cluster.group,
                 inner.state.name()
             );
         }
@@ -563,6 +567,9 @@ impl Group {
                     "NodeID[{lost}], the ACTIVE-COORDINATOR of mirror group {}, is gone",
                     self.cluster.group
                 );
+                // Before any election: its last word decides whether this server may run.
+                let last_word = self.membership().and_then(|m| m.last_word(&lost));
+                self.heed_last_word(&mut inner, &lost, last_word.as_ref());
             }
             inner.no_active_since = Some(Instant::now());
         }
@@ -658,24 +665,9 @@ impl Group {
             return;
         };
         // While the active is not heard from, the state stays: a PASSIVE-STANDBY whose
-        // active died must stay one to take over. Unless the last thing the active said was
-        // that it no longer counts this server as a standby (it dropped it, then
-        // acknowledged writes without it): then this server must not take over.
+        // active died must stay one to take over (`tick` heeds the active's last word when
+        // it is declared gone).
         let Some((_, active_status)) = peers.iter().find(|(name, _)| *name == active) else {
-            let last_word = self.membership().and_then(|m| m.last_word(&active));
-            let dropped = last_word.is_some_and(|s| {
-                s.state == State::ActiveCoordinator && !s.standbys.contains(&self.me)
-            });
-            if dropped && inner.state == State::PassiveStandby {
-                inner.state = State::PassiveUninitialized;
-                tracing::warn!(
-                    term = inner.terms.term,
-                    "NodeID[{active}] is gone, and its last word was that this server is no \
-                     longer its standby (it acknowledged writes without it): this server \
-                     cannot take over. Moved to State[ {} ]",
-                    inner.state.name()
-                );
-            }
             return;
         };
         if active_status.state != State::ActiveCoordinator {
@@ -729,10 +721,19 @@ impl Group {
             }
         }
         if next == State::PassiveUninitialized {
-            tracing::warn!(
-                "NodeID[{active}] no longer counts this server as PASSIVE-STANDBY (it fell \
-                 behind or lost its streams); syncing again"
-            );
+            if listed {
+                tracing::warn!(
+                    out_of_sync_ms = out_of_sync_for.as_millis() as u64,
+                    "the replication streams from NodeID[{active}] have been down too long \
+                     while it is still heard from: this server stops being PASSIVE-STANDBY \
+                     before the active drops it, and syncs again"
+                );
+            } else {
+                tracing::warn!(
+                    "NodeID[{active}] no longer counts this server as PASSIVE-STANDBY (it fell \
+                     behind or lost its streams); syncing again"
+                );
+            }
         }
         inner.state = next;
         tracing::info!(
@@ -740,6 +741,25 @@ impl Group {
             group = %self.cluster.group,
             "Moved to State[ {} ]",
             next.name()
+        );
+    }
+
+    /// The active `lost` is gone. If the last thing it said was that it no longer counts
+    /// this server as a standby, it dropped this server and may have acknowledged writes
+    /// without it: a PASSIVE-STANDBY must then not take over, since it would lose them.
+    fn heed_last_word(&self, inner: &mut Inner, lost: &str, last_word: Option<&Status>) {
+        let dropped = last_word
+            .is_some_and(|s| s.state == State::ActiveCoordinator && !s.standbys.contains(&self.me));
+        if !dropped || inner.state != State::PassiveStandby {
+            return;
+        }
+        inner.state = State::PassiveUninitialized;
+        tracing::warn!(
+            term = inner.terms.term,
+            "NodeID[{lost}] is gone, and its last word was that this server is no longer its \
+             standby (it may have acknowledged writes without it): this server cannot take \
+             over. Moved to State[ {} ]",
+            inner.state.name()
         );
     }
 
@@ -771,6 +791,8 @@ impl Group {
 
     fn follow(&self, inner: &mut Inner, active: String, term: u64) {
         self.serving.store(false, Ordering::SeqCst);
+        // Streams from a new active (or term) start afresh.
+        inner.out_of_sync_since = None;
         self.replica_sync
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -1074,8 +1096,28 @@ mod tests {
             progress(&group, &active_listing(&["s2"])),
             State::PassiveStandby
         );
-        // Gone, and its last word listed this server: it may take over.
-        assert!(group.lock().state.may_become_active());
+    }
+
+    /// The active is declared gone: a standby it still listed may take over; one it had
+    /// dropped (and may have acknowledged writes without) must not.
+    #[test]
+    fn a_standby_heeds_the_last_word_of_an_active_that_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let group = standby(dir.path());
+        let listing = active_listing(&["s2"]);
+        let mut inner = group.lock();
+        group.heed_last_word(&mut inner, "s1", Some(&listing[0].1));
+        assert_eq!(inner.state, State::PassiveStandby);
+        group.heed_last_word(&mut inner, "s1", None);
+        assert_eq!(
+            inner.state,
+            State::PassiveStandby,
+            "never heard: nothing to heed"
+        );
+        let dropped = active_listing(&[]);
+        group.heed_last_word(&mut inner, "s1", Some(&dropped[0].1));
+        assert_eq!(inner.state, State::PassiveUninitialized);
+        assert!(!inner.state.may_become_active());
     }
 
     /// ... but not for long: the active drops a passive whose stream ended (and may then
@@ -1087,7 +1129,11 @@ mod tests {
         group.set_shard_sync(1, ShardSync::CatchingUp);
         let peers = active_listing(&["s2"]);
         assert_eq!(progress(&group, &peers), State::PassiveStandby);
-        group.lock().out_of_sync_since = Some(Instant::now() - group.silence_limit() / 2);
+        let almost = group.silence_limit() / 2 - Duration::from_millis(50);
+        group.lock().out_of_sync_since = Some(Instant::now() - almost);
+        assert_eq!(progress(&group, &peers), State::PassiveStandby);
+        let over = group.silence_limit() / 2 + Duration::from_millis(1);
+        group.lock().out_of_sync_since = Some(Instant::now() - over);
         assert_eq!(progress(&group, &peers), State::PassiveUninitialized);
         // Back in sync, and listed: a standby again (through INITIALIZING, as always).
         group.set_shard_sync(1, ShardSync::InSync);
