@@ -346,6 +346,28 @@ fn skipping_forward_starts_an_empty_log_at_that_lsn() {
     });
 }
 
+/// A passive's snapshot that ends in a gap: it skips ahead, then waits until everything
+/// before the next LSN is durable (as the receiver does before reporting it is in sync).
+/// The wait returns once the skip itself is durable, and a power cut then keeps it.
+#[test]
+fn a_skip_is_durable_once_waited_for() {
+    run(|| async {
+        let clock = ManualClock::new(START);
+        let config = small_config(SEGMENT, Durability::Fsync);
+        let disk = SimDisk::new();
+        let (mut store, _) = open_sim(&disk, config.clone(), &clock).await;
+        store.set(SetMode::Set, b"k", b"v", 0, 0).expect("set");
+        store.skip_to(500).expect("skip");
+        store.commit().wait_durable(499).await.expect("durable");
+        assert_eq!(store.commit().durable_lsn(), 499);
+        let after_power_cut = SimDisk::from_image(&disk.durable_image());
+        drop(store);
+        let (reopened, _) = open_sim(&after_power_cut, config, &clock).await;
+        assert_eq!(reopened.log().next_lsn(), 500, "the skip survived");
+        assert_eq!(items(&reopened).len(), 1);
+    });
+}
+
 /// Records carry the term they were written in, inside their CRC: the same write at the same
 /// LSN in two terms gives two different records (what a passive's prefix check compares), a
 /// copy keeps its source's term, and recovery accepts stamped records.

@@ -138,6 +138,19 @@ impl<S: Storage> GroupCommit<S> {
         }
     }
 
+    /// Notes that the log skipped ahead: the records up to `lsn` will never be appended
+    /// here. They become durable with the next round, which syncs the new tail segment
+    /// (already noted by `note_new_segment`) whose header records the skip.
+    pub(crate) fn note_skip(&self, lsn: u64) {
+        let mut st = self.state.borrow_mut();
+        assert!(
+            lsn >= st.appended_lsn,
+            "skipped back to LSN {lsn} after {}",
+            st.appended_lsn
+        );
+        st.appended_lsn = lsn;
+    }
+
     /// Notes that `segment` was just created (its file and, if pending, its header need
     /// syncing).
     pub(crate) fn note_new_segment(&self, segment: &Rc<Segment<S::File>>) {

@@ -561,7 +561,11 @@ impl<S: Storage> Log<S> {
         // Not `tail.id() + 1`: the group commit may still hold a removed empty tail.
         let id = tail.id() + 2;
         self.next_lsn = lsn;
-        self.create_tail_with_id(id, AppendClass::Compaction)
+        self.create_tail_with_id(id, AppendClass::Compaction)?;
+        // The skipped LSNs count as appended: waiting for `lsn - 1` is waiting for the new
+        // tail's header (which says where the log goes on) to be durable.
+        self.commit.note_skip(lsn - 1);
+        Ok(())
     }
 
     /// Seals the tail and starts a new one.
