@@ -207,6 +207,74 @@ fn deleted_keys_stay_deleted_through_compaction_and_reopen() {
     });
 }
 
+/// Sets keys `{prefix}-N` until the tail segment changes; returns how many.
+async fn fill_segment(store: &Shared, prefix: &str) -> usize {
+    let start = store.borrow().log().tail().id();
+    let mut n = 0;
+    while store.borrow().log().tail().id() == start {
+        set(store, format!("{prefix}-{n}").as_bytes(), &[b'k'; 600], 0).await;
+        n += 1;
+    }
+    n
+}
+
+/// A tombstone whose key was stored again before compaction reached it: the older record it
+/// covers must stay covered on disk, not only in the index's memory, or a later restart
+/// (after the newer records of the key are compacted away) brings the old value back.
+#[test]
+fn a_key_deleted_stored_again_and_deleted_stays_deleted_across_restarts() {
+    run(|| async {
+        let disk = SimDisk::new();
+        let clock = ManualClock::new(1_000);
+        let (store, _) = open_sim(&disk, config(), &clock).await;
+        let store: Shared = Rc::new(RefCell::new(store));
+        // A: the first value, then data that stays (A is never compacted).
+        set(&store, b"victim", b"v1", 0).await;
+        let a = store.borrow().log().tail().id();
+        fill_segment(&store, "keepA").await;
+        // B: its tombstone, then data that dies.
+        delete(&store, b"victim").await;
+        let b = store.borrow().log().tail().id();
+        let churn = fill_segment(&store, "churnB").await;
+        // C: stored, deleted and stored again, then data that stays for now.
+        set(&store, b"victim", b"v2", 0).await;
+        let c = store.borrow().log().tail().id();
+        delete(&store, b"victim").await;
+        set(&store, b"victim", b"v3", 0).await;
+        let keep_c = fill_segment(&store, "keepC").await;
+        for i in 0..churn {
+            set(&store, format!("churnB-{i}").as_bytes(), b"x", 0).await;
+        }
+        compact_all(&store).await;
+        assert!(store.borrow().log().segment(b).is_none(), "B was compacted");
+        assert!(store.borrow().log().segment(a).is_some());
+        assert!(store.borrow().log().segment(c).is_some());
+        let (store, disk) = reopen(store, &disk, &clock, 1).await;
+        let item = store.borrow_mut().get(b"victim").expect("get");
+        assert_eq!(item.expect("v3").value(), b"v3");
+        delete(&store, b"victim").await;
+        // C and the segments after it die; A still holds v1.
+        for i in 0..keep_c {
+            set(&store, format!("keepC-{i}").as_bytes(), b"y", 0).await;
+        }
+        for round in 0..3u8 {
+            for i in 0..60 {
+                set(&store, format!("churnD-{i}").as_bytes(), &[round; 600], 0).await;
+            }
+            compact_all(&store).await;
+        }
+        assert!(store.borrow().log().segment(a).is_some(), "A holds v1");
+        assert!(store.borrow().log().segment(c).is_none(), "C was compacted");
+        let (store, _) = reopen(store, &disk, &clock, 2).await;
+        let item = store.borrow_mut().get(b"victim").expect("get");
+        assert!(
+            item.is_none(),
+            "a deleted key came back after a restart: {:?}",
+            item.map(|i| String::from_utf8_lossy(i.value()).into_owned())
+        );
+    });
+}
+
 #[test]
 fn expired_items_are_reclaimed_and_stay_gone() {
     run(|| async {

@@ -5,8 +5,9 @@
 //! - a put that is still its key's item is rewritten with the item's current expiry (which
 //!   absorbs any touch) and its CAS; an expired or flushed one is dropped, leaving a tombstone
 //!   if an older record of the key may still exist;
-//! - a tombstone is dropped once no segment from its `since` up to its own exists; if the key
-//!   was stored again meanwhile, the new item inherits its `since` instead; otherwise it moves;
+//! - a tombstone is dropped once no segment from its `since` up to its own exists; otherwise
+//!   it moves, and if the key was stored again meanwhile, its item moves after it (replay
+//!   applies records in log order);
 //! - a touch moves if it still holds its item's expiry; a flush moves while it still matters.
 //!
 //! Liveness is checked right before each rewrite, in the same synchronous step, so client
@@ -218,13 +219,17 @@ impl<S: Storage> Store<S> {
             return Ok(());
         }
         let hash = self.state.index.hash(key);
-        let inherited = self.state.index.update(&self.log, hash, key, |e| {
-            e.since = e.since.min(since);
+        // The key was stored again since. The tombstone must still come after the older
+        // records it covers, and the key's item after the tombstone (replay applies them in
+        // log order): both are written again, in that order. (Letting the item's entry take
+        // over the tombstone's `since` instead is not enough: that lives only in memory, and
+        // after a restart nothing would cover the older records.)
+        let stored_again = self.state.index.get(&self.log, hash, key).map(|entry| {
+            let put = put_of(&self.log, &entry);
+            let live = self.is_live(&entry, self.clock.now_secs());
+            let item = live.then(|| (put.value.as_ref().to_vec(), put.flags.to_native()));
+            (entry, put.cas.to_native(), item)
         });
-        if inherited {
-            self.counters.tombstones_dropped += 1;
-            return Ok(());
-        }
         let body = Delete {
             key,
             since_segment: since,
@@ -234,7 +239,20 @@ impl<S: Storage> Store<S> {
             small_record_len_max(key.len()),
             AppendClass::Compaction,
         )?;
-        self.appended_segment(&appended).add_live(appended.len);
+        let tail = Rc::clone(self.appended_segment(&appended));
+        // Removes the item's entry, if any, as replay will.
+        self.state.apply_delete(&self.log, &tail, appended.len, key);
+        if let Some((entry, cas, Some((value, flags)))) = stored_again {
+            self.write_put(
+                key,
+                ValueParts::whole(&value),
+                flags,
+                entry.expiry,
+                Some(cas),
+                AppendClass::Compaction,
+                None,
+            )?;
+        }
         Ok(())
     }
 
