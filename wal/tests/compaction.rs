@@ -393,6 +393,55 @@ fn a_pinned_segment_is_kept_until_unpinned() {
     });
 }
 
+/// A pin taken while compaction waits for the directory sync after unlinking a segment's
+/// file leaves that segment out: every segment it holds has its file.
+#[test]
+fn a_pin_taken_while_compaction_removes_files_holds_only_files_that_exist() {
+    run(|| async {
+        let disk = SimDisk::new();
+        let clock = ManualClock::new(1_000);
+        let (store, _) = open_sim(&disk, config(), &clock).await;
+        let store: Shared = Rc::new(RefCell::new(store));
+        for round in 0..3u8 {
+            for i in 0..40 {
+                set(&store, format!("k-{i}").as_bytes(), &[round; 700], 0).await;
+            }
+        }
+        let compacting = {
+            let store = Rc::clone(&store);
+            glommio::spawn_local(async move { compact_once(&store).await.expect("compact") })
+        };
+        let mut pin = None;
+        // Bounded in time (compaction waits on timers between batches) and in count.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for _ in 0..50_000_000 {
+            if Instant::now() > deadline {
+                break;
+            }
+            glommio::executor().yield_now().await;
+            let on_disk = disk.segment_ids();
+            let unlinked = store
+                .borrow()
+                .log()
+                .segments()
+                .any(|s| !on_disk.contains(&s.id()));
+            if unlinked {
+                pin = Some(store.borrow().log().pin());
+                break;
+            }
+        }
+        assert!(compacting.await, "compaction removed a segment");
+        let pin = pin.expect("a moment between unlinking and forgetting a segment");
+        for (segment, _) in pin.segments() {
+            assert!(
+                disk.segment_ids().contains(&segment.id()),
+                "pinned segment {} has no file",
+                segment.id()
+            );
+        }
+    });
+}
+
 #[test]
 fn the_background_compactor_reclaims_while_a_writer_runs() {
     run(|| async {

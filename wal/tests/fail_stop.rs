@@ -140,3 +140,47 @@ fn a_failed_sync_is_never_retried_into_success() {
         assert!(matches!(&refused, Err(e) if is_poisoned(e)), "{refused:?}");
     });
 }
+
+/// A directory sync that fails after compaction removed a segment's file stops the shard
+/// too: which names the directory holds on disk is unknown.
+#[test]
+fn a_failed_directory_sync_after_compaction_stops_every_later_write() {
+    run(|| async {
+        let disk = SimDisk::new();
+        let clock = ManualClock::new(1_000);
+        let mut config = small_config(32 << 10, Durability::Fsync);
+        config.compaction.bytes_per_sec = 1 << 40;
+        let (store, _) = open_sim(&disk, config, &clock).await;
+        let store = Rc::new(RefCell::new(store));
+        let commit = store.borrow().commit();
+        // Overwrites, so that compaction has segments to remove.
+        for round in 0..3u8 {
+            for i in 0..40 {
+                let key = format!("k-{i}");
+                let out = store
+                    .borrow_mut()
+                    .set(SetMode::Set, key.as_bytes(), &[round; 700], 0, 0);
+                let Ok(StoreOutcome::Stored(written)) = out else {
+                    panic!("{out:?}");
+                };
+                commit.wait_durable(written.lsn).await.expect("durable");
+            }
+        }
+        disk.fail_dir_syncs();
+        let compacted = terrace_wal::store::compact_once(&store).await;
+        assert!(
+            compacted.as_ref().is_err_and(is_poisoned),
+            "compaction: {compacted:?}"
+        );
+        let out = store.borrow_mut().set(SetMode::Set, b"after", b"x", 0, 0);
+        assert!(
+            out.as_ref().is_err_and(is_poisoned),
+            "a write after it: {out:?}"
+        );
+        let again = terrace_wal::store::compact_once(&store).await;
+        assert!(
+            again.as_ref().is_err_and(is_poisoned),
+            "compaction again: {again:?}"
+        );
+    });
+}

@@ -138,6 +138,21 @@ impl<S: Storage> GroupCommit<S> {
         }
     }
 
+    /// Latches `error` as the log's failure, as a failed sync round does: from now on every
+    /// write and every wait for durability fails. For failures outside the rounds (the
+    /// directory sync after compaction removed files).
+    pub(crate) fn fail(&self, error: WalError) -> Rc<WalError> {
+        let (cause, waiters) = {
+            let mut st = self.state.borrow_mut();
+            let cause = Rc::clone(st.failure.get_or_insert_with(|| Rc::new(error)));
+            (cause, std::mem::take(&mut st.waiters))
+        };
+        for waker in waiters {
+            waker.wake();
+        }
+        cause
+    }
+
     /// Notes that the log skipped ahead: the records up to `lsn` will never be appended
     /// here. They become durable with the next round, which syncs the new tail segment
     /// (already noted by `note_new_segment`) whose header records the skip.

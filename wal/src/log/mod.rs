@@ -652,17 +652,23 @@ impl<S: Storage> Log<S> {
 
     /// Forgets a segment whose file was removed durably.
     pub fn forget_segment(&mut self, id: SegmentId) {
+        if let Some(segment) = self.segments.get(id) {
+            assert!(!segment.is_pinned(), "forgetting pinned segment {id}");
+        }
         if self.segments.remove(id).is_some() {
             self.segments_removed.set(self.segments_removed.get() + 1);
         }
     }
 
     /// Pins every segment as it is now, up to the last appended record: their files are not
-    /// removed until the pin is dropped. For snapshots and backups.
+    /// removed until the pin is dropped. For snapshots and backups. Retired segments are left
+    /// out: everything still needed in them was written again (durably) before they were
+    /// retired, and their files may already be unlinked, awaiting the directory's sync.
     pub fn pin(&self) -> LogPin<S::File> {
         let segments: Vec<_> = self
             .segments
             .iter()
+            .filter(|segment| !segment.is_retired())
             .map(|segment| {
                 segment.pin();
                 (Rc::clone(segment), segment.written_bytes())

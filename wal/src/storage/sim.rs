@@ -119,6 +119,8 @@ struct DiskState {
     dir_syncs: u64,
     /// Every segment sync numbered this or higher fails with EIO.
     fail_syncs_from: Option<u64>,
+    /// Every directory sync fails with EIO (and leaves the directory as it was on disk).
+    fail_dir_syncs: bool,
 }
 
 /// A handle to one simulated disk (one shard directory). Clones share the disk.
@@ -216,6 +218,11 @@ impl SimDisk {
     /// Makes every segment sync numbered `n` or later (counting from 0) fail with EIO.
     pub fn fail_syncs_from(&self, n: u64) {
         self.state.borrow_mut().fail_syncs_from = Some(n);
+    }
+
+    /// Makes every directory sync from now on fail with EIO.
+    pub fn fail_dir_syncs(&self) {
+        self.state.borrow_mut().fail_dir_syncs = true;
     }
 
     /// Segment syncs issued so far.
@@ -326,6 +333,11 @@ impl Storage for SimStorage {
         yield_now().await;
         let mut state = self.disk.state.borrow_mut();
         state.dir_syncs += 1;
+        if state.fail_dir_syncs {
+            return Err(io::Error::from_raw_os_error(
+                rustix::io::Errno::IO.raw_os_error(),
+            ));
+        }
         state.durable_names = state.files.keys().copied().collect();
         state.unlinked.clear();
         Ok(())

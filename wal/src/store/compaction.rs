@@ -390,6 +390,10 @@ pub async fn compact_once<S: Storage>(store: &Rc<RefCell<Store<S>>>) -> Result<b
     if !still(store) {
         return Ok(false);
     }
+    if let Some(cause) = store.borrow().commit().failure() {
+        // A stopped shard changes nothing on disk any more.
+        return Err(WalError::Poisoned { cause }.into());
+    }
     remove_retired(store).await?;
     if !still(store) {
         return Ok(false);
@@ -445,12 +449,20 @@ async fn remove_retired<S: Storage>(store: &Rc<RefCell<Store<S>>>) -> Result<(),
     for &id in &ids {
         store.borrow_mut().log.unlink_segment(id)?;
     }
-    if durability == crate::log::Durability::Fsync {
-        storage.sync_dir().await.map_err(|source| WalError::Io {
+    if durability == crate::log::Durability::Fsync
+        && let Err(source) = storage.sync_dir().await
+    {
+        // Which names the directory holds on disk is now unknown: the shard stops, as
+        // after any failed sync (fail-stop), rather than go on with a directory it cannot
+        // trust.
+        let error = WalError::Io {
             op: "fsync shard directory",
             path: storage.dir_path(),
             source,
-        })?;
+        };
+        tracing::error!(%error, "sync failed: the shard stops accepting writes");
+        let cause = store.borrow().commit().fail(error);
+        return Err(WalError::Poisoned { cause }.into());
     }
     let mut store = store.borrow_mut();
     if store.instance() != instance {
