@@ -181,6 +181,10 @@ struct PendingFlush {
     at: u32,
     /// LSN of its record.
     lsn: u64,
+    /// It took effect at this boundary, but its boundary record could not be appended yet
+    /// (the log was full): the boundary stays fixed until it is logged, and the pending
+    /// record stays needed (compaction keeps it) so that a restart still knows of it.
+    unlogged_boundary: Option<u64>,
 }
 
 /// What `flush_all` has done.
@@ -406,7 +410,11 @@ impl State {
     ) {
         segment.add_live(record_len);
         if boundary_lsn == 0 {
-            self.flush.pending = Some(PendingFlush { at, lsn });
+            self.flush.pending = Some(PendingFlush {
+                at,
+                lsn,
+                unlogged_boundary: None,
+            });
         } else {
             self.flush.flushed_below = self.flush.flushed_below.max(boundary_lsn);
             if self.flush.pending.is_some_and(|p| boundary_lsn > p.lsn) {
@@ -755,6 +763,10 @@ impl<S: Storage> Store<S> {
     /// `for_each_live`, see the same as `get`.
     fn flush_boundary(&self, now: u32) -> u64 {
         match self.state.flush.pending {
+            Some(PendingFlush {
+                unlogged_boundary: Some(boundary),
+                ..
+            }) => boundary,
             Some(pending) if now >= pending.at => self.log.next_lsn(),
             _ => self.state.flush.flushed_below,
         }
@@ -795,7 +807,9 @@ impl<S: Storage> Store<S> {
         if now < pending.at {
             return;
         }
-        let boundary = self.log.next_lsn();
+        let boundary = pending
+            .unlogged_boundary
+            .unwrap_or_else(|| self.log.next_lsn());
         let body = Flush {
             boundary_lsn: boundary,
             at: pending.at,
@@ -806,9 +820,17 @@ impl<S: Storage> Store<S> {
         {
             Ok(appended) => self.after_flush_append(&appended, boundary, pending.at),
             Err(error) => {
-                tracing::warn!(%error, "could not log a delayed flush_all coming into effect");
-                self.state.flush.flushed_below = boundary;
-                self.state.flush.pending = None;
+                // In effect now all the same, at this boundary, and logged at the next
+                // operation that finds room. No client write is acknowledged meanwhile: it
+                // would need room too.
+                if pending.unlogged_boundary.is_none() {
+                    tracing::warn!(%error, "could not log a delayed flush_all coming into effect; \
+                        it is in effect, and logged as soon as there is room");
+                }
+                self.state.flush.pending = Some(PendingFlush {
+                    unlogged_boundary: Some(boundary),
+                    ..pending
+                });
             }
         }
     }
