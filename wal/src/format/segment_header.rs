@@ -121,6 +121,10 @@ impl SegmentHeader {
         if first_lsn == 0 {
             return SegmentHeaderCheck::Invalid("first LSN 0 (LSNs start at 1)".into());
         }
+        // No log gets near 2^63 records; an LSN up there would overflow as it counts on.
+        if first_lsn >= 1 << 63 {
+            return SegmentHeaderCheck::Invalid(format!("first LSN {first_lsn} out of range"));
+        }
         SegmentHeaderCheck::Valid(SegmentHeader {
             segment_id,
             size_bytes: word64(SEGMENT_HEADER_SIZE_OFFSET),
@@ -161,7 +165,13 @@ mod tests {
 
     #[test]
     fn ids_and_lsns_out_of_range_are_refused_even_with_a_good_checksum() {
-        for (segment_id, first_lsn) in [(0, 1), (u64::from(u32::MAX) + 1, 1), (1, 0)] {
+        for (segment_id, first_lsn) in [
+            (0, 1),
+            (u64::from(u32::MAX) + 1, 1),
+            (1, 0),
+            (1, 1 << 63),
+            (1, u64::MAX),
+        ] {
             let header = SegmentHeader {
                 segment_id,
                 size_bytes: 1 << 20,
