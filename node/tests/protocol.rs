@@ -303,3 +303,55 @@ fn shutdown_only_when_enabled() {
 fn server_with_shutdown() -> (tempfile::TempDir, Server) {
     server("permanent-store", &["--enable-shutdown"])
 }
+
+/// Sends `request` followed by `version\r\n` and returns everything answered up to and
+/// including the version line: a reply that should not have been sent shows up before it.
+fn replies_before_version(c: &mut Client, request: &[u8]) -> String {
+    let version = c.call("version\r\n");
+    let mut bytes = request.to_vec();
+    bytes.extend_from_slice(b"version\r\n");
+    c.send(&bytes);
+    let got = String::from_utf8(c.read_until(version.as_bytes())).unwrap();
+    got.strip_suffix(&version).unwrap().to_string()
+}
+
+/// memcached 1.6.18 answers nothing at all to a well-formed `noreply` request, errors
+/// included. Terrace sent the error of a `noreply` request for a key of the connection's own
+/// core (and nothing for a key of another core), the error of an oversized `set ... noreply`,
+/// and `CLIENT_ERROR bad data chunk` after a `noreply` set: a client pipelining `noreply`
+/// writes then read replies it never asked for and paired later replies wrongly.
+#[test]
+fn noreply_requests_get_no_error_on_any_core() {
+    let (_dir, server) = server("temporary-swap-only", &["--cores", "2"]);
+    let mut c = server.connect();
+    // Enough keys that both cores own some of them.
+    for i in 0..16 {
+        let request = format!("set n{i} 0 0 3\r\nabc\r\nincr n{i} 1 noreply\r\n");
+        assert_eq!(
+            replies_before_version(&mut c, request.as_bytes()),
+            "STORED\r\n",
+            "key n{i}"
+        );
+        assert_eq!(
+            replies_before_version(&mut c, format!("touch n{i} x noreply\r\n").as_bytes()),
+            ""
+        );
+    }
+    // A refused oversized set: nothing answered, the data skipped, the old value gone.
+    assert_eq!(c.set("big", "old"), "STORED\r\n");
+    let mut request = b"set big 0 0 2000000 noreply\r\n".to_vec();
+    request.extend(std::iter::repeat_n(b'x', 2_000_000));
+    request.extend_from_slice(b"\r\n");
+    assert_eq!(replies_before_version(&mut c, &request), "");
+    assert_eq!(c.get("big"), None);
+    // A bad data chunk is not answered; the stray `\r\n` after it is an empty line (`ERROR`),
+    // exactly as memcached.
+    assert_eq!(
+        replies_before_version(&mut c, b"set k 0 0 1 noreply\r\nAB\r\n"),
+        "ERROR\r\n"
+    );
+    assert_eq!(
+        replies_before_version(&mut c, b"delete k 5 noreply\r\nflush_all x noreply\r\n"),
+        ""
+    );
+}

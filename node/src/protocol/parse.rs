@@ -129,17 +129,25 @@ pub enum Parsed<'a> {
     Incomplete,
     /// A whole request, `len` bytes long.
     Request { command: Command<'a>, len: usize },
-    /// A bad request, `len` bytes long: answer with `error` and go on.
-    Invalid { error: ProtocolError, len: usize },
+    /// A bad request, `len` bytes long: answer with `error` and go on. `noreply`: the request
+    /// was well formed enough to ask for no reply, and memcached then drops even its error
+    /// (its `out_string` skips every reply of a `noreply` request): answer nothing.
+    Invalid {
+        error: ProtocolError,
+        len: usize,
+        noreply: bool,
+    },
     /// A storage request whose data block will not be stored: consume the `len`-byte line,
     /// then skip `skip_bytes` more (the data block and its `\r\n`, not buffered), answer
     /// with `error`. `delete_key`: a `set` that is refused also removes the key's old value,
     /// as memcached does (so a reader never sees a stale value the client thinks replaced).
+    /// `noreply`: as for `Invalid`, the error is not sent (the old value is still removed).
     Swallow {
         error: ProtocolError,
         len: usize,
         skip_bytes: usize,
         delete_key: Option<&'a [u8]>,
+        noreply: bool,
     },
     /// The connection must be closed (a line too long to be a request).
     Close,
@@ -240,7 +248,20 @@ fn request(command: Command<'_>, len: usize) -> Parsed<'_> {
 }
 
 fn invalid<'a>(error: ProtocolError, len: usize) -> Parsed<'a> {
-    Parsed::Invalid { error, len }
+    Parsed::Invalid {
+        error,
+        len,
+        noreply: false,
+    }
+}
+
+/// A bad request that asked for no reply: memcached sends it no error either.
+fn invalid_noreply<'a>(error: ProtocolError, len: usize, noreply: bool) -> Parsed<'a> {
+    Parsed::Invalid {
+        error,
+        len,
+        noreply,
+    }
 }
 
 /// Up to `TOKENS_MAX` tokens; `None` if there are more.
@@ -365,48 +386,48 @@ fn parse_store<'a>(
         return invalid(ProtocolError::BadCommandLine, line_len);
     }
     let (key, flags, exptime, vlen) = (args[0], parse_u32(args[1]), parse_i32(args[2]), args[3]);
-    let cas = if kind == SetKind::Cas {
-        match parse_u64(args[4]) {
-            Some(cas) => Some(cas),
-            None => return invalid(ProtocolError::BadCommandLine, line_len),
-        }
-    } else {
-        None
-    };
     // Without a length we cannot know where the data block ends: answer and read on, as
     // memcached does (the data line will then get its own error).
     let Some(vlen) = parse_i32(vlen).and_then(|v| usize::try_from(v).ok()) else {
-        return invalid(ProtocolError::BadCommandLine, line_len);
+        return invalid_noreply(ProtocolError::BadCommandLine, line_len, noreply);
     };
     let skip_bytes = vlen.saturating_add(2);
-    let (Some(flags), Some(exptime)) = (flags, exptime) else {
-        return swallow(ProtocolError::BadCommandLine, line_len, skip_bytes, None);
+    let refuse = |error, delete_key| Parsed::Swallow {
+        error,
+        len: line_len,
+        skip_bytes,
+        delete_key,
+        noreply,
+    };
+    let mode = match kind {
+        SetKind::Set => Some(SetMode::Set),
+        SetKind::Add => Some(SetMode::Add),
+        SetKind::Replace => Some(SetMode::Replace),
+        SetKind::Append => Some(SetMode::Append),
+        SetKind::Prepend => Some(SetMode::Prepend),
+        SetKind::Cas => parse_u64(args[4]).map(SetMode::Cas),
+    };
+    let (Some(flags), Some(exptime), Some(mode)) = (flags, exptime, mode) else {
+        return refuse(ProtocolError::BadCommandLine, None);
     };
     if !key_ok(key) {
         // memcached answers and then parses the data block as commands; we know its length,
         // so skip it instead: a value must never be executed as a request.
-        return swallow(ProtocolError::BadCommandLine, line_len, skip_bytes, None);
+        return refuse(ProtocolError::BadCommandLine, None);
     }
     if vlen > limits.item_size_max_bytes {
-        let delete_key = (kind == SetKind::Set).then_some(key);
-        return swallow(ProtocolError::TooLarge, line_len, skip_bytes, delete_key);
+        return refuse(
+            ProtocolError::TooLarge,
+            (kind == SetKind::Set).then_some(key),
+        );
     }
     let total = line_len + skip_bytes;
     if buf.len() < total {
         return Parsed::Incomplete;
     }
     if &buf[line_len + vlen..total] != b"\r\n" {
-        return invalid(ProtocolError::BadDataChunk, total);
+        return invalid_noreply(ProtocolError::BadDataChunk, total, noreply);
     }
-    let mode = match (kind, cas) {
-        (SetKind::Set, _) => SetMode::Set,
-        (SetKind::Add, _) => SetMode::Add,
-        (SetKind::Replace, _) => SetMode::Replace,
-        (SetKind::Append, _) => SetMode::Append,
-        (SetKind::Prepend, _) => SetMode::Prepend,
-        (SetKind::Cas, Some(cas)) => SetMode::Cas(cas),
-        (SetKind::Cas, None) => return invalid(ProtocolError::BadCommandLine, line_len),
-    };
     request(
         Command::Store {
             mode,
@@ -418,20 +439,6 @@ fn parse_store<'a>(
         },
         total,
     )
-}
-
-fn swallow<'a>(
-    error: ProtocolError,
-    len: usize,
-    skip_bytes: usize,
-    delete_key: Option<&'a [u8]>,
-) -> Parsed<'a> {
-    Parsed::Swallow {
-        error,
-        len,
-        skip_bytes,
-        delete_key,
-    }
 }
 
 fn parse_delete(rest: &[u8], len: usize) -> Parsed<'_> {
@@ -446,10 +453,10 @@ fn parse_delete(rest: &[u8], len: usize) -> Parsed<'_> {
         _ => false,
     };
     if !ok {
-        return invalid(ProtocolError::DeleteUsage, len);
+        return invalid_noreply(ProtocolError::DeleteUsage, len, noreply);
     }
     if !key_ok(args[0]) {
-        return invalid(ProtocolError::BadCommandLine, len);
+        return invalid_noreply(ProtocolError::BadCommandLine, len, noreply);
     }
     request(
         Command::Delete {
@@ -469,10 +476,10 @@ fn parse_delta(rest: &[u8], incr: bool, len: usize) -> Parsed<'_> {
         return invalid(ProtocolError::UnknownCommand, len);
     };
     if !key_ok(key) {
-        return invalid(ProtocolError::BadCommandLine, len);
+        return invalid_noreply(ProtocolError::BadCommandLine, len, noreply);
     }
     let Some(amount) = parse_u64(amount) else {
-        return invalid(ProtocolError::InvalidDelta, len);
+        return invalid_noreply(ProtocolError::InvalidDelta, len, noreply);
     };
     let delta = if incr {
         Delta::Incr(amount)
@@ -498,10 +505,10 @@ fn parse_touch(rest: &[u8], len: usize) -> Parsed<'_> {
         return invalid(ProtocolError::UnknownCommand, len);
     };
     if !key_ok(key) {
-        return invalid(ProtocolError::BadCommandLine, len);
+        return invalid_noreply(ProtocolError::BadCommandLine, len, noreply);
     }
     let Some(exptime) = parse_i32(exptime) else {
-        return invalid(ProtocolError::InvalidExptime, len);
+        return invalid_noreply(ProtocolError::InvalidExptime, len, noreply);
     };
     request(
         Command::Touch {
@@ -522,7 +529,7 @@ fn parse_flush_all(rest: &[u8], len: usize) -> Parsed<'_> {
         [] => 0,
         [delay] => match parse_i32(delay) {
             Some(delay) => delay,
-            None => return invalid(ProtocolError::BadCommandLine, len),
+            None => return invalid_noreply(ProtocolError::BadCommandLine, len, noreply),
         },
         _ => return invalid(ProtocolError::BadCommandLine, len),
     };

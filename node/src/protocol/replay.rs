@@ -41,19 +41,24 @@ pub fn replay(stream: &[u8], splits: &[usize], limits: &Limits) -> Vec<String> {
                     out.push(format!("{command:?}"));
                     buf.drain(..len);
                 }
-                Parsed::Invalid { error, len } => {
+                Parsed::Invalid {
+                    error,
+                    len,
+                    noreply,
+                } => {
                     assert!(len > 0 && len <= buf.len());
-                    out.push(format!("{error:?}"));
+                    out.push(format!("{error:?} noreply={noreply}"));
                     buf.drain(..len);
                 }
                 Parsed::Swallow {
                     error,
                     len,
                     skip_bytes,
+                    noreply,
                     ..
                 } => {
                     assert!(len > 0 && len <= buf.len());
-                    out.push(format!("{error:?}"));
+                    out.push(format!("{error:?} noreply={noreply}"));
                     buf.drain(..len);
                     skip = skip_bytes;
                 }

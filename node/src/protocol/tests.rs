@@ -72,8 +72,13 @@ fn bad_requests_get_memcached_errors() {
     ];
     for (input, error) in cases {
         match one(input) {
-            Parsed::Invalid { error: got, len } => {
+            Parsed::Invalid {
+                error: got,
+                len,
+                noreply,
+            } => {
                 assert_eq!(got, *error, "{}", String::from_utf8_lossy(input));
+                assert!(!noreply, "{}", String::from_utf8_lossy(input));
                 assert_eq!(len, input.len(), "{}", String::from_utf8_lossy(input));
             }
             other => panic!("{}: {other:?}", String::from_utf8_lossy(input)),
@@ -98,6 +103,7 @@ fn refused_data_blocks_are_swallowed_and_set_deletes_the_old_value() {
             len: 16,
             skip_bytes: 2002,
             delete_key: Some(b"k"),
+            noreply: false,
         }
     );
     assert!(matches!(
@@ -113,6 +119,39 @@ fn refused_data_blocks_are_swallowed_and_set_deletes_the_old_value() {
         Parsed::Swallow {
             error: ProtocolError::BadCommandLine,
             skip_bytes: 3,
+            ..
+        }
+    ));
+}
+
+/// memcached's `out_string` drops every reply of a request that ends in `noreply`, its errors
+/// too (checked against 1.6.18): `set k 0 0 1 noreply` with a bad data chunk, an oversized
+/// `set ... noreply`, a `delete k 5 noreply`, a non-numeric delta all answer nothing. Terrace
+/// sent these errors, so a client that pipelines noreply requests saw replies it never
+/// expected and paired later replies with the wrong requests.
+#[test]
+fn errors_of_noreply_requests_are_not_answered() {
+    let silent = |input: &[u8]| match one(input) {
+        Parsed::Invalid { noreply, .. } | Parsed::Swallow { noreply, .. } => {
+            assert!(noreply, "{}", String::from_utf8_lossy(input));
+        }
+        other => panic!("{}: {other:?}", String::from_utf8_lossy(input)),
+    };
+    silent(b"set k 0 0 1 noreply\r\nAB\r\n");
+    silent(b"set k 0 0 2000 noreply\r\n");
+    silent(b"set k x 0 1 noreply\r\nA\r\n");
+    silent(b"set k 0 0 -1 noreply\r\n");
+    silent(b"delete k 5 noreply\r\n");
+    silent(b"incr k x noreply\r\n");
+    silent(b"touch k x noreply\r\n");
+    // The refused oversized set still drops the old value.
+    assert!(matches!(
+        one(b"set k 0 0 2000 noreply\r\n"),
+        Parsed::Swallow {
+            error: ProtocolError::TooLarge,
+            skip_bytes: 2002,
+            delete_key: Some(b"k"),
+            noreply: true,
             ..
         }
     ));
