@@ -355,3 +355,54 @@ fn noreply_requests_get_no_error_on_any_core() {
         ""
     );
 }
+
+/// incr/decr read a stored counter and a delta as memcached's safe_strtoull does (checked
+/// against 1.6.18): leading whitespace, a `+`, leading zeros and anything after a space are
+/// fine; `12abc`, `-1` and numbers past 2^64 - 1 are not. Numeric arguments take a `+` too:
+/// `set e 0 0 +1` stores, and its data block is never run as a command.
+#[test]
+fn numbers_are_read_as_memcached_reads_them() {
+    let (_dir, server) = server("temporary-swap-only", &[]);
+    let mut c = server.connect();
+    for (value, incr, reply) in [
+        (" 12", "1", "13\r\n"),
+        ("12 abc", "1", "13\r\n"),
+        ("000000000000000000012", "1", "13\r\n"),
+        ("5", "+3", "8\r\n"),
+        ("-0", "1", "1\r\n"),
+        (
+            "12abc",
+            "1",
+            "CLIENT_ERROR cannot increment or decrement non-numeric value\r\n",
+        ),
+        (
+            "-1",
+            "1",
+            "CLIENT_ERROR cannot increment or decrement non-numeric value\r\n",
+        ),
+        (
+            "18446744073709551616",
+            "1",
+            "CLIENT_ERROR cannot increment or decrement non-numeric value\r\n",
+        ),
+        ("5", "-1", "CLIENT_ERROR invalid numeric delta argument\r\n"),
+        (
+            "5",
+            "3abc",
+            "CLIENT_ERROR invalid numeric delta argument\r\n",
+        ),
+    ] {
+        assert_eq!(c.set("n", value), "STORED\r\n");
+        assert_eq!(
+            c.call(&format!("incr n {incr}\r\n")),
+            reply,
+            "{value:?} + {incr}"
+        );
+    }
+    assert_eq!(
+        replies_before_version(&mut c, b"set e +5 +100 +1\r\nA\r\n"),
+        "STORED\r\n"
+    );
+    assert_eq!(c.call_end("get e\r\n"), "VALUE e 5 1\r\nA\r\nEND\r\n");
+    assert_eq!(c.call("touch e +10\r\n"), "TOUCHED\r\n");
+}

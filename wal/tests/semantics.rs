@@ -293,13 +293,35 @@ fn incr_and_decr() {
             .expect("present");
         assert_eq!(value, 13);
         assert_eq!(f.value(b"padded"), Some(b"13".to_vec()));
+        // memcached reads a counter with strtoull (safe_strtoull): leading whitespace, a
+        // sign, leading zeros and anything after a space are fine (checked against 1.6.18).
+        for (text, start) in [
+            (&b" 12"[..], 12),
+            (b"12 abc", 12),
+            (b"000000000000000000012", 12),
+            (b"+12", 12),
+            (b"-0", 0),
+        ] {
+            f.stored(b"loose", text, 0, 0);
+            let (value, _) = f
+                .store
+                .delta(b"loose", Delta::Incr(1))
+                .expect("incr")
+                .expect("present");
+            assert_eq!(value, start + 1, "{text:?}");
+            assert_eq!(
+                f.value(b"loose"),
+                Some((start + 1).to_string().into_bytes())
+            );
+        }
         for bad in [
             &b"abc"[..],
             b"",
+            b" ",
             b"1x",
+            b"12abc",
             b"-1",
             b"18446744073709551616",
-            b" 1",
         ] {
             f.stored(b"bad", bad, 0, 0);
             let before = f.records();

@@ -11,6 +11,7 @@
 use super::ProtocolError;
 use crate::constants::{GET_KEYS_MAX, GET_LINE_LEN_MAX_BYTES, LINE_LEN_MAX_BYTES, TOKENS_MAX};
 use terrace_wal::constants::KEY_LEN_MAX_BYTES;
+use terrace_wal::store::number::{self, parse_u32, parse_u64};
 use terrace_wal::store::{Delta, SetMode};
 
 /// What the parser needs to know about the server.
@@ -290,26 +291,10 @@ fn key_ok(key: &[u8]) -> bool {
     !key.is_empty() && key.len() <= KEY_LEN_MAX_BYTES && key.iter().all(|&b| b > b' ' && b != 0x7f)
 }
 
-fn parse_u64(token: &[u8]) -> Option<u64> {
-    if token.is_empty() || token.len() > 20 || !token.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(token).ok()?.parse().ok()
-}
-
-fn parse_u32(token: &[u8]) -> Option<u32> {
-    parse_u64(token).and_then(|v| u32::try_from(v).ok())
-}
-
-/// A signed decimal that fits memcached's 32-bit `exptime`/`vlen`.
+/// A signed decimal that fits memcached's 32-bit `exptime`/`vlen` (its `safe_strtol`: a
+/// leading `+` is fine, as in `set k 0 0 +1`).
 fn parse_i32(token: &[u8]) -> Option<i64> {
-    let (negative, digits) = match token.strip_prefix(b"-") {
-        Some(digits) => (true, digits),
-        None => (false, token),
-    };
-    let magnitude = i64::try_from(parse_u64(digits)?).ok()?;
-    let value = if negative { -magnitude } else { magnitude };
-    i32::try_from(value).ok().map(i64::from)
+    number::parse_i32(token).map(i64::from)
 }
 
 fn simple<'a>(rest: &'a [u8], command: Command<'a>, len: usize) -> Parsed<'a> {

@@ -157,6 +157,68 @@ fn errors_of_noreply_requests_are_not_answered() {
     ));
 }
 
+/// memcached reads numeric arguments with strtol/strtoul (a leading `+` is fine): `set e 0 0
+/// +1` stores one byte. Terrace answered `CLIENT_ERROR` and then ran the data block `A` as a
+/// command; a data block must never be run as a command.
+#[test]
+fn numbers_are_read_as_memcached_reads_them() {
+    assert_eq!(
+        one(b"set e +5 +100 +1\r\nA\r\n"),
+        Parsed::Request {
+            command: Command::Store {
+                mode: SetMode::Set,
+                key: b"e",
+                flags: 5,
+                exptime: 100,
+                data: b"A",
+                noreply: false,
+            },
+            len: 21,
+        }
+    );
+    let Parsed::Request { command, .. } = one(b"cas e 0 0 1 +7\r\nA\r\n") else {
+        panic!("cas +7");
+    };
+    assert!(matches!(
+        command,
+        Command::Store {
+            mode: SetMode::Cas(7),
+            ..
+        }
+    ));
+    let Parsed::Request { command, .. } = one(b"incr n +3\r\n") else {
+        panic!("incr +3");
+    };
+    assert!(matches!(
+        command,
+        Command::Delta {
+            delta: Delta::Incr(3),
+            ..
+        }
+    ));
+    let Parsed::Request { command, .. } = one(b"touch n +10\r\n") else {
+        panic!("touch +10");
+    };
+    assert!(matches!(command, Command::Touch { exptime: 10, .. }));
+    for bad in [
+        &b"incr n -1\r\n"[..],
+        b"incr n 3abc\r\n",
+        b"incr n 18446744073709551616\r\n",
+    ] {
+        assert!(
+            matches!(
+                one(bad),
+                Parsed::Invalid {
+                    error: ProtocolError::InvalidDelta,
+                    ..
+                }
+            ),
+            "{}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+}
+
 #[test]
 fn long_lines_close_the_connection_but_long_gets_do_not() {
     let line = vec![b'x'; 2049];
