@@ -60,7 +60,7 @@ fn every_command_answers_like_memcached() {
         ("cas k 0 0 1 1\r\nx\r\n", "EXISTS\r\n"),
         ("cas nope 0 0 1 1\r\nx\r\n", "NOT_FOUND\r\n"),
         ("bogus\r\n", "ERROR\r\n"),
-        ("set k 0 0\r\n", "CLIENT_ERROR bad command line format\r\n"),
+        ("set k 0 0\r\n", "ERROR\r\n"),
         (
             "set k 0 0 1\r\nab\r\n",
             "CLIENT_ERROR bad data chunk\r\nERROR\r\n",
@@ -405,4 +405,45 @@ fn numbers_are_read_as_memcached_reads_them() {
     );
     assert_eq!(c.call_end("get e\r\n"), "VALUE e 5 1\r\nA\r\nEND\r\n");
     assert_eq!(c.call("touch e +10\r\n"), "TOUCHED\r\n");
+}
+
+/// A wrong number of arguments is `ERROR` in memcached 1.6.18, checked before any argument
+/// is read; Terrace answered `CLIENT_ERROR bad command line format` (and took `delete
+/// noreply` for a delete without a key, where memcached deletes the key "noreply").
+#[test]
+fn argument_counts_are_checked_as_memcached_checks_them() {
+    let (_dir, server) = server("temporary-swap-only", &[]);
+    let mut c = server.connect();
+    for (request, reply) in [
+        ("set k 0 0\r\n", "ERROR\r\n"),
+        // The data line of a cas with a missing unique runs as a command, as memcached.
+        ("cas k 0 0 1\r\nA\r\n", "ERROR\r\nERROR\r\n"),
+        ("delete\r\n", "ERROR\r\n"),
+        ("delete a b c d\r\n", "ERROR\r\n"),
+        ("flush_all 1 2 3\r\n", "ERROR\r\n"),
+        ("delete noreply\r\n", "NOT_FOUND\r\n"),
+        (
+            "flush_all abc\r\n",
+            "CLIENT_ERROR invalid exptime argument\r\n",
+        ),
+        ("set k 0 0 1 extra\r\nA\r\n", "STORED\r\n"),
+        (
+            "incr k 1 extra\r\n",
+            "CLIENT_ERROR cannot increment or decrement non-numeric value\r\n",
+        ),
+        ("touch k 10 extra\r\n", "TOUCHED\r\n"),
+        (
+            "delete k extra\r\n",
+            "CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n",
+        ),
+        ("delete k 0\r\n", "DELETED\r\n"),
+    ] {
+        assert_eq!(
+            replies_before_version(&mut c, request.as_bytes()),
+            reply,
+            "{request:?}"
+        );
+    }
+    assert_eq!(c.set("noreply", "x"), "STORED\r\n");
+    assert_eq!(c.call("delete noreply\r\n"), "DELETED\r\n");
 }

@@ -279,12 +279,10 @@ fn collect_tokens(rest: &[u8]) -> Option<([&[u8]; TOKENS_MAX], usize)> {
     Some((out, n))
 }
 
-/// Splits off a trailing `noreply`.
-fn split_noreply<'t, 'a>(args: &'t [&'a [u8]]) -> (&'t [&'a [u8]], bool) {
-    match args.split_last() {
-        Some((last, init)) if *last == b"noreply" => (init, true),
-        _ => (args, false),
-    }
+/// memcached's `set_noreply_maybe`: a request asks for no reply when its last token is
+/// `noreply`, whatever position that is (`incr k noreply` is a silent bad delta).
+fn asks_noreply(args: &[&[u8]]) -> bool {
+    args.last().is_some_and(|last| *last == b"noreply")
 }
 
 fn key_ok(key: &[u8]) -> bool {
@@ -363,13 +361,16 @@ fn parse_store<'a>(
     limits: &Limits,
 ) -> Parsed<'a> {
     let Some((tokens, n)) = collect_tokens(rest) else {
-        return invalid(ProtocolError::BadCommandLine, line_len);
+        return invalid(ProtocolError::UnknownCommand, line_len);
     };
-    let (args, noreply) = split_noreply(&tokens[..n]);
+    // memcached counts the arguments before it reads any: a wrong count is `ERROR`; one more
+    // than needed is `noreply` or ignored (`set k 0 0 1 x` stores).
+    let args = &tokens[..n];
     let expected = if kind == SetKind::Cas { 5 } else { 4 };
-    if args.len() != expected {
-        return invalid(ProtocolError::BadCommandLine, line_len);
+    if n != expected && n != expected + 1 {
+        return invalid(ProtocolError::UnknownCommand, line_len);
     }
+    let noreply = asks_noreply(args);
     let (key, flags, exptime, vlen) = (args[0], parse_u32(args[1]), parse_i32(args[2]), args[3]);
     // Without a length we cannot know where the data block ends: answer and read on, as
     // memcached does (the data line will then get its own error).
@@ -428,14 +429,20 @@ fn parse_store<'a>(
 
 fn parse_delete(rest: &[u8], len: usize) -> Parsed<'_> {
     let Some((tokens, n)) = collect_tokens(rest) else {
-        return invalid(ProtocolError::BadCommandLine, len);
+        return invalid(ProtocolError::UnknownCommand, len);
     };
-    let (args, noreply) = split_noreply(&tokens[..n]);
-    let ok = match args {
-        [_] => true,
-        // memcached still accepts the old hold time, if it is zero.
-        [_, hold] => *hold == b"0",
-        _ => false,
+    let args = &tokens[..n];
+    if !(1..=3).contains(&n) {
+        return invalid(ProtocolError::UnknownCommand, len);
+    }
+    // As memcached: `noreply` is looked for only after a key (`delete noreply` deletes the key
+    // "noreply"), and the old hold time is accepted if it is zero.
+    let noreply = n > 1 && asks_noreply(args);
+    let hold_is_zero = n > 1 && args[1] == b"0";
+    let ok = match n {
+        1 => true,
+        2 => hold_is_zero || noreply,
+        _ => hold_is_zero && noreply,
     };
     if !ok {
         return invalid_noreply(ProtocolError::DeleteUsage, len, noreply);
@@ -454,12 +461,15 @@ fn parse_delete(rest: &[u8], len: usize) -> Parsed<'_> {
 
 fn parse_delta(rest: &[u8], incr: bool, len: usize) -> Parsed<'_> {
     let Some((tokens, n)) = collect_tokens(rest) else {
-        return invalid(ProtocolError::BadCommandLine, len);
-    };
-    let (args, noreply) = split_noreply(&tokens[..n]);
-    let [key, amount] = args else {
         return invalid(ProtocolError::UnknownCommand, len);
     };
+    // Two arguments, or three (the third `noreply` or ignored), as memcached.
+    let args = &tokens[..n];
+    let (key, amount) = match args {
+        [first, second] | [first, second, _] => (*first, *second),
+        _ => return invalid(ProtocolError::UnknownCommand, len),
+    };
+    let noreply = asks_noreply(args);
     if !key_ok(key) {
         return invalid_noreply(ProtocolError::BadCommandLine, len, noreply);
     }
@@ -483,12 +493,15 @@ fn parse_delta(rest: &[u8], incr: bool, len: usize) -> Parsed<'_> {
 
 fn parse_touch(rest: &[u8], len: usize) -> Parsed<'_> {
     let Some((tokens, n)) = collect_tokens(rest) else {
-        return invalid(ProtocolError::BadCommandLine, len);
-    };
-    let (args, noreply) = split_noreply(&tokens[..n]);
-    let [key, exptime] = args else {
         return invalid(ProtocolError::UnknownCommand, len);
     };
+    // Two arguments, or three (the third `noreply` or ignored), as memcached.
+    let args = &tokens[..n];
+    let (key, exptime) = match args {
+        [first, second] | [first, second, _] => (*first, *second),
+        _ => return invalid(ProtocolError::UnknownCommand, len),
+    };
+    let noreply = asks_noreply(args);
     if !key_ok(key) {
         return invalid_noreply(ProtocolError::BadCommandLine, len, noreply);
     }
@@ -507,23 +520,29 @@ fn parse_touch(rest: &[u8], len: usize) -> Parsed<'_> {
 
 fn parse_flush_all(rest: &[u8], len: usize) -> Parsed<'_> {
     let Some((tokens, n)) = collect_tokens(rest) else {
-        return invalid(ProtocolError::BadCommandLine, len);
+        return invalid(ProtocolError::UnknownCommand, len);
     };
-    let (args, noreply) = split_noreply(&tokens[..n]);
-    let delay = match args {
-        [] => 0,
-        [delay] => match parse_i32(delay) {
+    // As memcached: at most two arguments; unless the only one is `noreply`, the first is the
+    // delay (`flush_all 0 2` ignores the 2, `flush_all noreply 5` is a bad delay).
+    let args = &tokens[..n];
+    if n > 2 {
+        return invalid(ProtocolError::UnknownCommand, len);
+    }
+    let noreply = asks_noreply(args);
+    let delay = if n == usize::from(noreply) {
+        0
+    } else {
+        match parse_i32(args[0]) {
             Some(delay) => delay,
-            None => return invalid_noreply(ProtocolError::BadCommandLine, len, noreply),
-        },
-        _ => return invalid(ProtocolError::BadCommandLine, len),
+            None => return invalid_noreply(ProtocolError::InvalidExptime, len, noreply),
+        }
     };
     request(Command::FlushAll { delay, noreply }, len)
 }
 
 fn parse_verbosity(rest: &[u8], len: usize) -> Parsed<'_> {
     let Some((tokens, n)) = collect_tokens(rest) else {
-        return invalid(ProtocolError::BadCommandLine, len);
+        return invalid(ProtocolError::UnknownCommand, len);
     };
     // As memcached 1.6: one or two arguments, else ERROR; a trailing `noreply` silences the
     // reply whatever the level says (memcached's out_string drops even the error), otherwise

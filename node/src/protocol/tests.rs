@@ -54,7 +54,15 @@ fn bad_requests_get_memcached_errors() {
         (b"bogus\r\n", ProtocolError::UnknownCommand),
         (b"\r\n", ProtocolError::UnknownCommand),
         (b"get\r\n", ProtocolError::UnknownCommand),
-        (b"set k 0 0\r\n", ProtocolError::BadCommandLine),
+        (b"set k 0 0\r\n", ProtocolError::UnknownCommand),
+        (b"cas k 0 0 1\r\n", ProtocolError::UnknownCommand),
+        (b"set k 0 0 1 noreply x\r\n", ProtocolError::UnknownCommand),
+        (b"delete\r\n", ProtocolError::UnknownCommand),
+        (b"delete a b c d\r\n", ProtocolError::UnknownCommand),
+        (b"incr k\r\n", ProtocolError::UnknownCommand),
+        (b"touch k 1 2 3\r\n", ProtocolError::UnknownCommand),
+        (b"flush_all 1 2 3\r\n", ProtocolError::UnknownCommand),
+        (b"delete k foo\r\n", ProtocolError::DeleteUsage),
         (b"set k 0 0 -1\r\n", ProtocolError::BadCommandLine),
         (b"set k 0 0 x\r\n", ProtocolError::BadCommandLine),
         (b"set k 0 0 1\r\nabc", ProtocolError::BadDataChunk),
@@ -63,8 +71,9 @@ fn bad_requests_get_memcached_errors() {
         (b"touch k x\r\n", ProtocolError::InvalidExptime),
         (b"gat x k\r\n", ProtocolError::InvalidExptime),
         (b"delete k 5\r\n", ProtocolError::DeleteUsage),
-        (b"delete k 0 noreply extra\r\n", ProtocolError::DeleteUsage),
-        (b"flush_all x\r\n", ProtocolError::BadCommandLine),
+        (b"delete k 0 foo\r\n", ProtocolError::DeleteUsage),
+        (b"flush_all x\r\n", ProtocolError::InvalidExptime),
+        (b"flush_all noreply 5\r\n", ProtocolError::InvalidExptime),
         (b"version x\r\n", ProtocolError::UnknownCommand),
         (b"verbosity\r\n", ProtocolError::UnknownCommand),
         (b"verbosity foo bar my\r\n", ProtocolError::UnknownCommand),
@@ -274,6 +283,37 @@ fn other_commands() {
         Command::Touch {
             key: b"k",
             exptime: -5,
+            noreply: true,
+        },
+    );
+    // memcached: `delete noreply` names the key "noreply"; an argument past the ones a
+    // command needs is ignored unless it is `noreply`; `flush_all 0 2` ignores the 2.
+    expect(
+        b"delete noreply\r\n",
+        Command::Delete {
+            key: b"noreply",
+            noreply: false,
+        },
+    );
+    expect(
+        b"incr k 1 x\r\n",
+        Command::Delta {
+            key: b"k",
+            delta: Delta::Incr(1),
+            noreply: false,
+        },
+    );
+    expect(
+        b"flush_all 0 2\r\n",
+        Command::FlushAll {
+            delay: 0,
+            noreply: false,
+        },
+    );
+    expect(
+        b"flush_all noreply\r\n",
+        Command::FlushAll {
+            delay: 0,
             noreply: true,
         },
     );
