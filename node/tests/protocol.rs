@@ -447,3 +447,28 @@ fn argument_counts_are_checked_as_memcached_checks_them() {
     assert_eq!(c.set("noreply", "x"), "STORED\r\n");
     assert_eq!(c.call("delete noreply\r\n"), "DELETED\r\n");
 }
+
+/// memcached 1.6.18 returns the item a `gat`/`gats` touches even when the new exptime is
+/// already past, and only then is it gone; `gat 10` with no key answers `END`. Terrace
+/// answered a bare `END` (the value was lost unseen) and `ERROR`.
+#[test]
+fn gat_returns_the_item_it_expires_and_takes_no_keys() {
+    let (_dir, server) = server("temporary-swap-only", &["--cores", "2"]);
+    let mut c = server.connect();
+    // Keys on both cores.
+    for key in ["g", "h", "i", "j"] {
+        assert_eq!(c.set(key, "A"), "STORED\r\n");
+        assert_eq!(
+            c.call_end(&format!("gat -1 {key}\r\n")),
+            format!("VALUE {key} 0 1\r\nA\r\nEND\r\n")
+        );
+        assert_eq!(c.call_end(&format!("get {key}\r\n")), "END\r\n");
+    }
+    assert_eq!(c.set("g", "B"), "STORED\r\n");
+    let reply = c.call_end("gats -1 g\r\n");
+    assert!(reply.starts_with("VALUE g 0 1 "), "{reply}");
+    assert_eq!(c.call_end("gets g\r\n"), "END\r\n");
+    assert_eq!(c.call_end("gat 10\r\n"), "END\r\n");
+    assert_eq!(c.call_end("gats 10\r\n"), "END\r\n");
+    assert_eq!(c.call("gat\r\n"), "ERROR\r\n");
+}

@@ -319,13 +319,15 @@ impl Harness {
                         .borrow_mut()
                         .get_and_touch(&key, exptime)
                         .expect("gat");
+                    // gat returns the item it touched, even to an expiry already past
+                    // (memcached), and only then is it gone.
+                    let before = self.model.get(&key).cloned();
                     let expiry = absolute(exptime, now);
                     if let Some(item) = self.model.items.get_mut(&key) {
                         item.expiry = expiry;
                     }
                     self.model.tick(now);
-                    let still = self.model.get(&key).cloned();
-                    match (still, out) {
+                    match (before, out) {
                         (None, None) => {}
                         (Some(e), Some((item, _))) => {
                             assert_eq!(item.value(), &e.value[..], "{at}")

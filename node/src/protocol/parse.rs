@@ -109,8 +109,8 @@ impl Command<'_> {
     }
 }
 
-/// The keys of a get line, in order (already checked: 1 to `GET_KEYS_MAX` keys, each 1 to
-/// 250 bytes).
+/// The keys of a get line, in order (already checked: up to `GET_KEYS_MAX` keys, each 1 to
+/// 250 bytes; at least one for `get`/`gets`, maybe none for `gat`/`gats`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Keys<'a> {
     rest: &'a [u8],
@@ -302,7 +302,9 @@ fn simple<'a>(rest: &'a [u8], command: Command<'a>, len: usize) -> Parsed<'a> {
     request(command, len)
 }
 
-fn get_keys(rest: &[u8]) -> Result<Keys<'_>, ProtocolError> {
+/// The keys of a get line; `keys_required`: whether none is an error (`get`), or just an empty
+/// answer (`gat 10` answers `END` in memcached: its exptime is the token it requires).
+fn get_keys(rest: &[u8], keys_required: bool) -> Result<Keys<'_>, ProtocolError> {
     let mut count = 0;
     for key in tokens(rest) {
         count += 1;
@@ -310,14 +312,14 @@ fn get_keys(rest: &[u8]) -> Result<Keys<'_>, ProtocolError> {
             return Err(ProtocolError::BadCommandLine);
         }
     }
-    if count == 0 {
+    if count == 0 && keys_required {
         return Err(ProtocolError::UnknownCommand);
     }
     Ok(Keys { rest })
 }
 
 fn parse_get(rest: &[u8], with_cas: bool, len: usize) -> Parsed<'_> {
-    match get_keys(rest) {
+    match get_keys(rest, true) {
         Ok(keys) => request(Command::Get { keys, with_cas }, len),
         Err(error) => invalid(error, len),
     }
@@ -330,7 +332,7 @@ fn parse_gat(rest: &[u8], with_cas: bool, len: usize) -> Parsed<'_> {
     let Some(exptime) = parse_i32(first) else {
         return invalid(ProtocolError::InvalidExptime, len);
     };
-    match get_keys(after(rest, first)) {
+    match get_keys(after(rest, first), false) {
         Ok(keys) => request(
             Command::GetAndTouch {
                 exptime,

@@ -350,6 +350,15 @@ fn other_commands() {
     };
     assert_eq!((exptime, with_cas), (100, true));
     assert_eq!(keys.iter().collect::<Vec<_>>(), vec![&b"a"[..], b"b"]);
+    // memcached answers `gat 10` with no key `END`: a request with no keys, not an error.
+    let Parsed::Request {
+        command: Command::GetAndTouch { exptime, keys, .. },
+        ..
+    } = one(b"gat 10\r\n")
+    else {
+        panic!("gat without keys");
+    };
+    assert_eq!((exptime, keys.iter().count()), (10, 0));
 }
 
 fn outcomes(stream: &[u8], splits: &[usize]) -> Vec<String> {

@@ -1112,10 +1112,13 @@ impl<S: Storage> Store<S> {
             return Ok(None);
         };
         let hash = self.state.index.hash(key);
-        let now = self.clock.now_secs();
-        // A touch to an expiry in the past leaves no live item to return.
+        // memcached returns the item it touched even when the new expiry is already past
+        // (`gat -1 k` answers the value once, then it is gone): take the entry the touch just
+        // updated without asking whether it is still live.
         Ok(self
-            .live_entry(hash, key, now)
+            .state
+            .index
+            .get(&self.log, hash, key)
             .map(|e| (self.item(&e), written)))
     }
 
