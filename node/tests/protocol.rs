@@ -472,3 +472,48 @@ fn gat_returns_the_item_it_expires_and_takes_no_keys() {
     assert_eq!(c.call_end("gats 10\r\n"), "END\r\n");
     assert_eq!(c.call("gat\r\n"), "ERROR\r\n");
 }
+
+/// The receive buffer holds the largest request: a set line whose newline is at offset 2048
+/// (memcached's line limit) and a value of `item_size_max`. Terrace's cap was one byte short
+/// (it forgot the newline) and reset such a connection. A line longer than 2048 bytes whose
+/// newline arrives with it is run, as memcached 1.6.18 runs it; memcached also looks past up
+/// to 100 leading spaces for a long `get`.
+#[test]
+fn long_lines_and_the_largest_request() {
+    let (_dir, server) = server("temporary-swap-only", &[]);
+    let mut c = server.connect();
+    let mib = 1 << 20;
+    let mut request = b"set big 0 0 1048576".to_vec();
+    request.resize(2047, b' ');
+    request.extend_from_slice(b"\r\n");
+    assert_eq!(request.iter().position(|&b| b == b'\n'), Some(2048));
+    request.extend(std::iter::repeat_n(b'v', mib));
+    request.extend_from_slice(b"\r\n");
+    assert_eq!(replies_before_version(&mut c, &request), "STORED\r\n");
+    assert_eq!(c.get("big").map(|v| v.len()), Some(mib));
+
+    // One write, so the newline arrives in the same read as the start of the line.
+    let mut padded = b"set k 0 0 1".to_vec();
+    padded.resize(3000, b' ');
+    padded.extend_from_slice(b"\r\nA\r\n");
+    assert_eq!(replies_before_version(&mut c, &padded), "STORED\r\n");
+    let long_key = format!("set {} 0 0 1\r\nA\r\n", "k".repeat(2990));
+    assert_eq!(
+        replies_before_version(&mut c, long_key.as_bytes()),
+        "CLIENT_ERROR bad command line format\r\n"
+    );
+    let mut get = " ".repeat(50);
+    get.push_str("get");
+    for _ in 0..1500 {
+        get.push_str(" k");
+    }
+    get.push_str("\r\n");
+    let mut spaced = server.connect();
+    // Sent in two writes: the first has no newline and is past 2048 bytes.
+    let (head, tail) = get.split_at(2500);
+    spaced.send(head.as_bytes());
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    spaced.send(tail.as_bytes());
+    let reply = String::from_utf8(spaced.read_until(b"END\r\n")).unwrap();
+    assert_eq!(reply.matches("VALUE k 0 1\r\nA\r\n").count(), 1500);
+}

@@ -10,8 +10,8 @@
 
 use super::Executor;
 use crate::constants::{
-    GET_LINE_LEN_MAX_BYTES, LINE_LEN_MAX_BYTES, RECV_BUFFER_INITIAL_BYTES, RECV_CHUNK_BYTES,
-    REPLY_FLUSH_BYTES,
+    GET_LINE_LEN_MAX_BYTES, LINE_WITH_NEWLINE_LEN_MAX_BYTES, RECV_BUFFER_INITIAL_BYTES,
+    RECV_CHUNK_BYTES, REPLY_FLUSH_BYTES,
 };
 use crate::protocol::{Command, Parsed, ProtocolError, parse, reply};
 use crate::shard::Durable;
@@ -109,8 +109,10 @@ struct Connection {
 
 impl Connection {
     async fn run(&mut self) -> Result<(), String> {
+        // The largest request: the longest line the parser runs, newline included, then the
+        // largest data block and its `\r\n`.
         let limit = GET_LINE_LEN_MAX_BYTES
-            .max(LINE_LEN_MAX_BYTES + self.executor.limits.item_size_max_bytes + 2);
+            .max(LINE_WITH_NEWLINE_LEN_MAX_BYTES + self.executor.limits.item_size_max_bytes + 2);
         let mut buf = vec![0u8; RECV_BUFFER_INITIAL_BYTES];
         let (mut start, mut filled) = (0usize, 0usize);
         // Bytes of a refused data block still to skip.

@@ -9,7 +9,10 @@
 //! `\n` with an optional `\r` before it, `noreply` counts only as the last token.
 
 use super::ProtocolError;
-use crate::constants::{GET_KEYS_MAX, GET_LINE_LEN_MAX_BYTES, LINE_LEN_MAX_BYTES, TOKENS_MAX};
+use crate::constants::{
+    GET_KEYS_MAX, GET_LEADING_SPACES_MAX, GET_LINE_LEN_MAX_BYTES, LINE_LEN_MAX_BYTES,
+    LINE_WITH_NEWLINE_LEN_MAX_BYTES, TOKENS_MAX,
+};
 use terrace_wal::constants::KEY_LEN_MAX_BYTES;
 use terrace_wal::store::number::{self, parse_u32, parse_u64};
 use terrace_wal::store::{Delta, SetMode};
@@ -156,15 +159,29 @@ pub enum Parsed<'a> {
 
 /// Parses the request at the front of `buf`.
 pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<'a> {
+    let is_get = starts_get(buf);
     let Some(newline) = find_newline(buf) else {
-        return if buf.len() > line_len_max(buf) {
+        let max = if is_get {
+            GET_LINE_LEN_MAX_BYTES
+        } else {
+            LINE_LEN_MAX_BYTES
+        };
+        return if buf.len() > max {
             Parsed::Close
         } else {
             Parsed::Incomplete
         };
     };
     let line_len = newline + 1;
-    if newline > line_len_max(buf) {
+    // As memcached, whose check is made on what it has read: a line whose newline is here is
+    // run even past LINE_LEN_MAX_BYTES, so how the bytes were split into reads decides
+    // whether a line of 2049 to 16384 bytes is run or closes the connection.
+    let max = if is_get {
+        GET_LINE_LEN_MAX_BYTES
+    } else {
+        LINE_WITH_NEWLINE_LEN_MAX_BYTES
+    };
+    if line_len > max {
         return Parsed::Close;
     }
     let line = strip_cr(&buf[..newline]);
@@ -203,17 +220,15 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<'a> {
     }
 }
 
-/// The line limit that applies to the request starting `buf`: multi-key gets may be long.
-fn line_len_max(buf: &[u8]) -> usize {
-    let head = &buf[..buf.len().min(5)];
-    let is_get = [&b"get "[..], b"gets ", b"gat ", b"gats "]
-        .iter()
-        .any(|prefix| head.starts_with(prefix));
-    if is_get {
-        GET_LINE_LEN_MAX_BYTES
-    } else {
-        LINE_LEN_MAX_BYTES
-    }
+/// Whether the request starting `buf` is a get (which may be long: many keys), after up to
+/// `GET_LEADING_SPACES_MAX` leading spaces as memcached allows.
+fn starts_get(buf: &[u8]) -> bool {
+    let spaces = buf.iter().take_while(|&&b| b == b' ').count();
+    let head = &buf[spaces..];
+    spaces <= GET_LEADING_SPACES_MAX
+        && [&b"get "[..], b"gets ", b"gat ", b"gats "]
+            .iter()
+            .any(|prefix| head.starts_with(prefix))
 }
 
 fn find_newline(buf: &[u8]) -> Option<usize> {
