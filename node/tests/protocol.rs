@@ -517,3 +517,16 @@ fn long_lines_and_the_largest_request() {
     let reply = String::from_utf8(spaced.read_until(b"END\r\n")).unwrap();
     assert_eq!(reply.matches("VALUE k 0 1\r\nA\r\n").count(), 1500);
 }
+
+/// An append or prepend whose result would pass item_size_max is `NOT_STORED` in memcached
+/// 1.6.18, the old value kept; Terrace answered `SERVER_ERROR object too large for cache`.
+#[test]
+fn append_past_the_item_size_is_not_stored() {
+    let (_dir, server) = server("temporary-swap-only", &[]);
+    let mut c = server.connect();
+    let full = "x".repeat(1 << 20);
+    assert_eq!(c.set("a", &full), "STORED\r\n");
+    assert_eq!(c.call("append a 0 0 1\r\ny\r\n"), "NOT_STORED\r\n");
+    assert_eq!(c.call("prepend a 0 0 1\r\ny\r\n"), "NOT_STORED\r\n");
+    assert_eq!(c.get("a").as_deref(), Some(full.as_str()));
+}

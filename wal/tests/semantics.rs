@@ -479,12 +479,17 @@ fn oversized_values_are_refused_and_the_old_value_stays() {
         );
         assert_eq!(f.value(b"k"), Some(b"old".to_vec()));
         f.stored(b"k", &vec![1u8; max], 0, 0);
-        // Append past the limit is refused too.
-        let result = f.store.set(SetMode::Append, b"k", b"x", 0, 0);
-        assert!(
-            matches!(result, Err(StoreError::TooLarge { .. })),
-            "{result:?}"
-        );
+        // An append or prepend past the limit is not stored and keeps the old value
+        // (memcached 1.6.18 answers NOT_STORED, not the too-large error of a set).
+        for mode in [SetMode::Append, SetMode::Prepend] {
+            let before = f.records();
+            assert!(matches!(
+                f.set(mode, b"k", b"x", 0, 0),
+                StoreOutcome::NotStored
+            ));
+            assert_eq!(f.records(), before, "nothing written");
+            assert_eq!(f.value(b"k"), Some(vec![1u8; max]));
+        }
     });
 }
 

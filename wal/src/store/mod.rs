@@ -990,10 +990,9 @@ impl<S: Storage> Store<S> {
             },
         };
         if stored_len > item_max {
-            return Err(StoreError::TooLarge {
-                len_bytes: stored_len,
-                max_bytes: item_max,
-            });
+            // Only append/prepend get here (the value alone fits): memcached cannot allocate
+            // the combined item and answers NOT_STORED, keeping the old value.
+            return Ok(StoreOutcome::NotStored);
         }
         self.make_room(put_record_len_max(key.len(), stored_len))?;
         // make_room may have evicted the key's segment: look again.
