@@ -66,7 +66,8 @@ pub enum Command<'a> {
     Verbosity { noreply: bool },
     /// `quit`.
     Quit,
-    /// `stats [args]`: the arguments, trimmed (empty for the general block).
+    /// `stats [args]`: the sub-command, its first argument (empty for the general block);
+    /// memcached ignores the rest.
     Stats { args: &'a [u8] },
     /// `debugtime <seconds>`: shift the server clock (only with `--enable-debugtime`).
     DebugTime { shift_secs: i64 },
@@ -206,10 +207,17 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<'a> {
         b"decr" => parse_delta(rest, false, line_len),
         b"touch" => parse_touch(rest, line_len),
         b"flush_all" => parse_flush_all(rest, line_len),
-        b"version" => simple(rest, Command::Version, line_len),
-        b"quit" => simple(rest, Command::Quit, line_len),
+        // memcached ignores anything after these (`version x`, `quit x`).
+        b"version" => request(Command::Version, line_len),
+        b"quit" => request(Command::Quit, line_len),
         b"verbosity" => parse_verbosity(rest, line_len),
-        b"stats" => request(Command::Stats { args: trim(rest) }, line_len),
+        // memcached picks the sub-command by its first token (`stats reset now` resets).
+        b"stats" => request(
+            Command::Stats {
+                args: tokens(rest).next().unwrap_or_default(),
+            },
+            line_len,
+        ),
         b"debugtime" => parse_debugtime(rest, line_len),
         b"backup" => request(Command::Backup { args: trim(rest) }, line_len),
         b"shutdown" => match trim(rest) {
@@ -308,13 +316,6 @@ fn key_ok(key: &[u8]) -> bool {
 /// leading `+` is fine, as in `set k 0 0 +1`).
 fn parse_i32(token: &[u8]) -> Option<i64> {
     number::parse_i32(token).map(i64::from)
-}
-
-fn simple<'a>(rest: &'a [u8], command: Command<'a>, len: usize) -> Parsed<'a> {
-    if tokens(rest).next().is_some() {
-        return invalid(ProtocolError::UnknownCommand, len);
-    }
-    request(command, len)
 }
 
 /// The keys of a get line; `keys_required`: whether none is an error (`get`), or just an empty

@@ -74,7 +74,6 @@ fn bad_requests_get_memcached_errors() {
         (b"delete k 0 foo\r\n", ProtocolError::DeleteUsage),
         (b"flush_all x\r\n", ProtocolError::InvalidExptime),
         (b"flush_all noreply 5\r\n", ProtocolError::InvalidExptime),
-        (b"version x\r\n", ProtocolError::UnknownCommand),
         (b"verbosity\r\n", ProtocolError::UnknownCommand),
         (b"verbosity foo bar my\r\n", ProtocolError::UnknownCommand),
         (b"verbosity foo\r\n", ProtocolError::BadCommandLine),
@@ -369,6 +368,11 @@ fn other_commands() {
         b"stats  settings \r\n",
         Command::Stats { args: b"settings" },
     );
+    // memcached ignores what follows these (checked against 1.6.18).
+    expect(b"stats reset now\r\n", Command::Stats { args: b"reset" });
+    expect(b"stats\r\n", Command::Stats { args: b"" });
+    expect(b"version x\r\n", Command::Version);
+    expect(b"quit x\r\n", Command::Quit);
     expect(b"debugtime 60\r\n", Command::DebugTime { shift_secs: 60 });
     let Parsed::Request {
         command:
