@@ -207,9 +207,11 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<'a> {
         b"decr" => parse_delta(rest, false, line_len),
         b"touch" => parse_touch(rest, line_len),
         b"flush_all" => parse_flush_all(rest, line_len),
-        // memcached ignores anything after these (`version x`, `quit x`).
-        b"version" => request(Command::Version, line_len),
-        b"quit" => request(Command::Quit, line_len),
+        // memcached 1.6 ignores anything after these (`version x`), 1.5 answered ERROR. Clients
+        // tell them apart by the version reported: memccapable (tests/third_party.rs) expects
+        // ERROR from a server that reports a version below 1.6, as Terrace does (0.x).
+        b"version" => simple(rest, Command::Version, line_len),
+        b"quit" => simple(rest, Command::Quit, line_len),
         b"verbosity" => parse_verbosity(rest, line_len),
         // memcached picks the sub-command by its first token (`stats reset now` resets).
         b"stats" => request(
@@ -316,6 +318,13 @@ fn key_ok(key: &[u8]) -> bool {
 /// leading `+` is fine, as in `set k 0 0 +1`).
 fn parse_i32(token: &[u8]) -> Option<i64> {
     number::parse_i32(token).map(i64::from)
+}
+
+fn simple<'a>(rest: &'a [u8], command: Command<'a>, len: usize) -> Parsed<'a> {
+    if tokens(rest).next().is_some() {
+        return invalid(ProtocolError::UnknownCommand, len);
+    }
+    request(command, len)
 }
 
 /// The keys of a get line; `keys_required`: whether none is an error (`get`), or just an empty

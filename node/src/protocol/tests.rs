@@ -74,6 +74,10 @@ fn bad_requests_get_memcached_errors() {
         (b"delete k 0 foo\r\n", ProtocolError::DeleteUsage),
         (b"flush_all x\r\n", ProtocolError::InvalidExptime),
         (b"flush_all noreply 5\r\n", ProtocolError::InvalidExptime),
+        // As memcached before 1.6, which is what memccapable expects of a server that reports
+        // version 0.x (see parse.rs).
+        (b"version x\r\n", ProtocolError::UnknownCommand),
+        (b"quit x\r\n", ProtocolError::UnknownCommand),
         (b"verbosity\r\n", ProtocolError::UnknownCommand),
         (b"verbosity foo bar my\r\n", ProtocolError::UnknownCommand),
         (b"verbosity foo\r\n", ProtocolError::BadCommandLine),
@@ -368,11 +372,9 @@ fn other_commands() {
         b"stats  settings \r\n",
         Command::Stats { args: b"settings" },
     );
-    // memcached ignores what follows these (checked against 1.6.18).
+    // memcached runs stats by its first argument (checked against 1.6.18).
     expect(b"stats reset now\r\n", Command::Stats { args: b"reset" });
     expect(b"stats\r\n", Command::Stats { args: b"" });
-    expect(b"version x\r\n", Command::Version);
-    expect(b"quit x\r\n", Command::Quit);
     expect(b"debugtime 60\r\n", Command::DebugTime { shift_secs: 60 });
     let Parsed::Request {
         command:
