@@ -1,8 +1,18 @@
 //! Every limit of the server, in one place. Units last in names.
 
-/// memcached's limit on a request line that is not a multi-key get: a line this long without
-/// a newline closes the connection.
+/// memcached's limit on a request line that is not a multi-key get: more bytes than this
+/// buffered without a newline close the connection. A line whose newline arrives with it
+/// may be longer (up to [`LINE_WITH_NEWLINE_LEN_MAX_BYTES`]).
 pub const LINE_LEN_MAX_BYTES: usize = 2048;
+
+/// The longest request line (newline included) that is not a multi-key get and is run at all:
+/// memcached runs a line whose newline is in its 16 KiB read buffer whatever its length
+/// (`set k 0 0 1` padded to 3000 bytes stores), and never sees the newline of a longer one.
+pub const LINE_WITH_NEWLINE_LEN_MAX_BYTES: usize = 16 << 10;
+
+/// memcached looks for `get `/`gets ` after at most this many leading spaces when it decides
+/// whether a line without a newline may grow past [`LINE_LEN_MAX_BYTES`].
+pub const GET_LEADING_SPACES_MAX: usize = 100;
 
 /// A `get`/`gets`/`gat`/`gats` line may carry many keys: it may be this long.
 pub const GET_LINE_LEN_MAX_BYTES: usize = 256 << 10;
@@ -46,7 +56,10 @@ pub const SHUTDOWN_POLL_MILLIS: u64 = 20;
 /// Connections accepted per executor before new ones are refused.
 pub const CONNECTIONS_MAX_DEFAULT: usize = 4096;
 
-const _: () = assert!(LINE_LEN_MAX_BYTES < GET_LINE_LEN_MAX_BYTES);
+const _: () = assert!(LINE_LEN_MAX_BYTES < LINE_WITH_NEWLINE_LEN_MAX_BYTES);
+const _: () = assert!(LINE_WITH_NEWLINE_LEN_MAX_BYTES < GET_LINE_LEN_MAX_BYTES);
+// A line of the longest length it may have arrives whole in the first read of a connection.
+const _: () = assert!(LINE_WITH_NEWLINE_LEN_MAX_BYTES <= RECV_BUFFER_INITIAL_BYTES);
 const _: () = assert!(SHARDS_DEFAULT <= SHARDS_MAX);
 
 /// Online-backup cuts an executor holds at once (each pins segments against removal until

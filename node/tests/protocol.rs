@@ -60,7 +60,7 @@ fn every_command_answers_like_memcached() {
         ("cas k 0 0 1 1\r\nx\r\n", "EXISTS\r\n"),
         ("cas nope 0 0 1 1\r\nx\r\n", "NOT_FOUND\r\n"),
         ("bogus\r\n", "ERROR\r\n"),
-        ("set k 0 0\r\n", "CLIENT_ERROR bad command line format\r\n"),
+        ("set k 0 0\r\n", "ERROR\r\n"),
         (
             "set k 0 0 1\r\nab\r\n",
             "CLIENT_ERROR bad data chunk\r\nERROR\r\n",
@@ -302,4 +302,247 @@ fn shutdown_only_when_enabled() {
 
 fn server_with_shutdown() -> (tempfile::TempDir, Server) {
     server("permanent-store", &["--enable-shutdown"])
+}
+
+/// Sends `request` followed by `version\r\n` and returns everything answered up to and
+/// including the version line: a reply that should not have been sent shows up before it.
+fn replies_before_version(c: &mut Client, request: &[u8]) -> String {
+    let version = c.call("version\r\n");
+    let mut bytes = request.to_vec();
+    bytes.extend_from_slice(b"version\r\n");
+    c.send(&bytes);
+    let got = String::from_utf8(c.read_until(version.as_bytes())).unwrap();
+    got.strip_suffix(&version).unwrap().to_string()
+}
+
+/// memcached 1.6.18 answers nothing at all to a well-formed `noreply` request, errors
+/// included. Terrace sent the error of a `noreply` request for a key of the connection's own
+/// core (and nothing for a key of another core), the error of an oversized `set ... noreply`,
+/// and `CLIENT_ERROR bad data chunk` after a `noreply` set: a client pipelining `noreply`
+/// writes then read replies it never asked for and paired later replies wrongly.
+#[test]
+fn noreply_requests_get_no_error_on_any_core() {
+    let (_dir, server) = server("temporary-swap-only", &["--cores", "2"]);
+    let mut c = server.connect();
+    // Enough keys that both cores own some of them.
+    for i in 0..16 {
+        let request = format!("set n{i} 0 0 3\r\nabc\r\nincr n{i} 1 noreply\r\n");
+        assert_eq!(
+            replies_before_version(&mut c, request.as_bytes()),
+            "STORED\r\n",
+            "key n{i}"
+        );
+        assert_eq!(
+            replies_before_version(&mut c, format!("touch n{i} x noreply\r\n").as_bytes()),
+            ""
+        );
+    }
+    // A refused oversized set: nothing answered, the data skipped, the old value gone.
+    assert_eq!(c.set("big", "old"), "STORED\r\n");
+    let mut request = b"set big 0 0 2000000 noreply\r\n".to_vec();
+    request.extend(std::iter::repeat_n(b'x', 2_000_000));
+    request.extend_from_slice(b"\r\n");
+    assert_eq!(replies_before_version(&mut c, &request), "");
+    assert_eq!(c.get("big"), None);
+    // A bad data chunk is not answered; the stray `\r\n` after it is an empty line (`ERROR`),
+    // exactly as memcached.
+    assert_eq!(
+        replies_before_version(&mut c, b"set k 0 0 1 noreply\r\nAB\r\n"),
+        "ERROR\r\n"
+    );
+    assert_eq!(
+        replies_before_version(&mut c, b"delete k 5 noreply\r\nflush_all x noreply\r\n"),
+        ""
+    );
+}
+
+/// incr/decr read a stored counter and a delta as memcached's safe_strtoull does (checked
+/// against 1.6.18): leading whitespace, a `+`, leading zeros and anything after a space are
+/// fine; `12abc`, `-1` and numbers past 2^64 - 1 are not. Numeric arguments take a `+` too:
+/// `set e 0 0 +1` stores, and its data block is never run as a command.
+#[test]
+fn numbers_are_read_as_memcached_reads_them() {
+    let (_dir, server) = server("temporary-swap-only", &[]);
+    let mut c = server.connect();
+    for (value, incr, reply) in [
+        (" 12", "1", "13\r\n"),
+        ("12 abc", "1", "13\r\n"),
+        ("000000000000000000012", "1", "13\r\n"),
+        ("5", "+3", "8\r\n"),
+        ("-0", "1", "1\r\n"),
+        (
+            "12abc",
+            "1",
+            "CLIENT_ERROR cannot increment or decrement non-numeric value\r\n",
+        ),
+        (
+            "-1",
+            "1",
+            "CLIENT_ERROR cannot increment or decrement non-numeric value\r\n",
+        ),
+        (
+            "18446744073709551616",
+            "1",
+            "CLIENT_ERROR cannot increment or decrement non-numeric value\r\n",
+        ),
+        ("5", "-1", "CLIENT_ERROR invalid numeric delta argument\r\n"),
+        (
+            "5",
+            "3abc",
+            "CLIENT_ERROR invalid numeric delta argument\r\n",
+        ),
+    ] {
+        assert_eq!(c.set("n", value), "STORED\r\n");
+        assert_eq!(
+            c.call(&format!("incr n {incr}\r\n")),
+            reply,
+            "{value:?} + {incr}"
+        );
+    }
+    assert_eq!(
+        replies_before_version(&mut c, b"set e +5 +100 +1\r\nA\r\n"),
+        "STORED\r\n"
+    );
+    assert_eq!(c.call_end("get e\r\n"), "VALUE e 5 1\r\nA\r\nEND\r\n");
+    assert_eq!(c.call("touch e +10\r\n"), "TOUCHED\r\n");
+}
+
+/// A wrong number of arguments is `ERROR` in memcached 1.6.18, checked before any argument
+/// is read; Terrace answered `CLIENT_ERROR bad command line format` (and took `delete
+/// noreply` for a delete without a key, where memcached deletes the key "noreply").
+#[test]
+fn argument_counts_are_checked_as_memcached_checks_them() {
+    let (_dir, server) = server("temporary-swap-only", &[]);
+    let mut c = server.connect();
+    for (request, reply) in [
+        ("set k 0 0\r\n", "ERROR\r\n"),
+        // The data line of a cas with a missing unique runs as a command, as memcached.
+        ("cas k 0 0 1\r\nA\r\n", "ERROR\r\nERROR\r\n"),
+        ("delete\r\n", "ERROR\r\n"),
+        ("delete a b c d\r\n", "ERROR\r\n"),
+        ("flush_all 1 2 3\r\n", "ERROR\r\n"),
+        ("delete noreply\r\n", "NOT_FOUND\r\n"),
+        (
+            "flush_all abc\r\n",
+            "CLIENT_ERROR invalid exptime argument\r\n",
+        ),
+        ("set k 0 0 1 extra\r\nA\r\n", "STORED\r\n"),
+        (
+            "incr k 1 extra\r\n",
+            "CLIENT_ERROR cannot increment or decrement non-numeric value\r\n",
+        ),
+        ("touch k 10 extra\r\n", "TOUCHED\r\n"),
+        (
+            "delete k extra\r\n",
+            "CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n",
+        ),
+        ("delete k 0\r\n", "DELETED\r\n"),
+    ] {
+        assert_eq!(
+            replies_before_version(&mut c, request.as_bytes()),
+            reply,
+            "{request:?}"
+        );
+    }
+    assert_eq!(c.set("noreply", "x"), "STORED\r\n");
+    assert_eq!(c.call("delete noreply\r\n"), "DELETED\r\n");
+}
+
+/// memcached 1.6.18 returns the item a `gat`/`gats` touches even when the new exptime is
+/// already past, and only then is it gone; `gat 10` with no key answers `END`. Terrace
+/// answered a bare `END` (the value was lost unseen) and `ERROR`.
+#[test]
+fn gat_returns_the_item_it_expires_and_takes_no_keys() {
+    let (_dir, server) = server("temporary-swap-only", &["--cores", "2"]);
+    let mut c = server.connect();
+    // Keys on both cores.
+    for key in ["g", "h", "i", "j"] {
+        assert_eq!(c.set(key, "A"), "STORED\r\n");
+        assert_eq!(
+            c.call_end(&format!("gat -1 {key}\r\n")),
+            format!("VALUE {key} 0 1\r\nA\r\nEND\r\n")
+        );
+        assert_eq!(c.call_end(&format!("get {key}\r\n")), "END\r\n");
+    }
+    assert_eq!(c.set("g", "B"), "STORED\r\n");
+    let reply = c.call_end("gats -1 g\r\n");
+    assert!(reply.starts_with("VALUE g 0 1 "), "{reply}");
+    assert_eq!(c.call_end("gets g\r\n"), "END\r\n");
+    assert_eq!(c.call_end("gat 10\r\n"), "END\r\n");
+    assert_eq!(c.call_end("gats 10\r\n"), "END\r\n");
+    assert_eq!(c.call("gat\r\n"), "ERROR\r\n");
+}
+
+/// The receive buffer holds the largest request: a set line whose newline is at offset 2048
+/// (memcached's line limit) and a value of `item_size_max`. Terrace's cap was one byte short
+/// (it forgot the newline) and reset such a connection. A line longer than 2048 bytes whose
+/// newline arrives with it is run, as memcached 1.6.18 runs it; memcached also looks past up
+/// to 100 leading spaces for a long `get`.
+#[test]
+fn long_lines_and_the_largest_request() {
+    let (_dir, server) = server("temporary-swap-only", &[]);
+    let mut c = server.connect();
+    let mib = 1 << 20;
+    let mut request = b"set big 0 0 1048576".to_vec();
+    request.resize(2047, b' ');
+    request.extend_from_slice(b"\r\n");
+    assert_eq!(request.iter().position(|&b| b == b'\n'), Some(2048));
+    request.extend(std::iter::repeat_n(b'v', mib));
+    request.extend_from_slice(b"\r\n");
+    assert_eq!(replies_before_version(&mut c, &request), "STORED\r\n");
+    assert_eq!(c.get("big").map(|v| v.len()), Some(mib));
+
+    // One write, so the newline arrives in the same read as the start of the line.
+    let mut padded = b"set k 0 0 1".to_vec();
+    padded.resize(3000, b' ');
+    padded.extend_from_slice(b"\r\nA\r\n");
+    assert_eq!(replies_before_version(&mut c, &padded), "STORED\r\n");
+    let long_key = format!("set {} 0 0 1\r\nA\r\n", "k".repeat(2990));
+    assert_eq!(
+        replies_before_version(&mut c, long_key.as_bytes()),
+        "CLIENT_ERROR bad command line format\r\n"
+    );
+    let mut get = " ".repeat(50);
+    get.push_str("get");
+    for _ in 0..1500 {
+        get.push_str(" k");
+    }
+    get.push_str("\r\n");
+    let mut spaced = server.connect();
+    // Sent in two writes: the first has no newline and is past 2048 bytes.
+    let (head, tail) = get.split_at(2500);
+    spaced.send(head.as_bytes());
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    spaced.send(tail.as_bytes());
+    let reply = String::from_utf8(spaced.read_until(b"END\r\n")).unwrap();
+    assert_eq!(reply.matches("VALUE k 0 1\r\nA\r\n").count(), 1500);
+}
+
+/// An append or prepend whose result would pass item_size_max is `NOT_STORED` in memcached
+/// 1.6.18, the old value kept; Terrace answered `SERVER_ERROR object too large for cache`.
+#[test]
+fn append_past_the_item_size_is_not_stored() {
+    let (_dir, server) = server("temporary-swap-only", &[]);
+    let mut c = server.connect();
+    let full = "x".repeat(1 << 20);
+    assert_eq!(c.set("a", &full), "STORED\r\n");
+    assert_eq!(c.call("append a 0 0 1\r\ny\r\n"), "NOT_STORED\r\n");
+    assert_eq!(c.call("prepend a 0 0 1\r\ny\r\n"), "NOT_STORED\r\n");
+    assert_eq!(c.get("a").as_deref(), Some(full.as_str()));
+}
+
+/// memcached 1.6.18 runs `stats` by its first argument; Terrace answered `ERROR` to
+/// `stats reset now` and `stats settings x`. (`version x` and `quit x` stay `ERROR`, as before
+/// memcached 1.6: memccapable expects that of a server reporting version 0.x.)
+#[test]
+fn stats_runs_its_first_argument() {
+    let (_dir, server) = server("temporary-swap-only", &[]);
+    let mut c = server.connect();
+    assert_eq!(c.call("stats reset now\r\n"), "RESET\r\n");
+    assert!(
+        c.call_end("stats settings x\r\n")
+            .contains("STAT item_size_max 1048576\r\n")
+    );
+    assert_eq!(c.call("stats nonsense x\r\n"), "ERROR\r\n");
+    assert_eq!(c.call("version x\r\n"), "ERROR\r\n");
 }

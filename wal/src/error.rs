@@ -136,7 +136,8 @@ pub enum StoreError {
     /// The key is empty, too long, or has whitespace or control characters.
     #[error("invalid key: {0}")]
     InvalidKey(KeyProblem),
-    /// The item is larger than the largest record.
+    /// The value given is larger than the item size limit (an append or prepend whose result
+    /// would be is `NotStored`, as in memcached).
     #[error("object too large: {len_bytes} bytes, at most {max_bytes}")]
     TooLarge {
         /// Size of the value.

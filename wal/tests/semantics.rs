@@ -249,9 +249,16 @@ fn get_and_touch() {
         assert_eq!(item.value(), b"v");
         assert_eq!(item.expiry(), NOW + 100);
         assert_eq!(written.cas, item.cas());
-        // Touching to the past leaves nothing to return.
-        assert!(f.store.get_and_touch(b"k", -1).expect("gat").is_none());
+        // Touching to the past returns the item as it was, once (memcached 1.6.18: `gat -1 k`
+        // answers the value, the next `get` misses).
+        let (item, _) = f
+            .store
+            .get_and_touch(b"k", -1)
+            .expect("gat")
+            .expect("returned once");
+        assert_eq!(item.value(), b"v");
         assert_eq!(f.value(b"k"), None);
+        assert!(f.store.get_and_touch(b"k", -1).expect("gat").is_none());
     });
 }
 
@@ -293,13 +300,35 @@ fn incr_and_decr() {
             .expect("present");
         assert_eq!(value, 13);
         assert_eq!(f.value(b"padded"), Some(b"13".to_vec()));
+        // memcached reads a counter with strtoull (safe_strtoull): leading whitespace, a
+        // sign, leading zeros and anything after a space are fine (checked against 1.6.18).
+        for (text, start) in [
+            (&b" 12"[..], 12),
+            (b"12 abc", 12),
+            (b"000000000000000000012", 12),
+            (b"+12", 12),
+            (b"-0", 0),
+        ] {
+            f.stored(b"loose", text, 0, 0);
+            let (value, _) = f
+                .store
+                .delta(b"loose", Delta::Incr(1))
+                .expect("incr")
+                .expect("present");
+            assert_eq!(value, start + 1, "{text:?}");
+            assert_eq!(
+                f.value(b"loose"),
+                Some((start + 1).to_string().into_bytes())
+            );
+        }
         for bad in [
             &b"abc"[..],
             b"",
+            b" ",
             b"1x",
+            b"12abc",
             b"-1",
             b"18446744073709551616",
-            b" 1",
         ] {
             f.stored(b"bad", bad, 0, 0);
             let before = f.records();
@@ -450,12 +479,17 @@ fn oversized_values_are_refused_and_the_old_value_stays() {
         );
         assert_eq!(f.value(b"k"), Some(b"old".to_vec()));
         f.stored(b"k", &vec![1u8; max], 0, 0);
-        // Append past the limit is refused too.
-        let result = f.store.set(SetMode::Append, b"k", b"x", 0, 0);
-        assert!(
-            matches!(result, Err(StoreError::TooLarge { .. })),
-            "{result:?}"
-        );
+        // An append or prepend past the limit is not stored and keeps the old value
+        // (memcached 1.6.18 answers NOT_STORED, not the too-large error of a set).
+        for mode in [SetMode::Append, SetMode::Prepend] {
+            let before = f.records();
+            assert!(matches!(
+                f.set(mode, b"k", b"x", 0, 0),
+                StoreOutcome::NotStored
+            ));
+            assert_eq!(f.records(), before, "nothing written");
+            assert_eq!(f.value(b"k"), Some(vec![1u8; max]));
+        }
     });
 }
 

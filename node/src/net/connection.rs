@@ -10,8 +10,8 @@
 
 use super::Executor;
 use crate::constants::{
-    GET_LINE_LEN_MAX_BYTES, LINE_LEN_MAX_BYTES, RECV_BUFFER_INITIAL_BYTES, RECV_CHUNK_BYTES,
-    REPLY_FLUSH_BYTES,
+    GET_LINE_LEN_MAX_BYTES, LINE_WITH_NEWLINE_LEN_MAX_BYTES, RECV_BUFFER_INITIAL_BYTES,
+    RECV_CHUNK_BYTES, REPLY_FLUSH_BYTES,
 };
 use crate::protocol::{Command, Parsed, ProtocolError, parse, reply};
 use crate::shard::Durable;
@@ -109,8 +109,10 @@ struct Connection {
 
 impl Connection {
     async fn run(&mut self) -> Result<(), String> {
+        // The largest request: the longest line the parser runs, newline included, then the
+        // largest data block and its `\r\n`.
         let limit = GET_LINE_LEN_MAX_BYTES
-            .max(LINE_LEN_MAX_BYTES + self.executor.limits.item_size_max_bytes + 2);
+            .max(LINE_WITH_NEWLINE_LEN_MAX_BYTES + self.executor.limits.item_size_max_bytes + 2);
         let mut buf = vec![0u8; RECV_BUFFER_INITIAL_BYTES];
         let (mut start, mut filled) = (0usize, 0usize);
         // Bytes of a refused data block still to skip.
@@ -133,8 +135,14 @@ impl Connection {
                         self.flush(&mut replies).await?;
                         return Err("request line too long".into());
                     }
-                    Parsed::Invalid { error, len } => {
-                        replies.out.extend_from_slice(error.reply());
+                    Parsed::Invalid {
+                        error,
+                        len,
+                        noreply,
+                    } => {
+                        if !noreply {
+                            replies.out.extend_from_slice(error.reply());
+                        }
                         start += len;
                     }
                     Parsed::Swallow {
@@ -142,6 +150,7 @@ impl Connection {
                         len,
                         skip_bytes,
                         delete_key,
+                        noreply,
                     } => {
                         // memcached drops the old value of a refused set; so do we, with no
                         // reply of its own (on a passive: the active does, forwarded).
@@ -174,7 +183,9 @@ impl Connection {
                             )
                             .await;
                         }
-                        replies.out.extend_from_slice(error.reply());
+                        if !noreply {
+                            replies.out.extend_from_slice(error.reply());
+                        }
                         start += len;
                         swallow = skip_bytes;
                     }
@@ -324,8 +335,8 @@ impl Connection {
         }
     }
 
-    /// Runs a one-key write locally or remotely; `noreply` drops its reply unless it is an
-    /// error.
+    /// Runs a one-key write locally or remotely; `noreply` drops its reply, errors too, as
+    /// memcached does (and as a remote executor's reply is dropped: both paths must agree).
     async fn keyed(
         &mut self,
         key: &[u8],
@@ -350,7 +361,13 @@ impl Connection {
                     replies.wait_for(wait);
                 }
             }
-            Err(refusal) => replies.out.extend_from_slice(&refusal_bytes(refusal)),
+            Err(refusal) => {
+                // refusal_bytes logs a failed shard whether or not the client hears of it.
+                let reply = refusal_bytes(refusal);
+                if !noreply {
+                    replies.out.extend_from_slice(&reply);
+                }
+            }
         }
     }
 
@@ -443,8 +460,14 @@ impl Connection {
             Command::FlushAll { delay, .. } => {
                 counters.bump(Stat::cmd_flush);
                 let reply = self.flush_all(delay).await;
-                if !noreply || reply != reply::OK {
+                if !noreply {
                     replies.out.extend_from_slice(&reply);
+                } else if reply != reply::OK {
+                    // memcached sends a noreply request nothing, errors included.
+                    tracing::warn!(
+                        reply = %String::from_utf8_lossy(&reply).trim_end(),
+                        "flush_all noreply failed"
+                    );
                 }
             }
             Command::Version => {

@@ -9,8 +9,12 @@
 //! `\n` with an optional `\r` before it, `noreply` counts only as the last token.
 
 use super::ProtocolError;
-use crate::constants::{GET_KEYS_MAX, GET_LINE_LEN_MAX_BYTES, LINE_LEN_MAX_BYTES, TOKENS_MAX};
+use crate::constants::{
+    GET_KEYS_MAX, GET_LEADING_SPACES_MAX, GET_LINE_LEN_MAX_BYTES, LINE_LEN_MAX_BYTES,
+    LINE_WITH_NEWLINE_LEN_MAX_BYTES, TOKENS_MAX,
+};
 use terrace_wal::constants::KEY_LEN_MAX_BYTES;
+use terrace_wal::store::number::{self, parse_u32, parse_u64};
 use terrace_wal::store::{Delta, SetMode};
 
 /// What the parser needs to know about the server.
@@ -62,7 +66,8 @@ pub enum Command<'a> {
     Verbosity { noreply: bool },
     /// `quit`.
     Quit,
-    /// `stats [args]`: the arguments, trimmed (empty for the general block).
+    /// `stats [args]`: the sub-command, its first argument (empty for the general block);
+    /// memcached ignores the rest.
     Stats { args: &'a [u8] },
     /// `debugtime <seconds>`: shift the server clock (only with `--enable-debugtime`).
     DebugTime { shift_secs: i64 },
@@ -108,8 +113,8 @@ impl Command<'_> {
     }
 }
 
-/// The keys of a get line, in order (already checked: 1 to `GET_KEYS_MAX` keys, each 1 to
-/// 250 bytes).
+/// The keys of a get line, in order (already checked: up to `GET_KEYS_MAX` keys, each 1 to
+/// 250 bytes; at least one for `get`/`gets`, maybe none for `gat`/`gats`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Keys<'a> {
     rest: &'a [u8],
@@ -129,17 +134,25 @@ pub enum Parsed<'a> {
     Incomplete,
     /// A whole request, `len` bytes long.
     Request { command: Command<'a>, len: usize },
-    /// A bad request, `len` bytes long: answer with `error` and go on.
-    Invalid { error: ProtocolError, len: usize },
+    /// A bad request, `len` bytes long: answer with `error` and go on. `noreply`: the request
+    /// was well formed enough to ask for no reply, and memcached then drops even its error
+    /// (its `out_string` skips every reply of a `noreply` request): answer nothing.
+    Invalid {
+        error: ProtocolError,
+        len: usize,
+        noreply: bool,
+    },
     /// A storage request whose data block will not be stored: consume the `len`-byte line,
     /// then skip `skip_bytes` more (the data block and its `\r\n`, not buffered), answer
     /// with `error`. `delete_key`: a `set` that is refused also removes the key's old value,
     /// as memcached does (so a reader never sees a stale value the client thinks replaced).
+    /// `noreply`: as for `Invalid`, the error is not sent (the old value is still removed).
     Swallow {
         error: ProtocolError,
         len: usize,
         skip_bytes: usize,
         delete_key: Option<&'a [u8]>,
+        noreply: bool,
     },
     /// The connection must be closed (a line too long to be a request).
     Close,
@@ -147,15 +160,29 @@ pub enum Parsed<'a> {
 
 /// Parses the request at the front of `buf`.
 pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<'a> {
+    let is_get = starts_get(buf);
     let Some(newline) = find_newline(buf) else {
-        return if buf.len() > line_len_max(buf) {
+        let max = if is_get {
+            GET_LINE_LEN_MAX_BYTES
+        } else {
+            LINE_LEN_MAX_BYTES
+        };
+        return if buf.len() > max {
             Parsed::Close
         } else {
             Parsed::Incomplete
         };
     };
     let line_len = newline + 1;
-    if newline > line_len_max(buf) {
+    // As memcached, whose check is made on what it has read: a line whose newline is here is
+    // run even past LINE_LEN_MAX_BYTES, so how the bytes were split into reads decides
+    // whether a line of 2049 to 16384 bytes is run or closes the connection.
+    let max = if is_get {
+        GET_LINE_LEN_MAX_BYTES
+    } else {
+        LINE_WITH_NEWLINE_LEN_MAX_BYTES
+    };
+    if line_len > max {
         return Parsed::Close;
     }
     let line = strip_cr(&buf[..newline]);
@@ -180,10 +207,19 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<'a> {
         b"decr" => parse_delta(rest, false, line_len),
         b"touch" => parse_touch(rest, line_len),
         b"flush_all" => parse_flush_all(rest, line_len),
+        // memcached 1.6 ignores anything after these (`version x`), 1.5 answered ERROR. Clients
+        // tell them apart by the version reported: memccapable (tests/third_party.rs) expects
+        // ERROR from a server that reports a version below 1.6, as Terrace does (0.x).
         b"version" => simple(rest, Command::Version, line_len),
         b"quit" => simple(rest, Command::Quit, line_len),
         b"verbosity" => parse_verbosity(rest, line_len),
-        b"stats" => request(Command::Stats { args: trim(rest) }, line_len),
+        // memcached picks the sub-command by its first token (`stats reset now` resets).
+        b"stats" => request(
+            Command::Stats {
+                args: tokens(rest).next().unwrap_or_default(),
+            },
+            line_len,
+        ),
         b"debugtime" => parse_debugtime(rest, line_len),
         b"backup" => request(Command::Backup { args: trim(rest) }, line_len),
         b"shutdown" => match trim(rest) {
@@ -194,17 +230,15 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<'a> {
     }
 }
 
-/// The line limit that applies to the request starting `buf`: multi-key gets may be long.
-fn line_len_max(buf: &[u8]) -> usize {
-    let head = &buf[..buf.len().min(5)];
-    let is_get = [&b"get "[..], b"gets ", b"gat ", b"gats "]
-        .iter()
-        .any(|prefix| head.starts_with(prefix));
-    if is_get {
-        GET_LINE_LEN_MAX_BYTES
-    } else {
-        LINE_LEN_MAX_BYTES
-    }
+/// Whether the request starting `buf` is a get (which may be long: many keys), after up to
+/// `GET_LEADING_SPACES_MAX` leading spaces as memcached allows.
+fn starts_get(buf: &[u8]) -> bool {
+    let spaces = buf.iter().take_while(|&&b| b == b' ').count();
+    let head = &buf[spaces..];
+    spaces <= GET_LEADING_SPACES_MAX
+        && [&b"get "[..], b"gets ", b"gat ", b"gats "]
+            .iter()
+            .any(|prefix| head.starts_with(prefix))
 }
 
 fn find_newline(buf: &[u8]) -> Option<usize> {
@@ -240,7 +274,20 @@ fn request(command: Command<'_>, len: usize) -> Parsed<'_> {
 }
 
 fn invalid<'a>(error: ProtocolError, len: usize) -> Parsed<'a> {
-    Parsed::Invalid { error, len }
+    Parsed::Invalid {
+        error,
+        len,
+        noreply: false,
+    }
+}
+
+/// A bad request that asked for no reply: memcached sends it no error either.
+fn invalid_noreply<'a>(error: ProtocolError, len: usize, noreply: bool) -> Parsed<'a> {
+    Parsed::Invalid {
+        error,
+        len,
+        noreply,
+    }
 }
 
 /// Up to `TOKENS_MAX` tokens; `None` if there are more.
@@ -257,38 +304,20 @@ fn collect_tokens(rest: &[u8]) -> Option<([&[u8]; TOKENS_MAX], usize)> {
     Some((out, n))
 }
 
-/// Splits off a trailing `noreply`.
-fn split_noreply<'t, 'a>(args: &'t [&'a [u8]]) -> (&'t [&'a [u8]], bool) {
-    match args.split_last() {
-        Some((last, init)) if *last == b"noreply" => (init, true),
-        _ => (args, false),
-    }
+/// memcached's `set_noreply_maybe`: a request asks for no reply when its last token is
+/// `noreply`, whatever position that is (`incr k noreply` is a silent bad delta).
+fn asks_noreply(args: &[&[u8]]) -> bool {
+    args.last().is_some_and(|last| *last == b"noreply")
 }
 
 fn key_ok(key: &[u8]) -> bool {
     !key.is_empty() && key.len() <= KEY_LEN_MAX_BYTES && key.iter().all(|&b| b > b' ' && b != 0x7f)
 }
 
-fn parse_u64(token: &[u8]) -> Option<u64> {
-    if token.is_empty() || token.len() > 20 || !token.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(token).ok()?.parse().ok()
-}
-
-fn parse_u32(token: &[u8]) -> Option<u32> {
-    parse_u64(token).and_then(|v| u32::try_from(v).ok())
-}
-
-/// A signed decimal that fits memcached's 32-bit `exptime`/`vlen`.
+/// A signed decimal that fits memcached's 32-bit `exptime`/`vlen` (its `safe_strtol`: a
+/// leading `+` is fine, as in `set k 0 0 +1`).
 fn parse_i32(token: &[u8]) -> Option<i64> {
-    let (negative, digits) = match token.strip_prefix(b"-") {
-        Some(digits) => (true, digits),
-        None => (false, token),
-    };
-    let magnitude = i64::try_from(parse_u64(digits)?).ok()?;
-    let value = if negative { -magnitude } else { magnitude };
-    i32::try_from(value).ok().map(i64::from)
+    number::parse_i32(token).map(i64::from)
 }
 
 fn simple<'a>(rest: &'a [u8], command: Command<'a>, len: usize) -> Parsed<'a> {
@@ -298,7 +327,9 @@ fn simple<'a>(rest: &'a [u8], command: Command<'a>, len: usize) -> Parsed<'a> {
     request(command, len)
 }
 
-fn get_keys(rest: &[u8]) -> Result<Keys<'_>, ProtocolError> {
+/// The keys of a get line; `keys_required`: whether none is an error (`get`), or just an empty
+/// answer (`gat 10` answers `END` in memcached: its exptime is the token it requires).
+fn get_keys(rest: &[u8], keys_required: bool) -> Result<Keys<'_>, ProtocolError> {
     let mut count = 0;
     for key in tokens(rest) {
         count += 1;
@@ -306,14 +337,14 @@ fn get_keys(rest: &[u8]) -> Result<Keys<'_>, ProtocolError> {
             return Err(ProtocolError::BadCommandLine);
         }
     }
-    if count == 0 {
+    if count == 0 && keys_required {
         return Err(ProtocolError::UnknownCommand);
     }
     Ok(Keys { rest })
 }
 
 fn parse_get(rest: &[u8], with_cas: bool, len: usize) -> Parsed<'_> {
-    match get_keys(rest) {
+    match get_keys(rest, true) {
         Ok(keys) => request(Command::Get { keys, with_cas }, len),
         Err(error) => invalid(error, len),
     }
@@ -326,7 +357,7 @@ fn parse_gat(rest: &[u8], with_cas: bool, len: usize) -> Parsed<'_> {
     let Some(exptime) = parse_i32(first) else {
         return invalid(ProtocolError::InvalidExptime, len);
     };
-    match get_keys(after(rest, first)) {
+    match get_keys(after(rest, first), false) {
         Ok(keys) => request(
             Command::GetAndTouch {
                 exptime,
@@ -357,56 +388,59 @@ fn parse_store<'a>(
     limits: &Limits,
 ) -> Parsed<'a> {
     let Some((tokens, n)) = collect_tokens(rest) else {
-        return invalid(ProtocolError::BadCommandLine, line_len);
+        return invalid(ProtocolError::UnknownCommand, line_len);
     };
-    let (args, noreply) = split_noreply(&tokens[..n]);
+    // memcached counts the arguments before it reads any: a wrong count is `ERROR`; one more
+    // than needed is `noreply` or ignored (`set k 0 0 1 x` stores).
+    let args = &tokens[..n];
     let expected = if kind == SetKind::Cas { 5 } else { 4 };
-    if args.len() != expected {
-        return invalid(ProtocolError::BadCommandLine, line_len);
+    if n != expected && n != expected + 1 {
+        return invalid(ProtocolError::UnknownCommand, line_len);
     }
+    let noreply = asks_noreply(args);
     let (key, flags, exptime, vlen) = (args[0], parse_u32(args[1]), parse_i32(args[2]), args[3]);
-    let cas = if kind == SetKind::Cas {
-        match parse_u64(args[4]) {
-            Some(cas) => Some(cas),
-            None => return invalid(ProtocolError::BadCommandLine, line_len),
-        }
-    } else {
-        None
-    };
     // Without a length we cannot know where the data block ends: answer and read on, as
     // memcached does (the data line will then get its own error).
     let Some(vlen) = parse_i32(vlen).and_then(|v| usize::try_from(v).ok()) else {
-        return invalid(ProtocolError::BadCommandLine, line_len);
+        return invalid_noreply(ProtocolError::BadCommandLine, line_len, noreply);
     };
     let skip_bytes = vlen.saturating_add(2);
-    let (Some(flags), Some(exptime)) = (flags, exptime) else {
-        return swallow(ProtocolError::BadCommandLine, line_len, skip_bytes, None);
+    let refuse = |error, delete_key| Parsed::Swallow {
+        error,
+        len: line_len,
+        skip_bytes,
+        delete_key,
+        noreply,
+    };
+    let mode = match kind {
+        SetKind::Set => Some(SetMode::Set),
+        SetKind::Add => Some(SetMode::Add),
+        SetKind::Replace => Some(SetMode::Replace),
+        SetKind::Append => Some(SetMode::Append),
+        SetKind::Prepend => Some(SetMode::Prepend),
+        SetKind::Cas => parse_u64(args[4]).map(SetMode::Cas),
+    };
+    let (Some(flags), Some(exptime), Some(mode)) = (flags, exptime, mode) else {
+        return refuse(ProtocolError::BadCommandLine, None);
     };
     if !key_ok(key) {
         // memcached answers and then parses the data block as commands; we know its length,
         // so skip it instead: a value must never be executed as a request.
-        return swallow(ProtocolError::BadCommandLine, line_len, skip_bytes, None);
+        return refuse(ProtocolError::BadCommandLine, None);
     }
     if vlen > limits.item_size_max_bytes {
-        let delete_key = (kind == SetKind::Set).then_some(key);
-        return swallow(ProtocolError::TooLarge, line_len, skip_bytes, delete_key);
+        return refuse(
+            ProtocolError::TooLarge,
+            (kind == SetKind::Set).then_some(key),
+        );
     }
     let total = line_len + skip_bytes;
     if buf.len() < total {
         return Parsed::Incomplete;
     }
     if &buf[line_len + vlen..total] != b"\r\n" {
-        return invalid(ProtocolError::BadDataChunk, total);
+        return invalid_noreply(ProtocolError::BadDataChunk, total, noreply);
     }
-    let mode = match (kind, cas) {
-        (SetKind::Set, _) => SetMode::Set,
-        (SetKind::Add, _) => SetMode::Add,
-        (SetKind::Replace, _) => SetMode::Replace,
-        (SetKind::Append, _) => SetMode::Append,
-        (SetKind::Prepend, _) => SetMode::Prepend,
-        (SetKind::Cas, Some(cas)) => SetMode::Cas(cas),
-        (SetKind::Cas, None) => return invalid(ProtocolError::BadCommandLine, line_len),
-    };
     request(
         Command::Store {
             mode,
@@ -420,36 +454,28 @@ fn parse_store<'a>(
     )
 }
 
-fn swallow<'a>(
-    error: ProtocolError,
-    len: usize,
-    skip_bytes: usize,
-    delete_key: Option<&'a [u8]>,
-) -> Parsed<'a> {
-    Parsed::Swallow {
-        error,
-        len,
-        skip_bytes,
-        delete_key,
-    }
-}
-
 fn parse_delete(rest: &[u8], len: usize) -> Parsed<'_> {
     let Some((tokens, n)) = collect_tokens(rest) else {
-        return invalid(ProtocolError::BadCommandLine, len);
+        return invalid(ProtocolError::UnknownCommand, len);
     };
-    let (args, noreply) = split_noreply(&tokens[..n]);
-    let ok = match args {
-        [_] => true,
-        // memcached still accepts the old hold time, if it is zero.
-        [_, hold] => *hold == b"0",
-        _ => false,
+    let args = &tokens[..n];
+    if !(1..=3).contains(&n) {
+        return invalid(ProtocolError::UnknownCommand, len);
+    }
+    // As memcached: `noreply` is looked for only after a key (`delete noreply` deletes the key
+    // "noreply"), and the old hold time is accepted if it is zero.
+    let noreply = n > 1 && asks_noreply(args);
+    let hold_is_zero = n > 1 && args[1] == b"0";
+    let ok = match n {
+        1 => true,
+        2 => hold_is_zero || noreply,
+        _ => hold_is_zero && noreply,
     };
     if !ok {
-        return invalid(ProtocolError::DeleteUsage, len);
+        return invalid_noreply(ProtocolError::DeleteUsage, len, noreply);
     }
     if !key_ok(args[0]) {
-        return invalid(ProtocolError::BadCommandLine, len);
+        return invalid_noreply(ProtocolError::BadCommandLine, len, noreply);
     }
     request(
         Command::Delete {
@@ -462,17 +488,20 @@ fn parse_delete(rest: &[u8], len: usize) -> Parsed<'_> {
 
 fn parse_delta(rest: &[u8], incr: bool, len: usize) -> Parsed<'_> {
     let Some((tokens, n)) = collect_tokens(rest) else {
-        return invalid(ProtocolError::BadCommandLine, len);
-    };
-    let (args, noreply) = split_noreply(&tokens[..n]);
-    let [key, amount] = args else {
         return invalid(ProtocolError::UnknownCommand, len);
     };
+    // Two arguments, or three (the third `noreply` or ignored), as memcached.
+    let args = &tokens[..n];
+    let (key, amount) = match args {
+        [first, second] | [first, second, _] => (*first, *second),
+        _ => return invalid(ProtocolError::UnknownCommand, len),
+    };
+    let noreply = asks_noreply(args);
     if !key_ok(key) {
-        return invalid(ProtocolError::BadCommandLine, len);
+        return invalid_noreply(ProtocolError::BadCommandLine, len, noreply);
     }
     let Some(amount) = parse_u64(amount) else {
-        return invalid(ProtocolError::InvalidDelta, len);
+        return invalid_noreply(ProtocolError::InvalidDelta, len, noreply);
     };
     let delta = if incr {
         Delta::Incr(amount)
@@ -491,17 +520,20 @@ fn parse_delta(rest: &[u8], incr: bool, len: usize) -> Parsed<'_> {
 
 fn parse_touch(rest: &[u8], len: usize) -> Parsed<'_> {
     let Some((tokens, n)) = collect_tokens(rest) else {
-        return invalid(ProtocolError::BadCommandLine, len);
-    };
-    let (args, noreply) = split_noreply(&tokens[..n]);
-    let [key, exptime] = args else {
         return invalid(ProtocolError::UnknownCommand, len);
     };
+    // Two arguments, or three (the third `noreply` or ignored), as memcached.
+    let args = &tokens[..n];
+    let (key, exptime) = match args {
+        [first, second] | [first, second, _] => (*first, *second),
+        _ => return invalid(ProtocolError::UnknownCommand, len),
+    };
+    let noreply = asks_noreply(args);
     if !key_ok(key) {
-        return invalid(ProtocolError::BadCommandLine, len);
+        return invalid_noreply(ProtocolError::BadCommandLine, len, noreply);
     }
     let Some(exptime) = parse_i32(exptime) else {
-        return invalid(ProtocolError::InvalidExptime, len);
+        return invalid_noreply(ProtocolError::InvalidExptime, len, noreply);
     };
     request(
         Command::Touch {
@@ -515,23 +547,29 @@ fn parse_touch(rest: &[u8], len: usize) -> Parsed<'_> {
 
 fn parse_flush_all(rest: &[u8], len: usize) -> Parsed<'_> {
     let Some((tokens, n)) = collect_tokens(rest) else {
-        return invalid(ProtocolError::BadCommandLine, len);
+        return invalid(ProtocolError::UnknownCommand, len);
     };
-    let (args, noreply) = split_noreply(&tokens[..n]);
-    let delay = match args {
-        [] => 0,
-        [delay] => match parse_i32(delay) {
+    // As memcached: at most two arguments; unless the only one is `noreply`, the first is the
+    // delay (`flush_all 0 2` ignores the 2, `flush_all noreply 5` is a bad delay).
+    let args = &tokens[..n];
+    if n > 2 {
+        return invalid(ProtocolError::UnknownCommand, len);
+    }
+    let noreply = asks_noreply(args);
+    let delay = if n == usize::from(noreply) {
+        0
+    } else {
+        match parse_i32(args[0]) {
             Some(delay) => delay,
-            None => return invalid(ProtocolError::BadCommandLine, len),
-        },
-        _ => return invalid(ProtocolError::BadCommandLine, len),
+            None => return invalid_noreply(ProtocolError::InvalidExptime, len, noreply),
+        }
     };
     request(Command::FlushAll { delay, noreply }, len)
 }
 
 fn parse_verbosity(rest: &[u8], len: usize) -> Parsed<'_> {
     let Some((tokens, n)) = collect_tokens(rest) else {
-        return invalid(ProtocolError::BadCommandLine, len);
+        return invalid(ProtocolError::UnknownCommand, len);
     };
     // As memcached 1.6: one or two arguments, else ERROR; a trailing `noreply` silences the
     // reply whatever the level says (memcached's out_string drops even the error), otherwise

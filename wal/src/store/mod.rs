@@ -13,12 +13,13 @@
 //! - A key's older records stay dead across restarts: a tombstone is kept (or moved by
 //!   compaction) while any segment that may hold an older record of the key exists.
 //!
-//! Module map: [`expiry`] (clock, memcached exptime), `index` (the hash index), `compaction`
-//! (reclaiming dead space, eviction).
+//! Module map: [`expiry`] (clock, memcached exptime), [`number`] (memcached's number syntax),
+//! `index` (the hash index), `compaction` (reclaiming dead space, eviction).
 
 mod compaction;
 pub mod expiry;
 mod index;
+pub mod number;
 
 pub use compaction::{CompactionConfig, CompactionProgress, compact_once, spawn_compactor};
 pub use expiry::{Clock, ManualClock, SystemClock};
@@ -272,21 +273,6 @@ pub fn check_key(key: &[u8]) -> Result<(), StoreError> {
     } else {
         Ok(())
     }
-}
-
-/// Parses a stored value as memcached's incr/decr does: decimal digits, optionally followed
-/// by spaces (memcached pads values it shortened in place), fitting in a u64.
-fn parse_counter(value: &[u8]) -> Option<u64> {
-    let end = value.iter().rposition(|&b| b != b' ').map_or(0, |i| i + 1);
-    let digits = &value[..end];
-    if digits.is_empty() || digits.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let mut n: u64 = 0;
-    for &d in digits {
-        n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
-    }
-    Some(n)
 }
 
 /// The state that replay and live operations both change, with the index.
@@ -1026,10 +1012,9 @@ impl<S: Storage> Store<S> {
             },
         };
         if stored_len > item_max {
-            return Err(StoreError::TooLarge {
-                len_bytes: stored_len,
-                max_bytes: item_max,
-            });
+            // Only append/prepend get here (the value alone fits): memcached cannot allocate
+            // the combined item and answers NOT_STORED, keeping the old value.
+            return Ok(StoreOutcome::NotStored);
         }
         self.make_room(put_record_len_max(key.len(), stored_len))?;
         // make_room may have evicted the key's segment: look again.
@@ -1148,10 +1133,13 @@ impl<S: Storage> Store<S> {
             return Ok(None);
         };
         let hash = self.state.index.hash(key);
-        let now = self.clock.now_secs();
-        // A touch to an expiry in the past leaves no live item to return.
+        // memcached returns the item it touched even when the new expiry is already past
+        // (`gat -1 k` answers the value once, then it is gone): take the entry the touch just
+        // updated without asking whether it is still live.
         Ok(self
-            .live_entry(hash, key, now)
+            .state
+            .index
+            .get(&self.log, hash, key)
             .map(|e| (self.item(&e), written)))
     }
 
@@ -1169,7 +1157,8 @@ impl<S: Storage> Store<S> {
             return Ok(None);
         };
         let put = put_of(&self.log, &entry);
-        let current = parse_counter(put.value.as_ref()).ok_or(StoreError::NonNumeric)?;
+        // memcached's safe_strtoull: ` 12`, `12 abc` and `+12` count as 12, `12abc` does not.
+        let current = number::parse_u64(put.value.as_ref()).ok_or(StoreError::NonNumeric)?;
         let flags = put.flags.to_native();
         let new = match delta {
             Delta::Incr(n) => current.wrapping_add(n),
