@@ -344,18 +344,25 @@ fn a_touched_expiry_survives_compaction_and_reopen() {
     });
 }
 
+/// A store whose 40 keys `k-N` were each written three times (values of 700 bytes `0`,
+/// `1`, then `2`): segments that compaction can reclaim.
+async fn overwritten_three_times(disk: &SimDisk, clock: &ManualClock) -> Shared {
+    let (store, _) = open_sim(disk, config(), clock).await;
+    let store: Shared = Rc::new(RefCell::new(store));
+    for round in 0..3u8 {
+        for i in 0..40 {
+            set(&store, format!("k-{i}").as_bytes(), &[round; 700], 0).await;
+        }
+    }
+    store
+}
+
 #[test]
 fn a_pinned_segment_is_kept_until_unpinned() {
     run(|| async {
         let disk = SimDisk::new();
         let clock = ManualClock::new(1_000);
-        let (store, _) = open_sim(&disk, config(), &clock).await;
-        let store: Shared = Rc::new(RefCell::new(store));
-        for round in 0..3u8 {
-            for i in 0..40 {
-                set(&store, format!("k-{i}").as_bytes(), &[round; 700], 0).await;
-            }
-        }
+        let store = overwritten_three_times(&disk, &clock).await;
         let pin = store.borrow().log().pin();
         let pinned: Vec<u64> = pin.segments().map(|(s, _)| s.id()).collect();
         compact_all(&store).await;
@@ -400,13 +407,7 @@ fn a_pin_taken_while_compaction_removes_files_holds_only_files_that_exist() {
     run(|| async {
         let disk = SimDisk::new();
         let clock = ManualClock::new(1_000);
-        let (store, _) = open_sim(&disk, config(), &clock).await;
-        let store: Shared = Rc::new(RefCell::new(store));
-        for round in 0..3u8 {
-            for i in 0..40 {
-                set(&store, format!("k-{i}").as_bytes(), &[round; 700], 0).await;
-            }
-        }
+        let store = overwritten_three_times(&disk, &clock).await;
         let compacting = {
             let store = Rc::clone(&store);
             glommio::spawn_local(async move { compact_once(&store).await.expect("compact") })
