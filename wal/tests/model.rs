@@ -118,6 +118,35 @@ impl Harness {
         }
     }
 
+    /// Writes keys that are never written again, so that some segments stay live for long:
+    /// tombstones of the hot keys then have older records to cover in segments compaction
+    /// does not reach (without them every segment soon dies and tombstones are dropped).
+    fn write_cold(&mut self) {
+        // As the store does before any write: a delayed flush that is due takes effect first.
+        let now = self.now();
+        self.model.tick(now);
+        for i in 0..15 {
+            let key = format!("cold-{}-{i}", self.step).into_bytes();
+            let value = vec![b'c'; 700];
+            let out = self
+                .store
+                .borrow_mut()
+                .set(SetMode::Set, &key, &value, 0, 0);
+            let StoreOutcome::Stored(w) = out.expect("set cold") else {
+                panic!("{}: a cold set was not stored", self.at());
+            };
+            self.model.items.insert(
+                key,
+                Item {
+                    value,
+                    flags: 0,
+                    expiry: 0,
+                    cas: w.cas,
+                },
+            );
+        }
+    }
+
     fn now(&self) -> u32 {
         use terrace_wal::store::Clock as _;
         self.clock.now_secs()
@@ -396,6 +425,9 @@ async fn run_seed(seed: u64, durability: Durability, steps: usize) -> (u64, u64)
     };
     for step in 0..steps {
         h.step = step;
+        if seed % 3 == 0 && step % 120 == 0 {
+            h.write_cold();
+        }
         h.step();
         if step % 25 == 24 {
             for _ in 0..3 {
