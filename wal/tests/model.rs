@@ -425,7 +425,7 @@ async fn run_seed(seed: u64, durability: Durability, steps: usize) -> (u64, u64)
     };
     for step in 0..steps {
         h.step = step;
-        if seed % 3 == 0 && step % 120 == 0 {
+        if seed.is_multiple_of(3) && step.is_multiple_of(120) {
             h.write_cold();
         }
         h.step();
