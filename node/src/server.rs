@@ -403,7 +403,7 @@ fn publish_lsns(shards: &LocalShards, shared: &Shared) {
 }
 
 /// Opens (recovering) the store of `shard` in `dir`, compaction paused until this server is
-/// known to be the active.
+/// known to be the active (see `publish_lsns`).
 pub async fn open_store(
     shared: &Shared,
     shard: u32,
@@ -418,7 +418,10 @@ pub async fn open_store(
         ShardStore::open(storage, config, clock, RecoveryPolicy::TruncateTornTail)
             .await
             .map_err(|e| format!("shard {shard} ({}): {e}", dir.display()))?;
-    store.set_compaction_paused(!shared.group.serving());
+    // Paused until `publish_lsns` (within 50 ms) finds this server serving and has stamped
+    // the store with its term: compaction tells the tombstones this server wrote from copied
+    // ones by their term.
+    store.set_compaction_paused(true);
     if report.records > 0 || report.torn_tail.is_some() {
         tracing::info!(
             shard,

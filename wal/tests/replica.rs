@@ -368,6 +368,89 @@ fn a_skip_is_durable_once_waited_for() {
     });
 }
 
+/// A passive's log holds its active's records in segments of its own, with other ids. A
+/// copied tombstone names segments of the active's log; once the passive has taken over and
+/// compacts, it must still keep the tombstone while any older segment of its own might hold
+/// a record of the key, or a deleted key comes back at the next restart.
+#[test]
+fn a_copied_tombstone_is_kept_by_a_new_active_while_older_segments_remain() {
+    run(|| async {
+        let clock = ManualClock::new(START);
+        let config = small_config(SEGMENT, Durability::Fsync);
+        let source = Rc::new(RefCell::new(
+            open_sim(&SimDisk::new(), config.clone(), &clock).await.0,
+        ));
+        source.borrow_mut().set_term(3);
+        let value = vec![b'v'; 900];
+        let churn = |n: u32| {
+            for i in 0..n {
+                let key = format!("churn{}", i % 2);
+                let out = source
+                    .borrow_mut()
+                    .set(SetMode::Set, key.as_bytes(), &value, i, 0);
+                out.expect("set");
+            }
+        };
+        // Many dead segments compacted away: the active's segment ids run ahead of the ids
+        // a fresh passive gives the same records.
+        churn(200);
+        sync_all(&source.borrow()).await;
+        while compact_once(&source).await.expect("compact") {}
+        // A segment that stays live and holds the victim's value.
+        let tail = source.borrow().log().tail().id();
+        while source.borrow().log().tail().id() == tail {
+            churn(1);
+        }
+        source
+            .borrow_mut()
+            .set(SetMode::Set, b"victim", b"OLD", 0, 0)
+            .expect("set");
+        for i in 0..16 {
+            let key = format!("keep{i}");
+            source
+                .borrow_mut()
+                .set(SetMode::Set, key.as_bytes(), &value, 0, 0)
+                .expect("set");
+        }
+        // The tombstone, among records that die.
+        churn(3);
+        source.borrow_mut().delete(b"victim").expect("delete");
+        churn(60);
+        sync_all(&source.borrow()).await;
+        // The passive takes a snapshot, as the replication receiver does.
+        let replica_disk = SimDisk::new();
+        let replica = Rc::new(RefCell::new(
+            open_sim(&replica_disk, config.clone(), &clock).await.0,
+        ));
+        {
+            let pin = source.borrow().log().pin();
+            let mut replica = replica.borrow_mut();
+            for (segment, end) in pin.segments() {
+                for (offset, record) in segment.records().take_while(|(o, _)| *o < end) {
+                    if record.lsn > replica.log().next_lsn() {
+                        replica.skip_to(record.lsn).expect("skip");
+                    }
+                    replica
+                        .apply_copy(segment.slice(offset, offset + record.total_len))
+                        .expect("apply");
+                }
+            }
+        }
+        assert_eq!(items(&source.borrow()), items(&replica.borrow()));
+        // It becomes the active of term 4 and compacts.
+        replica.borrow_mut().set_term(4);
+        sync_all(&replica.borrow()).await;
+        while compact_once(&replica).await.expect("compact") {}
+        sync_all(&replica.borrow()).await;
+        drop(replica);
+        let (reopened, _) = open_sim(&replica_disk, config, &clock).await;
+        assert!(
+            !items(&reopened).contains_key(b"victim".as_slice()),
+            "a deleted key came back after the new active restarted"
+        );
+    });
+}
+
 /// Records carry the term they were written in, inside their CRC: the same write at the same
 /// LSN in two terms gives two different records (what a passive's prefix check compares), a
 /// copy keeps its source's term, and recovery accepts stamped records.

@@ -236,6 +236,8 @@ impl fmt::Display for InvalidRecord {
 pub struct RecordRef<'a> {
     /// Log sequence number.
     pub lsn: u64,
+    /// The mirror-group term it was written in (0 outside mirror groups).
+    pub term: u64,
     /// What the record says.
     pub kind: RecordKind,
     /// The payload, exactly `len` bytes, 16-aligned.
@@ -331,6 +333,7 @@ pub unsafe fn record_at_unchecked(segment: &[u8], offset: usize) -> RecordRef<'_
     let start = offset + RECORD_HEADER_LEN_BYTES;
     RecordRef {
         lsn: u64_at(header, RECORD_LSN_OFFSET),
+        term: u64_at(header, RECORD_TERM_OFFSET),
         kind,
         payload: &segment[start..start + len],
         total_len: record_len(len),
@@ -380,6 +383,7 @@ pub fn check_record(segment: &[u8], offset: usize) -> RecordCheck<'_> {
     }
     RecordCheck::Valid(RecordRef {
         lsn: u64_at(header, RECORD_LSN_OFFSET),
+        term: u64_at(header, RECORD_TERM_OFFSET),
         kind,
         payload,
         total_len: record_len(len as usize),

@@ -141,7 +141,7 @@ impl<S: Storage> Store<S> {
             // SAFETY: the record was validated when recovered or written.
             match unsafe { record.body_unchecked() } {
                 Body::Put(put) => self.compact_put(&segment, offset, put)?,
-                Body::Delete(delete) => self.compact_delete(&segment, delete)?,
+                Body::Delete(delete) => self.compact_delete(&segment, record.term, delete)?,
                 Body::Touch(touch) => self.compact_touch(&segment, touch)?,
                 Body::Flush(flush) => self.compact_flush(&segment, record.lsn, flush)?,
             }
@@ -210,10 +210,20 @@ impl<S: Storage> Store<S> {
     fn compact_delete(
         &mut self,
         segment: &Rc<Segment<S::File>>,
+        term: u64,
         delete: &ArchivedDelete<'static>,
     ) -> Result<(), StoreError> {
         let key = delete.key.as_ref();
-        let since = delete.since_segment.to_native();
+        // `since_segment` is a segment id of the log that wrote the tombstone. A tombstone
+        // copied from another server (a passive's log is the active's records, in segments
+        // of its own) names that server's segments, which mean nothing here: it then covers
+        // every older segment of this log. This store wrote the records stamped with its
+        // own term (a term has one active; 0 outside mirror groups).
+        let since = if term == self.term() {
+            delete.since_segment.to_native()
+        } else {
+            self.log.segments().next().map_or(0, |oldest| oldest.id32())
+        };
         if !self.log.any_segment_in(u64::from(since), segment.id()) {
             self.counters.tombstones_dropped += 1;
             return Ok(());
