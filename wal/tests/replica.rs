@@ -394,7 +394,8 @@ fn a_copied_tombstone_is_kept_by_a_new_active_while_older_segments_remain() {
         // Many dead segments compacted away: the active's segment ids run ahead of the ids
         // a fresh passive gives the same records.
         churn(200);
-        sync_all(&source.borrow()).await;
+        let synced = sync_all(&source.borrow());
+        synced.await;
         while compact_once(&source).await.expect("compact") {}
         // A segment that stays live and holds the victim's value.
         let tail = source.borrow().log().tail().id();
@@ -416,7 +417,8 @@ fn a_copied_tombstone_is_kept_by_a_new_active_while_older_segments_remain() {
         churn(3);
         source.borrow_mut().delete(b"victim").expect("delete");
         churn(60);
-        sync_all(&source.borrow()).await;
+        let synced = sync_all(&source.borrow());
+        synced.await;
         // The passive takes a snapshot, as the replication receiver does.
         let replica_disk = SimDisk::new();
         let replica = Rc::new(RefCell::new(
@@ -439,9 +441,11 @@ fn a_copied_tombstone_is_kept_by_a_new_active_while_older_segments_remain() {
         assert_eq!(items(&source.borrow()), items(&replica.borrow()));
         // It becomes the active of term 4 and compacts.
         replica.borrow_mut().set_term(4);
-        sync_all(&replica.borrow()).await;
+        let synced = sync_all(&replica.borrow());
+        synced.await;
         while compact_once(&replica).await.expect("compact") {}
-        sync_all(&replica.borrow()).await;
+        let synced = sync_all(&replica.borrow());
+        synced.await;
         drop(replica);
         let (reopened, _) = open_sim(&replica_disk, config, &clock).await;
         assert!(
