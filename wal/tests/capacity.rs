@@ -179,3 +179,73 @@ fn eviction_is_refused_for_a_durable_store() {
         );
     });
 }
+
+/// Compaction writes a needed tombstone whose key was stored again, then the item after it.
+/// When the log is too full for both, it writes neither (and fails the round): a tombstone
+/// alone would delete the acknowledged item.
+#[test]
+fn compaction_never_writes_a_tombstone_without_the_item_stored_after_it() {
+    run(|| async {
+        let clock = ManualClock::new(1_000);
+        let mut config = small_config(SEGMENT, Durability::Fsync);
+        config.log.capacity_bytes = 8 * SEGMENT as u64;
+        config.compaction.bytes_per_sec = 1 << 40;
+        let disk = SimDisk::new();
+        let (store, _) = open_sim(&disk, config.clone(), &clock).await;
+        let store = Rc::new(RefCell::new(store));
+        let set = |key: &str, value: &[u8]| {
+            store
+                .borrow_mut()
+                .set(SetMode::Set, key.as_bytes(), value, 0, 0)
+                .map(drop)
+        };
+        let fill = vec![b'f'; 900];
+        // The keys' first values, with data that stays (that segment is never compacted).
+        for i in 0..6 {
+            set(&format!("a{i}"), b"old").expect("set");
+        }
+        for i in 0..15 {
+            set(&format!("keep{i}"), &fill).expect("set");
+        }
+        // Their tombstones, in a segment that otherwise dies.
+        let before = store.borrow().log().tail().id();
+        while store.borrow().log().tail().id() == before {
+            set("junk", &fill).expect("set");
+        }
+        let tombstones = store.borrow().log().tail().id();
+        for i in 0..6 {
+            store
+                .borrow_mut()
+                .delete(format!("a{i}").as_bytes())
+                .expect("delete");
+        }
+        while store.borrow().log().tail().id() == tombstones {
+            set("junk", &fill).expect("set");
+        }
+        // Stored again with large values, then the log filled with live data.
+        let big = vec![b'B'; 3000];
+        for i in 0..6 {
+            set(&format!("a{i}"), &big).expect("set");
+        }
+        let mut n = 0;
+        while set(&format!("more{n}"), &fill).is_ok() {
+            n += 1;
+        }
+        let synced = common::sync_all(&store.borrow());
+        synced.await;
+        let _ = compact_once(&store).await;
+        let expected = live_items(&store.borrow());
+        for i in 0..6 {
+            let item = store
+                .borrow_mut()
+                .get(format!("a{i}").as_bytes())
+                .expect("get");
+            assert_eq!(item.expect("still stored").value(), &big[..], "a{i}");
+        }
+        let synced = common::sync_all(&store.borrow());
+        synced.await;
+        drop(store);
+        let (reopened, _) = open_sim(&disk, config, &clock).await;
+        assert_eq!(live_items(&reopened), expected, "after a restart");
+    });
+}

@@ -391,6 +391,25 @@ impl<S: Storage> Log<S> {
         Ok(self.appended(lsn, &tail, offset, len))
     }
 
+    /// Makes sure the tail can take `len_max` more bytes of records without rolling over,
+    /// rolling over now if it cannot: records appended next, up to that many bytes, then all
+    /// land in one segment, and none of them fails for want of room after another was
+    /// written (compaction writes a tombstone and the item after it as a pair).
+    pub fn reserve(&mut self, len_max: usize, class: AppendClass) -> Result<(), WalError> {
+        self.check_poisoned()?;
+        let room = self.config.record_len_max();
+        if len_max > room {
+            return Err(WalError::RecordTooLarge {
+                len_bytes: len_max,
+                max_bytes: room,
+            });
+        }
+        if self.tail().is_sealed() || self.tail().free_bytes() < len_max {
+            self.create_tail(class)?;
+        }
+        Ok(())
+    }
+
     /// Accounts for the record of `len` bytes just written at `offset` of `tail` with `lsn`.
     fn appended(
         &mut self,

@@ -27,7 +27,8 @@ use crate::cooperate;
 use crate::error::WalError;
 use crate::format::{
     ArchivedDelete, ArchivedFlush, ArchivedPut, ArchivedTouch, Body, Delete, Flush, RecordKind,
-    Touch, ValueParts, record::small_record_len_max, record::touch_record_len,
+    Touch, ValueParts, record::put_record_len_max, record::small_record_len_max,
+    record::touch_record_len,
 };
 use crate::log::{AppendClass, Segment};
 use crate::storage::{SegmentId, Storage};
@@ -244,6 +245,12 @@ impl<S: Storage> Store<S> {
             key,
             since_segment: since,
         };
+        if let Some((_, _, Some((value, _)))) = &stored_again {
+            // Both or neither: a tombstone written without the item after it would delete
+            // an acknowledged item.
+            let pair = small_record_len_max(key.len()) + put_record_len_max(key.len(), value.len());
+            self.log.reserve(pair, AppendClass::Compaction)?;
+        }
         let appended = self.log.append(
             &body,
             small_record_len_max(key.len()),
