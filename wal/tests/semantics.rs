@@ -528,3 +528,34 @@ fn each_change_writes_one_record_and_misses_write_none() {
         check(&mut f, true, "flush_all");
     });
 }
+
+/// An item kept alive only by a touch must not be shown before the touch is durable: its
+/// LSN to wait for is the touch's, not only the value's.
+#[test]
+fn a_touched_item_is_shown_only_once_its_touch_is_durable() {
+    run(|| async {
+        let mut f = fixture().await;
+        let StoreOutcome::Stored(set) = f.set(SetMode::Set, b"k", b"v", 0, 3) else {
+            panic!("not stored");
+        };
+        let synced = sync_all(&f.store);
+        synced.await;
+        let touch = f.store.touch(b"k", 1000).expect("touch").expect("touched");
+        assert!(touch.lsn > set.lsn);
+        f.clock.advance(10);
+        let item = f.store.get(b"k").expect("get").expect("alive by the touch");
+        assert!(
+            item.lsn() >= touch.lsn,
+            "shown after LSN {} only, the touch is {}",
+            item.lsn(),
+            touch.lsn
+        );
+        // Untouched items wait for their value only.
+        let StoreOutcome::Stored(other) = f.set(SetMode::Set, b"j", b"w", 0, 0) else {
+            panic!("not stored");
+        };
+        f.set(SetMode::Set, b"later", b"x", 0, 0);
+        let item = f.store.get(b"j").expect("get").expect("stored");
+        assert_eq!(item.lsn(), other.lsn);
+    });
+}

@@ -59,7 +59,12 @@ impl Replies {
             .iter_mut()
             .find(|w| Rc::ptr_eq(&w.commit, &wait.commit))
         {
-            Some(earlier) => earlier.lsn = earlier.lsn.max(wait.lsn),
+            Some(earlier) => {
+                earlier.lsn = earlier.lsn.max(wait.lsn);
+                // A read's wait may not need the passives (they had its record already); a
+                // write's merged into it still does.
+                earlier.replicas = earlier.replicas.take().or(wait.replicas);
+            }
             None => self.waits.push(wait),
         }
     }

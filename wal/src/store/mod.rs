@@ -203,6 +203,9 @@ pub struct Item<F> {
     segment: Rc<Segment<F>>,
     offset: usize,
     expiry: u32,
+    /// For an item whose expiry a touch set: the log's last LSN when it was read (the touch
+    /// record is at or before it). 0 otherwise.
+    touched_by: u64,
 }
 
 impl<F> std::fmt::Debug for Item<F> {
@@ -249,10 +252,11 @@ impl<F: crate::storage::SegmentFile> Item<F> {
         self.expiry
     }
 
-    /// LSN of the record holding the value: the caller should not show an item to a client
-    /// before this LSN is durable.
+    /// The LSN that must be durable before the item is shown to a client: its value's
+    /// record, or for a touched item, the touch that keeps it alive (a crash that lost the
+    /// touch would take the item back).
     pub fn lsn(&self) -> u64 {
-        self.segment.record(self.offset).lsn
+        self.segment.record(self.offset).lsn.max(self.touched_by)
     }
 }
 
@@ -780,12 +784,19 @@ impl<S: Storage> Store<S> {
             segment: Rc::clone(segment),
             offset: entry.offset(),
             expiry: entry.expiry,
+            // Where the touch record is is known (`touch_segment`), its LSN is not: the
+            // log's last LSN covers it.
+            touched_by: if entry.touch_segment == 0 {
+                0
+            } else {
+                self.log.next_lsn() - 1
+            },
         }
     }
 
     /// Brings a delayed flush into effect once its time has come. Writing its record may
-    /// fail (full, failed disk); the flush then holds in memory, which is still right after a
-    /// restart: no item can be stored without a record after it.
+    /// fail (full, failed disk); the flush then holds in memory at a fixed boundary until its
+    /// record can be written (see `PendingFlush::unlogged_boundary`).
     fn tick(&mut self, now: u32) {
         let Some(pending) = self.state.flush.pending else {
             return;

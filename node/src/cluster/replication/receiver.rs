@@ -236,6 +236,11 @@ impl Follower<'_> {
                             .borrow_mut()
                             .skip_to(next)
                             .map_err(|e| format!("cannot skip to LSN {next}: {e}"))?;
+                        // Acknowledged like records (once durable): the active lets this
+                        // passive into the sync set only when it has acknowledged the whole
+                        // snapshot, and an idle shard sends nothing more that would.
+                        applied.set(applied.get().max(header.lsn));
+                        progress.notify();
                     }
                     group.set_sync_bytes(self.shard, received, received);
                     group.set_shard_sync(self.shard, ShardSync::CatchingUp);
