@@ -12,7 +12,9 @@
 //!   With `--force`, its old contents are then moved to `<target>.before-restore-<time>`, not
 //!   deleted: the operator deletes them once sure. Then the marker is removed from the target.
 //! - What an interrupted restore leaves is cleaned up by the next one: a temporary directory
-//!   with either marker is a copy of a snapshot and is removed; one without a marker holds the
+//!   with either marker is a copy of a snapshot and is removed (renamed to
+//!   `.<name>.discard-<pid>` first, so that a crash while removing it cannot leave it
+//!   without its marker under the temporary name); one without a marker holds the
 //!   target's old contents, swapped out just before the interruption, and is moved to
 //!   `<target>.before-restore-<time>` like a finished restore would have done. A marker left
 //!   in the target itself (interrupted right after the swap) is removed.
@@ -113,6 +115,9 @@ pub fn restore(
     }
     std::fs::create_dir(&tmp).map_err(BackupError::io("create directory", &tmp))?;
     files::write_new_file(&tmp.join(INCOMPLETE_MARKER), b"", 0)?;
+    // Both: the copy's name, and its marker in it (without the marker, a copy left by a
+    // crash would pass for the target's old contents).
+    files::sync_dir(&tmp)?;
     files::sync_dir(&parent)?;
 
     let contents = match write_data_dir(backup, &manifest, &tmp, show_progress) {
@@ -221,8 +226,17 @@ fn clean_leftovers(
     name: &str,
 ) -> Result<(Vec<PathBuf>, Vec<PathBuf>), BackupError> {
     let prefix = format!(".{name}.restore-");
+    // A copy being removed is renamed to this first: a crash midway through removing it
+    // (its marker may go first) must not leave it looking like the target's old contents.
+    let discard_prefix = format!(".{name}.discard-");
     let (mut removed, mut recovered) = (Vec::new(), Vec::new());
     for entry in files::list_names(parent)? {
+        if entry.starts_with(&discard_prefix) {
+            let path = parent.join(&entry);
+            std::fs::remove_dir_all(&path).map_err(BackupError::io("remove", &path))?;
+            removed.push(path);
+            continue;
+        }
         if !entry.starts_with(&prefix) {
             continue;
         }
@@ -235,7 +249,10 @@ fn clean_leftovers(
             continue;
         }
         if path.join(INCOMPLETE_MARKER).exists() || path.join(COMPLETE_MARKER).exists() {
-            std::fs::remove_dir_all(&path).map_err(BackupError::io("remove", &path))?;
+            let doomed = parent.join(format!("{discard_prefix}{}", &entry[prefix.len()..]));
+            std::fs::rename(&path, &doomed).map_err(BackupError::io("rename", &doomed))?;
+            files::sync_dir(parent)?;
+            std::fs::remove_dir_all(&doomed).map_err(BackupError::io("remove", &doomed))?;
             removed.push(path);
         } else {
             let aside = aside_path(parent, name)?;
