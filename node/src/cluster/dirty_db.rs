@@ -48,6 +48,9 @@ impl DirtyDb {
             .parent()
             .ok_or_else(|| io::Error::other("no parent"))?;
         std::fs::create_dir_all(parent)?;
+        // The copy's `shards/` must be durable before a shard moves into it: the move is
+        // made durable below, and the shard's old place is emptied.
+        sync_dir(&copy)?;
         std::fs::rename(dir, &target)?;
         std::fs::create_dir(dir)?;
         sync_dir(parent)?;

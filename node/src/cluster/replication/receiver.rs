@@ -78,6 +78,14 @@ impl Follower<'_> {
             .set_read_timeout(Some(limit))
             .map_err(|e| e.to_string())?;
         let store = self.store()?;
+        // What this passive announces holding counts as acknowledged by it: so it must be
+        // durable (a stream that ended may have left records appended but not yet synced).
+        let commit = store.borrow().commit();
+        let appended = store.borrow().log().next_lsn() - 1;
+        commit
+            .wait_durable(appended)
+            .await
+            .map_err(|e| format!("cannot make shard {} durable: {e}", self.shard))?;
         let (next_lsn, (digest_records, digest)) = {
             let store = store.borrow();
             (store.log().next_lsn(), own_digest(&store))
