@@ -367,17 +367,7 @@ impl<S: Storage> Log<S> {
         len_max: usize,
         class: AppendClass,
     ) -> Result<Appended, WalError> {
-        self.check_poisoned()?;
-        let record_len_max = self.config.record_len_max();
-        if len_max > record_len_max {
-            return Err(WalError::RecordTooLarge {
-                len_bytes: len_max,
-                max_bytes: record_len_max,
-            });
-        }
-        if self.tail().is_sealed() || self.tail().free_bytes() < len_max {
-            self.create_tail(class)?;
-        }
+        self.reserve(len_max, class)?;
         let (lsn, term) = (self.next_lsn, self.term);
         let tail = Rc::clone(self.tail());
         let Some(offset) = tail.append_with(lsn, |dst| {
