@@ -337,6 +337,11 @@ fn skipping_forward_starts_an_empty_log_at_that_lsn() {
         store.skip_to(500).expect("skip");
         assert_eq!(store.log().next_lsn(), 500);
         assert!(store.skip_to(10).is_err(), "skipping back");
+        assert!(
+            store.skip_to(1 << 63).is_err(),
+            "an LSN recovery would refuse"
+        );
+        assert_eq!(store.log().next_lsn(), 500);
         store.set(SetMode::Set, b"k", b"v", 0, 0).expect("set");
         sync_all(&store).await;
         drop(store);

@@ -548,6 +548,12 @@ impl<S: Storage> Log<S> {
                 ),
             });
         }
+        if lsn >= 1 << 63 {
+            // Recovery would take the new tail's header for damage (see FORMAT.md).
+            return Err(WalError::BadCopy {
+                reason: format!("cannot skip to LSN {lsn}: out of range"),
+            });
+        }
         if lsn == self.next_lsn {
             return Ok(());
         }
