@@ -559,3 +559,39 @@ fn a_touched_item_is_shown_only_once_its_touch_is_durable() {
         assert_eq!(item.lsn(), other.lsn);
     });
 }
+
+/// A second delayed `flush_all` can move a pending one later. An item shown in between is
+/// visible only because of the second flush's record, so it waits for that record too: a
+/// crash that lost it would bring back the sooner flush and take the item away.
+#[test]
+fn an_item_kept_by_a_later_flush_all_waits_for_that_flush() {
+    run(|| async {
+        let mut f = fixture().await;
+        let set = f.stored(b"k", b"v", 0, 0);
+        f.store.flush_all(100).expect("flush in 100 s");
+        sync_all(&f.store).await;
+        let later = f.store.flush_all(200).expect("flush in 200 s");
+        f.clock.advance(150);
+        let item = f
+            .store
+            .get(b"k")
+            .expect("get")
+            .expect("kept by the later flush");
+        assert!(
+            item.lsn() >= later.lsn,
+            "shown after LSN {} only, the later flush is {}",
+            item.lsn(),
+            later.lsn
+        );
+        assert!(later.lsn > set.lsn);
+        // Once nothing is pending, an item waits for its own record only.
+        f.clock.advance(100);
+        let fresh = f.stored(b"j", b"w", 0, 0);
+        let item = f
+            .store
+            .get(b"j")
+            .expect("get")
+            .expect("stored after the flush");
+        assert_eq!(item.lsn(), fresh.lsn);
+    });
+}

@@ -203,9 +203,11 @@ pub struct Item<F> {
     segment: Rc<Segment<F>>,
     offset: usize,
     expiry: u32,
-    /// For an item whose expiry a touch set: the log's last LSN when it was read (the touch
-    /// record is at or before it). 0 otherwise.
-    touched_by: u64,
+    /// The last LSN of the other records that keep the item visible, 0 if none: for an item
+    /// whose expiry a touch set, the log's last LSN when it was read (the touch record is at
+    /// or before it); with a delayed `flush_all` pending, that flush's record (it may have
+    /// replaced an earlier, sooner one that a crash would bring back).
+    kept_by: u64,
 }
 
 impl<F> std::fmt::Debug for Item<F> {
@@ -253,10 +255,10 @@ impl<F: crate::storage::SegmentFile> Item<F> {
     }
 
     /// The LSN that must be durable before the item is shown to a client: its value's
-    /// record, or for a touched item, the touch that keeps it alive (a crash that lost the
-    /// touch would take the item back).
+    /// record, or the touch or pending `flush_all` that keeps it visible (a crash that lost
+    /// those would take the item back).
     pub fn lsn(&self) -> u64 {
-        self.segment.record(self.offset).lsn.max(self.touched_by)
+        self.segment.record(self.offset).lsn.max(self.kept_by)
     }
 }
 
@@ -707,6 +709,12 @@ impl<S: Storage> Store<S> {
         self.compaction_paused
     }
 
+    /// LSN of the last record appended (0 if none): every state the store shows now,
+    /// absences included, is covered once it is durable.
+    pub fn last_lsn(&self) -> u64 {
+        self.log.next_lsn() - 1
+    }
+
     /// This store's number among the stores opened in this process.
     pub fn instance(&self) -> u64 {
         self.instance
@@ -786,11 +794,12 @@ impl<S: Storage> Store<S> {
             expiry: entry.expiry,
             // Where the touch record is is known (`touch_segment`), its LSN is not: the
             // log's last LSN covers it.
-            touched_by: if entry.touch_segment == 0 {
+            kept_by: if entry.touch_segment == 0 {
                 0
             } else {
                 self.log.next_lsn() - 1
-            },
+            }
+            .max(self.state.flush.pending.map_or(0, |p| p.lsn)),
         }
     }
 

@@ -1,0 +1,154 @@
+//! What replies wait for, on a permanent-store shard on real files.
+
+#![allow(
+    clippy::expect_used,
+    reason = "tests stop at the first unexpected result"
+)]
+
+use super::*;
+use terrace_wal::log::{Durability, LogConfig, RecoveryPolicy};
+use terrace_wal::store::{CompactionConfig, StoreConfig, SystemClock, WhenFull};
+
+/// Runs `test` on a glommio executor with one permanent-store shard in a temporary dir.
+fn with_one_shard<F>(test: impl FnOnce(LocalShards) -> F + Send + 'static)
+where
+    F: Future<Output = ()> + 'static,
+{
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(512 << 10)
+        .ring_depth(64)
+        .spawn(|| async move {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let storage = FsStorage::open(dir.path()).await.expect("open dir");
+            let config = StoreConfig {
+                log: LogConfig {
+                    segment_size_bytes: 1 << 20,
+                    durability: Durability::Fsync,
+                    capacity_bytes: u64::MAX,
+                },
+                when_full: WhenFull::Refuse,
+                item_size_max_bytes: 64 << 10,
+                compaction: CompactionConfig::default(),
+            };
+            let (store, _) = ShardStore::open(
+                storage,
+                config,
+                Rc::new(SystemClock),
+                RecoveryPolicy::TruncateTornTail,
+            )
+            .await
+            .expect("open store");
+            let topology = Topology {
+                shards: 1,
+                executors: 1,
+            };
+            let shards = LocalShards::new(
+                topology,
+                vec![Some(Rc::new(RefCell::new(store)))],
+                (false, crate::cluster::group::GroupFlags::default()),
+            );
+            test(shards).await;
+        })
+        .expect("start executor")
+        .join()
+        .expect("test executor panicked");
+}
+
+/// A reply may go out without waiting only if `wait` is `None` or already satisfied.
+fn covers(wait: Option<&Durable>, lsn: u64) -> bool {
+    wait.is_some_and(|w| w.lsn >= lsn)
+}
+
+/// A miss, `NOT_FOUND` or `NOT_STORED` caused by another client's write that is not durable
+/// yet must wait for that write: a crash before its fsync would bring the old state back,
+/// and the client would have seen a state that never was durable.
+#[test]
+fn replies_reporting_an_absence_wait_for_the_write_that_caused_it() {
+    with_one_shard(|shards| async move {
+        let mut out = Vec::new();
+        let set = shards
+            .store(SetMode::Set, b"k", 0, 0, b"v", &mut out)
+            .expect("set")
+            .expect("a set waits");
+        set.wait().await.expect("sync");
+
+        // Another client deletes k; its fsync has not run yet.
+        let delete = shards
+            .delete(b"k", true, &mut out)
+            .expect("delete")
+            .expect("a delete waits");
+        assert!(delete.commit.durable_lsn() < delete.lsn);
+
+        let absences = [
+            ("get miss", shards.get(b"k", false, &mut out)),
+            (
+                "gat miss",
+                shards.get_and_touch(b"k", 0, false, &mut out).expect("gat"),
+            ),
+            (
+                "replace NOT_STORED",
+                shards
+                    .store(SetMode::Replace, b"k", 0, 0, b"w", &mut out)
+                    .expect("replace"),
+            ),
+            (
+                "cas NOT_FOUND",
+                shards
+                    .store(SetMode::Cas(1), b"k", 0, 0, b"w", &mut out)
+                    .expect("cas"),
+            ),
+            (
+                "touch NOT_FOUND",
+                shards.touch(b"k", 0, &mut out).expect("touch"),
+            ),
+            (
+                "incr NOT_FOUND",
+                shards.delta(b"k", Delta::Incr(1), &mut out).expect("incr"),
+            ),
+            (
+                "delete NOT_FOUND",
+                shards.delete(b"k", true, &mut out).expect("delete"),
+            ),
+        ];
+        for (what, wait) in &absences {
+            assert!(
+                covers(wait.as_ref(), delete.lsn),
+                "{what} does not wait for the delete (LSN {}): {:?}",
+                delete.lsn,
+                wait.as_ref().map(|w| w.lsn)
+            );
+        }
+
+        // Once the delete is durable, an absence waits for nothing.
+        delete.wait().await.expect("sync");
+        assert!(shards.get(b"k", false, &mut out).is_none());
+        assert!(
+            shards
+                .store(SetMode::Replace, b"k", 0, 0, b"w", &mut out)
+                .expect("replace")
+                .is_none()
+        );
+    });
+}
+
+/// `add` refused because another client's `set` stored the key: `NOT_STORED` (and `EXISTS`
+/// for a `cas` with a stale CAS) must wait for that set.
+#[test]
+fn replies_refused_because_of_an_unsynced_set_wait_for_it() {
+    with_one_shard(|shards| async move {
+        let mut out = Vec::new();
+        let set = shards
+            .store(SetMode::Set, b"k", 0, 0, b"v", &mut out)
+            .expect("set")
+            .expect("a set waits");
+        let add = shards
+            .store(SetMode::Add, b"k", 0, 0, b"w", &mut out)
+            .expect("add");
+        assert!(covers(add.as_ref(), set.lsn), "add NOT_STORED");
+        let cas = shards
+            .store(SetMode::Cas(u64::MAX), b"k", 0, 0, b"w", &mut out)
+            .expect("cas");
+        assert!(covers(cas.as_ref(), set.lsn), "cas EXISTS");
+        set.wait().await.expect("sync");
+    });
+}
