@@ -591,7 +591,10 @@ async fn run_executor(start: ExecutorStart) -> Result<(), String> {
     drop(listener);
 
     // Connections end after their in-flight requests (they see the stop at their next read).
-    while open.get() > 0 {
+    // A `noreply` write for another executor's shard was only handed over: wait for its
+    // answer too, so that no executor passes the barrier below (and syncs for the last time)
+    // before every write read from a client has run where it belongs.
+    while open.get() > 0 || executor.router.outstanding() > 0 {
         glommio::timer::sleep(Duration::from_millis(SHUTDOWN_POLL_MILLIS)).await;
     }
     control.drained.fetch_add(1, Ordering::SeqCst);

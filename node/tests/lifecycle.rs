@@ -39,6 +39,45 @@ fn permanent_store_survives_sigterm_and_restart_with_flags_expiry_and_cas() {
     assert!(server.log().contains("shard recovered"));
 }
 
+/// A `noreply` write for another core's shard is only handed over when the connection moves
+/// on: SIGTERM right after must still run it, and sync it, before the server exits. (The
+/// server waits for the answers of everything it handed over before its last sync; how
+/// narrow the window was without that, a client cannot time: this guards the path.)
+/// Rounds: TERRACE_SIGTERM_ROUNDS (default 3).
+#[test]
+fn sigterm_keeps_noreply_writes_handed_to_other_cores() {
+    let rounds = common::env_count("TERRACE_SIGTERM_ROUNDS", 3);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "permanent-store");
+    let mut server = Server::start(&config, &["--cores", "2"]);
+    const KEYS: u64 = 2000;
+    for round in 0..rounds {
+        let mut c = server.connect();
+        let mut burst = Vec::new();
+        for i in 0..KEYS {
+            burst.extend_from_slice(format!("set r{round}-{i} 0 0 2 noreply\r\nok\r\n").as_bytes());
+        }
+        // Its reply says every set before it was read and run or handed over.
+        burst.extend_from_slice(b"version\r\n");
+        c.send(&burst);
+        c.read_until(b"\r\n");
+        drop(c);
+        let status = server.terminate();
+        assert!(status.success(), "round {round}: SIGTERM exit: {status:?}");
+        server.restart();
+        let mut c = server.connect();
+        let missing: Vec<u64> = (0..KEYS)
+            .filter(|i| c.get(&format!("r{round}-{i}")).is_none())
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "round {round}: {} noreply sets lost at SIGTERM, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+    }
+}
+
 #[test]
 fn temporary_swap_only_starts_empty() {
     let dir = tempfile::tempdir().unwrap();

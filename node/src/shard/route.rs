@@ -168,6 +168,12 @@ impl Router {
         slot
     }
 
+    /// Requests sent to other executors whose answer has not come back yet. An answer comes
+    /// after its operation ran and became durable, `noreply` ones too.
+    pub fn outstanding(&self) -> usize {
+        self.pending.borrow().len()
+    }
+
     fn deliver(&self, reply: Reply) {
         match self.pending.borrow_mut().remove(&reply.id) {
             Some(slot) => slot.fill(reply.answer),
