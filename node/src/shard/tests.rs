@@ -54,6 +54,14 @@ where
         .expect("test executor panicked");
 }
 
+/// `set k v`, whose reply must wait for its fsync.
+fn set(shards: &LocalShards, out: &mut Vec<u8>) -> Durable {
+    shards
+        .store(SetMode::Set, b"k", 0, 0, b"v", out)
+        .expect("set")
+        .expect("a set waits")
+}
+
 /// A reply may go out without waiting only if `wait` is `None` or already satisfied.
 fn covers(wait: Option<&Durable>, lsn: u64) -> bool {
     wait.is_some_and(|w| w.lsn >= lsn)
@@ -66,10 +74,7 @@ fn covers(wait: Option<&Durable>, lsn: u64) -> bool {
 fn replies_reporting_an_absence_wait_for_the_write_that_caused_it() {
     with_one_shard(|shards| async move {
         let mut out = Vec::new();
-        let set = shards
-            .store(SetMode::Set, b"k", 0, 0, b"v", &mut out)
-            .expect("set")
-            .expect("a set waits");
+        let set = set(&shards, &mut out);
         set.wait().await.expect("sync");
 
         // Another client deletes k; its fsync has not run yet.
@@ -137,10 +142,7 @@ fn replies_reporting_an_absence_wait_for_the_write_that_caused_it() {
 fn replies_refused_because_of_an_unsynced_set_wait_for_it() {
     with_one_shard(|shards| async move {
         let mut out = Vec::new();
-        let set = shards
-            .store(SetMode::Set, b"k", 0, 0, b"v", &mut out)
-            .expect("set")
-            .expect("a set waits");
+        let set = set(&shards, &mut out);
         let add = shards
             .store(SetMode::Add, b"k", 0, 0, b"w", &mut out)
             .expect("add");
