@@ -297,6 +297,17 @@ impl Group {
         true
     }
 
+    /// Passive: whether `shard` holds only part of an active's snapshot (an interrupted
+    /// sync), a copy of that active's data and none of this server's own writes.
+    pub fn holds_partial_snapshot(&self, shard: u32) -> bool {
+        self.lock().terms.holds_partial_snapshot(shard)
+    }
+
+    /// Passive: records durably whether `shard` holds only part of an active's snapshot.
+    pub fn set_partial_snapshot(&self, shard: u32, partial: bool) -> std::io::Result<()> {
+        self.lock().terms.set_partial_snapshot(shard, partial)
+    }
+
     /// Passive: a shard's snapshot progress (bytes received, bytes expected).
     pub fn set_sync_bytes(&self, shard: u32, done: u64, total: u64) {
         if let Some((d, t)) = self.sync_bytes.get(shard as usize) {
@@ -765,6 +776,9 @@ impl Group {
 
     /// Records `term` durably, then serves as the active.
     fn become_active(&self, inner: &mut Inner, term: u64) -> std::io::Result<()> {
+        // From now on every shard takes this server's own writes, which must be kept: no
+        // shard is a mere copy of another active's data any more.
+        inner.terms.clear_partial_snapshots();
         inner.terms.store_all(term, term, term)?;
         let was_active = inner.state == State::ActiveCoordinator;
         inner.state = State::ActiveCoordinator;
@@ -1170,6 +1184,27 @@ mod tests {
         assert_eq!(
             progress(&group, &active_listing(&["s2"])),
             State::PassiveStandby
+        );
+    }
+
+    #[test]
+    fn partial_snapshot_marks_persist_and_becoming_the_active_clears_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let group = standby(dir.path());
+        group.set_partial_snapshot(1, true).unwrap();
+        assert!(group.holds_partial_snapshot(1) && !group.holds_partial_snapshot(0));
+        let reloaded = Terms::load(dir.path()).unwrap();
+        assert!(
+            reloaded.holds_partial_snapshot(1),
+            "recorded in the group file"
+        );
+        let term = group.term() + 1;
+        group.become_active(&mut group.lock(), term).unwrap();
+        assert!(!group.holds_partial_snapshot(1));
+        let reloaded = Terms::load(dir.path()).unwrap();
+        assert!(
+            !reloaded.holds_partial_snapshot(1),
+            "an active's shards hold its own writes"
         );
     }
 }

@@ -250,6 +250,7 @@ impl Follower<'_> {
                         applied.set(applied.get().max(header.lsn));
                         progress.notify();
                     }
+                    self.snapshot_complete(store).await?;
                     group.set_sync_bytes(self.shard, received, received);
                     group.set_shard_sync(self.shard, ShardSync::CatchingUp);
                     tracing::info!(
@@ -277,6 +278,8 @@ impl Follower<'_> {
                         .wait_durable(last)
                         .await
                         .map_err(|e| format!("this server's log failed: {e}"))?;
+                    // A partial snapshot resumed by a partial resync is whole now too.
+                    self.snapshot_complete(store).await?;
                     group.set_shard_sync(self.shard, ShardSync::InSync);
                 }
                 Kind::Keepalive => {}
@@ -288,9 +291,31 @@ impl Follower<'_> {
         }
     }
 
-    /// Empties the shard before a snapshot: permanent-store data goes to the dirty db.
+    /// Once everything the shard holds is durable, it is no longer a partial snapshot: its
+    /// data counts as this server's, to be moved to the dirty db rather than emptied.
+    async fn snapshot_complete(&self, store: &Rc<RefCell<ShardStore>>) -> Result<(), String> {
+        let group = &self.ctx.shared.group;
+        if !group.holds_partial_snapshot(self.shard) {
+            return Ok(());
+        }
+        let (commit, last) = {
+            let store = store.borrow();
+            (store.commit(), store.log().next_lsn() - 1)
+        };
+        commit
+            .wait_durable(last)
+            .await
+            .map_err(|e| format!("this server's log failed: {e}"))?;
+        group
+            .set_partial_snapshot(self.shard, false)
+            .map_err(|e| format!("cannot record that shard {} is synced: {e}", self.shard))
+    }
+
+    /// Empties the shard before a snapshot: permanent-store data goes to the dirty db,
+    /// unless it is only part of an earlier snapshot (a copy of an active's data).
     async fn reset(&self, store: &Rc<RefCell<ShardStore>>) -> Result<(), String> {
         let settings = &self.ctx.shared.settings;
+        let group = &self.ctx.shared.group;
         let dir = self
             .ctx
             .shard_dirs
@@ -298,23 +323,37 @@ impl Follower<'_> {
             .ok_or("no directory for the shard")?;
         let last_lsn = store.borrow().log().next_lsn() - 1;
         let permanent = settings.persistence == crate::config::Persistence::PermanentStore;
-        if last_lsn > 0 && permanent {
-            let moved = self
-                .ctx
-                .dirty_db
-                .move_shard(self.shard, dir, self.ctx.shared.group.term())
-                .map_err(|e| format!("cannot move the shard's data to the dirty db: {e}"))?;
-            tracing::warn!(
-                shard = self.shard,
-                last_lsn,
-                dirty_db = %moved.display(),
-                "shard {}'s data is not a prefix of NodeID[{}]'s: moved it to the dirty db",
-                self.shard,
-                self.source.active
-            );
-        } else {
-            crate::cluster::dirty_db::empty_dir(dir)
-                .map_err(|e| format!("cannot empty {}: {e}", dir.display()))?;
+        let partial = group.holds_partial_snapshot(self.shard);
+        match before_snapshot(last_lsn, permanent, partial) {
+            BeforeSnapshot::MoveToDirtyDb => {
+                let moved = self
+                    .ctx
+                    .dirty_db
+                    .move_shard(self.shard, dir, group.term())
+                    .map_err(|e| format!("cannot move the shard's data to the dirty db: {e}"))?;
+                tracing::warn!(
+                    shard = self.shard,
+                    last_lsn,
+                    dirty_db = %moved.display(),
+                    "shard {}'s data is not a prefix of NodeID[{}]'s: moved it to the dirty db",
+                    self.shard,
+                    self.source.active
+                );
+            }
+            BeforeSnapshot::Empty => {
+                if last_lsn > 0 && permanent {
+                    tracing::info!(
+                        shard = self.shard,
+                        last_lsn,
+                        "shard {} holds only part of a snapshot from an interrupted sync (a \
+                         copy of an active's data, none of this server's own writes): emptied \
+                         it, not moved to the dirty db",
+                        self.shard
+                    );
+                }
+                crate::cluster::dirty_db::empty_dir(dir)
+                    .map_err(|e| format!("cannot empty {}: {e}", dir.display()))?;
+            }
         }
         let fresh = crate::server::open_store(&self.ctx.shared, self.shard, dir)
             .await
@@ -322,7 +361,31 @@ impl Follower<'_> {
         let mut fresh = fresh;
         fresh.set_compaction_paused(true);
         *store.borrow_mut() = fresh;
+        // Empty now; marked before the first record of the snapshot arrives.
+        if permanent {
+            group
+                .set_partial_snapshot(self.shard, true)
+                .map_err(|e| format!("cannot record the snapshot of shard {}: {e}", self.shard))?;
+        }
         Ok(())
+    }
+}
+
+/// What becomes of a shard's data before it takes a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BeforeSnapshot {
+    /// Kept, in the dirty db: it may hold writes no other server has.
+    MoveToDirtyDb,
+    /// Removed: there is nothing (or it is temporary-swap-only data, which never survives a
+    /// restart anyway), or it is only part of an earlier snapshot, a copy of an active's data.
+    Empty,
+}
+
+fn before_snapshot(last_lsn: u64, permanent: bool, partial_snapshot: bool) -> BeforeSnapshot {
+    if last_lsn > 0 && permanent && !partial_snapshot {
+        BeforeSnapshot::MoveToDirtyDb
+    } else {
+        BeforeSnapshot::Empty
     }
 }
 
@@ -361,4 +424,20 @@ fn apply(store: &mut ShardStore, mut records: &[u8], in_snapshot: bool) -> Resul
 
 fn percent(done: u64, total: u64) -> u64 {
     (done * 100).checked_div(total).unwrap_or(100).min(100)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_data_that_may_be_this_servers_own_goes_to_the_dirty_db() {
+        use BeforeSnapshot::{Empty, MoveToDirtyDb};
+        assert_eq!(before_snapshot(10, true, false), MoveToDirtyDb);
+        // Part of an interrupted snapshot: a copy of an active's data. Moving it would make
+        // a dirty db copy that could roll an older one, with real writes, out.
+        assert_eq!(before_snapshot(10, true, true), Empty);
+        assert_eq!(before_snapshot(0, true, false), Empty);
+        assert_eq!(before_snapshot(10, false, false), Empty);
+    }
 }
