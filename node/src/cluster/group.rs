@@ -12,6 +12,7 @@
 //! PASSIVE-UNINITIALIZED ]`, `Moved to State[ INITIALIZING ]`, `Moved to State[
 //! PASSIVE-STANDBY ]`, `Starting reconnect window: <ms> ms`.
 
+use super::copies::CopiedShards;
 use super::election::{self, Decision, View};
 use super::membership::{ClusterError, Hooks, Membership};
 use super::state::{State, Status, Terms};
@@ -98,6 +99,8 @@ pub struct SyncProgress {
 struct Inner {
     state: State,
     terms: Terms,
+    /// Shards holding only a copy of an active's data.
+    copies: CopiedShards,
     /// The active this server knows of (itself when active).
     active: Option<String>,
     /// Since when no active is known (`None`: one is).
@@ -167,6 +170,7 @@ impl Group {
         (shards, executors): (u32, usize),
     ) -> Result<Arc<Self>, String> {
         let mut terms = Terms::load(data_dir)?;
+        let copies = CopiedShards::load(data_dir)?;
         if persistence == Persistence::TemporarySwapOnly {
             // The data was emptied at start: it is nobody's newest.
             terms.data_term = 0;
@@ -177,6 +181,7 @@ impl Group {
             inner: Mutex::new(Inner {
                 state: State::Starting,
                 terms,
+                copies,
                 active: None,
                 no_active_since: Some(Instant::now()),
                 told_unavailable: false,
@@ -297,15 +302,16 @@ impl Group {
         true
     }
 
-    /// Passive: whether `shard` holds only part of an active's snapshot (an interrupted
-    /// sync), a copy of that active's data and none of this server's own writes.
-    pub fn holds_partial_snapshot(&self, shard: u32) -> bool {
-        self.lock().terms.holds_partial_snapshot(shard)
+    /// Passive: if `shard` holds only a copy of an active's data, that active's term (see
+    /// [`CopiedShards`]).
+    pub fn copy_term(&self, shard: u32) -> Option<u64> {
+        self.lock().copies.term_of(shard)
     }
 
-    /// Passive: records durably whether `shard` holds only part of an active's snapshot.
-    pub fn set_partial_snapshot(&self, shard: u32, partial: bool) -> std::io::Result<()> {
-        self.lock().terms.set_partial_snapshot(shard, partial)
+    /// Passive: records durably that `shard` holds only a copy of term `term`'s active's
+    /// data.
+    pub fn mark_copy(&self, shard: u32, term: u64) -> std::io::Result<()> {
+        self.lock().copies.mark(shard, term)
     }
 
     /// Passive: a shard's snapshot progress (bytes received, bytes expected).
@@ -778,7 +784,7 @@ impl Group {
     fn become_active(&self, inner: &mut Inner, term: u64) -> std::io::Result<()> {
         // From now on every shard takes this server's own writes, which must be kept: no
         // shard is a mere copy of another active's data any more.
-        inner.terms.clear_partial_snapshots();
+        inner.copies.clear()?;
         inner.terms.store_all(term, term, term)?;
         let was_active = inner.state == State::ActiveCoordinator;
         inner.state = State::ActiveCoordinator;
@@ -1188,22 +1194,17 @@ mod tests {
     }
 
     #[test]
-    fn partial_snapshot_marks_persist_and_becoming_the_active_clears_them() {
+    fn becoming_the_active_clears_the_copy_marks() {
         let dir = tempfile::tempdir().unwrap();
         let group = standby(dir.path());
-        group.set_partial_snapshot(1, true).unwrap();
-        assert!(group.holds_partial_snapshot(1) && !group.holds_partial_snapshot(0));
-        let reloaded = Terms::load(dir.path()).unwrap();
-        assert!(
-            reloaded.holds_partial_snapshot(1),
-            "recorded in the group file"
-        );
+        group.mark_copy(1, 3).unwrap();
+        assert_eq!((group.copy_term(1), group.copy_term(0)), (Some(3), None));
         let term = group.term() + 1;
         group.become_active(&mut group.lock(), term).unwrap();
-        assert!(!group.holds_partial_snapshot(1));
-        let reloaded = Terms::load(dir.path()).unwrap();
-        assert!(
-            !reloaded.holds_partial_snapshot(1),
+        assert_eq!(group.copy_term(1), None);
+        assert_eq!(
+            CopiedShards::load(dir.path()).unwrap().term_of(1),
+            None,
             "an active's shards hold its own writes"
         );
     }

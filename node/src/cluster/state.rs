@@ -3,7 +3,6 @@
 //! `<data>/terrace-group.toml`.
 
 use serde::Deserialize;
-use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -83,9 +82,6 @@ struct GroupFile {
     data_term: u64,
     /// Absent in files written before it existed: taken as `data_term`.
     active_term: Option<u64>,
-    /// Absent in files written before it existed, and when empty.
-    #[serde(default)]
-    partial_snapshots: Vec<u32>,
 }
 
 /// The persisted terms of a server: the highest term seen, and the term of its newest data.
@@ -100,11 +96,6 @@ pub struct Terms {
     /// newest data came from another active (it was a passive), and another server may hold
     /// newer data, so it does not elect itself alone.
     pub active_term: u64,
-    /// Shards that hold only part of a snapshot received from an active (a sync that was
-    /// interrupted): a copy of that active's data, none of this server's own writes. Such a
-    /// shard is emptied before its next snapshot rather than moved to the dirty db, where
-    /// it would count as a copy and could roll an older one, holding real writes, out.
-    partial_snapshots: BTreeSet<u32>,
 }
 
 impl Terms {
@@ -128,42 +119,7 @@ impl Terms {
             term: file.term,
             data_term: file.data_term,
             active_term: file.active_term.unwrap_or(file.data_term),
-            partial_snapshots: file.partial_snapshots.into_iter().collect(),
         })
-    }
-
-    /// Whether `shard` holds only part of an active's snapshot (see `partial_snapshots`).
-    pub fn holds_partial_snapshot(&self, shard: u32) -> bool {
-        self.partial_snapshots.contains(&shard)
-    }
-
-    /// Records durably whether `shard` holds only part of an active's snapshot. Set once
-    /// the shard is empty and before the first record of a snapshot is applied; cleared
-    /// once the snapshot is complete and durable. On an error the mark stays as it was in
-    /// memory (on disk it may have changed: either way errs towards keeping data).
-    pub fn set_partial_snapshot(&mut self, shard: u32, partial: bool) -> std::io::Result<()> {
-        if self.holds_partial_snapshot(shard) == partial {
-            return Ok(());
-        }
-        let flip = |set: &mut BTreeSet<u32>, on: bool| {
-            if on {
-                set.insert(shard);
-            } else {
-                set.remove(&shard);
-            }
-        };
-        flip(&mut self.partial_snapshots, partial);
-        let stored = self.store_all(self.term, self.data_term, self.active_term);
-        if stored.is_err() {
-            flip(&mut self.partial_snapshots, !partial);
-        }
-        stored
-    }
-
-    /// Forgets every partial-snapshot mark: this server is becoming the active, and from
-    /// now on its shards take its own writes (written with the next store).
-    pub fn clear_partial_snapshots(&mut self) {
-        self.partial_snapshots.clear();
     }
 
     /// Records new terms durably (a temporary file, fsynced, renamed over, the directory
@@ -179,14 +135,10 @@ impl Terms {
         data_term: u64,
         active_term: u64,
     ) -> std::io::Result<()> {
-        let mut text = format!(
+        let text = format!(
             "# Written by terrace-server: the mirror group terms of this data. Do not edit.\n\
              term = {term}\ndata_term = {data_term}\nactive_term = {active_term}\n"
         );
-        if !self.partial_snapshots.is_empty() {
-            let shards: Vec<String> = self.partial_snapshots.iter().map(u32::to_string).collect();
-            text.push_str(&format!("partial_snapshots = [{}]\n", shards.join(", ")));
-        }
         let tmp = self.path.with_extension("tmp");
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(text.as_bytes())?;
@@ -199,31 +151,5 @@ impl Terms {
         self.data_term = data_term;
         self.active_term = active_term;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, reason = "tests")]
-    use super::*;
-
-    #[test]
-    fn partial_snapshot_marks_survive_reloads_and_term_changes() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut terms = Terms::load(dir.path()).unwrap();
-        assert!(!terms.holds_partial_snapshot(2));
-        terms.set_partial_snapshot(2, true).unwrap();
-        terms.set_partial_snapshot(5, true).unwrap();
-        terms.store(7, 3).unwrap();
-        let mut again = Terms::load(dir.path()).unwrap();
-        assert_eq!((again.term, again.data_term), (7, 3));
-        assert!(again.holds_partial_snapshot(2) && again.holds_partial_snapshot(5));
-        assert!(!again.holds_partial_snapshot(0));
-        again.set_partial_snapshot(2, false).unwrap();
-        let third = Terms::load(dir.path()).unwrap();
-        assert!(!third.holds_partial_snapshot(2) && third.holds_partial_snapshot(5));
-        // A group file written before the marks existed has none.
-        std::fs::write(dir.path().join(GROUP_FILE), "term = 1\ndata_term = 1\n").unwrap();
-        assert!(!Terms::load(dir.path()).unwrap().holds_partial_snapshot(5));
     }
 }

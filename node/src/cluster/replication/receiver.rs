@@ -147,6 +147,8 @@ impl Follower<'_> {
                     start.lsn
                 ));
             }
+            // Its data is a prefix of this active's log: a copy from here on.
+            self.mark_copy()?;
             group.set_shard_sync(self.shard, ShardSync::CatchingUp);
             group.set_sync_bytes(self.shard, 0, 0);
         }
@@ -250,7 +252,6 @@ impl Follower<'_> {
                         applied.set(applied.get().max(header.lsn));
                         progress.notify();
                     }
-                    self.snapshot_complete(store).await?;
                     group.set_sync_bytes(self.shard, received, received);
                     group.set_shard_sync(self.shard, ShardSync::CatchingUp);
                     tracing::info!(
@@ -278,8 +279,6 @@ impl Follower<'_> {
                         .wait_durable(last)
                         .await
                         .map_err(|e| format!("this server's log failed: {e}"))?;
-                    // A partial snapshot resumed by a partial resync is whole now too.
-                    self.snapshot_complete(store).await?;
                     group.set_shard_sync(self.shard, ShardSync::InSync);
                 }
                 Kind::Keepalive => {}
@@ -291,24 +290,18 @@ impl Follower<'_> {
         }
     }
 
-    /// Once everything the shard holds is durable, it is no longer a partial snapshot: its
-    /// data counts as this server's, to be moved to the dirty db rather than emptied.
-    async fn snapshot_complete(&self, store: &Rc<RefCell<ShardStore>>) -> Result<(), String> {
-        let group = &self.ctx.shared.group;
-        if !group.holds_partial_snapshot(self.shard) {
+    /// Records that the shard holds only a copy of this stream's active's data (accepted:
+    /// a resync from a prefix of its log, or a snapshot into the emptied shard), for as long
+    /// as this server is not the active itself. Permanent-store only: nothing else is kept.
+    fn mark_copy(&self) -> Result<(), String> {
+        if self.ctx.shared.settings.persistence != crate::config::Persistence::PermanentStore {
             return Ok(());
         }
-        let (commit, last) = {
-            let store = store.borrow();
-            (store.commit(), store.log().next_lsn() - 1)
-        };
-        commit
-            .wait_durable(last)
-            .await
-            .map_err(|e| format!("this server's log failed: {e}"))?;
-        group
-            .set_partial_snapshot(self.shard, false)
-            .map_err(|e| format!("cannot record that shard {} is synced: {e}", self.shard))
+        self.ctx
+            .shared
+            .group
+            .mark_copy(self.shard, self.source.term)
+            .map_err(|e| format!("cannot record that shard {} follows: {e}", self.shard))
     }
 
     /// Empties the shard before a snapshot: permanent-store data goes to the dirty db,
@@ -323,8 +316,9 @@ impl Follower<'_> {
             .ok_or("no directory for the shard")?;
         let last_lsn = store.borrow().log().next_lsn() - 1;
         let permanent = settings.persistence == crate::config::Persistence::PermanentStore;
-        let partial = group.holds_partial_snapshot(self.shard);
-        match before_snapshot(last_lsn, permanent, partial) {
+        // A copy of this same term's active's data, which that active still holds.
+        let copy = group.copy_term(self.shard) == Some(self.source.term);
+        match before_snapshot(last_lsn, permanent, copy) {
             BeforeSnapshot::MoveToDirtyDb => {
                 let moved = self
                     .ctx
@@ -345,10 +339,11 @@ impl Follower<'_> {
                     tracing::info!(
                         shard = self.shard,
                         last_lsn,
-                        "shard {} holds only part of a snapshot from an interrupted sync (a \
-                         copy of an active's data, none of this server's own writes): emptied \
-                         it, not moved to the dirty db",
-                        self.shard
+                        "shard {} holds only a copy of NodeID[{}]'s data from this term (an \
+                         interrupted sync, or fallen behind), none of this server's own \
+                         writes: emptied it for the snapshot, not moved to the dirty db",
+                        self.shard,
+                        self.source.active
                     );
                 }
                 crate::cluster::dirty_db::empty_dir(dir)
@@ -362,12 +357,7 @@ impl Follower<'_> {
         fresh.set_compaction_paused(true);
         *store.borrow_mut() = fresh;
         // Empty now; marked before the first record of the snapshot arrives.
-        if permanent {
-            group
-                .set_partial_snapshot(self.shard, true)
-                .map_err(|e| format!("cannot record the snapshot of shard {}: {e}", self.shard))?;
-        }
-        Ok(())
+        self.mark_copy()
     }
 }
 
@@ -377,12 +367,14 @@ enum BeforeSnapshot {
     /// Kept, in the dirty db: it may hold writes no other server has.
     MoveToDirtyDb,
     /// Removed: there is nothing (or it is temporary-swap-only data, which never survives a
-    /// restart anyway), or it is only part of an earlier snapshot, a copy of an active's data.
+    /// restart anyway), or it is a copy of the data of the very active sending the snapshot.
     Empty,
 }
 
-fn before_snapshot(last_lsn: u64, permanent: bool, partial_snapshot: bool) -> BeforeSnapshot {
-    if last_lsn > 0 && permanent && !partial_snapshot {
+/// `copy_of_sender`: the shard holds only a copy of the data of the active (same term) that
+/// sends the snapshot.
+fn before_snapshot(last_lsn: u64, permanent: bool, copy_of_sender: bool) -> BeforeSnapshot {
+    if last_lsn > 0 && permanent && !copy_of_sender {
         BeforeSnapshot::MoveToDirtyDb
     } else {
         BeforeSnapshot::Empty
@@ -434,8 +426,8 @@ mod tests {
     fn only_data_that_may_be_this_servers_own_goes_to_the_dirty_db() {
         use BeforeSnapshot::{Empty, MoveToDirtyDb};
         assert_eq!(before_snapshot(10, true, false), MoveToDirtyDb);
-        // Part of an interrupted snapshot: a copy of an active's data. Moving it would make
-        // a dirty db copy that could roll an older one, with real writes, out.
+        // A copy of the sender's own data (an interrupted sync): moving it would make a
+        // dirty db copy that could roll an older one, with real writes, out.
         assert_eq!(before_snapshot(10, true, true), Empty);
         assert_eq!(before_snapshot(0, true, false), Empty);
         assert_eq!(before_snapshot(10, false, false), Empty);
