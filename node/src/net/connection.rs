@@ -366,10 +366,12 @@ impl Connection {
                     replies.wait_for(wait);
                 }
             }
-            Err(refusal) => {
+            Err(mut refusal) => {
+                let wait = refusal.wait.take();
                 // refusal_bytes logs a failed shard whether or not the client hears of it.
                 let reply = refusal_bytes(refusal);
                 if !noreply {
+                    replies.wait_for(wait);
                     replies.out.extend_from_slice(&reply);
                 }
             }
@@ -556,7 +558,10 @@ impl Connection {
                 Some(exptime) => {
                     match shards.get_and_touch(key, exptime, with_cas, &mut replies.out) {
                         Ok(wait) => replies.wait_for(wait),
-                        Err(refusal) => replies.out.extend_from_slice(&refusal_bytes(refusal)),
+                        Err(mut refusal) => {
+                            replies.wait_for(refusal.wait.take());
+                            replies.out.extend_from_slice(&refusal_bytes(refusal));
+                        }
                     }
                 }
             }

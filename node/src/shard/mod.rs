@@ -202,6 +202,12 @@ impl LocalShards {
         let replicas = self.replicas[shard as usize]
             .as_ref()
             .filter(|r| self.sync_replication && !r.acknowledged(lsn));
+        if let Some(replicas) = replicas {
+            // The record waited for may not be a client's write (compaction's, a delayed
+            // flush_all's taking effect): wake the streams, or they would send it only with
+            // their next keepalive.
+            replicas.appended.notify();
+        }
         (commit.durable_lsn() < lsn || replicas.is_some()).then(|| Durable {
             commit,
             lsn,
@@ -218,6 +224,21 @@ impl LocalShards {
     fn absence(&self, shard: u32) -> Option<Durable> {
         let lsn = self.stores[shard as usize].as_ref()?.borrow().last_lsn();
         self.durable(shard, lsn)
+    }
+
+    /// `error` as a reply. A refusal that shows something about a key another client may
+    /// have just written (its value is not a number; it is there, but the log is full) waits
+    /// like an absence: that write may not be durable yet.
+    fn refuse(&self, shard: u32, error: StoreError) -> Refusal {
+        let shows_state = matches!(
+            error,
+            StoreError::NonNumeric | StoreError::Wal(WalError::Full { .. })
+        );
+        let mut refusal = Refusal::new(shard, error);
+        if shows_state {
+            refusal.wait = self.absence(shard);
+        }
+        refusal
     }
 
     /// A write appended `lsn` to `shard`: wakes the shard's replication streams, and says
@@ -273,7 +294,7 @@ impl LocalShards {
                 self.counters.bump(Stat::touch_misses);
                 Ok(self.absence(shard))
             }
-            Err(error) => Err(Refusal::new(shard, error)),
+            Err(error) => Err(self.refuse(shard, error)),
         }
     }
 
@@ -290,7 +311,7 @@ impl LocalShards {
         let (shard, store) = self.store_of(key);
         self.stamp(store);
         let outcome = store.borrow_mut().set(mode, key, data, flags, exptime);
-        let outcome = outcome.map_err(|error| Refusal::new(shard, error))?;
+        let outcome = outcome.map_err(|error| self.refuse(shard, error))?;
         let is_cas = matches!(mode, SetMode::Cas(_));
         let (text, durable) = match outcome {
             StoreOutcome::Stored(written) => {
@@ -391,7 +412,7 @@ impl LocalShards {
         let (shard, store) = self.store_of(key);
         self.stamp(store);
         let result = run(&mut store.borrow_mut());
-        match result.map_err(|error| Refusal::new(shard, error))? {
+        match result.map_err(|error| self.refuse(shard, error))? {
             Some((written, value)) => {
                 if let Some((hit, _)) = stats {
                     self.counters.bump(hit);
@@ -415,7 +436,7 @@ impl LocalShards {
         for (shard, store) in self.owned() {
             self.stamp(store);
             let written = store.borrow_mut().flush_all(delay);
-            let written = written.map_err(|error| Refusal::new(shard, error))?;
+            let written = written.map_err(|error| self.refuse(shard, error))?;
             waits.extend(self.written(shard, written.lsn));
         }
         Ok(waits)
@@ -516,6 +537,8 @@ pub struct Refusal {
     pub reply: Vec<u8>,
     /// The shard failed (fail-stop): log it.
     pub failed: bool,
+    /// What the reply must wait for, if anything (see `LocalShards::refuse`).
+    pub wait: Option<Durable>,
 }
 
 impl Refusal {
@@ -541,7 +564,11 @@ impl Refusal {
                 reply::server_error(&mut reply, &message);
             }
         }
-        Self { reply, failed }
+        Self {
+            reply,
+            failed,
+            wait: None,
+        }
     }
 }
 

@@ -294,7 +294,10 @@ async fn execute(shards: &LocalShards, op: Op) -> Answer {
                     let mut out = Vec::new();
                     match shards.get_and_touch(key, exptime, with_cas, &mut out) {
                         Ok(wait) => waits.extend(wait),
-                        Err(refusal) => out = refusal_bytes(refusal),
+                        Err(mut refusal) => {
+                            waits.extend(refusal.wait.take());
+                            out = refusal_bytes(refusal);
+                        }
                     }
                     out
                 })
@@ -362,7 +365,10 @@ fn one(
     let mut out = Vec::new();
     match run(&mut out) {
         Ok(wait) => waits.extend(wait),
-        Err(refusal) => out = refusal_bytes(refusal),
+        Err(mut refusal) => {
+            waits.extend(refusal.wait.take());
+            out = refusal_bytes(refusal);
+        }
     }
     Answer::Bytes(out)
 }

@@ -6,18 +6,22 @@
 )]
 
 use super::*;
+use std::future::Future;
 use terrace_wal::log::{Durability, LogConfig, RecoveryPolicy};
-use terrace_wal::store::{CompactionConfig, StoreConfig, SystemClock, WhenFull};
+use terrace_wal::store::{CompactionConfig, ManualClock, StoreConfig, WhenFull};
 
-/// Runs `test` on a glommio executor with one permanent-store shard in a temporary dir.
-fn with_one_shard<F>(test: impl FnOnce(LocalShards) -> F + Send + 'static)
-where
+/// Runs `test` on a glommio executor with one permanent-store shard in a temporary dir, on
+/// a manual clock; with `sync_replication`, writes wait for the shard's passives.
+fn with_shard<F>(
+    sync_replication: bool,
+    test: impl FnOnce(LocalShards, ManualClock) -> F + Send + 'static,
+) where
     F: Future<Output = ()> + 'static,
 {
     glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .io_memory(512 << 10)
         .ring_depth(64)
-        .spawn(|| async move {
+        .spawn(move || async move {
             let dir = tempfile::tempdir().expect("temp dir");
             let storage = FsStorage::open(dir.path()).await.expect("open dir");
             let config = StoreConfig {
@@ -30,10 +34,11 @@ where
                 item_size_max_bytes: 64 << 10,
                 compaction: CompactionConfig::default(),
             };
+            let clock = ManualClock::new(1_700_000_000);
             let (store, _) = ShardStore::open(
                 storage,
                 config,
-                Rc::new(SystemClock),
+                Rc::new(clock.clone()),
                 RecoveryPolicy::TruncateTornTail,
             )
             .await
@@ -45,13 +50,23 @@ where
             let shards = LocalShards::new(
                 topology,
                 vec![Some(Rc::new(RefCell::new(store)))],
-                (false, crate::cluster::group::GroupFlags::default()),
+                (
+                    sync_replication,
+                    crate::cluster::group::GroupFlags::default(),
+                ),
             );
-            test(shards).await;
+            test(shards, clock).await;
         })
         .expect("start executor")
         .join()
         .expect("test executor panicked");
+}
+
+fn with_one_shard<F>(test: impl FnOnce(LocalShards) -> F + Send + 'static)
+where
+    F: Future<Output = ()> + 'static,
+{
+    with_shard(false, |shards, _| test(shards));
 }
 
 /// `set k v`, whose reply must wait for its fsync.
@@ -152,5 +167,76 @@ fn replies_refused_because_of_an_unsynced_set_wait_for_it() {
             .expect("cas");
         assert!(covers(cas.as_ref(), set.lsn), "cas EXISTS");
         set.wait().await.expect("sync");
+    });
+}
+
+/// `incr` refused because another client's unsynced `set` stored a value that is not a
+/// number: the refusal shows that value, so it waits for the set like an absence would.
+#[test]
+fn a_refusal_showing_an_unsynced_value_waits_for_it() {
+    with_one_shard(|shards| async move {
+        let mut out = Vec::new();
+        let set = shards
+            .store(SetMode::Set, b"k", 0, 0, b"abc", &mut out)
+            .expect("set")
+            .expect("a set waits");
+        assert!(set.commit.durable_lsn() < set.lsn);
+        let Err(refusal) = shards.delta(b"k", Delta::Incr(1), &mut out) else {
+            panic!("incr on a non-numeric value is refused");
+        };
+        assert!(
+            covers(refusal.wait.as_ref(), set.lsn),
+            "`{}` does not wait for the set",
+            String::from_utf8_lossy(&refusal.reply).trim_end()
+        );
+        set.wait().await.expect("sync");
+    });
+}
+
+/// With `replication = "sync"` a miss waits for the passives to acknowledge the shard's
+/// last record. When that record is not a client's write (here the boundary a delayed
+/// `flush_all` writes when it takes effect), the streams must still be woken to send it,
+/// or the miss waits for their next keepalive.
+#[test]
+fn a_miss_waiting_for_the_passives_wakes_the_streams() {
+    with_shard(true, |shards, clock| async move {
+        let replicas = Rc::clone(shards.replicas(0).expect("replicas"));
+        let store = Rc::clone(shards.shard_store(0).expect("store"));
+        let passive = replicas.attach("p");
+        let mut out = Vec::new();
+        let set = set(&shards, &mut out);
+        set.commit.wait_durable(set.lsn).await.expect("sync");
+        for wait in shards.flush_all(10).expect("flush_all 10") {
+            wait.commit.wait_durable(wait.lsn).await.expect("sync");
+        }
+        let last = store.borrow().last_lsn();
+        passive.note_sent(last);
+        replicas.ack(&passive, last);
+        replicas.enter_sync_set(&passive);
+        // A stream that has sent everything waits for the next record.
+        let woken = Rc::new(Cell::new(false));
+        let stream = {
+            let (replicas, store, woken) =
+                (Rc::clone(&replicas), Rc::clone(&store), Rc::clone(&woken));
+            glommio::spawn_local(async move {
+                replicas
+                    .appended
+                    .wait_until(|| store.borrow().log().next_lsn() > last + 1)
+                    .await;
+                woken.set(true);
+            })
+        };
+        glommio::executor().yield_now().await;
+        clock.advance(20);
+        let wait = shards
+            .get(b"k", false, &mut out)
+            .expect("the miss waits: the flush's boundary record is not acknowledged yet");
+        assert!(wait.lsn > last && wait.replicas.is_some());
+        for _ in 0..50 {
+            glommio::executor().yield_now().await;
+        }
+        let was_woken = woken.get();
+        drop(stream);
+        assert!(was_woken, "the streams were not woken for LSN {}", wait.lsn);
     });
 }
