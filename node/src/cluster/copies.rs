@@ -18,7 +18,6 @@
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 /// The file in a data dir.
@@ -42,18 +41,11 @@ impl CopiedShards {
     /// Reads `<data>/terrace-copies.toml` (none if absent).
     pub fn load(data_dir: &Path) -> Result<Self, String> {
         let path = data_dir.join(COPIES_FILE);
-        let file = match std::fs::read_to_string(&path) {
-            Ok(text) => toml::from_str::<CopiesFile>(&text).map_err(|e| {
-                format!(
-                    "{}: unreadable: {}; remove it (a shard that must take a new snapshot then \
-                     moves its data to the dirty db, as if it were its own)",
-                    path.display(),
-                    e.message()
-                )
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => CopiesFile::default(),
-            Err(e) => return Err(format!("{}: cannot read: {e}", path.display())),
-        };
+        let file: CopiesFile = super::small_file::load(
+            &path,
+            "remove it (a shard that must take a new snapshot then moves its data to the dirty \
+             db, as if it were its own)",
+        )?;
         Ok(Self {
             path,
             marks: file.copies.into_iter().collect(),
@@ -97,7 +89,7 @@ impl CopiedShards {
         stored
     }
 
-    /// A temporary file, fsynced, renamed over, the directory fsynced.
+    /// Replaces the file, atomically and durably.
     fn store(&self) -> std::io::Result<()> {
         let pairs: Vec<String> = self
             .marks
@@ -109,15 +101,7 @@ impl CopiedShards {
              [shard, that active's term]. Do not edit.\ncopies = [{}]\n",
             pairs.join(", ")
         );
-        let tmp = self.path.with_extension("tmp");
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &self.path)?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        super::small_file::store(&self.path, &text)
     }
 }
 

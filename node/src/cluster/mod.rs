@@ -17,6 +17,7 @@ pub mod election;
 pub mod group;
 pub mod membership;
 pub mod replication;
+pub mod small_file;
 pub mod state;
 pub mod wire;
 
