@@ -77,15 +77,23 @@ fn writer(port: u16, id: usize, seed: u64, knowledge: Arc<Mutex<Knowledge>>, dea
     }
 }
 
-#[test]
-fn acknowledged_writes_survive_kill_9() {
+/// What a writer thread runs: `(port, writer id, seed, shared knowledge, deadline)`.
+type Writer<K> = fn(u16, usize, u64, Arc<Mutex<K>>, Instant);
+
+/// Rounds (TERRACE_KILL_ROUNDS, default 3) of: 8 `writer` threads against a permanent-store
+/// server, kill -9 at a random moment, restart, then `check(seed, round, client, knowledge)`.
+fn kill_9_rounds<K: Default + Send + 'static>(
+    salt: u64,
+    writer: Writer<K>,
+    mut check: impl FnMut(u64, u64, &mut Client, &mut K),
+) {
     let rounds = common::env_count("TERRACE_KILL_ROUNDS", 3);
     let seed = common::env_count("TERRACE_KILL_SEED", 7);
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "permanent-store");
     let mut server = Server::start(&config, &[]);
-    let knowledge = Arc::new(Mutex::new(Knowledge::default()));
-    let mut rng = SmallRng::seed_from_u64(seed);
+    let knowledge = Arc::new(Mutex::new(K::default()));
+    let mut rng = SmallRng::seed_from_u64(seed ^ salt);
     for round in 0..rounds {
         let run_for = Duration::from_millis(rng.random_range(200..1200));
         let deadline = Instant::now() + run_for + Duration::from_secs(5);
@@ -100,11 +108,18 @@ fn acknowledged_writes_survive_kill_9() {
         std::thread::sleep(run_for);
         server.kill();
         for w in writers {
-            w.join().expect("writer panicked (bad reply?)");
+            w.join()
+                .expect("writer panicked (a reply it did not expect?)");
         }
         server.restart();
         let mut c: Client = server.connect();
-        let k = knowledge.lock().unwrap().clone();
+        check(seed, round, &mut c, &mut knowledge.lock().unwrap());
+    }
+}
+
+#[test]
+fn acknowledged_writes_survive_kill_9() {
+    kill_9_rounds(0, writer, |seed, round, c, k| {
         let mut checked = 0;
         for (key, values) in &k.sent {
             let found = c.get(key);
@@ -130,7 +145,6 @@ fn acknowledged_writes_survive_kill_9() {
         }
         assert!(checked > 0, "no writes happened");
         // Writes after a restart continue: settle the knowledge to what is there now.
-        let mut k = knowledge.lock().unwrap();
         let keys: Vec<String> = k.sent.keys().cloned().collect();
         for key in keys {
             match c.get(&key) {
@@ -144,7 +158,7 @@ fn acknowledged_writes_survive_kill_9() {
                 }
             }
         }
-    }
+    });
 }
 
 /// A key's content: its value, or nothing.
@@ -255,34 +269,8 @@ fn mixed_writer(port: u16, id: usize, seed: u64, ledger: Arc<Mutex<Ledger>>, dea
 /// acknowledged incr is not undone. Rounds: TERRACE_KILL_ROUNDS (default 3).
 #[test]
 fn acknowledged_deletes_appends_and_increments_survive_kill_9() {
-    let rounds = common::env_count("TERRACE_KILL_ROUNDS", 3);
-    let seed = common::env_count("TERRACE_KILL_SEED", 7);
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), "permanent-store");
-    let mut server = Server::start(&config, &[]);
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let mut rng = SmallRng::seed_from_u64(seed ^ 0x5eed);
     let mut operations = 0;
-    for round in 0..rounds {
-        let run_for = Duration::from_millis(rng.random_range(200..1200));
-        let deadline = Instant::now() + run_for + Duration::from_secs(5);
-        let writers: Vec<_> = (0..8)
-            .map(|id| {
-                let ledger = Arc::clone(&ledger);
-                let port = server.port;
-                let writer_seed = seed ^ (round << 8) ^ id as u64;
-                std::thread::spawn(move || mixed_writer(port, id, writer_seed, ledger, deadline))
-            })
-            .collect();
-        std::thread::sleep(run_for);
-        server.kill();
-        for w in writers {
-            w.join()
-                .expect("writer panicked (a reply the model did not predict?)");
-        }
-        server.restart();
-        let mut c: Client = server.connect();
-        let mut l = ledger.lock().unwrap();
+    kill_9_rounds(0x5eed, mixed_writer, |seed, round, c, l: &mut Ledger| {
         operations += l.acked.len();
         let keys: std::collections::BTreeSet<String> =
             l.acked.keys().chain(l.pending.keys()).cloned().collect();
@@ -301,6 +289,6 @@ fn acknowledged_deletes_appends_and_increments_survive_kill_9() {
             l.acked.insert(key.clone(), found);
             l.pending.remove(&key);
         }
-    }
+    });
     assert!(operations > 0, "no operations happened");
 }
