@@ -12,7 +12,6 @@
 //! PASSIVE-UNINITIALIZED ]`, `Moved to State[ INITIALIZING ]`, `Moved to State[
 //! PASSIVE-STANDBY ]`, `Starting reconnect window: <ms> ms`.
 
-use super::copies::CopiedShards;
 use super::election::{self, Decision, View};
 use super::membership::{ClusterError, Hooks, Membership};
 use super::state::{State, Status, Terms};
@@ -99,8 +98,6 @@ pub struct SyncProgress {
 struct Inner {
     state: State,
     terms: Terms,
-    /// Shards holding only a copy of an active's data.
-    copies: CopiedShards,
     /// The active this server knows of (itself when active).
     active: Option<String>,
     /// Since when no active is known (`None`: one is).
@@ -170,7 +167,6 @@ impl Group {
         (shards, executors): (u32, usize),
     ) -> Result<Arc<Self>, String> {
         let mut terms = Terms::load(data_dir)?;
-        let copies = CopiedShards::load(data_dir)?;
         if persistence == Persistence::TemporarySwapOnly {
             // The data was emptied at start: it is nobody's newest.
             terms.data_term = 0;
@@ -181,7 +177,6 @@ impl Group {
             inner: Mutex::new(Inner {
                 state: State::Starting,
                 terms,
-                copies,
                 active: None,
                 no_active_since: Some(Instant::now()),
                 told_unavailable: false,
@@ -300,18 +295,6 @@ impl Group {
             );
         }
         true
-    }
-
-    /// Passive: if `shard` holds only a copy of an active's data, that active's term (see
-    /// [`CopiedShards`]).
-    pub fn copy_term(&self, shard: u32) -> Option<u64> {
-        self.lock().copies.term_of(shard)
-    }
-
-    /// Passive: records durably that `shard` holds only a copy of term `term`'s active's
-    /// data.
-    pub fn mark_copy(&self, shard: u32, term: u64) -> std::io::Result<()> {
-        self.lock().copies.mark(shard, term)
     }
 
     /// Passive: a shard's snapshot progress (bytes received, bytes expected).
@@ -782,9 +765,6 @@ impl Group {
 
     /// Records `term` durably, then serves as the active.
     fn become_active(&self, inner: &mut Inner, term: u64) -> std::io::Result<()> {
-        // From now on every shard takes this server's own writes, which must be kept: no
-        // shard is a mere copy of another active's data any more.
-        inner.copies.clear()?;
         inner.terms.store_all(term, term, term)?;
         let was_active = inner.state == State::ActiveCoordinator;
         inner.state = State::ActiveCoordinator;
@@ -1190,22 +1170,6 @@ mod tests {
         assert_eq!(
             progress(&group, &active_listing(&["s2"])),
             State::PassiveStandby
-        );
-    }
-
-    #[test]
-    fn becoming_the_active_clears_the_copy_marks() {
-        let dir = tempfile::tempdir().unwrap();
-        let group = standby(dir.path());
-        group.mark_copy(1, 3).unwrap();
-        assert_eq!((group.copy_term(1), group.copy_term(0)), (Some(3), None));
-        let term = group.term() + 1;
-        group.become_active(&mut group.lock(), term).unwrap();
-        assert_eq!(group.copy_term(1), None);
-        assert_eq!(
-            CopiedShards::load(dir.path()).unwrap().term_of(1),
-            None,
-            "an active's shards hold its own writes"
         );
     }
 }

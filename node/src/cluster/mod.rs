@@ -11,7 +11,6 @@
 //! - [`replication`]: the active's log streamed to its passives, shard by shard.
 //! - [`dirty_db`]: where a passive's own data goes when it is not a prefix of the active's.
 
-pub mod copies;
 pub mod dirty_db;
 pub mod election;
 pub mod group;

@@ -81,6 +81,10 @@ struct GroupFile {
     data_term: u64,
     /// Absent in files written before it existed: taken as `data_term`.
     active_term: Option<u64>,
+    /// Written by a development build (a6121ec) for a mark since withdrawn: accepted and
+    /// ignored, which leaves every shard to the dirty db (the side that keeps data).
+    #[serde(default, rename = "partial_snapshots")]
+    _partial_snapshots: Option<Vec<u32>>,
 }
 
 /// The persisted terms of a server: the highest term seen, and the term of its newest data.
@@ -136,5 +140,32 @@ impl Terms {
         self.data_term = data_term;
         self.active_term = active_term;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    #[test]
+    fn group_files_load_with_and_without_optional_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(GROUP_FILE);
+        std::fs::write(&path, "term = 4\ndata_term = 3\n").unwrap();
+        let terms = Terms::load(dir.path()).unwrap();
+        assert_eq!((terms.term, terms.data_term, terms.active_term), (4, 3, 3));
+        std::fs::write(
+            &path,
+            "term = 4\ndata_term = 3\nactive_term = 2\npartial_snapshots = [1, 5]\n",
+        )
+        .unwrap();
+        let terms = Terms::load(dir.path()).unwrap();
+        assert_eq!(terms.active_term, 2);
+        std::fs::write(&path, "term = 4\ndata_term = 3\nterm_of_the_moon = 1\n").unwrap();
+        assert!(
+            Terms::load(dir.path()).is_err(),
+            "other unknown fields are refused"
+        );
     }
 }

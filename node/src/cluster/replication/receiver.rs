@@ -147,8 +147,6 @@ impl Follower<'_> {
                     start.lsn
                 ));
             }
-            // Its data is a prefix of this active's log: a copy from here on.
-            self.mark_copy()?;
             group.set_shard_sync(self.shard, ShardSync::CatchingUp);
             group.set_sync_bytes(self.shard, 0, 0);
         }
@@ -290,25 +288,9 @@ impl Follower<'_> {
         }
     }
 
-    /// Records that the shard holds only a copy of this stream's active's data (accepted:
-    /// a resync from a prefix of its log, or a snapshot into the emptied shard), for as long
-    /// as this server is not the active itself. Permanent-store only: nothing else is kept.
-    fn mark_copy(&self) -> Result<(), String> {
-        if self.ctx.shared.settings.persistence != crate::config::Persistence::PermanentStore {
-            return Ok(());
-        }
-        self.ctx
-            .shared
-            .group
-            .mark_copy(self.shard, self.source.term)
-            .map_err(|e| format!("cannot record that shard {} follows: {e}", self.shard))
-    }
-
-    /// Empties the shard before a snapshot: permanent-store data goes to the dirty db,
-    /// unless it is only part of an earlier snapshot (a copy of an active's data).
+    /// Empties the shard before a snapshot: permanent-store data goes to the dirty db.
     async fn reset(&self, store: &Rc<RefCell<ShardStore>>) -> Result<(), String> {
         let settings = &self.ctx.shared.settings;
-        let group = &self.ctx.shared.group;
         let dir = self
             .ctx
             .shard_dirs
@@ -316,39 +298,23 @@ impl Follower<'_> {
             .ok_or("no directory for the shard")?;
         let last_lsn = store.borrow().log().next_lsn() - 1;
         let permanent = settings.persistence == crate::config::Persistence::PermanentStore;
-        // A copy of this same term's active's data, which that active still holds.
-        let copy = group.copy_term(self.shard) == Some(self.source.term);
-        match before_snapshot(last_lsn, permanent, copy) {
-            BeforeSnapshot::MoveToDirtyDb => {
-                let moved = self
-                    .ctx
-                    .dirty_db
-                    .move_shard(self.shard, dir, group.term())
-                    .map_err(|e| format!("cannot move the shard's data to the dirty db: {e}"))?;
-                tracing::warn!(
-                    shard = self.shard,
-                    last_lsn,
-                    dirty_db = %moved.display(),
-                    "shard {}'s data is not a prefix of NodeID[{}]'s: moved it to the dirty db",
-                    self.shard,
-                    self.source.active
-                );
-            }
-            BeforeSnapshot::Empty => {
-                if last_lsn > 0 && permanent {
-                    tracing::info!(
-                        shard = self.shard,
-                        last_lsn,
-                        "shard {} holds only a copy of NodeID[{}]'s data from this term (an \
-                         interrupted sync, or fallen behind), none of this server's own \
-                         writes: emptied it for the snapshot, not moved to the dirty db",
-                        self.shard,
-                        self.source.active
-                    );
-                }
-                crate::cluster::dirty_db::empty_dir(dir)
-                    .map_err(|e| format!("cannot empty {}: {e}", dir.display()))?;
-            }
+        if last_lsn > 0 && permanent {
+            let moved = self
+                .ctx
+                .dirty_db
+                .move_shard(self.shard, dir, self.ctx.shared.group.term())
+                .map_err(|e| format!("cannot move the shard's data to the dirty db: {e}"))?;
+            tracing::warn!(
+                shard = self.shard,
+                last_lsn,
+                dirty_db = %moved.display(),
+                "shard {}'s data is not a prefix of NodeID[{}]'s: moved it to the dirty db",
+                self.shard,
+                self.source.active
+            );
+        } else {
+            crate::cluster::dirty_db::empty_dir(dir)
+                .map_err(|e| format!("cannot empty {}: {e}", dir.display()))?;
         }
         let fresh = crate::server::open_store(&self.ctx.shared, self.shard, dir)
             .await
@@ -356,28 +322,7 @@ impl Follower<'_> {
         let mut fresh = fresh;
         fresh.set_compaction_paused(true);
         *store.borrow_mut() = fresh;
-        // Empty now; marked before the first record of the snapshot arrives.
-        self.mark_copy()
-    }
-}
-
-/// What becomes of a shard's data before it takes a snapshot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BeforeSnapshot {
-    /// Kept, in the dirty db: it may hold writes no other server has.
-    MoveToDirtyDb,
-    /// Removed: there is nothing (or it is temporary-swap-only data, which never survives a
-    /// restart anyway), or it is a copy of the data of the very active sending the snapshot.
-    Empty,
-}
-
-/// `copy_of_sender`: the shard holds only a copy of the data of the active (same term) that
-/// sends the snapshot.
-fn before_snapshot(last_lsn: u64, permanent: bool, copy_of_sender: bool) -> BeforeSnapshot {
-    if last_lsn > 0 && permanent && !copy_of_sender {
-        BeforeSnapshot::MoveToDirtyDb
-    } else {
-        BeforeSnapshot::Empty
+        Ok(())
     }
 }
 
@@ -416,20 +361,4 @@ fn apply(store: &mut ShardStore, mut records: &[u8], in_snapshot: bool) -> Resul
 
 fn percent(done: u64, total: u64) -> u64 {
     (done * 100).checked_div(total).unwrap_or(100).min(100)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_data_that_may_be_this_servers_own_goes_to_the_dirty_db() {
-        use BeforeSnapshot::{Empty, MoveToDirtyDb};
-        assert_eq!(before_snapshot(10, true, false), MoveToDirtyDb);
-        // A copy of the sender's own data (an interrupted sync): moving it would make a
-        // dirty db copy that could roll an older one, with real writes, out.
-        assert_eq!(before_snapshot(10, true, true), Empty);
-        assert_eq!(before_snapshot(0, true, false), Empty);
-        assert_eq!(before_snapshot(10, false, false), Empty);
-    }
 }
