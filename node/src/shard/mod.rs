@@ -101,6 +101,8 @@ pub struct LocalShards {
     sync_replication: bool,
     /// The term this server is the active in: its records carry it.
     term: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// This server is the active of its mirror group (always, without one).
+    serving: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// This executor's counters.
     pub counters: Counters,
     /// Online-backup cuts held on this executor's shards, by cut id: their segments are not
@@ -146,12 +148,19 @@ impl LocalShards {
                 })
                 .collect(),
             sync_replication,
+            serving: std::sync::Arc::clone(&flags.serving),
             term: flags.term,
             stores,
             counters: Counters::default(),
             backup_pins: RefCell::default(),
             cuts_issued: Cell::new(0),
         }
+    }
+
+    /// Whether this server is the active of its mirror group: only then may client
+    /// operations touch its shards (a passive's logs are copies of its active's).
+    pub fn serving(&self) -> bool {
+        self.serving.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The topology.

@@ -55,6 +55,22 @@ pub enum Op {
     BackupRelease { cut: u64 },
 }
 
+impl Op {
+    /// Whether it is a client's operation on stored data (what only the active runs).
+    fn touches_data(&self) -> bool {
+        matches!(
+            self,
+            Self::Get { .. }
+                | Self::GetAndTouch { .. }
+                | Self::Store { .. }
+                | Self::Delete { .. }
+                | Self::Delta { .. }
+                | Self::Touch { .. }
+                | Self::FlushAll { .. }
+        )
+    }
+}
+
 /// What comes back.
 #[derive(Debug)]
 pub enum Answer {
@@ -271,8 +287,21 @@ fn serve_replies(mut receivers: Receivers<Reply>, router: &Rc<Router>) {
     }
 }
 
+/// The reply to a client operation that reached a shard after this server stopped being
+/// the active.
+pub const NO_LONGER_ACTIVE: &str = "this server stopped being the active of its mirror group \
+     before the request reached its shard; it was not run: retry on the new active";
+
 /// Runs `op` on this executor's shards and waits until its effects are durable.
-async fn execute(shards: &LocalShards, op: Op) -> Answer {
+pub(super) async fn execute(shards: &LocalShards, op: Op) -> Answer {
+    // The sender checked that this server is the active, but the request may have waited
+    // (a full channel) while it stepped down: a passive's log must stay a copy of its
+    // active's, so a client operation arriving now is not run.
+    if op.touches_data() && !shards.serving() {
+        let mut bytes = Vec::new();
+        reply::server_error(&mut bytes, NO_LONGER_ACTIVE);
+        return Answer::Bytes(bytes);
+    }
     let mut waits: Vec<Durable> = Vec::new();
     let answer = match op {
         Op::Get { keys, with_cas } => Answer::Parts(

@@ -240,3 +240,32 @@ fn a_miss_waiting_for_the_passives_wakes_the_streams() {
         assert!(was_woken, "the streams were not woken for LSN {}", wait.lsn);
     });
 }
+
+/// A routed request that reaches its shard after this server stepped down (it waited in a
+/// full channel meanwhile) is not run: the shard's log is now a copy of the new active's.
+#[test]
+fn a_routed_write_arriving_after_a_step_down_is_not_run() {
+    with_one_shard(|shards| async move {
+        shards
+            .serving
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let store = Rc::clone(shards.shard_store(0).expect("store"));
+        let before = store.borrow().last_lsn();
+        let op = route::Op::Store {
+            mode: SetMode::Set,
+            key: b"k".to_vec(),
+            flags: 0,
+            exptime: 0,
+            data: b"v".to_vec(),
+        };
+        let route::Answer::Bytes(reply) = route::execute(&shards, op).await else {
+            panic!("a refusal is bytes");
+        };
+        let reply = String::from_utf8_lossy(&reply).to_string();
+        assert!(
+            reply.starts_with("SERVER_ERROR") && reply.contains("not run"),
+            "{reply}"
+        );
+        assert_eq!(store.borrow().last_lsn(), before, "nothing was written");
+    });
+}
