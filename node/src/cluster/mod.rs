@@ -16,7 +16,6 @@ pub mod election;
 pub mod group;
 pub mod membership;
 pub mod replication;
-pub mod small_file;
 pub mod state;
 pub mod wire;
 

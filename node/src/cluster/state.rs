@@ -3,6 +3,7 @@
 //! `<data>/terrace-group.toml`.
 
 use serde::Deserialize;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 /// A server's state in its mirror group. The names are Terracotta's, in logs and `stats`.
@@ -105,11 +106,18 @@ impl Terms {
     /// Reads `<data>/terrace-group.toml` (zeros if absent).
     pub fn load(data_dir: &Path) -> Result<Self, String> {
         let path = data_dir.join(GROUP_FILE);
-        let file: GroupFile = super::small_file::load(
-            &path,
-            "restore it from a backup, or remove it to start at term 0 (this server may then \
-             lose an election it should win)",
-        )?;
+        let file = match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str::<GroupFile>(&text).map_err(|e| {
+                format!(
+                    "{}: unreadable: {}; restore it from a backup, or remove it to start at \
+                     term 0 (this server may then lose an election it should win)",
+                    path.display(),
+                    e.message()
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => GroupFile::default(),
+            Err(e) => return Err(format!("{}: cannot read: {e}", path.display())),
+        };
         Ok(Self {
             path,
             term: file.term,
@@ -135,7 +143,14 @@ impl Terms {
             "# Written by terrace-server: the mirror group terms of this data. Do not edit.\n\
              term = {term}\ndata_term = {data_term}\nactive_term = {active_term}\n"
         );
-        super::small_file::store(&self.path, &text)?;
+        let tmp = self.path.with_extension("tmp");
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
         self.term = term;
         self.data_term = data_term;
         self.active_term = active_term;
