@@ -218,6 +218,9 @@ impl<S: Storage> std::fmt::Debug for Log<S> {
     }
 }
 
+/// How often a new log checks whether its first segment is prepared.
+const FIRST_SEGMENT_POLL: std::time::Duration = std::time::Duration::from_millis(2);
+
 impl<S: Storage> Log<S> {
     /// Opens the log in `storage`, recovering what is there under `policy`. `visit` sees every
     /// valid record in log order (to rebuild an index in the same pass).
@@ -251,25 +254,53 @@ impl<S: Storage> Log<S> {
         for segment in recovered.segments {
             log.segments.push(segment);
         }
+        let mut tail_prepared = false;
         if log.segments.count == 0 {
             if policy == RecoveryPolicy::Strict {
                 return Ok((log, recovered.report));
             }
+            if log.config.durability == Durability::Fsync {
+                tail_prepared = log.prepare_first_segment().await;
+            }
             log.create_tail(AppendClass::Client)?;
         }
         if policy != RecoveryPolicy::Strict {
-            // The tail was not prepared ahead (new, or cut short by a crash): prepare the part
-            // still unused now, before any record goes in, then the spare in the background.
-            let tail = Rc::clone(log.tail());
-            let prepared =
-                log.storage
-                    .prepare(tail.file(), tail.written_bytes(), log.preparation());
-            if let Err(error) = prepared {
-                tracing::debug!(%error, "preparing the tail segment failed; writes will be slower");
+            if !tail_prepared {
+                // The tail was not prepared ahead (new, or cut short by a crash): prepare the
+                // part still unused now, before any record goes in.
+                log.prepare_tail();
             }
             log.prepare_spare();
         }
         Ok((log, recovered.report))
+    }
+
+    /// Prepares the unused part of the tail segment (see `Storage::prepare`), best effort.
+    fn prepare_tail(&self) {
+        let tail = self.tail();
+        let prepared = self
+            .storage
+            .prepare(tail.file(), tail.written_bytes(), self.preparation());
+        if let Err(error) = prepared {
+            tracing::debug!(%error, "preparing the tail segment failed; writes will be slower");
+        }
+    }
+
+    /// For a new synced log: prepares its first segment as a spare (zeros written over it and
+    /// made durable, see `Preparation`) and waits until that is done, so that the log starts
+    /// on written blocks like every later segment. Only when a log is created (a new shard, or
+    /// one replaced by a snapshot), where a wait of one segment's write is acceptable; later
+    /// segments are prepared while the one before fills. Returns whether a spare is ready for
+    /// `create_tail` to take (false: it will create the segment itself).
+    async fn prepare_first_segment(&mut self) -> bool {
+        self.prepare_spare();
+        let Some((_, file)) = &self.spare else {
+            return false;
+        };
+        while !file.preparation_ended() {
+            glommio::timer::sleep(FIRST_SEGMENT_POLL).await;
+        }
+        true
     }
 
     /// The storage.

@@ -23,7 +23,9 @@ use std::path::PathBuf;
 /// How to prepare a segment ahead of need, by the log that will append to it. Both map its
 /// pages in off the executor's core (the kernel zero-fills every new page, which would
 /// otherwise happen in a page fault on the executor thread, in the middle of an append);
-/// neither changes its contents.
+/// neither changes its contents. A new segment (a spare) also gets zeros written over it,
+/// and for a synced log made durable: then its blocks are written ones, and syncing an
+/// append into them needs no metadata change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Preparation {
     /// For a log that never syncs: map the pages writable, in whatever page-cache folios the
@@ -66,6 +68,12 @@ pub unsafe trait SegmentFile: 'static {
     /// segment must then not be used. Ok at once by default.
     fn finish_preparation(&self) -> io::Result<()> {
         Ok(())
+    }
+
+    /// Whether the background preparation of a segment made by [`Storage::create_spare`]
+    /// has ended (done, stopped, or given up). True at once by default.
+    fn preparation_ended(&self) -> bool {
+        true
     }
 
     /// Makes every byte written to the region so far durable (fdatasync). Must not block the
