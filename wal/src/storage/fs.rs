@@ -254,8 +254,8 @@ enum ZeroWrites {
     OnePageEach,
 }
 
-/// The page size the zero writes of a synced log's spare are cut to. Smaller than the real
-/// page size would only cost more writes.
+/// The size the zero writes of a synced log's spare are cut to: one page (where pages are
+/// larger, a 4 KiB write still makes a one-page folio, at the cost of more writes).
 const ONE_PAGE_BYTES: usize = 4096;
 
 /// The background preparation of a spare segment, and what the log waits for before its
@@ -267,11 +267,9 @@ const ONE_PAGE_BYTES: usize = 4096;
 /// page and fill it with zeros, one 4 KiB page fault at a time, on the executor, and this VM
 /// makes the first touch of memory slow (0.5-2 GB/s measured). `write` fills the page cache
 /// in large folios and copies instead of faulting, as the plain write loop the log is
-/// measured against does. Not for synced logs: they need their tail in one-page folios (see
-/// `FsSegment::small_folios_from`).
-///
-/// For a log that syncs, zeros are written too, one page per write, and then made durable
-/// (see `Preparing::write_zeros_durably`).
+/// measured against does. A log that syncs needs its tail in one-page folios (see
+/// `FsSegment::small_folios_from`): its zeros go one page per write, and are then made
+/// durable (see `Preparing::write_zeros_durably`).
 ///
 /// The writes must never overlap an append: `finish` stops them and waits for the piece in
 /// progress.
