@@ -99,6 +99,65 @@ fn appends_into_spares(durability: Durability) {
     }
 }
 
+/// A log moved forward over a gap (a passive installing its active's snapshot) makes its new
+/// tail itself, and prepares it while appends go on: nothing appended before or after the
+/// skip is lost, in memory or after a reopen.
+#[test]
+fn records_around_a_skip_forward_survive_the_new_tail_preparation() {
+    for durability in [Durability::Fsync, Durability::None] {
+        run(move || async move {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let config = LogConfig {
+                segment_size_bytes: SEGMENT,
+                durability,
+                capacity_bytes: u64::MAX,
+            };
+            let open = || async {
+                open_log_collect(
+                    FsStorage::open(dir.path()).await.expect("open dir"),
+                    config,
+                    RecoveryPolicy::TruncateTornTail,
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{durability:?}: open: {e}"))
+            };
+            let (mut log, _, _) = open().await;
+            let mut rng = SmallRng::seed_from_u64(7);
+            for _ in 0..100 {
+                append_random(&mut log, &mut rng, 3000);
+            }
+            let gap_from = log.next_lsn();
+            log.skip_to(gap_from + 1000).expect("skip forward");
+            // Past the new tail into the segments after it.
+            while log.segment_count() < 8 {
+                append_random(&mut log, &mut rng, 3000);
+            }
+            let commit = std::rc::Rc::clone(log.commit());
+            commit
+                .wait_durable(log.next_lsn() - 1)
+                .await
+                .unwrap_or_else(|e| panic!("{durability:?}: sync: {e}"));
+            let appended = log_records(&log);
+            assert_eq!(
+                appended.len() as u64,
+                log.next_lsn() - 1 - 1000,
+                "{durability:?}: every LSN but the skipped ones"
+            );
+            drop(log);
+            let (log, report, recovered) = open().await;
+            assert_eq!(report.truncated_bytes(), 0, "{durability:?}");
+            assert!(
+                recovered == appended,
+                "{durability:?}: records differ after reopen"
+            );
+            assert_eq!(
+                log.next_lsn(),
+                gap_from + 1000 + (appended.len() as u64 - 100)
+            );
+        });
+    }
+}
+
 #[test]
 fn a_synced_log_appends_into_written_blocks() {
     run(|| async {

@@ -608,6 +608,8 @@ impl<S: Storage> Log<S> {
         let id = tail.id() + 2;
         self.next_lsn = lsn;
         self.create_tail_with_id(id, AppendClass::Compaction)?;
+        // Its spare was removed (the id is skipped): the new tail was made here, unprepared.
+        self.prepare_tail();
         // The skipped LSNs count as appended: waiting for `lsn - 1` is waiting for the new
         // tail's header (which says where the log goes on) to be durable.
         self.commit.note_skip(lsn - 1);
