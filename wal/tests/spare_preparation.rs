@@ -18,11 +18,12 @@
 
 mod common;
 
-use common::recovery::{append_random, env_count, log_records, open_log_collect};
+use common::recovery::{RecordCopy, append_random, env_count, log_records, open_log_collect};
 use common::run;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use terrace_wal::log::{Durability, LogConfig, RecoveryPolicy};
+use std::path::Path;
+use terrace_wal::log::{Durability, Log, LogConfig, RecoveryPolicy, RecoveryReport};
 use terrace_wal::storage::{FsStorage, Storage as _};
 
 /// Several pieces of the zero-writing each (64 KiB), small enough to fill in microseconds.
@@ -39,24 +40,32 @@ fn synced_appends_into_spares_still_being_prepared_are_never_overwritten() {
     appends_into_spares(Durability::Fsync);
 }
 
+/// Opens (creates or recovers) the log in `dir` with this file's small segments, collecting
+/// what recovery saw; `what` names the case in a failure.
+async fn open_fs_log(
+    dir: &Path,
+    durability: Durability,
+    what: String,
+) -> (Log<FsStorage>, RecoveryReport, Vec<RecordCopy>) {
+    let config = LogConfig {
+        segment_size_bytes: SEGMENT,
+        durability,
+        capacity_bytes: u64::MAX,
+    };
+    open_log_collect(
+        FsStorage::open(dir).await.expect("open dir"),
+        config,
+        RecoveryPolicy::TruncateTornTail,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{what}: open: {e}"))
+}
+
 fn appends_into_spares(durability: Durability) {
     for seed in 0..env_count("TERRACE_SPARE_ROUNDS", 3) {
         run(move || async move {
             let dir = tempfile::tempdir().expect("tempdir");
-            let config = LogConfig {
-                segment_size_bytes: SEGMENT,
-                durability,
-                capacity_bytes: u64::MAX,
-            };
-            let open = || async {
-                open_log_collect(
-                    FsStorage::open(dir.path()).await.expect("open dir"),
-                    config,
-                    RecoveryPolicy::TruncateTornTail,
-                )
-                .await
-                .unwrap_or_else(|e| panic!("seed {seed}: open: {e}"))
-            };
+            let open = || open_fs_log(dir.path(), durability, format!("seed {seed}"));
             let (mut log, report, _) = open().await;
             assert_eq!(report.records, 0);
             let mut rng = SmallRng::seed_from_u64(seed);
@@ -107,20 +116,7 @@ fn records_around_a_skip_forward_survive_the_new_tail_preparation() {
     for durability in [Durability::Fsync, Durability::None] {
         run(move || async move {
             let dir = tempfile::tempdir().expect("tempdir");
-            let config = LogConfig {
-                segment_size_bytes: SEGMENT,
-                durability,
-                capacity_bytes: u64::MAX,
-            };
-            let open = || async {
-                open_log_collect(
-                    FsStorage::open(dir.path()).await.expect("open dir"),
-                    config,
-                    RecoveryPolicy::TruncateTornTail,
-                )
-                .await
-                .unwrap_or_else(|e| panic!("{durability:?}: open: {e}"))
-            };
+            let open = || open_fs_log(dir.path(), durability, format!("{durability:?}"));
             let (mut log, _, _) = open().await;
             let mut rng = SmallRng::seed_from_u64(7);
             for _ in 0..100 {
