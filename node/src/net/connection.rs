@@ -271,7 +271,7 @@ impl Connection {
             if let Err(error) = wait.wait().await {
                 // Nothing of this burst may be acknowledged: say why, and close.
                 let mut out = Vec::new();
-                reply::server_error(&mut out, &format!("write not durable: {error}"));
+                reply::server_error(&mut out, &format!("data not durable: {error}"));
                 let _ = self.stream.write_all(&out).await;
                 return Err(format!("sync failed: {error}"));
             }

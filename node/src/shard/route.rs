@@ -380,7 +380,7 @@ pub(super) async fn execute(shards: &LocalShards, op: Op) -> Answer {
     for wait in &waits {
         if let Err(error) = wait.wait().await {
             let mut bytes = Vec::new();
-            reply::server_error(&mut bytes, &format!("write not durable: {error}"));
+            reply::server_error(&mut bytes, &format!("data not durable: {error}"));
             return Answer::Bytes(bytes);
         }
     }
