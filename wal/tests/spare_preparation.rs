@@ -146,9 +146,11 @@ fn records_around_a_skip_forward_survive_the_new_tail_preparation() {
                 recovered == appended,
                 "{durability:?}: records differ after reopen"
             );
+            let after_skip = appended.len() as u64 - 100;
             assert_eq!(
                 log.next_lsn(),
-                gap_from + 1000 + (appended.len() as u64 - 100)
+                gap_from + 1000 + after_skip,
+                "{durability:?}: the reopened log goes on after its last record"
             );
         });
     }
