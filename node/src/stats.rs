@@ -100,6 +100,16 @@ pub struct Snapshot {
     pub records_appended: u64,
     /// Shards that refuse writes after a disk error.
     pub failed_shards: u64,
+    /// Segments in its shards' logs, the tail included.
+    pub segments: u64,
+    /// Segments compacted (rewritten and retired) since start.
+    pub segments_compacted: u64,
+    /// Bytes of records compaction rewrote since start.
+    pub compaction_bytes_rewritten: u64,
+    /// Expired or flushed items compaction dropped since start.
+    pub items_reclaimed: u64,
+    /// Tombstones compaction dropped since start (no older record of their key was left).
+    pub tombstones_dropped: u64,
 }
 
 impl Snapshot {
@@ -119,6 +129,11 @@ impl Snapshot {
         self.syncs += other.syncs;
         self.records_appended += other.records_appended;
         self.failed_shards += other.failed_shards;
+        self.segments += other.segments;
+        self.segments_compacted += other.segments_compacted;
+        self.compaction_bytes_rewritten += other.compaction_bytes_rewritten;
+        self.items_reclaimed += other.items_reclaimed;
+        self.tombstones_dropped += other.tombstones_dropped;
     }
 
     /// A counter's value.
@@ -179,6 +194,15 @@ pub fn general(out: &mut Vec<u8>, shared: &crate::net::Shared, total: &Snapshot)
     stat(out, "terrace_syncs", total.syncs);
     stat(out, "terrace_records_appended", total.records_appended);
     stat(out, "terrace_failed_shards", total.failed_shards);
+    stat(out, "terrace_segments", total.segments);
+    stat(out, "terrace_segments_compacted", total.segments_compacted);
+    stat(
+        out,
+        "terrace_compaction_bytes_rewritten",
+        total.compaction_bytes_rewritten,
+    );
+    stat(out, "terrace_items_reclaimed", total.items_reclaimed);
+    stat(out, "terrace_tombstones_dropped", total.tombstones_dropped);
     stat(out, "terrace_major_faults", usage.major_faults);
     out.extend_from_slice(crate::protocol::reply::END);
 }

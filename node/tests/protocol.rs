@@ -91,7 +91,17 @@ fn every_command_answers_like_memcached() {
     let reply = c.call_end("gats 0 k\r\n");
     assert!(reply.starts_with("VALUE k 3 1 "), "{reply}");
     assert!(c.call("version\r\n").starts_with("VERSION "));
-    assert!(c.call_end("stats\r\n").contains("STAT cmd_set "));
+    let stats = c.call_end("stats\r\n");
+    for name in [
+        "cmd_set",
+        "terrace_segments",
+        "terrace_segments_compacted",
+        "terrace_compaction_bytes_rewritten",
+        "terrace_items_reclaimed",
+        "terrace_tombstones_dropped",
+    ] {
+        assert!(stats.contains(&format!("STAT {name} ")), "{name}: {stats}");
+    }
     assert!(
         c.call_end("stats settings\r\n")
             .contains("STAT item_size_max 1048576\r\n")

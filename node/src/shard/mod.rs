@@ -519,6 +519,12 @@ impl LocalShards {
             snapshot.syncs += log.syncs_issued;
             snapshot.records_appended += log.records_appended;
             snapshot.failed_shards += u64::from(store.commit().failure().is_some());
+            snapshot.segments += store.log().segment_count() as u64;
+            let compaction = store.counters();
+            snapshot.segments_compacted += compaction.segments_compacted;
+            snapshot.compaction_bytes_rewritten += compaction.compaction_bytes_rewritten;
+            snapshot.items_reclaimed += compaction.items_reclaimed;
+            snapshot.tombstones_dropped += compaction.tombstones_dropped;
         }
         snapshot
     }

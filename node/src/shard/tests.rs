@@ -269,3 +269,50 @@ fn a_routed_write_arriving_after_a_step_down_is_not_run() {
         assert_eq!(store.borrow().last_lsn(), before, "nothing was written");
     });
 }
+
+/// `stats` tells an operator what compaction did: the executor's snapshot sums the shards'
+/// segment count and compaction counters.
+#[test]
+fn the_snapshot_counts_segments_and_what_compaction_did() {
+    with_shard(false, |shards, clock| async move {
+        let mut out = Vec::new();
+        let store = |key: &[u8], exptime: i64, out: &mut Vec<u8>| {
+            shards
+                .store(SetMode::Set, key, 0, exptime, &[b'v'; 8 << 10], out)
+                .expect("set")
+                .expect("a set waits")
+        };
+        // In the first segment: one item that stays, one that expires.
+        store(b"stays", 0, &mut out);
+        store(b"expires", 60, &mut out);
+        // Then enough overwrites of one key to seal a few 1 MiB segments.
+        let mut last = None;
+        for _ in 0..400 {
+            last = Some(store(b"k", 0, &mut out));
+        }
+        last.expect("written").wait().await.expect("sync");
+        clock.advance(120);
+
+        let before = shards.snapshot();
+        assert!(before.segments >= 3, "{before:?}");
+        assert_eq!(before.segments_compacted, 0);
+
+        let (_, shard) = shards.owned().next().expect("one shard");
+        let mut rounds = 0;
+        while terrace_wal::store::compact_once(shard)
+            .await
+            .expect("compact")
+        {
+            rounds += 1;
+            assert!(rounds < 100, "compaction does not finish");
+        }
+        let after = shards.snapshot();
+        assert!(after.segments_compacted >= 1, "{after:?}");
+        assert!(
+            after.compaction_bytes_rewritten >= 8 << 10,
+            "the item that stays was rewritten: {after:?}"
+        );
+        assert_eq!(after.items_reclaimed, 1, "the expired item: {after:?}");
+        assert!(after.segments < before.segments, "{before:?} -> {after:?}");
+    });
+}
