@@ -14,8 +14,8 @@ use crate::constants::{
     RECV_CHUNK_BYTES, REPLY_FLUSH_BYTES,
 };
 use crate::protocol::{Command, Parsed, ProtocolError, parse, reply};
-use crate::shard::Durable;
 use crate::shard::route::{Answer, Op, Slot, refusal_bytes};
+use crate::shard::{Durable, MappedItem};
 use crate::stats::Stat;
 use futures_lite::{AsyncReadExt as _, AsyncWriteExt as _};
 use glommio::net::TcpStream;
@@ -41,6 +41,12 @@ struct Replies {
     out: Vec<u8>,
     waits: Vec<Durable>,
     remotes: Vec<Remote>,
+    /// Values sent straight from their segment mapping, with the offset in `out` where each
+    /// belongs, in increasing order. Never at the offset of a remote answer: a value's place
+    /// is after its `VALUE` line, which is in `out`.
+    mapped: Vec<(usize, MappedItem)>,
+    /// Bytes of the values in `mapped`.
+    mapped_bytes: usize,
     seq: u64,
     quit: bool,
 }
@@ -48,6 +54,18 @@ struct Replies {
 impl Replies {
     fn is_empty(&self) -> bool {
         self.out.is_empty() && self.remotes.is_empty() && self.waits.is_empty()
+    }
+
+    /// Reply bytes gathered so far (remote answers not counted).
+    fn len(&self) -> usize {
+        self.out.len() + self.mapped_bytes
+    }
+
+    /// Counts the values a shard added to `mapped` since it held `before` of them.
+    fn count_mapped(&mut self, before: usize) {
+        for (_, item) in &self.mapped[before..] {
+            self.mapped_bytes += item.value().len();
+        }
     }
 
     /// Adds a durability wait, merged with an earlier one on the same shard (the later LSN
@@ -214,7 +232,7 @@ impl Connection {
                         }
                     }
                 }
-                if replies.out.len() >= REPLY_FLUSH_BYTES {
+                if replies.len() >= REPLY_FLUSH_BYTES {
                     self.flush(&mut replies).await?;
                 }
             }
@@ -277,8 +295,8 @@ impl Connection {
             }
         }
         let mut out = std::mem::take(&mut replies.out);
+        let mut inserts: BTreeMap<(usize, u64), Vec<u8>> = BTreeMap::new();
         if !replies.remotes.is_empty() {
-            let mut inserts: BTreeMap<(usize, u64), Vec<u8>> = BTreeMap::new();
             for remote in replies.remotes.drain(..) {
                 match remote.slot.answer().await {
                     Answer::Bytes(bytes) => {
@@ -296,6 +314,17 @@ impl Connection {
                     Answer::Stats(_) | Answer::Cut(_) => {}
                 }
             }
+        }
+        replies.seq = 0;
+        if !replies.mapped.is_empty() {
+            let mapped = std::mem::take(&mut replies.mapped);
+            replies.mapped_bytes = 0;
+            self.write_in_pieces(&out, inserts, mapped).await?;
+            out.clear();
+            replies.out = out;
+            return Ok(());
+        }
+        if !inserts.is_empty() {
             let extra: usize = inserts.values().map(Vec::len).sum();
             let mut spliced = Vec::with_capacity(out.len() + extra);
             let mut from = 0;
@@ -307,7 +336,6 @@ impl Connection {
             spliced.extend_from_slice(&out[from..]);
             out = spliced;
         }
-        replies.seq = 0;
         if out.is_empty() {
             return Ok(());
         }
@@ -321,6 +349,57 @@ impl Connection {
             .add(Stat::bytes_written, out.len() as u64);
         out.clear();
         replies.out = out;
+        Ok(())
+    }
+
+    /// Writes `out` with the remote answers spliced in and the mapped values sent from their
+    /// mappings, in as few `sendmsg` calls as the socket takes (one, usually).
+    async fn write_in_pieces(
+        &mut self,
+        out: &[u8],
+        inserts: BTreeMap<(usize, u64), Vec<u8>>,
+        mapped: Vec<(usize, MappedItem)>,
+    ) -> Result<(), String> {
+        // The reply's own bytes, remote answers spliced in, and where in them each mapped
+        // value goes. Remote answers never share a place with a mapped value (see `Replies`).
+        let mut text =
+            Vec::with_capacity(out.len() + inserts.values().map(Vec::len).sum::<usize>());
+        let mut cuts = Vec::with_capacity(mapped.len());
+        let mut from = 0;
+        let mut inserts = inserts.into_iter().peekable();
+        for &(at, _) in &mapped {
+            while let Some(((place, _), bytes)) = inserts.next_if(|((place, _), _)| *place < at) {
+                text.extend_from_slice(&out[from..place]);
+                text.extend_from_slice(&bytes);
+                from = place;
+            }
+            text.extend_from_slice(&out[from..at]);
+            from = at;
+            cuts.push(text.len());
+        }
+        for ((place, _), bytes) in inserts {
+            text.extend_from_slice(&out[from..place]);
+            text.extend_from_slice(&bytes);
+            from = place;
+        }
+        text.extend_from_slice(&out[from..]);
+
+        let mut pieces: Vec<&[u8]> = Vec::with_capacity(2 * mapped.len() + 1);
+        let mut start = 0;
+        for (cut, (_, item)) in cuts.iter().zip(&mapped) {
+            pieces.push(&text[start..*cut]);
+            pieces.push(item.value());
+            start = *cut;
+        }
+        pieces.push(&text[start..]);
+        let written: usize = pieces.iter().map(|p| p.len()).sum();
+        write_all_vectored(&mut self.stream, &mut pieces)
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        self.executor
+            .shards
+            .counters
+            .add(Stat::bytes_written, written as u64);
         Ok(())
     }
 
@@ -550,13 +629,15 @@ impl Connection {
                 continue;
             }
             let shards = &self.executor.shards;
+            let before = replies.mapped.len();
+            let mapped = Some(&mut replies.mapped);
             match touch {
                 None => {
-                    let wait = shards.get(key, with_cas, &mut replies.out);
+                    let wait = shards.get(key, with_cas, &mut replies.out, mapped);
                     replies.wait_for(wait);
                 }
                 Some(exptime) => {
-                    match shards.get_and_touch(key, exptime, with_cas, &mut replies.out) {
+                    match shards.get_and_touch(key, exptime, with_cas, &mut replies.out, mapped) {
                         Ok(wait) => replies.wait_for(wait),
                         Err(mut refusal) => {
                             replies.wait_for(refusal.wait.take());
@@ -565,6 +646,7 @@ impl Connection {
                     }
                 }
             }
+            replies.count_mapped(before);
         }
         for (owner, (keys, places)) in remote {
             let op = match touch {
@@ -664,4 +746,57 @@ impl Connection {
             _ => out.extend_from_slice(reply::ERROR),
         }
     }
+}
+
+/// Most pieces handed to one `sendmsg` (Linux's `UIO_MAXIOV` is 1024).
+const IOVECS_PER_SEND_MAX: usize = 64;
+
+/// Writes every piece, in order: `sendmsg` without waiting while the socket takes the bytes
+/// (one system call for a whole reply in pieces), and glommio's write, which waits for the
+/// socket to drain, when it does not.
+async fn write_all_vectored(stream: &mut TcpStream, pieces: &mut [&[u8]]) -> std::io::Result<()> {
+    use futures_lite::AsyncWriteExt as _;
+    use std::os::fd::{AsRawFd as _, BorrowedFd};
+    let mut next = 0;
+    while next < pieces.len() {
+        if pieces[next].is_empty() {
+            next += 1;
+            continue;
+        }
+        let slices: Vec<std::io::IoSlice<'_>> = pieces[next..]
+            .iter()
+            .filter(|p| !p.is_empty())
+            .take(IOVECS_PER_SEND_MAX)
+            .map(|p| std::io::IoSlice::new(p))
+            .collect();
+        // SAFETY: the stream owns this fd and outlives the call.
+        let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+        let sent = rustix::net::sendmsg(
+            fd,
+            &slices,
+            &mut rustix::net::SendAncillaryBuffer::default(),
+            rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL,
+        );
+        let mut sent = match sent {
+            Ok(n) => n,
+            Err(rustix::io::Errno::AGAIN) => {
+                // Full: let glommio wait for room and send the next piece.
+                stream.write_all(pieces[next]).await?;
+                next += 1;
+                continue;
+            }
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        while sent > 0 {
+            let piece = &mut pieces[next];
+            let n = sent.min(piece.len());
+            *piece = &piece[n..];
+            sent -= n;
+            if piece.is_empty() {
+                next += 1;
+            }
+        }
+    }
+    Ok(())
 }

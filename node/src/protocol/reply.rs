@@ -23,18 +23,23 @@ pub fn number(out: &mut Vec<u8>, n: u64) {
 /// `VALUE <key> <flags> <bytes> [<cas>]\r\n<data>\r\n`.
 pub fn value(out: &mut Vec<u8>, key: &[u8], flags: u32, data: &[u8], cas: Option<u64>) {
     out.reserve(key.len() + data.len() + 64);
+    value_header(out, key, flags, data.len(), cas);
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The `VALUE <key> <flags> <bytes> [<cas>]` line of an item, without its data block.
+pub fn value_header(out: &mut Vec<u8>, key: &[u8], flags: u32, len: usize, cas: Option<u64>) {
     out.extend_from_slice(b"VALUE ");
     out.extend_from_slice(key);
     out.push(b' ');
     number(out, u64::from(flags));
     out.push(b' ');
-    number(out, data.len() as u64);
+    number(out, len as u64);
     if let Some(cas) = cas {
         out.push(b' ');
         number(out, cas);
     }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
 }
 

@@ -260,14 +260,25 @@ impl LocalShards {
     }
 
     /// `get`/`gets` of one key: writes its `VALUE` block if it is there.
-    pub fn get(&self, key: &[u8], with_cas: bool, out: &mut Vec<u8>) -> Option<Durable> {
+    ///
+    /// With `mapped`, a value of at least [`MAPPED_VALUE_MIN_BYTES`] is not copied into `out`:
+    /// its item goes into `mapped` with the offset of `out` where the value belongs, and the
+    /// reply is written from the segment mapping.
+    pub fn get(
+        &self,
+        key: &[u8],
+        with_cas: bool,
+        out: &mut Vec<u8>,
+        mapped: Option<&mut Vec<(usize, MappedItem)>>,
+    ) -> Option<Durable> {
         let (shard, store) = self.store_of(key);
         let item = store.borrow_mut().get(key);
         match item {
             Ok(Some(item)) => {
                 self.counters.bump(Stat::get_hits);
-                value_reply(out, &item, with_cas);
-                self.durable(shard, item.lsn())
+                let lsn = item.lsn();
+                value_reply(out, item, with_cas, mapped);
+                self.durable(shard, lsn)
             }
             Ok(None) => {
                 self.counters.bump(Stat::get_misses);
@@ -280,13 +291,14 @@ impl LocalShards {
         }
     }
 
-    /// `gat`/`gats` of one key.
+    /// `gat`/`gats` of one key; `mapped` as for [`Self::get`].
     pub fn get_and_touch(
         &self,
         key: &[u8],
         exptime: i64,
         with_cas: bool,
         out: &mut Vec<u8>,
+        mapped: Option<&mut Vec<(usize, MappedItem)>>,
     ) -> Result<Option<Durable>, Refusal> {
         let (shard, store) = self.store_of(key);
         self.stamp(store);
@@ -295,8 +307,9 @@ impl LocalShards {
             Ok(Some((item, written))) => {
                 self.counters.bump(Stat::get_hits);
                 self.counters.bump(Stat::touch_hits);
-                value_reply(out, &item, with_cas);
-                Ok(self.written(shard, written.lsn.max(item.lsn())))
+                let lsn = written.lsn.max(item.lsn());
+                value_reply(out, item, with_cas, mapped);
+                Ok(self.written(shard, lsn))
             }
             Ok(None) => {
                 self.counters.bump(Stat::get_misses);
@@ -531,18 +544,31 @@ impl LocalShards {
 }
 
 /// The `VALUE` block of an item.
+/// An item a reply holds on to, to send its value straight from the segment mapping. Holding
+/// it keeps the segment mapped: records are never changed once written, and a segment that
+/// compaction or eviction retires meanwhile is unmapped only when its last holder lets go.
+pub type MappedItem = terrace_wal::store::Item<<FsStorage as terrace_wal::storage::Storage>::File>;
+
+/// Values at least this long are sent from the mapping rather than copied into the reply
+/// buffer (when the caller can send from the mapping): below it, one copy costs less than
+/// the extra `send` of a reply in pieces.
+pub const MAPPED_VALUE_MIN_BYTES: usize = 16 << 10;
+
 fn value_reply(
     out: &mut Vec<u8>,
-    item: &terrace_wal::store::Item<<FsStorage as terrace_wal::storage::Storage>::File>,
+    item: MappedItem,
     with_cas: bool,
+    mapped: Option<&mut Vec<(usize, MappedItem)>>,
 ) {
-    reply::value(
-        out,
-        item.key(),
-        item.flags(),
-        item.value(),
-        with_cas.then(|| item.cas()),
-    );
+    let cas = with_cas.then(|| item.cas());
+    match mapped {
+        Some(mapped) if item.value().len() >= MAPPED_VALUE_MIN_BYTES => {
+            reply::value_header(out, item.key(), item.flags(), item.value().len(), cas);
+            mapped.push((out.len(), item));
+            out.extend_from_slice(b"\r\n");
+        }
+        _ => reply::value(out, item.key(), item.flags(), item.value(), cas),
+    }
 }
 
 /// A write the store refused, as a memcached reply.

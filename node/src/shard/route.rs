@@ -308,7 +308,8 @@ pub(super) async fn execute(shards: &LocalShards, op: Op) -> Answer {
             keys.iter()
                 .map(|key| {
                     let mut out = Vec::new();
-                    waits.extend(shards.get(key, with_cas, &mut out));
+                    // Copied: the answer crosses to another thread.
+                    waits.extend(shards.get(key, with_cas, &mut out, None));
                     out
                 })
                 .collect(),
@@ -321,7 +322,7 @@ pub(super) async fn execute(shards: &LocalShards, op: Op) -> Answer {
             keys.iter()
                 .map(|key| {
                     let mut out = Vec::new();
-                    match shards.get_and_touch(key, exptime, with_cas, &mut out) {
+                    match shards.get_and_touch(key, exptime, with_cas, &mut out, None) {
                         Ok(wait) => waits.extend(wait),
                         Err(mut refusal) => {
                             waits.extend(refusal.wait.take());

@@ -100,10 +100,12 @@ fn replies_reporting_an_absence_wait_for_the_write_that_caused_it() {
         assert!(delete.commit.durable_lsn() < delete.lsn);
 
         let absences = [
-            ("get miss", shards.get(b"k", false, &mut out)),
+            ("get miss", shards.get(b"k", false, &mut out, None)),
             (
                 "gat miss",
-                shards.get_and_touch(b"k", 0, false, &mut out).expect("gat"),
+                shards
+                    .get_and_touch(b"k", 0, false, &mut out, None)
+                    .expect("gat"),
             ),
             (
                 "replace NOT_STORED",
@@ -141,7 +143,7 @@ fn replies_reporting_an_absence_wait_for_the_write_that_caused_it() {
 
         // Once the delete is durable, an absence waits for nothing.
         delete.wait().await.expect("sync");
-        assert!(shards.get(b"k", false, &mut out).is_none());
+        assert!(shards.get(b"k", false, &mut out, None).is_none());
         assert!(
             shards
                 .store(SetMode::Replace, b"k", 0, 0, b"w", &mut out)
@@ -229,7 +231,7 @@ fn a_miss_waiting_for_the_passives_wakes_the_streams() {
         glommio::executor().yield_now().await;
         clock.advance(20);
         let wait = shards
-            .get(b"k", false, &mut out)
+            .get(b"k", false, &mut out, None)
             .expect("the miss waits: the flush's boundary record is not acknowledged yet");
         assert!(wait.lsn > last && wait.replicas.is_some());
         for _ in 0..50 {
@@ -314,5 +316,58 @@ fn the_snapshot_counts_segments_and_what_compaction_did() {
         );
         assert_eq!(after.items_reclaimed, 1, "the expired item: {after:?}");
         assert!(after.segments < before.segments, "{before:?} -> {after:?}");
+    });
+}
+
+/// A reply that sends a value from the mapping holds its item: compaction may retire and
+/// remove the item's segment meanwhile, and the value still reads as it was.
+#[test]
+fn a_value_held_for_sending_outlives_its_compacted_segment() {
+    with_shard(false, |shards, _| async move {
+        let mut out = Vec::new();
+        let original: Vec<u8> = (0..MAPPED_VALUE_MIN_BYTES + 100)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        shards
+            .store(SetMode::Set, b"big", 0, 0, &original, &mut out)
+            .expect("set")
+            .expect("a set waits")
+            .wait()
+            .await
+            .expect("sync");
+        let (_, shard) = shards.owned().next().expect("one shard");
+        let first_segment = shard
+            .borrow()
+            .log()
+            .segments()
+            .next()
+            .expect("a segment")
+            .id();
+
+        out.clear();
+        let mut mapped = Vec::new();
+        shards.get(b"big", false, &mut out, Some(&mut mapped));
+        assert_eq!(mapped.len(), 1, "a value this large is not copied");
+        assert!(!out.windows(original.len()).any(|w| w == original));
+        let (_, item) = mapped.pop().expect("mapped");
+
+        // Overwrite it until its segment is all dead, then compact it away.
+        let other = vec![b'x'; MAPPED_VALUE_MIN_BYTES + 100];
+        let mut last = None;
+        for _ in 0..200 {
+            last = shards
+                .store(SetMode::Set, b"big", 0, 0, &other, &mut out)
+                .expect("set");
+        }
+        last.expect("a set waits").wait().await.expect("sync");
+        while terrace_wal::store::compact_once(shard)
+            .await
+            .expect("compact")
+        {}
+        assert!(
+            shard.borrow().log().segment(first_segment).is_none(),
+            "the item's segment was compacted away"
+        );
+        assert!(item.value() == original, "the held value changed");
     });
 }
