@@ -15,7 +15,7 @@ use crate::constants::{
 };
 use crate::protocol::{Command, Parsed, ProtocolError, parse, reply};
 use crate::shard::route::{Answer, Op, Slot, refusal_bytes};
-use crate::shard::{Durable, MappedItem};
+use crate::shard::{Durable, MAPPED_VALUE_MIN_BYTES, MappedItem};
 use crate::stats::Stat;
 use futures_lite::{AsyncReadExt as _, AsyncWriteExt as _};
 use glommio::net::TcpStream;
@@ -316,80 +316,63 @@ impl Connection {
             }
         }
         replies.seq = 0;
-        if !replies.mapped.is_empty() {
-            let mapped = std::mem::take(&mut replies.mapped);
-            replies.mapped_bytes = 0;
-            self.write_in_pieces(&out, inserts, mapped).await?;
-            out.clear();
-            replies.out = out;
-            return Ok(());
-        }
-        if !inserts.is_empty() {
-            let extra: usize = inserts.values().map(Vec::len).sum();
-            let mut spliced = Vec::with_capacity(out.len() + extra);
-            let mut from = 0;
-            for ((at, _), bytes) in inserts {
-                spliced.extend_from_slice(&out[from..at]);
-                spliced.extend_from_slice(&bytes);
-                from = at;
+        let mapped = std::mem::take(&mut replies.mapped);
+        replies.mapped_bytes = 0;
+        if inserts.is_empty() && mapped.is_empty() {
+            if !out.is_empty() {
+                self.stream
+                    .write_all(&out)
+                    .await
+                    .map_err(|e| format!("write: {e}"))?;
+                self.executor
+                    .shards
+                    .counters
+                    .add(Stat::bytes_written, out.len() as u64);
             }
-            spliced.extend_from_slice(&out[from..]);
-            out = spliced;
+        } else {
+            self.write_in_pieces(&out, &inserts, &mapped).await?;
         }
-        if out.is_empty() {
-            return Ok(());
-        }
-        self.stream
-            .write_all(&out)
-            .await
-            .map_err(|e| format!("write: {e}"))?;
-        self.executor
-            .shards
-            .counters
-            .add(Stat::bytes_written, out.len() as u64);
         out.clear();
         replies.out = out;
         Ok(())
     }
 
-    /// Writes `out` with the remote answers spliced in and the mapped values sent from their
-    /// mappings, in as few `sendmsg` calls as the socket takes (one, usually).
+    /// Writes `out` with the remote answers and the mapped values in their places, in as few
+    /// `sendmsg` calls as the socket takes (one, usually). Mapped values, and remote answers
+    /// as large, are sent as they are; smaller answers are copied in with the reply's text.
     async fn write_in_pieces(
         &mut self,
         out: &[u8],
-        inserts: BTreeMap<(usize, u64), Vec<u8>>,
-        mapped: Vec<(usize, MappedItem)>,
+        inserts: &BTreeMap<(usize, u64), Vec<u8>>,
+        mapped: &[(usize, MappedItem)],
     ) -> Result<(), String> {
-        // The reply's own bytes, remote answers spliced in, and where in them each mapped
-        // value goes. Remote answers never share a place with a mapped value (see `Replies`).
-        let mut text =
-            Vec::with_capacity(out.len() + inserts.values().map(Vec::len).sum::<usize>());
-        let mut cuts = Vec::with_capacity(mapped.len());
+        // In place order. A remote answer never shares a place with a mapped value (see
+        // `Replies`); remote answers that share one come in their sequence order.
+        let mut places: Vec<(usize, u64, &[u8])> = inserts
+            .iter()
+            .map(|(&(at, seq), bytes)| (at, seq, bytes.as_slice()))
+            .chain(mapped.iter().map(|(at, item)| (*at, 0, item.value())))
+            .collect();
+        places.sort_by_key(|&(at, seq, _)| (at, seq));
+        let mut text = Vec::with_capacity(out.len());
+        let mut large = Vec::new();
         let mut from = 0;
-        let mut inserts = inserts.into_iter().peekable();
-        for &(at, _) in &mapped {
-            while let Some(((place, _), bytes)) = inserts.next_if(|((place, _), _)| *place < at) {
-                text.extend_from_slice(&out[from..place]);
-                text.extend_from_slice(&bytes);
-                from = place;
-            }
+        for (at, _, bytes) in places {
             text.extend_from_slice(&out[from..at]);
             from = at;
-            cuts.push(text.len());
-        }
-        for ((place, _), bytes) in inserts {
-            text.extend_from_slice(&out[from..place]);
-            text.extend_from_slice(&bytes);
-            from = place;
+            if bytes.len() < MAPPED_VALUE_MIN_BYTES {
+                text.extend_from_slice(bytes);
+            } else {
+                large.push((text.len(), bytes));
+            }
         }
         text.extend_from_slice(&out[from..]);
-
-        let mut pieces: Vec<&[u8]> = Vec::with_capacity(2 * mapped.len() + 1);
+        let mut pieces: Vec<&[u8]> = Vec::with_capacity(2 * large.len() + 1);
         let mut start = 0;
-        for (cut, (_, item)) in cuts.iter().zip(&mapped) {
-            pieces.push(&text[start..*cut]);
-            pieces.push(item.value());
-            start = *cut;
+        for (cut, bytes) in large {
+            pieces.push(&text[start..cut]);
+            pieces.push(bytes);
+            start = cut;
         }
         pieces.push(&text[start..]);
         let written: usize = pieces.iter().map(|p| p.len()).sum();
