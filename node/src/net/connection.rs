@@ -15,7 +15,7 @@ use crate::constants::{
 };
 use crate::protocol::{Command, Parsed, ProtocolError, parse, reply};
 use crate::shard::route::{Answer, Op, Slot, refusal_bytes};
-use crate::shard::{Durable, MAPPED_VALUE_MIN_BYTES, MappedItem};
+use crate::shard::{Durable, MAPPED_VALUE_MIN_BYTES, MAPPED_VALUES_PER_REPLY_MAX, MappedItem};
 use crate::stats::Stat;
 use futures_lite::{AsyncReadExt as _, AsyncWriteExt as _};
 use glommio::net::TcpStream;
@@ -613,7 +613,7 @@ impl Connection {
             }
             let shards = &self.executor.shards;
             let before = replies.mapped.len();
-            let mapped = Some(&mut replies.mapped);
+            let mapped = (before < MAPPED_VALUES_PER_REPLY_MAX).then_some(&mut replies.mapped);
             match touch {
                 None => {
                     let wait = shards.get(key, with_cas, &mut replies.out, mapped);
@@ -761,6 +761,7 @@ async fn write_all_vectored(stream: &mut TcpStream, pieces: &mut [&[u8]]) -> std
             rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL,
         );
         let mut sent = match sent {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
             Ok(n) => n,
             Err(rustix::io::Errno::AGAIN) => {
                 // Full: let glommio wait for room and send the next piece.

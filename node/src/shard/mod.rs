@@ -543,7 +543,6 @@ impl LocalShards {
     }
 }
 
-/// The `VALUE` block of an item.
 /// An item a reply holds on to, to send its value straight from the segment mapping. Holding
 /// it keeps the segment mapped: records are never changed once written, and a segment that
 /// compaction or eviction retires meanwhile is unmapped only when its last holder lets go.
@@ -554,6 +553,14 @@ pub type MappedItem = terrace_wal::store::Item<<FsStorage as terrace_wal::storag
 /// the extra `send` of a reply in pieces.
 pub const MAPPED_VALUE_MIN_BYTES: usize = 16 << 10;
 
+/// Most values one connection's pending replies hold in their mappings; later ones are
+/// copied. A held item keeps its whole segment file, even one that compaction or eviction
+/// has retired (its disk space is then outside the capacity accounting), for as long as the
+/// reply waits: a client that stops reading must not pin more than a few segments.
+pub const MAPPED_VALUES_PER_REPLY_MAX: usize = 8;
+
+/// The `VALUE` block of an item: copied into `out`, or, if `mapped` is given and the value
+/// large enough, its line in `out` and the item in `mapped`.
 fn value_reply(
     out: &mut Vec<u8>,
     item: MappedItem,
