@@ -568,13 +568,14 @@ fn value_reply(
     mapped: Option<&mut Vec<(usize, MappedItem)>>,
 ) {
     let cas = with_cas.then(|| item.cas());
+    let value = item.value();
     match mapped {
-        Some(mapped) if item.value().len() >= MAPPED_VALUE_MIN_BYTES => {
-            reply::value_header(out, item.key(), item.flags(), item.value().len(), cas);
+        Some(mapped) if value.len() >= MAPPED_VALUE_MIN_BYTES => {
+            reply::value_header(out, item.key(), item.flags(), value.len(), cas);
             mapped.push((out.len(), item));
             out.extend_from_slice(b"\r\n");
         }
-        _ => reply::value(out, item.key(), item.flags(), item.value(), cas),
+        _ => reply::value(out, item.key(), item.flags(), value, cas),
     }
 }
 
