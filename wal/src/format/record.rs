@@ -14,8 +14,9 @@
 //! is never a record (a record's `len` is never 0) and marks the end of a segment's records.
 
 use crate::constants::{
-    RECORD_ALIGN_BYTES, RECORD_CRC_OFFSET, RECORD_HEADER_LEN_BYTES, RECORD_KIND_OFFSET,
-    RECORD_LEN_OFFSET, RECORD_LSN_OFFSET, RECORD_RESERVED_OFFSET, RECORD_TERM_OFFSET,
+    KEY_LEN_MAX_BYTES, RECORD_ALIGN_BYTES, RECORD_CRC_OFFSET, RECORD_HEADER_LEN_BYTES,
+    RECORD_KIND_OFFSET, RECORD_LEN_OFFSET, RECORD_LSN_OFFSET, RECORD_RESERVED_OFFSET,
+    RECORD_TERM_OFFSET,
 };
 use crate::format::payload::{ArchivedDelete, ArchivedFlush, ArchivedPut, ArchivedTouch};
 use rkyv::{
@@ -392,20 +393,33 @@ pub fn check_record(segment: &[u8], offset: usize) -> RecordCheck<'_> {
 
 type LowValidator<'a> = Strategy<Validator<ArchiveValidator<'a>, ()>, Failure>;
 
-fn check_as<T>(payload: &[u8]) -> bool
+fn checked<T>(payload: &[u8]) -> Option<&T>
 where
     T: Portable + for<'a> rkyv::bytecheck::CheckBytes<LowValidator<'a>>,
 {
-    rkyv::api::low::access::<T, Failure>(payload).is_ok()
+    rkyv::api::low::access::<T, Failure>(payload).ok()
 }
 
-/// Whether `payload` is a valid archive of the payload type of `kind`.
+/// Whether a key read from a payload is one the store could have written: 1 to
+/// `KEY_LEN_MAX_BYTES` bytes (the index keeps its length in a byte).
+fn is_key_len(key: &[u8]) -> bool {
+    (1..=KEY_LEN_MAX_BYTES).contains(&key.len())
+}
+
+/// Whether `payload` is a valid archive of the payload type of `kind`, with keys of a valid
+/// length, and a put's key where FORMAT.md puts it: its first bytes, which the index reads
+/// without the archive's root.
 pub fn check_payload(kind: RecordKind, payload: &[u8]) -> bool {
     match kind {
-        RecordKind::Put => check_as::<ArchivedPut<'static>>(payload),
-        RecordKind::Delete => check_as::<ArchivedDelete<'static>>(payload),
-        RecordKind::Touch => check_as::<ArchivedTouch<'static>>(payload),
-        RecordKind::Flush => check_as::<ArchivedFlush>(payload),
+        RecordKind::Put => checked::<ArchivedPut<'static>>(payload).is_some_and(|put| {
+            let key = put.key.as_ref();
+            is_key_len(key) && std::ptr::eq(key.as_ptr(), payload.as_ptr())
+        }),
+        RecordKind::Delete => checked::<ArchivedDelete<'static>>(payload)
+            .is_some_and(|delete| is_key_len(delete.key.as_ref())),
+        RecordKind::Touch => checked::<ArchivedTouch<'static>>(payload)
+            .is_some_and(|touch| is_key_len(touch.key.as_ref())),
+        RecordKind::Flush => checked::<ArchivedFlush>(payload).is_some(),
     }
 }
 
@@ -422,6 +436,85 @@ mod tests {
     fn bytes_mut(buf: &mut [u128]) -> &mut [u8] {
         // SAFETY: u128 has no invalid bit patterns and u8 has alignment 1.
         unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u8>(), buf.len() * 16) }
+    }
+
+    /// A put payload for key `k` and value `vw` whose boxes are moved one byte on (key `v`,
+    /// value `w`): a valid archive, with the key where the index does not read it.
+    fn put_payload_with_key_moved() -> Vec<u128> {
+        let mut buf = aligned(256);
+        let dst = bytes_mut(&mut buf);
+        let body = Put {
+            key: b"k",
+            value: ValueParts::whole(b"vw"),
+            flags: 0,
+            expiry: 0,
+            cas: 1,
+        };
+        write_record(dst, 1, &body).expect("fits");
+        let payload_len = u32_at(dst, RECORD_LEN_OFFSET) as usize;
+        let payload = &mut dst[RECORD_HEADER_LEN_BYTES..RECORD_HEADER_LEN_BYTES + payload_len];
+        // The root's boxes (FORMAT.md): key then value, each an i32 offset from the box's own
+        // position and a u32 length.
+        let root = payload_len - size_of::<ArchivedPut<'static>>();
+        let key_box = root as i32;
+        let value_box = key_box + 8;
+        payload[root..root + 4].copy_from_slice(&(1 - key_box).to_le_bytes());
+        payload[root + 8..root + 12].copy_from_slice(&(2 - value_box).to_le_bytes());
+        payload[root + 12..root + 16].copy_from_slice(&1u32.to_le_bytes());
+        buf
+    }
+
+    #[test]
+    fn a_put_whose_key_is_not_first_in_its_payload_is_invalid() {
+        let mut buf = put_payload_with_key_moved();
+        let dst = bytes_mut(&mut buf);
+        let payload_len = u32_at(dst, RECORD_LEN_OFFSET) as usize;
+        let payload = &dst[RECORD_HEADER_LEN_BYTES..RECORD_HEADER_LEN_BYTES + payload_len];
+        let put = checked::<ArchivedPut<'static>>(payload).expect("still a valid archive");
+        assert_eq!(
+            (put.key.as_ref(), put.value.as_ref()),
+            (&b"v"[..], &b"w"[..])
+        );
+        assert!(!check_payload(RecordKind::Put, payload));
+    }
+
+    #[test]
+    fn keys_of_a_length_the_store_never_writes_are_invalid() {
+        let mut buf = aligned(1024);
+        let dst = bytes_mut(&mut buf);
+        for key_len in [0usize, KEY_LEN_MAX_BYTES + 1] {
+            let key = vec![b'k'; key_len];
+            let put = Put {
+                key: &key,
+                value: ValueParts::whole(b"v"),
+                flags: 0,
+                expiry: 0,
+                cas: 1,
+            };
+            let delete = Delete {
+                key: &key,
+                since_segment: 1,
+            };
+            let touch = Touch {
+                key: &key,
+                cas: 1,
+                expiry: 0,
+            };
+            for len in [
+                write_record(dst, 1, &put),
+                write_record(dst, 1, &delete),
+                write_record(dst, 1, &touch),
+            ] {
+                len.expect("fits");
+                assert!(
+                    matches!(
+                        check_record(dst, 0),
+                        RecordCheck::Invalid(InvalidRecord::BadPayload { .. })
+                    ),
+                    "a {key_len}-byte key"
+                );
+            }
+        }
     }
 
     #[test]

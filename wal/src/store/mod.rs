@@ -326,9 +326,15 @@ impl State {
         expiry: u32,
     ) {
         let id = segment.id32();
+        let key_len_u8 = u8::try_from(key_len).unwrap_or_else(|_| {
+            unreachable!(
+                "a {key_len}-byte key: keys are checked before writing, records when validated"
+            )
+        });
         let previous = self.index.upsert(
             segments,
             hash,
+            key_len,
             |stored| stored == key(),
             |previous| Entry {
                 segment: id,
@@ -336,6 +342,7 @@ impl State {
                 expiry,
                 since: previous.map_or(id, |p| p.since.min(id)),
                 touch_segment: 0,
+                key_len: key_len_u8,
             },
         );
         if let Some(previous) = &previous {
