@@ -500,18 +500,21 @@ mod tests {
                 cas: 1,
                 expiry: 0,
             };
-            for len in [
-                write_record(dst, 1, &put),
-                write_record(dst, 1, &delete),
-                write_record(dst, 1, &touch),
-            ] {
-                len.expect("fits");
+            // Each record is checked right after it is written: they share the buffer.
+            for kind in [RecordKind::Put, RecordKind::Delete, RecordKind::Touch] {
+                dst.fill(0);
+                match kind {
+                    RecordKind::Put => write_record(dst, 1, &put),
+                    RecordKind::Delete => write_record(dst, 1, &delete),
+                    _ => write_record(dst, 1, &touch),
+                }
+                .expect("fits");
                 assert!(
                     matches!(
                         check_record(dst, 0),
                         RecordCheck::Invalid(InvalidRecord::BadPayload { .. })
                     ),
-                    "a {key_len}-byte key"
+                    "a {kind:?} with a {key_len}-byte key"
                 );
             }
         }

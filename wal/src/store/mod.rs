@@ -1016,7 +1016,8 @@ impl<S: Storage> Store<S> {
         }
         let hash = self.state.index.hash(key);
         // Only the conditional modes look at the current item before writing: a plain set
-        // replaces whatever is there, and skipping the look saves reading the old record.
+        // replaces whatever is there, and skipping the look saves a probe and the read of the
+        // old record's CAS (at the end of the record, past its value).
         let live = match mode {
             SetMode::Set => None,
             _ => self.live_entry(hash, key, now),
