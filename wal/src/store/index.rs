@@ -62,14 +62,24 @@ pub(crate) trait SegmentLookup<F> {
     fn segment(&self, id: u32) -> Option<&Rc<Segment<F>>>;
 }
 
+/// The segment an entry's put record is in. Index entries only point into live segments: a
+/// missing one is a bug, not a state to handle.
+pub(crate) fn segment_of<'a, F: SegmentFile>(
+    segments: &'a impl SegmentLookup<F>,
+    entry: &Entry,
+) -> &'a Rc<Segment<F>> {
+    let Some(segment) = segments.segment(entry.segment) else {
+        panic!("index entry points to missing segment {}", entry.segment);
+    };
+    segment
+}
+
 /// The put record an entry points to.
 pub(crate) fn put_of<'a, F: SegmentFile>(
     segments: &'a impl SegmentLookup<F>,
     entry: &Entry,
 ) -> &'a ArchivedPut<'static> {
-    let Some(segment) = segments.segment(entry.segment) else {
-        panic!("index entry points to missing segment {}", entry.segment);
-    };
+    let segment = segment_of(segments, entry);
     // SAFETY: index entries only ever point at validated put records of live segments.
     match unsafe { segment.record(entry.offset()).body_unchecked() } {
         Body::Put(put) => put,
@@ -83,9 +93,7 @@ pub(crate) fn key_of<'a, F: SegmentFile>(
     segments: &'a impl SegmentLookup<F>,
     entry: &Entry,
 ) -> &'a [u8] {
-    let Some(segment) = segments.segment(entry.segment) else {
-        panic!("index entry points to missing segment {}", entry.segment);
-    };
+    let segment = segment_of(segments, entry);
     let start = entry.offset() + RECORD_HEADER_LEN_BYTES;
     let key = segment.slice(start, start + usize::from(entry.key_len));
     debug_assert_eq!(key, put_of(segments, entry).key.as_ref());

@@ -36,7 +36,7 @@ use crate::log::{
 };
 use crate::storage::Storage;
 use expiry::{expiry_from_exptime, is_expired};
-use index::{Entry, Index, SegmentLookup, put_of};
+use index::{Entry, Index, SegmentLookup, put_of, segment_of};
 use std::rc::Rc;
 
 /// memcached's default item size limit.
@@ -796,9 +796,7 @@ impl<S: Storage> Store<S> {
     }
 
     fn item(&self, entry: &Entry) -> Item<S::File> {
-        let Some(segment) = self.log.segment(u64::from(entry.segment)) else {
-            panic!("index entry points to missing segment {}", entry.segment);
-        };
+        let segment = segment_of(&self.log, entry);
         Item {
             segment: Rc::clone(segment),
             offset: entry.offset(),
