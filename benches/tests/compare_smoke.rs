@@ -25,6 +25,7 @@ fn compare_smoke_produces_the_table() {
         "| 1:10 SET:GET, pipeline 16 | terrace-temp / memcached |",
         "| SET-only, pipeline 1 | terrace-perm / redis-always |",
         "| SET-only, pipeline 1 | terrace-perm / redis-everysec |",
+        "| SET-only, pipeline 1, 1 shard | terrace-perm-1log / redis-always |",
         "permanent-store SET rate / its own temporary-swap-only SET rate",
         "4 KiB append + fdatasync p50",
     ] {
