@@ -65,3 +65,17 @@ const _: () = assert!(SHARDS_DEFAULT <= SHARDS_MAX);
 /// Online-backup cuts an executor holds at once (each pins segments against removal until
 /// it is released or its connection closes).
 pub const BACKUP_CUTS_MAX: usize = 4;
+
+/// The file a new permanent-store data dir's flush probe writes (and removes).
+pub const FLUSH_PROBE_FILE: &str = "flush-probe.tmp";
+
+/// 4 KiB write + fdatasync rounds of the flush probe; the median is reported.
+pub const FLUSH_PROBE_ROUNDS: usize = 16;
+
+/// A disk flush at least this slow (µs) makes many logs per core slower than few: every log
+/// flushes on its own, and the device merges none of them (README, "Choosing
+/// storage.shards for permanent-store"; measured on disks of 213-232 µs and 60-64 µs).
+pub const SLOW_FLUSH_MICROS: u64 = 150;
+
+/// Logs per core above which start-up warns on a slow-flush disk (1 and 2 measured best).
+pub const SLOW_FLUSH_LOGS_PER_CORE: usize = 2;

@@ -146,6 +146,8 @@ pub fn read_meta(path: &Path) -> Result<Option<Meta>, DataDirError> {
 pub struct DataDir {
     path: PathBuf,
     shards: u32,
+    /// It had no meta file: this start created it (and fixed its shard count).
+    created: bool,
     /// Held for as long as the data dir is open.
     _lock: DataDirLock,
 }
@@ -256,8 +258,14 @@ impl DataDir {
         Ok(Self {
             path,
             shards: settings.shards,
+            created: meta.is_none(),
             _lock: lock,
         })
+    }
+
+    /// Whether this start created the data dir (its shard count was fixed just now).
+    pub fn created(&self) -> bool {
+        self.created
     }
 
     /// The directory.

@@ -1,7 +1,12 @@
 //! Checks before start-up, each failing with a message that says what to do: io_uring is
-//! usable, the memlock limit is enough for glommio, the CPUs to pin executors to.
+//! usable, the memlock limit is enough for glommio, the CPUs to pin executors to; and, for a
+//! new permanent-store data dir, what a disk flush costs there.
 
-use crate::constants::{EXECUTOR_IO_MEMORY_BYTES, GLOMMIO_MEMLOCK_MIN_BYTES};
+use crate::constants::{
+    EXECUTOR_IO_MEMORY_BYTES, FLUSH_PROBE_FILE, FLUSH_PROBE_ROUNDS, GLOMMIO_MEMLOCK_MIN_BYTES,
+};
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// A start-up check that failed.
 #[derive(Debug, thiserror::Error)]
@@ -90,4 +95,79 @@ pub fn pick_cpus(cores: usize) -> Result<Vec<usize>, PreflightError> {
         });
     }
     Ok(allowed[..cores].to_vec())
+}
+
+/// The median time of a 4 KiB write + fdatasync in `dir`, over `FLUSH_PROBE_ROUNDS` rounds
+/// (a few ms on a slow disk). Each round appends, as a log does, so each fdatasync has data
+/// to write. The probe file is removed afterwards (and first, if a crash left it).
+pub fn measure_flush(dir: &Path) -> std::io::Result<Duration> {
+    use std::os::unix::fs::FileExt as _;
+    let path = dir.join(FLUSH_PROBE_FILE);
+    let _ = std::fs::remove_file(&path);
+    let result = (|| {
+        let file = std::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .open(&path)?;
+        let page = [0x5au8; 4096];
+        let mut rounds = Vec::with_capacity(FLUSH_PROBE_ROUNDS);
+        for round in 0..FLUSH_PROBE_ROUNDS {
+            let start = Instant::now();
+            file.write_all_at(&page, (round * page.len()) as u64)?;
+            file.sync_data()?;
+            rounds.push(start.elapsed());
+        }
+        rounds.sort();
+        Ok(rounds[rounds.len() / 2])
+    })();
+    let _ = std::fs::remove_file(&path);
+    result
+}
+
+/// What to tell an operator about a new permanent-store data dir's shard count, given the
+/// flush time measured there: a warning when the disk's flush is slow and there are more
+/// than `SLOW_FLUSH_LOGS_PER_CORE` logs per core (each log flushes on its own, and the device
+/// merges none of them), else `None`.
+pub fn shards_advice(flush: Duration, shards: u32, executors: usize) -> Option<String> {
+    use crate::constants::{SLOW_FLUSH_LOGS_PER_CORE, SLOW_FLUSH_MICROS};
+    let slow = flush >= Duration::from_micros(SLOW_FLUSH_MICROS);
+    let many = shards as usize > SLOW_FLUSH_LOGS_PER_CORE * executors.max(1);
+    (slow && many).then(|| {
+        format!(
+            "a 4 KiB write + fdatasync on this disk takes {} us: with {shards} shards on {executors} \
+             cores each core runs {:.0} logs that flush on their own, and permanent-store will \
+             spend its cores on flushes; on such a disk one shard per core is faster \
+             (storage.shards = {executors}; the count is fixed when a data dir is created, so \
+             start on a new one). README: \"Choosing storage.shards for permanent-store\"",
+            flush.as_micros(),
+            f64::from(shards) / executors.max(1) as f64,
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flush_probe_measures_and_leaves_nothing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let flush = measure_flush(dir.path()).expect("probe");
+        assert!(flush > Duration::ZERO);
+        let left: Vec<_> = std::fs::read_dir(dir.path()).expect("list").collect();
+        assert!(left.is_empty(), "the probe left {left:?}");
+    }
+
+    #[test]
+    fn advice_only_for_many_logs_on_a_slow_disk() {
+        let slow = Duration::from_micros(230);
+        let fast = Duration::from_micros(60);
+        let advice = shards_advice(slow, 8, 2).expect("8 shards on 2 cores, slow disk");
+        assert!(advice.contains("storage.shards = 2"), "{advice}");
+        assert!(advice.contains("230 us"), "{advice}");
+        assert_eq!(shards_advice(slow, 2, 2), None);
+        assert_eq!(shards_advice(slow, 4, 2), None);
+        assert_eq!(shards_advice(fast, 8, 2), None);
+        assert!(shards_advice(slow, 8, 1).is_some());
+    }
 }

@@ -78,6 +78,31 @@ struct Control {
     drained: AtomicUsize,
 }
 
+/// Measures a disk flush in a data dir this start created, logs it, and warns when the shard
+/// count just fixed is a poor fit for it. Advisory: a failed probe is logged, not fatal (the
+/// logs' own fsyncs decide whether the disk works).
+fn probe_flush(data: &DataDir, executors: usize) {
+    match crate::preflight::measure_flush(data.path()) {
+        Ok(flush) => {
+            tracing::info!(
+                data = %data.path().display(),
+                fdatasync_us = flush.as_micros() as u64,
+                "new data dir: a 4 KiB write + fdatasync there takes {} us (median of {})",
+                flush.as_micros(),
+                crate::constants::FLUSH_PROBE_ROUNDS
+            );
+            if let Some(advice) = crate::preflight::shards_advice(flush, data.shards(), executors) {
+                tracing::warn!(shards = data.shards(), cores = executors, "{advice}");
+            }
+        }
+        Err(error) => tracing::warn!(
+            data = %data.path().display(),
+            %error,
+            "cannot measure a disk flush in the new data dir"
+        ),
+    }
+}
+
 /// How long a client port that answers is probed again before start-up fails.
 const LISTEN_PROBE_PATIENCE: Duration = Duration::from_secs(3);
 
@@ -107,6 +132,9 @@ pub fn run(settings: Settings, options: RunOptions) -> Result<(), ServerError> {
         item_size_max = settings.item_size_max_bytes,
         "Terrace server starting"
     );
+    if settings.persistence == Persistence::PermanentStore && data.created() {
+        probe_flush(&data, executors);
+    }
 
     let group = crate::cluster::Group::new(
         &settings.name,

@@ -10,6 +10,63 @@ use std::io::{Read as _, Write as _};
 use std::process::Command;
 use std::time::Duration;
 
+/// Kills the server it holds when dropped, so that a failing test stops what it started.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The embedded default's data dir is relative (`./terrace-data`): both modes must start on
+/// it (glommio's `Directory::open` refused relative paths with EBADF, and the server with
+/// no arguments did not start).
+#[test]
+fn the_embedded_default_data_dir_and_relative_paths_work() {
+    use std::io::BufRead as _;
+    use std::process::Stdio;
+    for (persistence, data) in [
+        ("temporary-swap-only", None),
+        ("permanent-store", None),
+        ("permanent-store", Some("relative/dir")),
+    ] {
+        let cwd = tempfile::tempdir().unwrap();
+        let port = common::free_port();
+        let mut command = Command::new(common::server_binary());
+        command
+            .current_dir(cwd.path())
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--cores", "1"])
+            .args(["--persistence", persistence])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if let Some(data) = data {
+            command.args(["--data", data]);
+        }
+        let mut server = KillOnDrop(command.spawn().expect("spawn terrace-server"));
+        let stdout = server.0.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+        assert!(
+            line.contains("listening on"),
+            "{persistence}, data {data:?}: no start ({line:?}, {:?})",
+            server.0.try_wait()
+        );
+        let mut c = common::Client::connect(port);
+        assert_eq!(c.set("k", "v"), "STORED\r\n");
+        assert_eq!(c.get("k").as_deref(), Some("v"));
+        let dir = cwd.path().join(data.unwrap_or("terrace-data"));
+        assert!(dir.join("terrace-meta.toml").exists(), "no data in {dir:?}");
+    }
+}
+
 #[test]
 fn permanent_store_survives_sigterm_and_restart_with_flags_expiry_and_cas() {
     let dir = tempfile::tempdir().unwrap();
@@ -26,6 +83,11 @@ fn permanent_store_survives_sigterm_and_restart_with_flags_expiry_and_cas() {
     let status = server.terminate();
     assert!(status.success(), "SIGTERM exit: {status:?}");
     assert!(server.log().contains("stopped cleanly"));
+    // A new permanent-store data dir gets its disk flush measured, and the probe's file is
+    // gone.
+    let probe = "new data dir: a 4 KiB write + fdatasync there takes";
+    assert_eq!(server.log().matches(probe).count(), 1, "{}", server.log());
+    assert!(!dir.path().join("data").join("flush-probe.tmp").exists());
 
     server.restart();
     let mut c = server.connect();
@@ -37,6 +99,8 @@ fn permanent_store_survives_sigterm_and_restart_with_flags_expiry_and_cas() {
     assert_eq!(c.get("gone"), None);
     // The expiries came back as set: the touched one is still far in the future.
     assert!(server.log().contains("shard recovered"));
+    // Only a data dir the start created is probed.
+    assert_eq!(server.log().matches(probe).count(), 1);
 }
 
 /// A `noreply` write for another core's shard is only handed over when the connection moves

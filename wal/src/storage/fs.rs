@@ -30,7 +30,13 @@ pub struct FsStorage {
 impl FsStorage {
     /// Opens (creating it if needed) the shard directory `dir`.
     pub async fn open(dir: impl AsRef<Path>) -> Result<Self, WalError> {
-        let dir = dir.as_ref().to_path_buf();
+        // Absolute: glommio's `Directory::open` passes a relative path to openat(2) with no
+        // directory fd, which fails with EBADF (the embedded default data dir is relative).
+        let dir = std::path::absolute(dir.as_ref()).map_err(|source| WalError::Io {
+            op: "resolve shard directory",
+            path: dir.as_ref().to_path_buf(),
+            source,
+        })?;
         std::fs::create_dir_all(&dir).map_err(|source| WalError::Io {
             op: "create shard directory",
             path: dir.clone(),
