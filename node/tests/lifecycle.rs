@@ -10,56 +10,21 @@ use std::io::{Read as _, Write as _};
 use std::process::Command;
 use std::time::Duration;
 
-/// Kills the server it holds when dropped, so that a failing test stops what it started.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The embedded default's data dir is relative (`./terrace-data`): both modes must start on
 /// it (glommio's `Directory::open` refused relative paths with EBADF, and the server with
 /// no arguments did not start).
 #[test]
 fn the_embedded_default_data_dir_and_relative_paths_work() {
-    use std::io::BufRead as _;
-    use std::process::Stdio;
     for (persistence, data) in [
         ("temporary-swap-only", None),
         ("permanent-store", None),
         ("permanent-store", Some("relative/dir")),
     ] {
         let cwd = tempfile::tempdir().unwrap();
-        let port = common::free_port();
-        let mut command = Command::new(common::server_binary());
-        command
-            .current_dir(cwd.path())
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--cores", "1"])
-            .args(["--persistence", persistence])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        if let Some(data) = data {
-            command.args(["--data", data]);
-        }
-        let mut server = KillOnDrop(command.spawn().expect("spawn terrace-server"));
-        let stdout = server.0.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
-        assert!(
-            line.contains("listening on"),
-            "{persistence}, data {data:?}: no start ({line:?}, {:?})",
-            server.0.try_wait()
-        );
-        let mut c = common::Client::connect(port);
+        let mut args = vec!["--cores", "1", "--persistence", persistence];
+        args.extend(data.iter().flat_map(|data| ["--data", data]));
+        let server = Server::start_default_in(cwd.path(), &args);
+        let mut c = server.connect();
         assert_eq!(c.set("k", "v"), "STORED\r\n");
         assert_eq!(c.get("k").as_deref(), Some("v"));
         let dir = cwd.path().join(data.unwrap_or("terrace-data"));

@@ -164,7 +164,10 @@ servers = ["s1", "s2"]
 pub struct Server {
     pub child: Option<Child>,
     pub port: u16,
-    pub config: PathBuf,
+    /// The `-f` config; none: the embedded default.
+    pub config: Option<PathBuf>,
+    /// The working directory relative paths resolve from; none: the test's own.
+    pub cwd: Option<PathBuf>,
     pub extra_args: Vec<String>,
     pub stderr_log: PathBuf,
 }
@@ -180,10 +183,27 @@ impl Server {
         let mut server = Self {
             child: None,
             port,
-            config: config.to_path_buf(),
+            config: Some(config.to_path_buf()),
+            cwd: None,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             // One log per server: several may share a config (a mirror group).
             stderr_log: config.with_extension(format!("{port}.stderr.log")),
+        };
+        server.restart();
+        server
+    }
+
+    /// Starts a server with no config (the embedded default, as `terrace-server` with no
+    /// arguments) in the working directory `cwd`, on a free port; waits until it listens.
+    pub fn start_default_in(cwd: &Path, extra_args: &[&str]) -> Self {
+        let port = free_port();
+        let mut server = Self {
+            child: None,
+            port,
+            config: None,
+            cwd: Some(cwd.to_path_buf()),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            stderr_log: cwd.join(format!("{port}.stderr.log")),
         };
         server.restart();
         server
@@ -197,9 +217,14 @@ impl Server {
             .append(true)
             .open(&self.stderr_log)
             .expect("stderr log");
-        let mut child = Command::new(server_binary())
-            .arg("-f")
-            .arg(&self.config)
+        let mut command = Command::new(server_binary());
+        if let Some(config) = &self.config {
+            command.arg("-f").arg(config);
+        }
+        if let Some(cwd) = &self.cwd {
+            command.current_dir(cwd);
+        }
+        let mut child = command
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
             .args(&self.extra_args)

@@ -1259,6 +1259,14 @@ impl UringCommon for SleepableRing {
     }
 }
 
+/// terrace patch: whether the timer held in `slot` is still with the kernel.
+fn timer_pending(slot: &Cell<Option<Source>>) -> bool {
+    let timer = slot.take();
+    let pending = timer.as_ref().is_some_and(Source::is_pending);
+    slot.set(timer);
+    pending
+}
+
 /// terrace patch: how much later than asked a kept latency-ring timer may fire. The
 /// deadlines compared are computed at different moments, a few microseconds apart.
 const LATENCY_TIMER_SLACK: Duration = Duration::from_micros(100);
@@ -1874,13 +1882,7 @@ impl Reactor {
         // throughput timer that is still pending is kept: it then fires after
         // `ring_depth` completions counted from its arming rather than from this pass,
         // which only preempts a little earlier.
-        let throughput_pending = {
-            let timer = self.throughput_preemption_timeout_src.take();
-            let pending = timer.as_ref().is_some_and(Source::is_pending);
-            self.throughput_preemption_timeout_src.set(timer);
-            pending
-        };
-        if !throughput_pending {
+        if !timer_pending(&self.throughput_preemption_timeout_src) {
             self.throughput_preemption_timeout_src.replace(Some(
                 main_ring.prepare_throughput_preemption_timer(
                     self.ring_depth() as u32,
@@ -1965,11 +1967,10 @@ impl Reactor {
     /// before sleeping) is pending and fires within `within` from now, give or take
     /// `LATENCY_TIMER_SLACK`.
     fn latency_timer_fires_by(&self, within: Duration) -> bool {
-        let timer = self.latency_preemption_timeout_src.take();
-        let pending = timer.as_ref().is_some_and(Source::is_pending);
-        self.latency_preemption_timeout_src.set(timer);
         match self.latency_timer_expiry.get() {
-            Some(expiry) if pending => expiry <= Instant::now() + within + LATENCY_TIMER_SLACK,
+            Some(expiry) if timer_pending(&self.latency_preemption_timeout_src) => {
+                expiry <= Instant::now() + within + LATENCY_TIMER_SLACK
+            }
             _ => false,
         }
     }
