@@ -1325,7 +1325,13 @@ impl LocalExecutor {
         loop {
             self.reactor.sys.install_eventfd();
             if self.need_preempt() {
-                break;
+                // terrace patch: a preemption that fired before any queue ran (a latency-ring
+                // timer kept across reactor passes can fire just after the reactor looked)
+                // must not read as "nothing to run": the executor would park with runnable
+                // tasks, and sleep for good if no timer is left to wake it. Report the
+                // active queues as work, so that the executor polls (which consumes the
+                // preemption) and comes back here.
+                return ran || !self.queues.borrow().active_executors.is_empty();
             }
             if !self.run_one_task_queue() {
                 return false;
@@ -1333,7 +1339,6 @@ impl LocalExecutor {
                 ran = true;
             }
         }
-        ran
     }
 
     fn run_one_task_queue(&self) -> bool {
