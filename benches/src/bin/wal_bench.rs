@@ -299,6 +299,33 @@ fn sync_everything() {
     unsafe { libc_sync() };
 }
 
+/// Lets an opened (and dropped) shard's background work end before the next measurement:
+/// the log prepares its tail and a spare segment after opening (zeros written on threads of
+/// its own, never synced in a log that does not sync) and unmaps on another thread. Left
+/// running, that work would compete with the next read for the CPUs, and the next open
+/// would pay for its writeback: recovery makes the newest segment durable, and here that
+/// meant flushing the previous open's zeros (~100 ms, a third of a warm open). A restart in
+/// permanent-store finds those zeros already durable (they are written with a sync there).
+fn settle_after_open() {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while log_threads_running() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    sync_everything();
+}
+
+/// Whether a thread of the log's background work (preparing or unmapping segments) runs.
+fn log_threads_running() -> bool {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return false;
+    };
+    tasks.flatten().any(|task| {
+        std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| {
+            comm.starts_with("terrace-prepare") || comm.starts_with("terrace-unmap")
+        })
+    })
+}
+
 /// Drops the page cache so the next reads come from the disk. Returns whether it could.
 fn drop_caches() -> bool {
     sync_everything();
@@ -516,8 +543,10 @@ async fn run(mut args: Args) -> Result<Vec<Row>> {
         let read_cold = read_files(&shard)?;
         drop_caches();
         let open_cold = open_shard(&shard, segment).await?;
+        settle_after_open();
         let read_warm = read_files(&shard)?;
         let open_warm = open_shard(&shard, segment).await?;
+        settle_after_open();
         let label = if cold {
             "cold cache"
         } else {
