@@ -530,7 +530,11 @@ enum DeferredKind {
 /// Records deferred before they are applied: a bounded buffer (32 bytes a record, twice over
 /// with the sort's scratch space: 16 MiB while a shard opens), sorted as a batch. Larger
 /// batches walk the table more nearly in order: 2^14 records opened 1 GiB in ~0.38 s, 2^16
-/// in ~0.37 s, 2^18 in ~0.33 s (wal-bench, warm cache).
+/// in ~0.37 s, 2^18 in ~0.33 s (wal-bench, warm cache). A batch spans segments: applied at
+/// every segment's end as well, batches held one segment's records (~31k of 1 KiB in 32 MiB)
+/// and the warm open took 0.348 s against 0.314 s (medians, 2026-12-06). Larger still is
+/// slower (2^20: 0.375 s): the last batch is applied after the checking thread has finished,
+/// instead of alongside it.
 const REPLAY_BATCH_RECORDS: usize = 1 << 18;
 
 /// The key of a validated put, delete or touch record.
@@ -662,7 +666,6 @@ impl<S: Storage> Store<S> {
                         .index
                         .reserve(&seen, estimate.saturating_sub(state.index.len()));
                 }
-                state.apply_deferred(&seen, &mut deferred, &mut scratch);
                 seen.segments.push(Rc::clone(segment));
             }
             records += 1;
