@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use terrace_wal::format::record::put_record_len_max;
 use terrace_wal::format::{Put, ValueParts};
 use terrace_wal::log::{AppendClass, Durability, Log, LogConfig, RecoveryPolicy};
-use terrace_wal::storage::FsStorage;
+use terrace_wal::storage::{FsStorage, PREPARE_THREAD_NAME, UNMAP_THREAD_NAME};
 use terrace_wal::store::{SetMode, Store, StoreConfig, SystemClock, WhenFull};
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
@@ -57,7 +57,8 @@ struct Args {
     /// Seconds each durable-append configuration runs (per repetition).
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
-    /// Repetitions of the durable and volatile parts and of the warm-cache open; the median is reported.
+    /// Repetitions of the durable and volatile parts and of the warm-cache open; the median
+    /// is reported.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
     /// Bytes appended by the volatile part, which also become the shard the recovery part
@@ -308,7 +309,13 @@ fn sync_everything() {
 /// permanent-store finds those zeros already durable (they are written with a sync there).
 fn settle_after_open() {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while log_threads_running() && Instant::now() < deadline {
+    while log_threads_running() {
+        if Instant::now() >= deadline {
+            eprintln!(
+                "wal-bench: the log's background threads still run after 30 s; measuring anyway"
+            );
+            break;
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
     sync_everything();
@@ -321,7 +328,8 @@ fn log_threads_running() -> bool {
     };
     tasks.flatten().any(|task| {
         std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| {
-            comm.starts_with("terrace-prepare") || comm.starts_with("terrace-unmap")
+            let comm = comm.trim_end();
+            comm == PREPARE_THREAD_NAME || comm == UNMAP_THREAD_NAME
         })
     })
 }

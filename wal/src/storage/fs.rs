@@ -183,7 +183,7 @@ impl FsStorage {
         let preparing = Arc::clone(&file.preparing);
         let own = file.keep.try_clone()?;
         std::thread::Builder::new()
-            .name("terrace-prepare".into())
+            .name(PREPARE_THREAD_NAME.into())
             .spawn(move || {
                 let _done = MarkDone(&preparing);
                 // At normal priority: allocating takes filesystem locks, and so does populating.
@@ -417,6 +417,16 @@ impl Preparing {
     }
 }
 
+/// Name of the threads that allocate and zero-fill segments ahead of need (tools that wait
+/// for the log's background work to end look for it).
+pub const PREPARE_THREAD_NAME: &str = "terrace-prepare";
+
+/// Name of the threads that unmap and close dropped segments.
+pub const UNMAP_THREAD_NAME: &str = "terrace-unmap";
+
+// Linux keeps 15 bytes of a thread's name: longer ones would not match in /proc.
+const _: () = assert!(PREPARE_THREAD_NAME.len() <= 15 && UNMAP_THREAD_NAME.len() <= 15);
+
 /// How much of a segment one `madvise` call prepares (see `FsStorage::prepare`) or releases
 /// (see `release_pages`).
 const PREPARE_PIECE_BYTES: usize = 1 << 20;
@@ -567,7 +577,7 @@ impl Drop for FsSegment {
         };
         // If no thread can be started, the closure (and the mapping) is dropped right here.
         let _ = std::thread::Builder::new()
-            .name("terrace-unmap".into())
+            .name(UNMAP_THREAD_NAME.into())
             .spawn(move || {
                 run_in_background(0);
                 if let Some(map) = Arc::into_inner(map) {

@@ -12,7 +12,7 @@
 mod fs;
 mod sim;
 
-pub use fs::{FsSegment, FsStorage};
+pub use fs::{FsSegment, FsStorage, PREPARE_THREAD_NAME, UNMAP_THREAD_NAME};
 pub use sim::{SimCrashOptions, SimDisk, SimStorage};
 
 use crate::error::WalError;
