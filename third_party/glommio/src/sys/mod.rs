@@ -306,9 +306,15 @@ impl SleepNotifier {
     }
 
     pub(crate) fn notify(&self, force: bool) {
+        // terrace patch: this fence pairs with the one in `Reactor::wait` after
+        // `prepare_to_sleep` (it replaces a `membarrier` there). The caller has just
+        // published work (a channel item, a waker, a blocking call's result); either this
+        // load sees `should_notify` set, or the sleeping side's look at its queues after its
+        // own fence sees that work.
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self
             .should_notify
-            .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)
+            .compare_exchange(true, false, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok()
             || force
         {
@@ -343,7 +349,7 @@ impl SleepNotifier {
         // This will allow this `eventfd` to be notified. This should not happen
         // for the placeholder (disconnected) case.
         assert_ne!(self.id, usize::MAX);
-        self.should_notify.store(true, Ordering::Relaxed);
+        self.should_notify.store(true, Ordering::SeqCst);
     }
 
     pub(super) fn wake_up(&self) {
