@@ -172,6 +172,32 @@ fn random_bits_of_every_sealed_record_are_checked() {
 }
 
 #[test]
+fn of_several_damaged_segments_the_first_in_log_order_is_named() {
+    // Segments are checked by two threads, each taking the next unchecked one, so a later
+    // segment's damage can be found first; the error must still name the earliest, as a
+    // single pass would. Every pair of damaged segments among the sealed ones.
+    run(|| async {
+        let seed = 0xC0_0003;
+        let (image, records) = build_sim_log(seed, SEGMENT_BYTES, 8, 8).await;
+        let ids = ids(&image);
+        let sealed = &ids[..ids.len() - 1];
+        assert!(sealed.len() >= 7, "seed {seed:#x}: {} segments", ids.len());
+        for (i, &first) in sealed.iter().enumerate() {
+            for &later in &sealed[i + 1..] {
+                let mut damaged = image.clone();
+                for id in [first, later] {
+                    let last = records_of(&records, id).pop().expect("records");
+                    damaged.get_mut(&id).expect("segment")[last.offset + RECORD_CRC_OFFSET] ^= 1;
+                }
+                let last_of_first = records_of(&records, first).pop().expect("records");
+                let what = format!("seed {seed:#x}: segments {first} and {later} damaged");
+                expect_corrupt(&damaged, first, last_of_first.offset, &what).await;
+            }
+        }
+    });
+}
+
+#[test]
 fn non_zero_byte_after_the_last_record_of_a_sealed_segment_is_corruption() {
     run(|| async {
         let seed = 0xC0_0003;

@@ -18,7 +18,10 @@ mod segment;
 
 pub use cursor::{FellBehind, LogCursor};
 pub use group_commit::{Durability, GroupCommit};
-pub use recovery::{RecordVisitor, RecoveryPolicy, RecoveryReport, TornTail};
+pub use recovery::{
+    PreparedVisitor, RecordPreparer, RecordVisitor, RecoveredRecord, RecoveryPolicy,
+    RecoveryReport, TornTail,
+};
 pub use segment::{Segment, SegmentRecords};
 
 use crate::constants::{
@@ -26,7 +29,7 @@ use crate::constants::{
     SEGMENT_SIZE_MAX_BYTES, SEGMENT_SIZE_MIN_BYTES,
 };
 use crate::error::WalError;
-use crate::format::{RecordBody, write_record_in_term};
+use crate::format::{RecordBody, record_at_unchecked, write_record_in_term};
 use crate::storage::{Preparation, SegmentFile as _, SegmentId, Storage};
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -230,9 +233,29 @@ impl<S: Storage> Log<S> {
         policy: RecoveryPolicy,
         visit: &mut RecordVisitor<'_, S::File>,
     ) -> Result<(Self, RecoveryReport), WalError> {
+        let mut visit_record = |segment: &Rc<Segment<S::File>>, at: RecoveredRecord, (): ()| {
+            // SAFETY: recovery validated the record at this offset of these bytes, which
+            // nothing has written since.
+            let record = unsafe { record_at_unchecked(segment.whole_mapping(), at.offset) };
+            visit(segment, at.offset, record);
+        };
+        Self::open_prepared(storage, config, policy, &|_| (), &mut visit_record).await
+    }
+
+    /// Opens the log as [`Log::open`] does, with the replay split in two: `prepare` sees every
+    /// valid record on the thread that checked it, right after the check, in no particular
+    /// order across segments; `visit` then gets, in log order, each record's place and what
+    /// `prepare` made of it, without reading the record again.
+    pub async fn open_prepared<P: Send>(
+        storage: S,
+        config: LogConfig,
+        policy: RecoveryPolicy,
+        prepare: &RecordPreparer<'_, P>,
+        visit: &mut PreparedVisitor<'_, S::File, P>,
+    ) -> Result<(Self, RecoveryReport), WalError> {
         config.validate()?;
         let storage = Rc::new(storage);
-        let recovered = recovery::recover(&*storage, policy, visit).await?;
+        let recovered = recovery::recover(&*storage, policy, prepare, visit).await?;
         let commit = GroupCommit::new(
             Rc::clone(&storage),
             config.durability,

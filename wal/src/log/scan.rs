@@ -156,6 +156,32 @@ impl LogScanner {
     /// before it. Feed its bytes to the cursor ([`SegmentCursor::advance`]) as they arrive,
     /// then finish with [`LogScanner::end_segment`].
     pub fn begin_segment(&self, header: &SegmentHeader) -> Result<SegmentCursor, Damage> {
+        self.check_follows(header)?;
+        Ok(SegmentCursor::new(header))
+    }
+
+    /// Takes the next activated segment as checked on its own ([`check_segment`], possibly
+    /// on another thread): the checks across segments first, exactly as
+    /// [`LogScanner::scan_segment`] makes them before it looks at the records, then the
+    /// segment's own result. Segments must be accepted in order.
+    pub fn accept(
+        &mut self,
+        header: &SegmentHeader,
+        checked: Result<SegmentScan, Damage>,
+    ) -> Result<SegmentScan, Damage> {
+        self.check_follows(header)?;
+        let scan = checked?;
+        assert_eq!(
+            (scan.id, scan.first_lsn),
+            (header.segment_id, header.first_lsn),
+            "a segment accepted with another segment's check"
+        );
+        self.note(&scan);
+        Ok(scan)
+    }
+
+    /// The checks of a segment against the segments before it.
+    fn check_follows(&self, header: &SegmentHeader) -> Result<(), Damage> {
         let id = header.segment_id;
         if header.first_lsn <= self.last_lsn {
             return Err(Damage {
@@ -184,13 +210,15 @@ impl LogScanner {
                 ),
             });
         }
-        Ok(SegmentCursor {
-            id,
-            first_lsn: header.first_lsn,
-            offset: SEGMENT_HEADER_LEN_BYTES,
-            expected_lsn: header.first_lsn,
-            records: 0,
-        })
+        Ok(())
+    }
+
+    /// Remembers a scanned segment for the checks of the ones after it.
+    fn note(&mut self, scan: &SegmentScan) {
+        if scan.records > 0 {
+            self.last_lsn = scan.last_lsn;
+        }
+        self.previous = Some((scan.id, scan.records_end));
     }
 
     /// Finishes a segment: `bytes` is all of it (as for [`LogScanner::scan_segment`]), and
@@ -202,77 +230,99 @@ impl LogScanner {
         bytes: &[u8],
         is_newest: bool,
     ) -> Result<SegmentScan, Damage> {
-        let SegmentCursor {
-            id,
-            first_lsn,
-            offset,
-            expected_lsn,
-            records,
-        } = cursor;
-        let damage = |offset: usize, reason: String| Damage {
-            segment: id,
-            offset: offset as u64,
-            reason,
-        };
-        let stop = match check_record(bytes, offset) {
-            RecordCheck::End => None,
-            RecordCheck::Invalid(reason) => Some(reason),
-            // `advance` stops at a valid record only when its LSN is not the next one.
-            RecordCheck::Valid(record) => {
-                assert_ne!(
-                    record.lsn, expected_lsn,
-                    "segment {id}: end_segment before the cursor advanced over all bytes"
-                );
-                Some(InvalidRecord::LsnOutOfSequence {
-                    found: record.lsn,
-                    expected: expected_lsn,
-                })
-            }
-        };
-        // After the last whole record, a segment holds only zeros, unless it is the newest and
-        // a sync was cut short.
-        let rest = &bytes[offset..];
-        let torn = match last_nonzero(rest).map(|i| offset + i + 1) {
-            Some(end) => {
-                if !is_newest {
-                    return Err(match stop {
-                        Some(reason) => damage(offset, reason.to_string()),
-                        None => damage(
-                            offset + first_nonzero(rest).unwrap_or(0),
-                            "non-zero bytes after the last record".to_string(),
-                        ),
-                    });
-                }
-                Some(TornRegion {
-                    offset,
-                    end,
-                    reason: stop,
-                })
-            }
-            None => {
-                // An invalid record made only of zero bytes cannot exist (a zero header ends
-                // the records).
-                assert!(
-                    stop.is_none(),
-                    "invalid record of zero bytes in segment {id}"
-                );
-                None
-            }
-        };
-        let last_lsn = expected_lsn - 1;
-        if records > 0 {
-            self.last_lsn = last_lsn;
-        }
-        self.previous = Some((id, offset));
-        Ok(SegmentScan {
-            id,
-            first_lsn,
-            last_lsn,
-            records_end: offset,
-            records,
-            torn,
-        })
+        let scan = finish_segment(cursor, bytes, is_newest)?;
+        self.note(&scan);
+        Ok(scan)
     }
+}
+
+/// Checks one activated segment on its own: its records, and what follows them. The checks
+/// across segments are left to [`LogScanner::accept`], so that segments can be checked in any
+/// order, on any thread; `bytes` and `is_newest` are as for [`LogScanner::scan_segment`].
+/// `visit` sees every valid record with its offset, in order.
+pub fn check_segment<'b>(
+    header: &SegmentHeader,
+    bytes: &'b [u8],
+    is_newest: bool,
+    visit: impl FnMut(usize, RecordRef<'b>),
+) -> Result<SegmentScan, Damage> {
+    let mut cursor = SegmentCursor::new(header);
+    cursor.advance(bytes, visit);
+    finish_segment(cursor, bytes, is_newest)
+}
+
+/// Decides what stops a segment's records (the cursor has advanced over all of `bytes`) and
+/// checks that only zeros follow them (a torn tail if `is_newest`, damage otherwise).
+fn finish_segment(
+    cursor: SegmentCursor,
+    bytes: &[u8],
+    is_newest: bool,
+) -> Result<SegmentScan, Damage> {
+    let SegmentCursor {
+        id,
+        first_lsn,
+        offset,
+        expected_lsn,
+        records,
+    } = cursor;
+    let damage = |offset: usize, reason: String| Damage {
+        segment: id,
+        offset: offset as u64,
+        reason,
+    };
+    let stop = match check_record(bytes, offset) {
+        RecordCheck::End => None,
+        RecordCheck::Invalid(reason) => Some(reason),
+        // `advance` stops at a valid record only when its LSN is not the next one.
+        RecordCheck::Valid(record) => {
+            assert_ne!(
+                record.lsn, expected_lsn,
+                "segment {id}: end_segment before the cursor advanced over all bytes"
+            );
+            Some(InvalidRecord::LsnOutOfSequence {
+                found: record.lsn,
+                expected: expected_lsn,
+            })
+        }
+    };
+    // After the last whole record, a segment holds only zeros, unless it is the newest and
+    // a sync was cut short.
+    let rest = &bytes[offset..];
+    let torn = match last_nonzero(rest).map(|i| offset + i + 1) {
+        Some(end) => {
+            if !is_newest {
+                return Err(match stop {
+                    Some(reason) => damage(offset, reason.to_string()),
+                    None => damage(
+                        offset + first_nonzero(rest).unwrap_or(0),
+                        "non-zero bytes after the last record".to_string(),
+                    ),
+                });
+            }
+            Some(TornRegion {
+                offset,
+                end,
+                reason: stop,
+            })
+        }
+        None => {
+            // An invalid record made only of zero bytes cannot exist (a zero header ends
+            // the records).
+            assert!(
+                stop.is_none(),
+                "invalid record of zero bytes in segment {id}"
+            );
+            None
+        }
+    };
+    Ok(SegmentScan {
+        id,
+        first_lsn,
+        last_lsn: expected_lsn - 1,
+        records_end: offset,
+        records,
+        torn,
+    })
 }
 
 /// Where the scan of one segment stands: records before `offset` are checked and visited.
@@ -286,6 +336,17 @@ pub struct SegmentCursor {
 }
 
 impl SegmentCursor {
+    /// A cursor at the first record of the segment `header` starts.
+    fn new(header: &SegmentHeader) -> Self {
+        Self {
+            id: header.segment_id,
+            first_lsn: header.first_lsn,
+            offset: SEGMENT_HEADER_LEN_BYTES,
+            expected_lsn: header.first_lsn,
+            records: 0,
+        }
+    }
+
     /// Checks and visits the records that lie whole within `available` (a prefix of the
     /// segment, from offset 0, that may grow between calls), stopping at the first one that
     /// is not valid within it. What stops it is decided only at the end

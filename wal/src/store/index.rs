@@ -105,6 +105,16 @@ fn is_key_of<F: SegmentFile>(segments: &impl SegmentLookup<F>, entry: &Entry, ke
     usize::from(entry.key_len) == key.len() && key_of(segments, entry) == key
 }
 
+/// Hashes keys as an [`Index`] does ([`Index::key_hasher`]).
+#[derive(Clone)]
+pub(crate) struct KeyHasher(DefaultHashBuilder);
+
+impl KeyHasher {
+    pub fn hash(&self, key: &[u8]) -> u64 {
+        self.0.hash_one(key)
+    }
+}
+
 /// The index: a hash table of entries, keyed by the key bytes in the records.
 pub(crate) struct Index {
     table: HashTable<Entry>,
@@ -133,6 +143,12 @@ impl Index {
 
     pub fn hash(&self, key: &[u8]) -> u64 {
         self.hasher.hash_one(key)
+    }
+
+    /// A hasher that hashes keys as this index does, for another thread (recovery hashes
+    /// the keys of the records it checks on the checking threads).
+    pub fn key_hasher(&self) -> KeyHasher {
+        KeyHasher(self.hasher.clone())
     }
 
     /// The entry for `key`.

@@ -31,12 +31,12 @@ use crate::format::{
     record::small_record_len_max, record::touch_record_len,
 };
 use crate::log::{
-    AppendClass, Appended, Durability, GroupCommit, Log, LogConfig, RecoveryPolicy, RecoveryReport,
-    Segment,
+    AppendClass, Appended, Durability, GroupCommit, Log, LogConfig, RecoveredRecord,
+    RecoveryPolicy, RecoveryReport, Segment,
 };
 use crate::storage::Storage;
 use expiry::{expiry_from_exptime, is_expired};
-use index::{Entry, Index, SegmentLookup, put_of, segment_of};
+use index::{Entry, Index, KeyHasher, SegmentLookup, put_of, segment_of};
 use std::rc::Rc;
 
 /// memcached's default item size limit.
@@ -422,44 +422,38 @@ impl State {
         }
     }
 
-    /// Takes one recovered record: a flush is applied at once (it changes no index entry); a
-    /// record of a key is deferred to [`State::apply_deferred`], which applies a batch in the
-    /// order of the index's buckets.
+    /// Takes one recovered record, as recovery prepared it ([`prepare_record`]): a flush is
+    /// applied at once (it changes no index entry); a record of a key is deferred to
+    /// [`State::apply_deferred`], which applies a batch in the order of the index's buckets.
     fn replay<F: crate::storage::SegmentFile>(
         &mut self,
         segment: &Segment<F>,
-        offset: usize,
-        record: RecordRef<'_>,
+        at: RecoveredRecord,
+        prepared: PreparedRecord,
         deferred: &mut Vec<Deferred>,
     ) {
-        let total_len = record.total_len;
-        // SAFETY: recovery validated the record before handing it over.
-        let (kind, key, expiry) = match unsafe { record.body_unchecked() } {
-            Body::Put(put) => (DeferredKind::Put, put.key.as_ref(), put.expiry.to_native()),
-            Body::Delete(delete) => (DeferredKind::Delete, delete.key.as_ref(), 0),
-            // Rare: its CAS and expiry are read back from the record when it is applied.
-            Body::Touch(touch) => (DeferredKind::Touch, touch.key.as_ref(), 0),
-            Body::Flush(flush) => {
-                self.apply_flush(
-                    segment,
-                    total_len,
-                    record.lsn,
-                    flush.boundary_lsn.to_native(),
-                    flush.at.to_native(),
-                );
-                return;
+        match prepared {
+            PreparedRecord::Flush {
+                boundary_lsn,
+                at: flush_at,
+            } => {
+                self.apply_flush(segment, at.total_len, at.lsn, boundary_lsn, flush_at);
             }
-        };
-        debug_assert!(key.len() <= KEY_LEN_MAX_BYTES && KEY_LEN_MAX_BYTES <= usize::from(u8::MAX));
-        deferred.push(Deferred {
-            hash: self.index.hash(key),
-            segment: segment.id32(),
-            offset: Entry::offset_div(offset),
-            record_len: total_len as u32,
-            expiry,
-            key_len: key.len() as u8,
-            kind,
-        });
+            PreparedRecord::Key {
+                kind,
+                hash,
+                expiry,
+                key_len,
+            } => deferred.push(Deferred {
+                hash,
+                segment: segment.id32(),
+                offset: Entry::offset_div(at.offset),
+                record_len: at.total_len as u32,
+                expiry,
+                key_len,
+                kind,
+            }),
+        }
     }
 
     /// Applies deferred key records. Sorted by the index bucket their hash falls in (a
@@ -499,6 +493,47 @@ impl State {
                 }
             }
         }
+    }
+}
+
+/// What replay needs of a recovered record, read from it by the thread that checked it (while
+/// its bytes are in that thread's cache) instead of by the replay (see [`Store::open`]).
+#[derive(Debug, Clone, Copy)]
+enum PreparedRecord {
+    /// A put, delete or touch.
+    Key {
+        kind: DeferredKind,
+        hash: u64,
+        /// A put's expiry (0 for the others).
+        expiry: u32,
+        key_len: u8,
+    },
+    /// A flush.
+    Flush { boundary_lsn: u64, at: u32 },
+}
+
+/// Reads what replay needs of a record that recovery has just validated.
+fn prepare_record(hasher: &KeyHasher, record: RecordRef<'_>) -> PreparedRecord {
+    // SAFETY: recovery hands the preparer only records it has validated.
+    let (kind, key, expiry) = match unsafe { record.body_unchecked() } {
+        Body::Put(put) => (DeferredKind::Put, put.key.as_ref(), put.expiry.to_native()),
+        Body::Delete(delete) => (DeferredKind::Delete, delete.key.as_ref(), 0),
+        // Rare: its CAS and expiry are read back from the record when it is applied.
+        Body::Touch(touch) => (DeferredKind::Touch, touch.key.as_ref(), 0),
+        Body::Flush(flush) => {
+            return PreparedRecord::Flush {
+                boundary_lsn: flush.boundary_lsn.to_native(),
+                at: flush.at.to_native(),
+            };
+        }
+    };
+    // Validation refuses a key longer than that (`format::record`), so it fits the byte.
+    debug_assert!(key.len() <= KEY_LEN_MAX_BYTES && KEY_LEN_MAX_BYTES <= usize::from(u8::MAX));
+    PreparedRecord::Key {
+        kind,
+        hash: hasher.hash(key),
+        expiry,
+        key_len: key.len() as u8,
     }
 }
 
@@ -654,27 +689,33 @@ impl<S: Storage> Store<S> {
         let mut records = 0usize;
         let mut deferred: Vec<Deferred> = Vec::new();
         let mut scratch: Vec<Deferred> = Vec::new();
-        let mut visit = |segment: &Rc<Segment<S::File>>, offset: usize, record: RecordRef<'_>| {
-            if seen
-                .segments
-                .last()
-                .is_none_or(|last| last.id() != segment.id())
-            {
-                if seen.segments.len() == 1 {
-                    let estimate = records.saturating_mul(segment_count);
-                    state
-                        .index
-                        .reserve(&seen, estimate.saturating_sub(state.index.len()));
+        // Recovery calls this on the checking threads: the replay below then never reads a
+        // record it only defers (a cache miss or two per record, a third of the replay's time).
+        let hasher = state.index.key_hasher();
+        let prepare = move |record: RecordRef<'_>| prepare_record(&hasher, record);
+        let mut visit =
+            |segment: &Rc<Segment<S::File>>, at: RecoveredRecord, prepared: PreparedRecord| {
+                if seen
+                    .segments
+                    .last()
+                    .is_none_or(|last| last.id() != segment.id())
+                {
+                    if seen.segments.len() == 1 {
+                        let estimate = records.saturating_mul(segment_count);
+                        state
+                            .index
+                            .reserve(&seen, estimate.saturating_sub(state.index.len()));
+                    }
+                    seen.segments.push(Rc::clone(segment));
                 }
-                seen.segments.push(Rc::clone(segment));
-            }
-            records += 1;
-            state.replay(segment, offset, record, &mut deferred);
-            if deferred.len() >= REPLAY_BATCH_RECORDS {
-                state.apply_deferred(&seen, &mut deferred, &mut scratch);
-            }
-        };
-        let (log, report) = Log::open(storage, config.log, policy, &mut visit).await?;
+                records += 1;
+                state.replay(segment, at, prepared, &mut deferred);
+                if deferred.len() >= REPLAY_BATCH_RECORDS {
+                    state.apply_deferred(&seen, &mut deferred, &mut scratch);
+                }
+            };
+        let (log, report) =
+            Log::open_prepared(storage, config.log, policy, &prepare, &mut visit).await?;
         state.apply_deferred(&seen, &mut deferred, &mut scratch);
         if state.index.capacity() > 2 * state.index.len() + 1024 {
             state.index.shrink_to_fit(&log);
