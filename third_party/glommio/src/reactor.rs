@@ -433,6 +433,18 @@ impl Reactor {
         source
     }
 
+    /// A read-readiness poll that stays armed: see `sys::Reactor::poll_ready_multishot`.
+    pub(crate) fn poll_read_ready_multishot(&self, fd: RawFd) -> Source {
+        let source = self.new_source(fd, SourceType::PollAdd, None);
+        // POLLRDHUP: the reader must learn of the peer's FIN from the report (see
+        // `NonBufferedStream::poll_read`).
+        self.sys.poll_ready_multishot(
+            &source,
+            common_flags() | read_flags() | PollFlags::from_bits_retain(libc::POLLRDHUP),
+        );
+        source
+    }
+
     pub(crate) fn poll_write_ready(&self, fd: RawFd) -> Source {
         let source = self.new_source(fd, SourceType::PollAdd, None);
         self.sys

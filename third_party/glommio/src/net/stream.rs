@@ -215,12 +215,23 @@ impl Timeout {
     }
 }
 
+thread_local! {
+    /// The kernel refused a multishot poll (older than Linux 5.13): this thread's streams
+    /// arm a one-shot poll after each read instead.
+    static MULTISHOT_POLL_REFUSED: Cell<bool> = const { Cell::new(false) };
+}
+
 #[derive(Debug)]
 pub(crate) struct NonBufferedStream<S> {
     reactor: Weak<Reactor>,
     stream: S,
     source_tx: Option<Source>,
     source_rx: Option<Source>,
+    /// The last read filled its buffer: the next one tries the socket whatever the poll says.
+    read_may_have_more: bool,
+    /// The poll reported the peer's end of the stream (or a hang-up, or an error): every read
+    /// from now on tries the socket, which no longer blocks.
+    peer_closed: bool,
     write_timeout: Timeout,
     read_timeout: Timeout,
 }
@@ -228,8 +239,36 @@ pub(crate) struct NonBufferedStream<S> {
 impl<S: AsRawFd> NonBufferedStream<S> {
     fn init(&mut self) {
         let reactor = self.reactor.upgrade().unwrap();
-        let stream_fd = self.stream.as_raw_fd();
-        self.source_rx = Some(reactor.poll_read_ready(stream_fd));
+        self.arm_read_poll(&reactor);
+    }
+
+    /// Arms the read-readiness poll: multishot where the kernel has it (Linux 5.13), so one
+    /// poll serves every read of the stream instead of one `POLL_ADD` after each read.
+    fn arm_read_poll(&mut self, reactor: &Reactor) {
+        let fd = self.stream.as_raw_fd();
+        self.source_rx = Some(if MULTISHOT_POLL_REFUSED.with(|r| r.get()) {
+            reactor.poll_read_ready(fd)
+        } else {
+            reactor.poll_read_ready_multishot(fd)
+        });
+    }
+
+    /// Makes sure a read-readiness poll is armed (it may have ended: a one-shot poll at its
+    /// completion, a multishot one when the kernel ended it, after an error or a full
+    /// completion queue).
+    fn keep_read_poll(&mut self, reactor: &Reactor) {
+        let armed = self.source_rx.as_ref().is_some_and(|src| src.is_pending());
+        if !armed {
+            if let Some(ended) = self.source_rx.take() {
+                // A kernel older than 5.13 refuses a multishot poll with EINVAL.
+                if let Some(Err(e)) = ended.take_result() {
+                    if e.raw_os_error() == Some(libc::EINVAL) {
+                        MULTISHOT_POLL_REFUSED.with(|r| r.set(true));
+                    }
+                }
+            }
+            self.arm_read_poll(reactor);
+        }
     }
 
     pub(crate) fn try_peek(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
@@ -261,25 +300,36 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         let reactor = self.reactor.upgrade().unwrap();
         let reactor = reactor.as_ref();
 
-        let no_pending_poll = self
-            .source_rx
-            .as_ref()
-            .map(|src| src.result().is_some())
-            .unwrap_or(true);
-
-        if no_pending_poll {
+        // Try the socket only when it may have data: the poll reported readiness since we
+        // last looked (taking the report), the poll ended (it can report nothing more), the
+        // last read filled its buffer (data may be left that no new event announces), or the
+        // peer closed its side. Events are taken before the read: one that comes after it is
+        // for newer data. One report can stand for several events (the latest one's mask is
+        // kept): data and then the peer's FIN may both be reported before a read, which
+        // returns the data and leaves the end of the stream, which no new event announces.
+        let reported = match &self.source_rx {
+            Some(src) if src.is_pending() => match src.take_result() {
+                Some(Ok(mask)) => {
+                    let closing =
+                        mask as libc::c_short & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR)
+                            != 0;
+                    self.peer_closed |= closing;
+                    true
+                }
+                Some(Err(_)) => true,
+                None => false,
+            },
+            // Ended: `keep_read_poll` arms a new one, and reads why this one ended.
+            Some(_) | None => true,
+        };
+        if reported || self.peer_closed || std::mem::take(&mut self.read_may_have_more) {
             if let Some(result) = super::yolo_recv(self.stream.as_raw_fd(), buf) {
-                self.source_rx.take();
                 self.read_timeout.cancel_timer(reactor);
                 let result = poll_err!(result);
-                // Start an early poll if the buffer is not fully filled. So when
-                // the next time `poll_read` is called, it will be known immediately
-                // whether the underlying stream is ready for reading.
-                if result > 0 && result < buf.len() {
-                    self.source_rx = Some(reactor.poll_read_ready(self.stream.as_raw_fd()));
-                    // The `rush_dispatch`s here and after could be removed to
-                    // improve performance if #458 is handled appropriately.
-                    // reactor.rush_dispatch(self.source_rx.as_ref().unwrap());
+                if result > 0 {
+                    self.read_may_have_more = result == buf.len();
+                    // So that the next `poll_read` knows at once whether there is more.
+                    self.keep_read_poll(reactor);
                 }
                 return Poll::Ready(Ok(result));
             }
@@ -287,11 +337,7 @@ impl<S: AsRawFd> NonBufferedStream<S> {
 
         poll_err!(self.read_timeout.check(reactor));
 
-        if no_pending_poll {
-            self.source_rx = Some(reactor.poll_read_ready(self.stream.as_raw_fd()));
-            // reactor.rush_dispatch(self.source_rx.as_ref().unwrap());
-        }
-
+        self.keep_read_poll(reactor);
         let source = self.source_rx.as_ref().unwrap();
         source.add_waiter_single(cx.waker());
         self.read_timeout.maybe_set_timer(reactor, cx.waker());
@@ -366,6 +412,8 @@ where
             stream: socket.into(),
             source_tx: None,
             source_rx: None,
+            read_may_have_more: false,
+            peer_closed: false,
             write_timeout: Timeout::new(reactor.register_timer()),
             read_timeout: Timeout::new(reactor.register_timer()),
         };

@@ -264,6 +264,12 @@ impl Source {
         ret
     }
 
+    /// Takes the result the source holds, if any: for a multishot request, whether a
+    /// completion came since the last take.
+    pub(crate) fn take_result(&self) -> Option<io::Result<usize>> {
+        self.inner.borrow_mut().wakers.result.take()
+    }
+
     // adds a single waiter to the list, replacing any waiter that may already
     // exist. Should be used for single streams that map a future 1:1 to their I/O
     // source
@@ -289,7 +295,7 @@ impl Source {
 
     /// Whether the request is still with the kernel (or about to be): it has not completed
     /// and was not cancelled.
-    pub(super) fn is_pending(&self) -> bool {
+    pub(crate) fn is_pending(&self) -> bool {
         self.inner.borrow().enqueued.is_some()
     }
 

@@ -57,6 +57,9 @@ const MSG_ZEROCOPY: i32 = 0x4000000;
 #[derive(Debug)]
 enum UringOpDescriptor {
     PollAdd(PollFlags),
+    /// A poll that stays armed: one completion (with `IORING_CQE_F_MORE`) per readiness event,
+    /// until cancelled or the kernel ends it (a completion without the flag).
+    PollAddMulti(PollFlags),
     PollRemove(*const u8),
     Cancel(u64),
     Write(*const u8, usize, u64),
@@ -274,6 +277,10 @@ fn fill_sqe<F>(
         match op.args {
             UringOpDescriptor::PollAdd(events) => {
                 sqe.prep_poll_add(op.fd, events);
+            }
+            UringOpDescriptor::PollAddMulti(events) => {
+                sqe.prep_poll_add(op.fd, events);
+                sqe.raw_mut().len = IORING_POLL_ADD_MULTI;
             }
             UringOpDescriptor::PollRemove(to_remove) => {
                 user_data = 0;
@@ -559,9 +566,14 @@ where
             return Some(false);
         }
 
-        let src = source_map
-            .borrow_mut()
-            .consume_source(from_user_data(value.user_data()));
+        // A multishot request that stays armed keeps its source: more completions will come.
+        let src = if cqe_has_more(&value) {
+            source_map.borrow()[from_user_data(value.user_data())].clone()
+        } else {
+            source_map
+                .borrow_mut()
+                .consume_source(from_user_data(value.user_data()))
+        };
 
         let result = value.result();
 
@@ -575,6 +587,18 @@ where
         return Some(woke);
     }
     None
+}
+
+/// `IORING_POLL_ADD_MULTI` (Linux 5.13), in the `len` field of a `POLL_ADD`.
+const IORING_POLL_ADD_MULTI: u32 = 1 << 0;
+fn cqe_has_more(cqe: &iou::CQE) -> bool {
+    cqe.flags().contains(iou::cqe::CompletionFlags::MORE)
+}
+
+/// Whether a completion ends its request (it is no longer in the kernel): every one does
+/// but a multishot request's completions that say more will come.
+fn cqe_ends_request(cqe: &Option<iou::CQE>) -> bool {
+    cqe.as_ref().is_some_and(|c| !cqe_has_more(c))
 }
 
 type SourceMap = FreeList<Pin<Rc<RefCell<InnerSource>>>>;
@@ -849,8 +873,10 @@ impl UringCommon for PollRing {
 
     fn consume_one_event(&mut self) -> Option<bool> {
         let source_map = self.source_map.clone();
+        let cqe = self.ring.peek_for_cqe();
+        let ends = cqe_ends_request(&cqe);
         process_one_event(
-            self.ring.peek_for_cqe(),
+            cqe,
             |_| None,
             |mut src, res| {
                 record_stats(self, &mut src, &res);
@@ -859,7 +885,9 @@ impl UringCommon for PollRing {
             source_map,
         )
         .map(|x| {
-            self.in_kernel -= 1;
+            if ends {
+                self.in_kernel -= 1;
+            }
             x
         })
     }
@@ -1210,8 +1238,10 @@ impl UringCommon for SleepableRing {
 
     fn consume_one_event(&mut self) -> Option<bool> {
         let source_map = self.source_map.clone();
+        let cqe = self.ring.peek_for_cqe();
+        let ends = cqe_ends_request(&cqe);
         process_one_event(
-            self.ring.peek_for_cqe(),
+            cqe,
             |source| match source.source_type {
                 SourceType::LinkRings => Some(()),
                 _ => None,
@@ -1226,7 +1256,9 @@ impl UringCommon for SleepableRing {
             source_map,
         )
         .map(|x| {
-            self.in_kernel -= 1;
+            if ends {
+                self.in_kernel -= 1;
+            }
             x
         })
     }
@@ -1506,7 +1538,17 @@ impl Reactor {
     }
 
     pub(crate) fn poll_ready(&self, source: &Source, flags: PollFlags) {
-        let op = UringOpDescriptor::PollAdd(flags);
+        self.queue_poll(source, UringOpDescriptor::PollAdd(flags));
+    }
+
+    /// Arms a poll that stays armed: the source gets a result (and its waiter a wake-up) at
+    /// every readiness event, until the source is dropped or the kernel ends the poll
+    /// (then the source is no longer pending; see `Source::is_pending`).
+    pub(crate) fn poll_ready_multishot(&self, source: &Source, flags: PollFlags) {
+        self.queue_poll(source, UringOpDescriptor::PollAddMulti(flags));
+    }
+
+    fn queue_poll(&self, source: &Source, op: UringOpDescriptor) {
         queue_request_into_ring(
             &mut *self.ring_for_source(source),
             source,
