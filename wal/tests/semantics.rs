@@ -595,3 +595,29 @@ fn an_item_kept_by_a_later_flush_all_waits_for_that_flush() {
         assert_eq!(item.lsn(), fresh.lsn);
     });
 }
+
+#[test]
+fn prefetch_changes_nothing_for_any_key() {
+    // The server warms the caches for the next request of a burst before running the current
+    // one: whatever that next request's key (present, absent, of a length another key has,
+    // too long, empty), nothing may change, in the store or its log.
+    run(|| async {
+        let mut f = fixture().await;
+        for i in 0..200u32 {
+            f.stored(format!("key{i}").as_bytes(), &i.to_le_bytes(), i, 0);
+        }
+        let records = f.records();
+        let too_long = vec![b'k'; 251];
+        for key in [&b"key7"[..], b"key199", b"absent", b"kex7", b"", &too_long] {
+            f.store.prefetch(key);
+        }
+        assert_eq!(f.records(), records, "a prefetch appends nothing");
+        for i in 0..200u32 {
+            assert_eq!(
+                f.value(format!("key{i}").as_bytes()),
+                Some(i.to_le_bytes().to_vec())
+            );
+        }
+        assert_eq!(f.value(b"absent"), None);
+    });
+}

@@ -13,7 +13,7 @@ use crate::constants::{
     GET_LINE_LEN_MAX_BYTES, LINE_WITH_NEWLINE_LEN_MAX_BYTES, RECV_BUFFER_INITIAL_BYTES,
     RECV_CHUNK_BYTES, REPLY_FLUSH_BYTES,
 };
-use crate::protocol::{Command, Parsed, ProtocolError, parse, reply};
+use crate::protocol::{Command, Parsed, ProtocolError, first_key, parse, reply};
 use crate::shard::route::{Answer, Op, Slot, refusal_bytes};
 use crate::shard::{Durable, MAPPED_VALUE_MIN_BYTES, MAPPED_VALUES_PER_REPLY_MAX, MappedItem};
 use crate::stats::Stat;
@@ -215,6 +215,12 @@ impl Connection {
                     Parsed::Request { command, len } => {
                         let command_start = start;
                         start += len;
+                        // The next request of the burst, if it is here: its index lines and
+                        // key are fetched while this one runs (at pipeline 16 the lookups'
+                        // cache misses were a third of the executor's time).
+                        if let Some(next_key) = first_key(&buf[start..filled]) {
+                            self.executor.shards.prefetch(next_key);
+                        }
                         let forwarded =
                             if command.forwardable() && !self.executor.shared.group.serving() {
                                 let raw = &buf[command_start..start];

@@ -232,6 +232,27 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<'a> {
 
 /// Whether the request starting `buf` is a get (which may be long: many keys), after up to
 /// `GET_LEADING_SPACES_MAX` leading spaces as memcached allows.
+/// The key a request at the front of `buf` will look up first, if the bytes there look like
+/// one of the one-key commands or a `get`, for warming the caches ahead of it (see
+/// `LocalShards::prefetch`). A guess: it needs only the line's first two tokens, checks
+/// nothing else, and a wrong answer costs a wasted prefetch, not a wrong reply.
+pub fn first_key(buf: &[u8]) -> Option<&[u8]> {
+    // The command word and the key: at most a word, a space and a longest key.
+    let line = &buf[..buf.len().min(16 + KEY_LEN_MAX_BYTES)];
+    let space = line.iter().position(|&b| b == b' ')?;
+    match &line[..space] {
+        b"get" | b"gets" | b"set" | b"add" | b"replace" | b"append" | b"prepend" | b"cas"
+        | b"delete" | b"incr" | b"decr" | b"touch" => {}
+        _ => return None,
+    }
+    let rest = &line[space..];
+    let start = rest.iter().position(|&b| b != b' ')?;
+    let len = rest[start..]
+        .iter()
+        .position(|&b| matches!(b, b' ' | b'\r' | b'\n'))?;
+    Some(&rest[start..start + len]).filter(|key| !key.is_empty())
+}
+
 fn starts_get(buf: &[u8]) -> bool {
     let spaces = buf.iter().take_while(|&&b| b == b' ').count();
     let head = &buf[spaces..];

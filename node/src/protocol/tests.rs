@@ -492,3 +492,67 @@ fn any_split_of_any_stream_parses_the_same() {
         );
     }
 }
+
+#[test]
+fn first_key_is_the_key_a_request_looks_up_first() {
+    // What the connection prefetches for the next request of a burst: it must name the key
+    // `parse` would give for the one-key commands and `get`, and nothing for the others.
+    let requests: [&[u8]; 12] = [
+        b"set k1 0 0 1\r\nv\r\n",
+        b"add k2 0 0 1\r\nv\r\n",
+        b"replace k3 0 0 1\r\nv\r\n",
+        b"append k4 0 0 1\r\nv\r\n",
+        b"prepend k5 0 0 1\r\nv\r\n",
+        b"cas k6 0 0 1 7\r\nv\r\n",
+        b"delete k7\r\n",
+        b"incr k8 1\r\n",
+        b"decr k9 1\n",
+        b"touch k10 5\r\n",
+        b"get  k11 other\r\n",
+        b"gets k12\n",
+    ];
+    for request in requests {
+        let key = match one(request) {
+            Parsed::Request { command, .. } => match command {
+                Command::Store { key, .. }
+                | Command::Delete { key, .. }
+                | Command::Delta { key, .. }
+                | Command::Touch { key, .. } => key.to_vec(),
+                Command::Get { keys, .. } => keys.iter().next().unwrap().to_vec(),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(first_key(request), Some(&key[..]), "{request:?}");
+    }
+    for no_key in [
+        &b"version\r\n"[..],
+        b"gat 10 k\r\n",
+        b"stats items\r\n",
+        b"flush_all 10\r\n",
+        b"set k",
+        b"get ",
+        b"set  \r\n",
+        b"",
+    ] {
+        assert_eq!(first_key(no_key), None, "{no_key:?}");
+    }
+}
+
+#[test]
+fn first_key_never_panics_and_names_only_bytes_of_the_line() {
+    let mut rng = SmallRng::seed_from_u64(7);
+    let alphabet = b"getsadlcr k\r\n 0123";
+    for _ in 0..20_000 {
+        let len = rng.random_range(0..40);
+        let input: Vec<u8> = (0..len)
+            .map(|_| alphabet[rng.random_range(0..alphabet.len())])
+            .collect();
+        if let Some(key) = first_key(&input) {
+            assert!(!key.is_empty());
+            assert!(!key.iter().any(|b| matches!(b, b' ' | b'\r' | b'\n')));
+            let at = key.as_ptr() as usize - input.as_ptr() as usize;
+            assert!(at + key.len() <= input.len());
+        }
+    }
+}

@@ -195,6 +195,17 @@ impl LocalShards {
         }
     }
 
+    /// Warms the caches for a lookup of `key` that comes shortly (the next request of a
+    /// burst), if its shard is on this executor: see `Store::prefetch`. Changes nothing.
+    pub fn prefetch(&self, key: &[u8]) {
+        let shard = self.topology.shard_of(key);
+        if let Some(Some(store)) = self.stores.get(shard as usize)
+            && let Ok(store) = store.try_borrow()
+        {
+            store.prefetch(key);
+        }
+    }
+
     /// Stamps `store`'s next records with this server's active term (checked before every
     /// write: the term changes only when this server becomes the active, before it serves).
     pub fn stamp(&self, store: &Rc<RefCell<ShardStore>>) {

@@ -105,6 +105,21 @@ fn is_key_of<F: SegmentFile>(segments: &impl SegmentLookup<F>, entry: &Entry, ke
     usize::from(entry.key_len) == key.len() && key_of(segments, entry) == key
 }
 
+/// Asks the CPU to bring the cache line at `address` into its caches; never faults, and a
+/// no-op where there is no such instruction.
+#[inline(always)]
+fn prefetch_read(address: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // SAFETY: a prefetch is a hint: it reads nothing the program sees and does not fault,
+        // whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(address.cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = address;
+}
+
 /// Hashes keys as an [`Index`] does ([`Index::key_hasher`]).
 #[derive(Clone)]
 pub(crate) struct KeyHasher(DefaultHashBuilder);
@@ -161,6 +176,31 @@ impl Index {
         self.table
             .find(hash, |e| is_key_of(segments, e, key))
             .copied()
+    }
+
+    /// Prepares a lookup of a key of `key_len` bytes with `hash`, so that one made shortly
+    /// after it (the next request of a burst) finds in cache what it reads: this reads the
+    /// table's lines for `hash` (taking their misses now), and asks the CPU to fetch the key of
+    /// every candidate entry from its record, without waiting for it. Reads nothing else.
+    pub fn prefetch<F: SegmentFile>(
+        &self,
+        segments: &impl SegmentLookup<F>,
+        hash: u64,
+        key_len: usize,
+    ) {
+        let _ = self.table.find(hash, |e| {
+            if usize::from(e.key_len) == key_len
+                && let Some(segment) = segments.segment(e.segment)
+            {
+                let start = e.offset() + RECORD_HEADER_LEN_BYTES;
+                let stored_key = segment.slice(start, start + key_len);
+                // Its first and last bytes: a key can straddle two cache lines.
+                prefetch_read(stored_key.as_ptr());
+                prefetch_read(stored_key.as_ptr().wrapping_add(key_len - 1));
+            }
+            // Go on: every candidate's key is fetched, as the lookup will compare them all.
+            false
+        });
     }
 
     /// Sets the entry for `key` to `make(previous entry)`, in one probe; returns the entry it

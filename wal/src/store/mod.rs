@@ -1143,6 +1143,15 @@ impl<S: Storage> Store<S> {
         Ok(self.live_entry(hash, key, now).map(|e| self.item(&e)))
     }
 
+    /// Prepares a lookup of `key` that comes shortly after (the next request of a burst): see
+    /// `Index::prefetch`. Changes nothing; a key the store would refuse is ignored.
+    pub fn prefetch(&self, key: &[u8]) {
+        if check_key(key).is_ok() {
+            let hash = self.state.index.hash(key);
+            self.state.index.prefetch(&self.log, hash, key.len());
+        }
+    }
+
     /// memcached's delete.
     pub fn delete(&mut self, key: &[u8]) -> Result<Changed, StoreError> {
         check_key(key)?;
