@@ -99,6 +99,15 @@ enum StoreOp {
     Append,
     /// Append a 100-byte put and wait for its fdatasync (permanent-store, one writer).
     AppendDurable,
+    /// Set a preloaded key to a new 100-byte value: an index lookup that misses the cache
+    /// (table lines and the old record's key) and an append.
+    Overwrite,
+    /// The same, with the next set's lookup warmed first (`Store::prefetch`), as the server
+    /// does for the next request of a pipelined burst.
+    OverwriteWarmed,
+    /// The same, also asking for the index lines of the set after the next
+    /// (`Store::prefetch_table`), as the server does two requests ahead.
+    OverwriteWarmedTwoAhead,
 }
 
 const KEYS: u64 = 100_000;
@@ -119,7 +128,7 @@ impl StoreWorker {
         let (answers, elapsed) = std::sync::mpsc::channel::<Duration>();
         let durability = match op {
             StoreOp::AppendDurable => Durability::Fsync,
-            StoreOp::Lookup | StoreOp::Append => Durability::None,
+            _ => Durability::None,
         };
         LocalExecutorBuilder::new(Placement::Unbound)
             .io_memory(1 << 20)
@@ -146,10 +155,23 @@ impl StoreWorker {
                 let keys: Vec<String> = (0..KEYS).map(|i| format!("key:{i:012}")).collect();
                 let commit = store.commit();
                 let mut next = 0u64;
+                let key_at = |n: u64| keys[(n * 7919 % KEYS) as usize].as_bytes();
                 let step = async |store: &mut Store<FsStorage>, next: &mut u64| {
-                    let key = keys[(*next * 7919 % KEYS) as usize].as_bytes();
+                    let key = key_at(*next);
                     *next += 1;
                     match op {
+                        StoreOp::Overwrite => {
+                            black_box(store.set(SetMode::Set, key, &[b'w'; 100], 0, 0).ok());
+                        }
+                        StoreOp::OverwriteWarmed => {
+                            store.prefetch(key_at(*next));
+                            black_box(store.set(SetMode::Set, key, &[b'w'; 100], 0, 0).ok());
+                        }
+                        StoreOp::OverwriteWarmedTwoAhead => {
+                            store.prefetch(key_at(*next));
+                            store.prefetch_table(key_at(*next + 1));
+                            black_box(store.set(SetMode::Set, key, &[b'w'; 100], 0, 0).ok());
+                        }
                         StoreOp::Lookup => {
                             black_box(store.get(key).ok().flatten().map(|i| i.value().len()));
                         }
@@ -165,7 +187,7 @@ impl StoreWorker {
                         }
                     }
                 };
-                if let StoreOp::Lookup = op {
+                if !matches!(op, StoreOp::Append | StoreOp::AppendDurable) {
                     for key in &keys {
                         store
                             .set(SetMode::Set, key.as_bytes(), &[b'v'; 100], 0, 0)
@@ -207,6 +229,15 @@ fn store_paths(c: &mut Criterion) {
         (
             "append put 100B + wait durable, one writer",
             StoreOp::AppendDurable,
+        ),
+        ("set existing key 100B, 100k keys", StoreOp::Overwrite),
+        (
+            "set existing key 100B, next key warmed",
+            StoreOp::OverwriteWarmed,
+        ),
+        (
+            "set existing key 100B, next key warmed, table lines two ahead",
+            StoreOp::OverwriteWarmedTwoAhead,
         ),
     ] {
         let worker = StoreWorker::start(op);

@@ -8,7 +8,7 @@ mod parse;
 pub mod replay;
 pub mod reply;
 
-pub use parse::{Command, Keys, Limits, Parsed, first_key, parse};
+pub use parse::{Command, Keys, Limits, Parsed, first_key, parse, request_len};
 
 /// A request the server answers with an error, keeping the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

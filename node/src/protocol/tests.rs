@@ -540,6 +540,75 @@ fn first_key_is_the_key_a_request_looks_up_first() {
 }
 
 #[test]
+fn request_len_is_where_parse_ends_the_request() {
+    // How the connection finds the request after the next one, to warm its lookup two
+    // requests ahead: for every command `first_key` reads it must end the request where
+    // `parse` does, and say nothing while the request is incomplete.
+    let requests: [&[u8]; 13] = [
+        b"set k1 0 0 1\r\nv\r\n",
+        b"add k2 5 10 3\r\nabc\r\n",
+        b"replace k3 0 0 0\r\n\r\n",
+        b"append k4 0 0 1\r\nv\r\n",
+        b"prepend k5 0 0 1\r\nv\r\n",
+        b"cas k6 0 0 1 7\r\nv\r\n",
+        b"set  k7  0 0 2 noreply\r\nab\r\n",
+        b"delete k8\r\n",
+        b"incr k9 1\r\n",
+        b"decr k10 1\n",
+        b"touch k11 5\r\n",
+        b"get  k12 other\r\n",
+        b"gets k13\n",
+    ];
+    for request in requests {
+        let Parsed::Request { len, .. } = one(request) else {
+            panic!("{request:?} does not parse");
+        };
+        assert_eq!(len, request.len());
+        assert_eq!(request_len(request), Some(len), "{request:?}");
+        let mut two = request.to_vec();
+        two.extend_from_slice(b"get next\r\n");
+        assert_eq!(request_len(&two), Some(len), "{request:?} and another");
+        assert_eq!(first_key(&two[len..]), Some(&b"next"[..]));
+        for cut in 0..len {
+            assert_eq!(
+                request_len(&request[..cut]),
+                None,
+                "{request:?} cut at {cut}"
+            );
+        }
+    }
+    for other in [
+        &b"version\r\n"[..],
+        b"gat 10 k\r\n",
+        b"flush_all 10\r\n",
+        b"set k 0 0 -1\r\n\r\n",
+        b"set k 0 0\r\n",
+        b"set k 0 0 99999999999999999999\r\n",
+        b"",
+    ] {
+        assert_eq!(request_len(other), None, "{other:?}");
+    }
+}
+
+#[test]
+fn request_len_never_panics_and_stays_within_the_buffer() {
+    let mut rng = SmallRng::seed_from_u64(11);
+    let alphabet = b"setgadlc k\r\n 0123";
+    for _ in 0..20_000 {
+        let len = rng.random_range(0..48);
+        let input: Vec<u8> = (0..len)
+            .map(|_| alphabet[rng.random_range(0..alphabet.len())])
+            .collect();
+        if let Some(n) = request_len(&input) {
+            assert!(n > 0 && n <= input.len(), "{input:?}: {n}");
+            if let Parsed::Request { len, .. } = one(&input) {
+                assert_eq!(n, len, "{input:?}");
+            }
+        }
+    }
+}
+
+#[test]
 fn first_key_never_panics_and_names_only_bytes_of_the_line() {
     let mut rng = SmallRng::seed_from_u64(7);
     let alphabet = b"getsadlcr k\r\n 0123";

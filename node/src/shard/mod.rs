@@ -198,12 +198,25 @@ impl LocalShards {
     /// Warms the caches for a lookup of `key` that comes shortly (the next request of a
     /// burst), if its shard is on this executor: see `Store::prefetch`. Changes nothing.
     pub fn prefetch(&self, key: &[u8]) {
-        let shard = self.topology.shard_of(key);
-        if let Some(Some(store)) = self.stores.get(shard as usize)
-            && let Ok(store) = store.try_borrow()
-        {
+        if let Some(store) = self.local_store_of(key) {
             store.prefetch(key);
         }
+    }
+
+    /// The step before `prefetch`, a request earlier (the request after the next): asks for
+    /// the index table's lines of `key`'s lookup without waiting for them, so that `prefetch`
+    /// does not stall on them. Changes nothing.
+    pub fn prefetch_table(&self, key: &[u8]) {
+        if let Some(store) = self.local_store_of(key) {
+            store.prefetch_table(key);
+        }
+    }
+
+    /// `key`'s store, for a look that changes nothing: `None` if another executor owns it
+    /// or it is in use right now.
+    fn local_store_of(&self, key: &[u8]) -> Option<std::cell::Ref<'_, ShardStore>> {
+        let shard = self.topology.shard_of(key);
+        self.stores.get(shard as usize)?.as_ref()?.try_borrow().ok()
     }
 
     /// Stamps `store`'s next records with this server's active term (checked before every

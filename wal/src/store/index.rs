@@ -19,6 +19,7 @@ use crate::format::{ArchivedPut, Body};
 use crate::log::Segment;
 use crate::storage::SegmentFile;
 use hashbrown::{DefaultHashBuilder, HashTable};
+use std::cell::Cell;
 use std::hash::BuildHasher as _;
 use std::rc::Rc;
 
@@ -120,6 +121,10 @@ fn prefetch_read(address: *const u8) {
     let _ = address;
 }
 
+fn address_of(entry: &Entry) -> usize {
+    std::ptr::from_ref(entry).addr()
+}
+
 /// Hashes keys as an [`Index`] does ([`Index::key_hasher`]).
 #[derive(Clone)]
 pub(crate) struct KeyHasher(DefaultHashBuilder);
@@ -134,7 +139,71 @@ impl KeyHasher {
 pub(crate) struct Index {
     table: HashTable<Entry>,
     hasher: DefaultHashBuilder,
+    /// Where the table's memory is, as last seen by [`Index::prefetch_table`].
+    layout: Cell<Option<TableLayout>>,
 }
+
+/// An occupied bucket of the table and its entry's address: from them follow the addresses
+/// of every bucket and control byte of the table's current allocation. hashbrown lays a
+/// table out as `[entry n-1, ..., entry 1, entry 0 | control byte 0, 1, ..., n-1, ...]`: entry
+/// `i` ends `i * size_of::<Entry>()` bytes before the control bytes start, and a hash's probe
+/// starts at bucket `hash & (n - 1)`. hashbrown does not export addresses; these are derived,
+/// and used only for `prefetch` instructions, which never fault and change nothing: were
+/// hashbrown's layout to change, the prefetches would miss, not break anything (a test
+/// checks the derivation against the table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TableLayout {
+    buckets: usize,
+    index: usize,
+    /// The entry's address (an address, not a pointer: nothing is read through it).
+    entry: usize,
+}
+
+impl TableLayout {
+    /// The layout of `table`'s allocation, `None` while it holds nothing.
+    fn of(table: &HashTable<Entry>) -> Option<Self> {
+        let index = table.iter_buckets().next()?;
+        let entry = table.get_bucket(index)?;
+        Some(Self {
+            buckets: table.num_buckets(),
+            index,
+            entry: address_of(entry),
+        })
+    }
+
+    /// Whether `table` is still laid out so: its remembered entry is where it was (if it is,
+    /// the whole allocation is, since every address follows from that one).
+    fn still_fits(&self, table: &HashTable<Entry>) -> bool {
+        self.buckets == table.num_buckets()
+            && table
+                .get_bucket(self.index)
+                .is_some_and(|entry| address_of(entry) == self.entry)
+    }
+
+    fn probe_start(&self, hash: u64) -> usize {
+        (hash as usize) & (self.buckets - 1)
+    }
+
+    /// Where the control bytes start: where entry 0 ends.
+    fn control_address(&self, index: usize) -> usize {
+        self.entry_address(0)
+            .wrapping_add(size_of::<Entry>())
+            .wrapping_add(index)
+    }
+
+    fn entry_address(&self, index: usize) -> usize {
+        let from_known = (self.index as isize).wrapping_sub(index as isize);
+        self.entry
+            .wrapping_add_signed(from_known.wrapping_mul(size_of::<Entry>() as isize))
+    }
+}
+
+/// Control bytes hashbrown reads at once, from a probe's start (the SSE2 group width).
+const PROBE_GROUP_BYTES: usize = 16;
+
+/// Buckets from a probe's start whose entries [`Index::prefetch_table`] fetches: an entry is
+/// placed in the first free bucket from its probe start, most often that one or the next.
+const PREFETCH_ENTRIES: usize = 2;
 
 impl std::fmt::Debug for Index {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -149,6 +218,7 @@ impl Index {
         Self {
             table: HashTable::new(),
             hasher: DefaultHashBuilder::default(),
+            layout: Cell::new(None),
         }
     }
 
@@ -201,6 +271,35 @@ impl Index {
             // Go on: every candidate's key is fetched, as the lookup will compare them all.
             false
         });
+    }
+
+    /// Asks the CPU for the table's lines that a lookup of `hash` reads first (the control
+    /// bytes of its probe's first group and the first entries from its start) without waiting
+    /// for them, so that [`Index::prefetch`] of the same hash, a request later, finds them in
+    /// cache instead of stalling on them. Reads nothing of the table but one control byte,
+    /// the same on every call (to check that the table has not moved).
+    pub fn prefetch_table(&self, hash: u64) {
+        let layout = match self.layout.get() {
+            Some(layout) if layout.still_fits(&self.table) => layout,
+            _ => {
+                let Some(layout) = TableLayout::of(&self.table) else {
+                    return;
+                };
+                self.layout.set(Some(layout));
+                layout
+            }
+        };
+        let pos = layout.probe_start(hash);
+        let at = std::ptr::without_provenance::<u8>;
+        let control = layout.control_address(pos);
+        prefetch_read(at(control));
+        prefetch_read(at(control.wrapping_add(PROBE_GROUP_BYTES - 1)));
+        // Entries `pos`, `pos + 1`, ... lie at falling addresses.
+        let first_end = layout
+            .entry_address(pos)
+            .wrapping_add(size_of::<Entry>() - 1);
+        prefetch_read(at(first_end));
+        prefetch_read(at(layout.entry_address(pos + PREFETCH_ENTRIES - 1)));
     }
 
     /// Sets the entry for `key` to `make(previous entry)`, in one probe; returns the entry it
@@ -299,5 +398,104 @@ impl Index {
     /// Bytes of memory the table holds (buckets and control bytes).
     pub fn allocation_bytes(&self) -> usize {
         self.table.allocation_size()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An entry standing for key number `id` (kept in `segment`), hashed by a fixed hasher.
+    fn entry(id: u32) -> Entry {
+        Entry {
+            segment: id,
+            offset_div: 0,
+            expiry: 0,
+            since: 0,
+            touch_segment: 0,
+            key_len: 1,
+        }
+    }
+
+    fn hash_of(hasher: &DefaultHashBuilder, e: &Entry) -> u64 {
+        hasher.hash_one(e.segment)
+    }
+
+    #[test]
+    fn table_layout_names_the_addresses_hashbrown_uses() {
+        let hasher = DefaultHashBuilder::default();
+        let mut table: HashTable<Entry> = HashTable::new();
+        assert_eq!(
+            TableLayout::of(&table),
+            None,
+            "an empty table has no layout"
+        );
+        let mut last: Option<TableLayout> = None;
+        for id in 0..20_000u32 {
+            let e = entry(id);
+            table.insert_unique(hash_of(&hasher, &e), e, |e| hash_of(&hasher, e));
+            if id % 1_000 != 999 {
+                continue;
+            }
+            let layout = TableLayout::of(&table).expect("a layout");
+            assert!(layout.still_fits(&table));
+            if let Some(before) = last
+                && before.buckets != layout.buckets
+            {
+                assert!(!before.still_fits(&table), "a grown table moved");
+            }
+            last = Some(layout);
+            // Every entry is where the layout says its bucket is.
+            for index in table.iter_buckets() {
+                let actual = address_of(table.get_bucket(index).expect("occupied"));
+                assert_eq!(layout.entry_address(index), actual, "bucket {index}");
+            }
+            // The control bytes follow entry 0, and a probe starts at `hash & (n - 1)`: an
+            // entry is placed in the first free bucket from its probe start, almost always
+            // within the first group of control bytes that the probe reads.
+            assert_eq!(
+                layout.control_address(0),
+                layout.entry_address(0) + size_of::<Entry>()
+            );
+            let near = (0..=id)
+                .filter(|&i| {
+                    let hash = hash_of(&hasher, &entry(i));
+                    let index = table
+                        .find_bucket_index(hash, |e| e.segment == i)
+                        .expect("present");
+                    let from_start =
+                        index.wrapping_sub(layout.probe_start(hash)) & (layout.buckets - 1);
+                    from_start < PROBE_GROUP_BYTES
+                })
+                .count();
+            assert!(
+                near * 10 >= (id as usize + 1) * 9,
+                "{near} of {} entries in their probe's first group",
+                id + 1
+            );
+        }
+    }
+
+    #[test]
+    fn prefetch_table_follows_the_table_as_it_grows_and_empties() {
+        let mut index = Index::new();
+        index.prefetch_table(42); // empty: nothing to fetch
+        assert_eq!(index.layout.get(), None);
+        let hasher = index.hasher.clone();
+        for id in 0..5_000u32 {
+            let e = entry(id);
+            index
+                .table
+                .insert_unique(hash_of(&hasher, &e), e, |e| hash_of(&hasher, e));
+            index.prefetch_table(u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let layout = index.layout.get().expect("remembered");
+            assert!(layout.still_fits(&index.table), "after {id} inserts");
+        }
+        index.table.clear();
+        index.prefetch_table(7);
+        assert!(
+            !index.layout.get().expect("kept").still_fits(&index.table),
+            "an emptied table does not fit its old layout"
+        );
     }
 }

@@ -1151,6 +1151,13 @@ impl<S: Storage> Store<S> {
         self.state.index.prefetch(&self.log, hash, key.len());
     }
 
+    /// The step before [`Store::prefetch`], a request earlier: asks for the index table's
+    /// lines that a lookup of `key` reads, without waiting for them (see
+    /// `Index::prefetch_table`). Changes nothing and reads no record.
+    pub fn prefetch_table(&self, key: &[u8]) {
+        self.state.index.prefetch_table(self.state.index.hash(key));
+    }
+
     /// memcached's delete.
     pub fn delete(&mut self, key: &[u8]) -> Result<Changed, StoreError> {
         check_key(key)?;
