@@ -590,15 +590,20 @@ fn request_len_is_where_parse_ends_the_request() {
     }
 }
 
+/// 20,000 inputs of up to `len_max` bytes drawn from `alphabet`, from `seed`.
+fn random_lines(seed: u64, alphabet: &[u8], len_max: usize) -> impl Iterator<Item = Vec<u8>> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    (0..20_000).map(move |_| {
+        let len = rng.random_range(0..len_max);
+        (0..len)
+            .map(|_| alphabet[rng.random_range(0..alphabet.len())])
+            .collect()
+    })
+}
+
 #[test]
 fn request_len_never_panics_and_stays_within_the_buffer() {
-    let mut rng = SmallRng::seed_from_u64(11);
-    let alphabet = b"setgadlc k\r\n 0123";
-    for _ in 0..20_000 {
-        let len = rng.random_range(0..48);
-        let input: Vec<u8> = (0..len)
-            .map(|_| alphabet[rng.random_range(0..alphabet.len())])
-            .collect();
+    for input in random_lines(11, b"setgadlc k\r\n 0123", 48) {
         if let Some(n) = request_len(&input) {
             assert!(n > 0 && n <= input.len(), "{input:?}: {n}");
             if let Parsed::Request { len, .. } = one(&input) {
@@ -610,13 +615,7 @@ fn request_len_never_panics_and_stays_within_the_buffer() {
 
 #[test]
 fn first_key_never_panics_and_names_only_bytes_of_the_line() {
-    let mut rng = SmallRng::seed_from_u64(7);
-    let alphabet = b"getsadlcr k\r\n 0123";
-    for _ in 0..20_000 {
-        let len = rng.random_range(0..40);
-        let input: Vec<u8> = (0..len)
-            .map(|_| alphabet[rng.random_range(0..alphabet.len())])
-            .collect();
+    for input in random_lines(7, b"getsadlcr k\r\n 0123", 40) {
         if let Some(key) = first_key(&input) {
             assert!(!key.is_empty());
             assert!(!key.iter().any(|b| matches!(b, b' ' | b'\r' | b'\n')));
