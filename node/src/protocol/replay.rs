@@ -1,12 +1,14 @@
 //! The parser driven the way a connection drives it, for the property test and the fuzz
 //! target: they check that how bytes are split into reads never changes what is parsed.
 
-use super::{Limits, Parsed, parse};
+use super::{Limits, Parsed, first_key, parse, request_len};
 
 /// What a byte stream parses into, request by request (each as its `Debug` text), fed to the
 /// parser in chunks as a connection would: bytes arrive at the given split points (sorted),
 /// and swallowed bytes are skipped without being parsed. Asserts that every parse claims at
-/// least one byte and no more than it was given.
+/// least one byte and no more than it was given, and that what the connection reads ahead of
+/// a request to warm its lookups (`first_key`, `request_len`) stays within the bytes it has
+/// and ends a request where the parser does.
 ///
 /// The property test and the fuzz target (`node/fuzz`) both check that any split of a stream
 /// replays as the whole does ([`agrees`]).
@@ -30,6 +32,14 @@ pub fn replay(stream: &[u8], splits: &[usize], limits: &Limits) -> Vec<String> {
                     break;
                 }
             }
+            let ahead = request_len(&buf);
+            if let Some(n) = ahead {
+                assert!(n > 0 && n <= buf.len(), "request_len {n} of {}", buf.len());
+            }
+            if let Some(key) = first_key(&buf) {
+                let at = key.as_ptr() as usize - buf.as_ptr() as usize;
+                assert!(!key.is_empty() && at + key.len() <= buf.len());
+            }
             match parse(&buf, limits) {
                 Parsed::Incomplete => break,
                 Parsed::Close => {
@@ -38,6 +48,9 @@ pub fn replay(stream: &[u8], splits: &[usize], limits: &Limits) -> Vec<String> {
                 }
                 Parsed::Request { command, len } => {
                     assert!(len > 0 && len <= buf.len());
+                    if let Some(n) = ahead {
+                        assert_eq!(n, len, "request_len against parse: {command:?}");
+                    }
                     out.push(format!("{command:?}"));
                     buf.drain(..len);
                 }
