@@ -157,17 +157,20 @@ struct TableLayout {
     index: usize,
     /// The entry's address (an address, not a pointer: nothing is read through it).
     entry: usize,
+    /// Where the control bytes start, which is where entry 0 ends.
+    control: usize,
 }
 
 impl TableLayout {
     /// The layout of `table`'s allocation, `None` while it holds nothing.
     fn of(table: &HashTable<Entry>) -> Option<Self> {
         let index = table.iter_buckets().next()?;
-        let entry = table.get_bucket(index)?;
+        let entry = address_of(table.get_bucket(index)?);
         Some(Self {
             buckets: table.num_buckets(),
             index,
-            entry: address_of(entry),
+            entry,
+            control: entry.wrapping_add((index + 1) * size_of::<Entry>()),
         })
     }
 
@@ -184,17 +187,13 @@ impl TableLayout {
         (hash as usize) & (self.buckets - 1)
     }
 
-    /// Where the control bytes start: where entry 0 ends.
     fn control_address(&self, index: usize) -> usize {
-        self.entry_address(0)
-            .wrapping_add(size_of::<Entry>())
-            .wrapping_add(index)
+        self.control.wrapping_add(index)
     }
 
     fn entry_address(&self, index: usize) -> usize {
-        let from_known = (self.index as isize).wrapping_sub(index as isize);
-        self.entry
-            .wrapping_add_signed(from_known.wrapping_mul(size_of::<Entry>() as isize))
+        self.control
+            .wrapping_sub((index + 1).wrapping_mul(size_of::<Entry>()))
     }
 }
 
