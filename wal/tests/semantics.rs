@@ -622,3 +622,30 @@ fn prefetch_changes_nothing_for_any_key() {
         assert_eq!(f.value(b"absent"), None);
     });
 }
+
+#[test]
+fn get_reads_every_item_wherever_its_record_lies() {
+    // A GET asks for the lines of a candidate's record past its key before comparing the
+    // key: records of every size, up to the last one of a full segment (whose read-ahead
+    // reaches past the mapping), must read back exactly, and a key of the same length that
+    // is absent must miss.
+    run(|| async {
+        let mut f = fixture().await;
+        let value = |i: u32| vec![(i % 251) as u8; (i as usize * 37) % 700];
+        for round in 0..2u32 {
+            for i in 0..600u32 {
+                f.stored(format!("key{i:05}").as_bytes(), &value(i + round), i, 0);
+            }
+        }
+        assert!(
+            f.store.log().counters().segments_created >= 6,
+            "the items span many segments: {:?}",
+            f.store.log().counters()
+        );
+        for i in 0..600u32 {
+            let key = format!("key{i:05}");
+            assert_eq!(f.value(key.as_bytes()), Some(value(i + 1)), "{key}");
+            assert_eq!(f.value(format!("kex{i:05}").as_bytes()), None);
+        }
+    });
+}

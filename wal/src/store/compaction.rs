@@ -18,7 +18,7 @@
 //! Compaction runs in a task of its own, in a low-share task queue, yields between batches
 //! and limits the bytes it rewrites per second, so client requests keep their latency.
 
-use super::{Store, StoreError, index::put_of};
+use super::{Previous, Store, StoreError, index::put_of};
 use crate::constants::{
     COMPACTION_BATCH_BYTES, COMPACTION_BATCH_PAUSE, COMPACTION_BYTES_PER_SEC_DEFAULT,
     COMPACTION_LIVE_PERCENT_DEFAULT, SEGMENT_HEADER_LEN_BYTES,
@@ -181,7 +181,7 @@ impl<S: Storage> Store<S> {
                 entry.expiry,
                 Some(put.cas.to_native()),
                 AppendClass::Compaction,
-                Some(entry),
+                Previous::Known(Some(entry)),
             )?;
             return Ok(());
         }
@@ -267,7 +267,7 @@ impl<S: Storage> Store<S> {
                 entry.expiry,
                 Some(cas),
                 AppendClass::Compaction,
-                None,
+                Previous::Known(None),
             )?;
         }
         Ok(())

@@ -197,6 +197,9 @@ impl TableLayout {
     }
 }
 
+/// The line size of the CPU caches that [`prefetch_read`] fills.
+const CACHE_LINE_BYTES: usize = 64;
+
 /// Control bytes hashbrown reads at once, from a probe's start (the SSE2 group width).
 const PROBE_GROUP_BYTES: usize = 16;
 
@@ -244,6 +247,38 @@ impl Index {
     ) -> Option<Entry> {
         self.table
             .find(hash, |e| is_key_of(segments, e, key))
+            .copied()
+    }
+
+    /// The entry for `key`, asking the CPU for the first `record_bytes` of a candidate's record
+    /// before its key is compared. The comparison stalls on the record's first line; a reader
+    /// of the item then needs the lines after it (the value, and the archive root at the
+    /// record's end), which this fetches alongside instead of one miss after another. A
+    /// candidate that turns out not to be `key` costs only the prefetches.
+    pub fn get_reading<F: SegmentFile>(
+        &self,
+        segments: &impl SegmentLookup<F>,
+        hash: u64,
+        key: &[u8],
+        record_bytes: usize,
+    ) -> Option<Entry> {
+        self.table
+            .find(hash, |e| {
+                if usize::from(e.key_len) != key.len() {
+                    return false;
+                }
+                let segment = segment_of(segments, e);
+                // The record's start plus one line per CACHE_LINE_BYTES: a prefetch never
+                // faults, so a record shorter than `record_bytes` (or at the end of the
+                // mapping) costs nothing but the request for lines no one reads.
+                let start = segment.file().as_mut_ptr().wrapping_add(e.offset());
+                let mut at = CACHE_LINE_BYTES;
+                while at < record_bytes {
+                    prefetch_read(start.wrapping_add(at));
+                    at += CACHE_LINE_BYTES;
+                }
+                key_of(segments, e) == key
+            })
             .copied()
     }
 

@@ -42,6 +42,22 @@ use std::rc::Rc;
 /// memcached's default item size limit.
 pub const ITEM_SIZE_MAX_DEFAULT_BYTES: usize = 1 << 20;
 
+/// Bytes of a record a GET asks for while it compares the key (`Index::get_reading`): the
+/// whole record of a small item (32-byte header, key, value, 32-byte archive root: 192
+/// bytes for a 16-byte key and a 100-byte value), so that the value and the root at the
+/// record's end arrive with the key's line instead of one miss after another. Larger
+/// values stream in as they are copied.
+const ITEM_READ_AHEAD_BYTES: usize = 256;
+
+/// What the writer of a put found as the key's entry before writing (checked in debug
+/// builds against the index, which the put then updates).
+#[derive(Debug, Clone, Copy)]
+enum Previous {
+    Known(Option<Entry>),
+    /// A plain set, which replaces whatever is there without looking.
+    NotLooked,
+}
+
 /// What to do when the capacity is used up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WhenFull {
@@ -944,7 +960,7 @@ impl<S: Storage> Store<S> {
         expiry: u32,
         cas: Option<u64>,
         class: AppendClass,
-        previous: Option<Entry>,
+        previous: Previous,
     ) -> Result<Written, WalError> {
         let lsn = self.log.next_lsn();
         let cas = cas.unwrap_or(lsn);
@@ -960,12 +976,14 @@ impl<S: Storage> Store<S> {
             .append(&body, put_record_len_max(key.len(), value.len()), class)?;
         assert_eq!(appended.lsn, lsn);
         let segment = Rc::clone(self.appended_segment(&appended));
-        debug_assert_eq!(
-            previous,
-            self.state
-                .index
-                .get(&self.log, self.state.index.hash(key), key)
-        );
+        if let Previous::Known(previous) = previous {
+            debug_assert_eq!(
+                previous,
+                self.state
+                    .index
+                    .get(&self.log, self.state.index.hash(key), key)
+            );
+        }
         self.index_put(&segment, &appended, key, expiry);
         Ok(Written { lsn, cas })
     }
@@ -1059,9 +1077,14 @@ impl<S: Storage> Store<S> {
         let hash = self.state.index.hash(key);
         // Only the conditional modes look at the current item before writing: a plain set
         // replaces whatever is there, and skipping the look saves a probe and the read of the
-        // old record's CAS (at the end of the record, past its value).
+        // old record's CAS (at the end of the record, past its value). It asks for the
+        // table's lines instead, so that they arrive while the record is serialized and
+        // appended, and the index update after it finds them in cache.
         let live = match mode {
-            SetMode::Set => None,
+            SetMode::Set => {
+                self.state.index.prefetch_table(hash);
+                None
+            }
             _ => self.live_entry(hash, key, now),
         };
         let (stored_len, flags, expiry) = match mode {
@@ -1095,11 +1118,10 @@ impl<S: Storage> Store<S> {
             return Ok(StoreOutcome::NotStored);
         }
         self.make_room(put_record_len_max(key.len(), stored_len))?;
-        // make_room may have evicted the key's segment: look again.
-        let previous = self.state.index.get(&self.log, hash, key);
         let written = match mode {
             SetMode::Append | SetMode::Prepend => {
-                let Some(entry) = previous else {
+                // make_room may have evicted the key's segment: look again.
+                let Some(entry) = self.state.index.get(&self.log, hash, key) else {
                     return Ok(StoreOutcome::NotStored);
                 };
                 // Keep the old value's segment alive while the new record is written; the
@@ -1118,9 +1140,12 @@ impl<S: Storage> Store<S> {
                     expiry,
                     None,
                     AppendClass::Client,
-                    previous,
+                    Previous::Known(Some(entry)),
                 )?
             }
+            // The other modes replace whatever entry the key has now (for the conditional
+            // ones, make_room may have evicted the item they looked at: memcached's
+            // replace or cas racing an eviction stores too).
             _ => self.write_put(
                 key,
                 ValueParts::whole(value),
@@ -1128,7 +1153,7 @@ impl<S: Storage> Store<S> {
                 expiry,
                 None,
                 AppendClass::Client,
-                previous,
+                Previous::NotLooked,
             )?,
         };
         Ok(StoreOutcome::Stored(written))
@@ -1140,7 +1165,12 @@ impl<S: Storage> Store<S> {
         let now = self.clock.now_secs();
         self.tick(now);
         let hash = self.state.index.hash(key);
-        Ok(self.live_entry(hash, key, now).map(|e| self.item(&e)))
+        Ok(self
+            .state
+            .index
+            .get_reading(&self.log, hash, key, ITEM_READ_AHEAD_BYTES)
+            .filter(|e| self.is_live(e, now))
+            .map(|e| self.item(&e)))
     }
 
     /// Prepares a lookup of `key` that comes shortly after (the next request of a burst): see
@@ -1270,7 +1300,7 @@ impl<S: Storage> Store<S> {
             entry.expiry,
             None,
             AppendClass::Client,
-            Some(entry),
+            Previous::Known(Some(entry)),
         )?;
         Ok(Some((new, written)))
     }
