@@ -250,6 +250,19 @@ impl Index {
             .copied()
     }
 
+    /// The entry that points at the put record at `offset` of segment `segment`, whose key
+    /// hashes to `hash`: found by its location, reading no record. An entry points at one
+    /// record, so the entry that points at this one is its key's; if none does, the record
+    /// was superseded (or its key deleted). Compaction asks this of every put it scans, and
+    /// most are superseded: comparing keys would read each one's current record, a cache
+    /// miss anywhere in the log, only to find that the locations differ.
+    pub fn get_at(&self, hash: u64, segment: u32, offset: usize) -> Option<Entry> {
+        let offset_div = Entry::offset_div(offset);
+        self.table
+            .find(hash, |e| e.segment == segment && e.offset_div == offset_div)
+            .copied()
+    }
+
     /// The entry for `key`, asking the CPU for the first `record_bytes` of a candidate's record
     /// before its key is compared. The comparison stalls on the record's first line; a reader
     /// of the item then needs the lines after it (the value, and the archive root at the
@@ -507,6 +520,31 @@ mod tests {
                 "{near} of {} entries in their probe's first group",
                 id + 1
             );
+        }
+    }
+
+    #[test]
+    fn get_at_finds_an_entry_by_its_record_location_only() {
+        let mut index = Index::new();
+        let hasher = index.hasher.clone();
+        let at = |id: u32| Entry {
+            offset_div: id * 3 + 1,
+            ..entry(id)
+        };
+        for id in 0..2_000u32 {
+            let e = at(id);
+            index
+                .table
+                .insert_unique(hash_of(&hasher, &e), e, |e| hash_of(&hasher, e));
+        }
+        for id in 0..2_000u32 {
+            let e = at(id);
+            let hash = hash_of(&hasher, &e);
+            assert_eq!(index.get_at(hash, e.segment, e.offset()), Some(e));
+            // The same key's hash with another location: a superseded record.
+            let moved = e.offset() + RECORD_ALIGN_BYTES;
+            assert_eq!(index.get_at(hash, e.segment, moved), None);
+            assert_eq!(index.get_at(hash, e.segment + 1, e.offset()), None);
         }
     }
 
