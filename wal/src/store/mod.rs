@@ -1143,9 +1143,9 @@ impl<S: Storage> Store<S> {
                     Previous::Known(Some(entry)),
                 )?
             }
-            // The other modes replace whatever entry the key has now (for the conditional
-            // ones, make_room may have evicted the item they looked at: memcached's
-            // replace or cas racing an eviction stores too).
+            // The other modes replace whatever entry the key has now. For the conditional
+            // ones, make_room may since have evicted the item they checked; they store all
+            // the same.
             _ => self.write_put(
                 key,
                 ValueParts::whole(value),
