@@ -320,6 +320,7 @@ impl<S: Storage> Log<S> {
         let Some((_, file)) = &self.spare else {
             return false;
         };
+        file.hurry_preparation();
         while !file.preparation_ended() {
             glommio::timer::sleep(FIRST_SEGMENT_POLL).await;
         }

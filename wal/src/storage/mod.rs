@@ -70,6 +70,11 @@ pub unsafe trait SegmentFile: 'static {
         Ok(())
     }
 
+    /// Tells the background preparation of a segment made by [`Storage::create_spare`]
+    /// that the log waits for it to end (a new log's first segment): it then goes as fast
+    /// as it can, where it otherwise leaves the disk to the logs' appends. No-op by default.
+    fn hurry_preparation(&self) {}
+
     /// Whether the background preparation of a segment made by [`Storage::create_spare`]
     /// has ended (done, stopped, or given up). True at once by default.
     fn preparation_ended(&self) -> bool {
