@@ -17,10 +17,10 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-use terrace_wal::log::Durability;
+use terrace_wal::log::{Durability, RecoveryPolicy};
 use terrace_wal::storage::{SimCrashOptions, SimDisk, SimStorage};
 use terrace_wal::store::{
-    ManualClock, SetMode, Store, StoreConfig, StoreOutcome, compact_once, spawn_compactor,
+    Clock, ManualClock, SetMode, Store, StoreConfig, StoreOutcome, compact_once, spawn_compactor,
 };
 
 const SEGMENT: usize = 32 << 10;
@@ -439,6 +439,73 @@ fn a_pin_taken_while_compaction_removes_files_holds_only_files_that_exist() {
                 "pinned segment {} has no file",
                 segment.id()
             );
+        }
+    });
+}
+
+/// A crash after compaction unlinked a segment's file and before the directory sync that
+/// makes the removal durable can bring the file back, and then it must come back whole: a
+/// removed file's blocks may be freed early (`SegmentFile::removed`) only once its removal
+/// is durable. The simulated disk zeroes a file it is told that about, as punching its holes
+/// does on a real one, so telling it too early fails here.
+#[test]
+fn a_file_whose_removal_a_crash_undoes_comes_back_whole() {
+    run(|| async {
+        let disk = SimDisk::new();
+        let clock = ManualClock::new(1_000);
+        let store = overwritten_three_times(&disk, &clock).await;
+        let compacting = {
+            let store = Rc::clone(&store);
+            glommio::spawn_local(async move { compact_once(&store).await.expect("compact") })
+        };
+        let mut mid_removal = None;
+        // Bounded in time (compaction waits on timers between batches) and in count.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for _ in 0..50_000_000 {
+            if Instant::now() > deadline {
+                break;
+            }
+            glommio::executor().yield_now().await;
+            let on_disk = disk.segment_ids();
+            let unlinked = store
+                .borrow()
+                .log()
+                .segments()
+                .map(|s| s.id())
+                .find(|id| !on_disk.contains(id));
+            if let Some(id) = unlinked {
+                let undone = SimCrashOptions {
+                    removal_undone_percent: 100,
+                    ..SimCrashOptions::with_seed(7)
+                };
+                mid_removal = Some((id, disk.crash(undone)));
+                break;
+            }
+        }
+        assert!(compacting.await, "compaction removed a segment");
+        let (id, mid_removal) = mid_removal.expect("a moment between unlinking and the dir sync");
+        assert!(
+            mid_removal.segment_ids().contains(&id),
+            "the crash did not bring segment {id} back"
+        );
+        let after = disk.crash(SimCrashOptions::with_seed(8));
+        for (when, image) in [("before", mid_removal), ("after", after)] {
+            let opened = Store::open(
+                SimStorage::new(image),
+                config(),
+                Rc::new(clock.clone()) as Rc<dyn Clock>,
+                RecoveryPolicy::TruncateTornTail,
+            )
+            .await;
+            let (reopened, _) = opened.unwrap_or_else(|e| {
+                panic!("recovery after a crash {when} the removal of segment {id} was durable: {e}")
+            });
+            let items = live_items(&reopened);
+            assert_eq!(items.len(), 40, "crash {when}");
+            for i in 0..40 {
+                let item = &items[format!("k-{i}").as_bytes()];
+                assert_eq!(item.0, [2u8; 700], "crash {when}: k-{i}");
+            }
         }
     });
 }

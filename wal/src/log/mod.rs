@@ -722,10 +722,12 @@ impl<S: Storage> Log<S> {
         })
     }
 
-    /// Forgets a segment whose file was removed durably.
+    /// Forgets a segment whose file was removed durably (for a log that never syncs: removed;
+    /// its files are never recovered).
     pub fn forget_segment(&mut self, id: SegmentId) {
         if let Some(segment) = self.segments.get(id) {
             assert!(!segment.is_pinned(), "forgetting pinned segment {id}");
+            segment.file().removed();
         }
         if self.segments.remove(id).is_some() {
             self.segments_removed.set(self.segments_removed.get() + 1);

@@ -500,21 +500,25 @@ fn release_pages(map: &MmapRaw) {
     }
 }
 
-/// How much of a removed segment's file one hole punch frees (see `free_blocks_if_removed`).
+/// How much of a removed segment's file one hole punch frees (see `free_blocks`).
 const FREE_PIECE_BYTES: usize = 1 << 20;
 
-/// Frees the blocks of a segment file that was removed (no name left), a piece at a time,
-/// before its last descriptor closes. Why: freeing blocks on a filesystem mounted with
-/// `discard` sends the disk a discard of the whole range, and the disk serves nothing else
-/// meanwhile: closing a removed 64 MiB segment sent one discard that took 13-15 ms here, and
-/// every log's write and flush behind it waited as long (the slowest permanent-store SETs).
-/// Punching the holes 1 MiB at a time cuts it into discards the logs' requests can pass.
+/// Frees the blocks of a removed segment's file a piece at a time, before its last
+/// descriptor closes. Why: freeing blocks on a filesystem mounted with `discard` sends the
+/// disk a discard of the whole range, and the disk serves nothing else meanwhile: closing a
+/// removed 64 MiB segment sent one discard that took 13-15 ms here, and every log's write
+/// and flush behind it waited as long (the slowest permanent-store SETs). Punching the holes
+/// 1 MiB at a time cuts it into discards the logs' requests can pass.
 ///
-/// Only a file nobody can open again (its link count is 0) and that this process no longer
-/// maps: its contents are garbage by then (a removed segment's records were compacted out,
-/// or evicted), which freeing its blocks at close would make them anyway. Errors (a
-/// filesystem that cannot punch holes) stop it: the close frees the rest.
-fn free_blocks_if_removed(file: &std::fs::File) {
+/// Only for a file the log said was removed for good (`SegmentFile::removed`: for a synced
+/// log, after the directory sync that made the removal durable; on a filesystem that orders
+/// nothing, such as ext4 without a journal, holes made durable before the removal could
+/// leave, after a crash, the old name on a file of zeros, which recovery would rightly call
+/// damage), that has no name left (its link count is 0: not even a hard link someone made),
+/// and that this process no longer maps. Its contents are garbage by then (its records were
+/// compacted out, or evicted), as the close would make them. Errors (a filesystem that
+/// cannot punch holes) stop it here: the close frees the rest.
+fn free_blocks(file: &std::fs::File) {
     use std::os::unix::fs::MetadataExt as _;
     let Ok(meta) = file.metadata() else { return };
     if meta.nlink() != 0 {
@@ -555,6 +559,8 @@ pub struct FsSegment {
     preparing: Arc<Preparing>,
     /// Which segment this is, for logs.
     id: SegmentId,
+    /// The log removed the file for good (see `SegmentFile::removed`, `free_blocks`).
+    removed: std::cell::Cell<bool>,
 }
 
 impl FsSegment {
@@ -580,6 +586,7 @@ impl FsSegment {
             keep: ManuallyDrop::new(file),
             preparing: Arc::new(Preparing::new(allocation)),
             id,
+            removed: std::cell::Cell::new(false),
         })
     }
 }
@@ -654,6 +661,7 @@ impl Drop for FsSegment {
                 ManuallyDrop::take(&mut self.keep),
             )
         };
+        let removed = self.removed.get();
         // If no thread can be started, the closure (and the mapping) is dropped right here.
         let _ = std::thread::Builder::new()
             .name(UNMAP_THREAD_NAME.into())
@@ -669,7 +677,9 @@ impl Drop for FsSegment {
                 drop(map);
                 // glommio closes `file` at the executor's next I/O poll, well within this.
                 std::thread::sleep(CLOSE_LAST_AFTER);
-                free_blocks_if_removed(&keep);
+                if removed {
+                    free_blocks(&keep);
+                }
                 drop(keep);
             });
     }
@@ -688,6 +698,10 @@ unsafe impl SegmentFile for FsSegment {
 
     fn finish_preparation(&self) -> io::Result<()> {
         self.preparing.finish(&self.keep, self.map.len())
+    }
+
+    fn removed(&self) {
+        self.removed.set(true);
     }
 
     fn hurry_preparation(&self) {
@@ -715,11 +729,11 @@ mod tests {
         reason = "tests stop at the first unexpected result"
     )]
 
-    use super::free_blocks_if_removed;
+    use super::free_blocks;
     use std::os::unix::fs::{FileExt as _, MetadataExt as _};
 
     #[test]
-    fn only_a_removed_segment_file_has_its_blocks_freed() {
+    fn only_a_file_with_no_name_left_has_its_blocks_freed() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("segment");
         let file = std::fs::OpenOptions::new()
@@ -734,7 +748,7 @@ mod tests {
         file.sync_data().expect("sync");
 
         // Still named: nothing changes.
-        free_blocks_if_removed(&file);
+        free_blocks(&file);
         let mut back = vec![0u8; data.len()];
         file.read_exact_at(&mut back, 0).expect("read");
         assert!(
@@ -746,7 +760,7 @@ mod tests {
 
         // Removed: its blocks go, its size stays.
         std::fs::remove_file(&path).expect("remove");
-        free_blocks_if_removed(&file);
+        free_blocks(&file);
         let meta = file.metadata().expect("stat");
         if meta.blocks() == blocks {
             eprintln!(

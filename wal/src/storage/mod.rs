@@ -70,6 +70,11 @@ pub unsafe trait SegmentFile: 'static {
         Ok(())
     }
 
+    /// Tells the file that the log removed it for good: for a synced log, the directory
+    /// sync that made the removal durable has returned. Its blocks may then be freed before
+    /// the last reference to it goes. No-op by default.
+    fn removed(&self) {}
+
     /// Tells the background preparation of a segment made by [`Storage::create_spare`]
     /// that the log waits for it to end (a new log's first segment): it then goes as fast
     /// as it can, where it otherwise leaves the disk to the logs' appends. No-op by default.

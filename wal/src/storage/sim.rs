@@ -363,6 +363,17 @@ unsafe impl SegmentFile for SimSegment {
         self.mem.ptr.as_ptr()
     }
 
+    /// What freeing a removed file's blocks early does on a real disk (`FsSegment`): its
+    /// contents become zeros, on the disk too. Harmless once the removal is durable (the
+    /// name is gone for good); told too early, a crash that undoes the removal brings the
+    /// name back on a file of zeros, which recovery calls damage.
+    fn removed(&self) {
+        let mut state = self.disk.state.borrow_mut();
+        if let Some(durable) = state.unlinked.get_mut(&self.id) {
+            durable.fill(0);
+        }
+    }
+
     async fn sync(&self) -> io::Result<()> {
         // A real fdatasync takes time: let other tasks append while it is "in flight". What
         // is durable is what was written when the sync started.
