@@ -96,6 +96,8 @@ pub struct Snapshot {
     pub total_items: u64,
     /// fdatasync calls.
     pub syncs: u64,
+    /// Group-commit rounds that took 100 ms or longer.
+    pub slow_sync_rounds: u64,
     /// Records appended.
     pub records_appended: u64,
     /// Shards that refuse writes after a disk error.
@@ -127,6 +129,7 @@ impl Snapshot {
         self.evictions += other.evictions;
         self.total_items += other.total_items;
         self.syncs += other.syncs;
+        self.slow_sync_rounds += other.slow_sync_rounds;
         self.records_appended += other.records_appended;
         self.failed_shards += other.failed_shards;
         self.segments += other.segments;
@@ -192,6 +195,7 @@ pub fn general(out: &mut Vec<u8>, shared: &crate::net::Shared, total: &Snapshot)
     stat(out, "terrace_persistence", settings.persistence);
     stat(out, "terrace_shards", settings.shards);
     stat(out, "terrace_syncs", total.syncs);
+    stat(out, "terrace_slow_sync_rounds", total.slow_sync_rounds);
     stat(out, "terrace_records_appended", total.records_appended);
     stat(out, "terrace_failed_shards", total.failed_shards);
     stat(out, "terrace_segments", total.segments);

@@ -99,3 +99,11 @@ const _: () = assert!(RECORD_TERM_OFFSET + 8 == RECORD_HEADER_LEN_BYTES);
 const _: () = assert!(SEGMENT_SIZE_DEFAULT_BYTES.is_multiple_of(PAGE_SIZE_BYTES));
 const _: () = assert!(SEGMENT_SIZE_MIN_BYTES.is_multiple_of(PAGE_SIZE_BYTES));
 const _: () = assert!(SEGMENT_SIZE_MAX_BYTES / RECORD_ALIGN_BYTES <= u32::MAX as usize + 1);
+
+/// A group-commit round (its fdatasyncs) that takes this long or longer is counted as slow,
+/// and reported in the log (see `GroupCommit`): every write of the shard waited for it.
+pub const SLOW_SYNC_ROUND: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// At most one warning about slow sync rounds per log in this long; the warning counts the
+/// slow rounds in between.
+pub const SLOW_SYNC_WARNING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);

@@ -89,6 +89,26 @@ fn sixty_four_writers_share_syncs_on_the_simulated_disk() {
     });
 }
 
+/// A disk that holds its flushes for a long time is counted, so that `stats` and the log can
+/// tell an operator why every write waited.
+#[test]
+fn sync_rounds_a_stalled_disk_held_are_counted_as_slow() {
+    run(|| async {
+        let disk = SimDisk::new();
+        let clock = ManualClock::new(1_000);
+        let (store, _) =
+            common::open_sim(&disk, small_config(64 << 10, Durability::Fsync), &clock).await;
+        let store = Rc::new(RefCell::new(store));
+        durable_set(&store, b"before", b"v").await;
+        let slow_before = store.borrow().log().counters().slow_sync_rounds;
+        // Longer than the 100 ms that makes a round slow.
+        disk.delay_syncs(Duration::from_millis(150));
+        durable_set(&store, b"stalled", b"v").await;
+        let counters = store.borrow().log().counters();
+        assert_eq!(counters.slow_sync_rounds, slow_before + 1, "{counters:?}");
+    });
+}
+
 #[test]
 fn nothing_is_reported_durable_before_the_disk_holds_it() {
     run(|| async {

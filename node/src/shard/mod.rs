@@ -554,6 +554,7 @@ impl LocalShards {
             snapshot.evictions += store.counters().evictions;
             snapshot.total_items += log.records_appended;
             snapshot.syncs += log.syncs_issued;
+            snapshot.slow_sync_rounds += log.slow_sync_rounds;
             snapshot.records_appended += log.records_appended;
             snapshot.failed_shards += u64::from(store.commit().failure().is_some());
             snapshot.segments += store.log().segment_count() as u64;

@@ -14,6 +14,7 @@
 //! gets `WalError::Poisoned`: after a failed fsync the page cache cannot be trusted, and a
 //! retried fsync may report success for data that was never written.
 
+use crate::constants::{SLOW_SYNC_ROUND, SLOW_SYNC_WARNING_INTERVAL};
 use crate::error::WalError;
 use crate::log::segment::Segment;
 use crate::storage::{SegmentFile, Storage};
@@ -60,6 +61,10 @@ pub struct GroupCommit<S: Storage> {
     syncs_issued: Cell<u64>,
     /// Rounds completed.
     rounds: Cell<u64>,
+    /// Rounds that took `SLOW_SYNC_ROUND` or longer.
+    slow_rounds: Cell<u64>,
+    /// When slow rounds were last reported, and how many since.
+    slow_warning: Cell<(Option<std::time::Instant>, u64)>,
 }
 
 impl<S: Storage> std::fmt::Debug for GroupCommit<S> {
@@ -92,6 +97,8 @@ impl<S: Storage> GroupCommit<S> {
             }),
             syncs_issued: Cell::new(0),
             rounds: Cell::new(0),
+            slow_rounds: Cell::new(0),
+            slow_warning: Cell::new((None, 0)),
         })
     }
 
@@ -117,6 +124,11 @@ impl<S: Storage> GroupCommit<S> {
     /// Sync rounds completed so far.
     pub fn rounds(&self) -> u64 {
         self.rounds.get()
+    }
+
+    /// Sync rounds so far that took `SLOW_SYNC_ROUND` (100 ms) or longer.
+    pub fn slow_rounds(&self) -> u64 {
+        self.slow_rounds.get()
     }
 
     /// The latched failure, if a sync failed.
@@ -256,8 +268,10 @@ impl<S: Storage> GroupCommit<S> {
                     std::mem::take(&mut st.dir_dirty),
                 )
             };
+            let started = std::time::Instant::now();
             let result = self.sync_round(&segments, dir).await;
             self.rounds.set(self.rounds.get() + 1);
+            self.note_round_time(started.elapsed(), target);
             let waiters = {
                 let mut st = self.state.borrow_mut();
                 match result {
@@ -276,6 +290,35 @@ impl<S: Storage> GroupCommit<S> {
                 waker.wake();
             }
         }
+    }
+
+    /// Counts a round that took `took` if it was slow, and tells the operator: a disk that
+    /// stalls a flush for hundreds of milliseconds (seen on a VM here: 458 ms, once) holds
+    /// every write of the shard that long, and nothing else would say why.
+    fn note_round_time(&self, took: std::time::Duration, target: u64) {
+        if took < SLOW_SYNC_ROUND {
+            return;
+        }
+        self.slow_rounds.set(self.slow_rounds.get() + 1);
+        let (last, unreported) = self.slow_warning.get();
+        let now = std::time::Instant::now();
+        if last.is_some_and(|at| now.duration_since(at) < SLOW_SYNC_WARNING_INTERVAL) {
+            self.slow_warning.set((last, unreported + 1));
+            return;
+        }
+        self.slow_warning.set((Some(now), 0));
+        tracing::warn!(
+            shard = %self.storage.dir_path().display(),
+            took_ms = took.as_millis() as u64,
+            lsn = target,
+            slow_rounds = self.slow_rounds.get(),
+            not_reported = unreported,
+            "a sync round took {} ms: the disk held its flush that long, and every write of this \
+             shard waited for it ({} more slow rounds since the last warning, {} in all)",
+            took.as_millis(),
+            unreported,
+            self.slow_rounds.get(),
+        );
     }
 
     async fn sync_round(

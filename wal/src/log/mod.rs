@@ -125,6 +125,8 @@ pub struct LogCounters {
     pub bytes_appended: u64,
     /// fdatasync calls issued since open (segments and directory).
     pub syncs_issued: u64,
+    /// Group-commit rounds since open that took 100 ms or longer (see `GroupCommit`).
+    pub slow_sync_rounds: u64,
     /// Segments created since open.
     pub segments_created: u64,
     /// Segments removed since open.
@@ -401,6 +403,7 @@ impl<S: Storage> Log<S> {
             records_appended: self.records_appended.get(),
             bytes_appended: self.bytes_appended.get(),
             syncs_issued: self.commit.syncs_issued(),
+            slow_sync_rounds: self.commit.slow_rounds(),
             segments_created: self.segments_created.get(),
             segments_removed: self.segments_removed.get(),
         }

@@ -121,6 +121,8 @@ struct DiskState {
     fail_syncs_from: Option<u64>,
     /// Every directory sync fails with EIO (and leaves the directory as it was on disk).
     fail_dir_syncs: bool,
+    /// How long each segment sync takes (a disk that stalls its flushes).
+    sync_delay: Option<std::time::Duration>,
 }
 
 /// A handle to one simulated disk (one shard directory). Clones share the disk.
@@ -218,6 +220,11 @@ impl SimDisk {
     /// Makes every segment sync numbered `n` or later (counting from 0) fail with EIO.
     pub fn fail_syncs_from(&self, n: u64) {
         self.state.borrow_mut().fail_syncs_from = Some(n);
+    }
+
+    /// Makes every segment sync from now on take `delay` (a disk that stalls its flushes).
+    pub fn delay_syncs(&self, delay: std::time::Duration) {
+        self.state.borrow_mut().sync_delay = Some(delay);
     }
 
     /// Makes every directory sync from now on fail with EIO.
@@ -379,6 +386,10 @@ unsafe impl SegmentFile for SimSegment {
         // is durable is what was written when the sync started.
         let contents = self.mem.snapshot();
         yield_now().await;
+        let delay = self.disk.state.borrow().sync_delay;
+        if let Some(delay) = delay {
+            glommio::timer::sleep(delay).await;
+        }
         let mut state = self.disk.state.borrow_mut();
         let number = state.syncs;
         state.syncs += 1;
