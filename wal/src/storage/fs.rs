@@ -327,6 +327,10 @@ const ZERO_SYNC_BYTES: usize = 256 << 10;
 /// How many times as long as a piece of background disk work took its thread then sleeps.
 const DISK_PAUSE_FACTOR: u32 = 10;
 
+/// The longest such pause: a piece that a stalled disk held for a second must not hold the
+/// spare back for ten more.
+const DISK_PAUSE_MAX: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Paces the background threads' disk work (zeros for a spare, freeing a removed segment)
 /// after a piece of it that took `took`: sleeping ten times as long leaves the disk to the
 /// logs' appends and flushes at least 10/11 of the time, whatever the disk's speed (on this
@@ -336,7 +340,7 @@ const DISK_PAUSE_FACTOR: u32 = 10;
 /// zeros, and the rest of the file stays allocated but unwritten (its syncs then also write
 /// the extent changes, as a log without spares would).
 fn leave_the_disk_to_the_logs(took: std::time::Duration) {
-    std::thread::sleep(took * DISK_PAUSE_FACTOR);
+    std::thread::sleep((took * DISK_PAUSE_FACTOR).min(DISK_PAUSE_MAX));
 }
 
 /// How much one zero-writing `write` covers (see `Preparing`). An executor in `finish` waits
