@@ -332,13 +332,16 @@ const DISK_PAUSE_FACTOR: u32 = 10;
 const DISK_PAUSE_MAX: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Paces the background threads' disk work (zeros for a spare, freeing a removed segment)
-/// after a piece of it that took `took`: sleeping ten times as long leaves the disk to the
-/// logs' appends and flushes at least 10/11 of the time, whatever the disk's speed (on this
-/// VM's disk a 64 MiB spare is zeroed in about 2.4 s on an idle server, and a segment fills
-/// in about 5 s at the fastest permanent-store SET rate measured, 100-byte values). A
-/// segment that fills before its spare is zeroed is still correct: `finish` stops the
-/// zeros, and the rest of the file stays allocated but unwritten (its syncs then also write
-/// the extent changes, as a log without spares would).
+/// after a piece of it that took `took`: sleeping ten times as long keeps each such thread
+/// on the disk at most 1/11 of the time, whatever the disk's speed. Per thread, not per
+/// process: when several shards prepare spares at once, each takes its share (a process-wide
+/// turn would make spares late when many are needed at once, and would let removed files,
+/// whose space the logs already count as free, queue up). On this VM's disk a 64 MiB spare
+/// is zeroed in about 2.4 s on an idle server, and a segment fills in about 5 s at the
+/// fastest permanent-store SET rate measured (100-byte values). A segment that fills before
+/// its spare is zeroed is still correct: `finish` stops the zeros, and the rest of the file
+/// stays allocated but unwritten (its syncs then also write the extent changes, as a log
+/// without spares would).
 fn leave_the_disk_to_the_logs(took: std::time::Duration) {
     std::thread::sleep((took * DISK_PAUSE_FACTOR).min(DISK_PAUSE_MAX));
 }
