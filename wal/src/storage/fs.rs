@@ -434,7 +434,7 @@ impl Preparing {
     /// Synced a `ZERO_SYNC_BYTES` piece at a time, paced (see `leave_the_disk_to_the_logs`):
     /// every log's fdatasync flushes the disk's write cache, so a flush that follows 64 MiB
     /// of zeros makes the appends synced with it wait for all of them. One fdatasync after
-    /// the whole segment took 36 ms here, and permanent-store SETs took 49-62 ms at p99.99,
+    /// the whole segment took 36 ms here, and permanent-store SETs took 48-69 ms at p99.99,
     /// once per segment. 256 KiB and its fdatasync take about 0.35 ms.
     fn write_zeros_durably(&self, path: &Path, from: usize, to: usize) -> io::Result<()> {
         let own = OpenOptions::new().write(true).open(path)?;
