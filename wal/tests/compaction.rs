@@ -400,6 +400,43 @@ fn a_pinned_segment_is_kept_until_unpinned() {
     });
 }
 
+/// Runs one compaction and, at the first moment a segment the log still knows has no file
+/// (compaction unlinked it and waits for the directory sync that makes that durable), calls
+/// `then` with its id. Returns whether compaction did anything, and what `then` returned
+/// (`None` if that moment never came; looked for a bounded time and number of times).
+async fn at_an_unlinked_segment<T>(
+    store: &Shared,
+    disk: &SimDisk,
+    then: impl FnOnce(u64) -> T,
+) -> (bool, Option<T>) {
+    let compacting = {
+        let store = Rc::clone(store);
+        glommio::spawn_local(async move { compact_once(&store).await.expect("compact") })
+    };
+    let mut unlinked = None;
+    // Bounded in time (compaction waits on timers between batches) and in count.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for _ in 0..50_000_000 {
+        if Instant::now() > deadline {
+            break;
+        }
+        glommio::executor().yield_now().await;
+        let on_disk = disk.segment_ids();
+        unlinked = store
+            .borrow()
+            .log()
+            .segments()
+            .map(|s| s.id())
+            .find(|id| !on_disk.contains(id));
+        if unlinked.is_some() {
+            break;
+        }
+    }
+    // Nothing awaited since: still that moment.
+    let found = unlinked.map(then);
+    (compacting.await, found)
+}
+
 /// A pin taken while compaction waits for the directory sync after unlinking a segment's
 /// file leaves that segment out: every segment it holds has its file.
 #[test]
@@ -408,30 +445,9 @@ fn a_pin_taken_while_compaction_removes_files_holds_only_files_that_exist() {
         let disk = SimDisk::new();
         let clock = ManualClock::new(1_000);
         let store = overwritten_three_times(&disk, &clock).await;
-        let compacting = {
-            let store = Rc::clone(&store);
-            glommio::spawn_local(async move { compact_once(&store).await.expect("compact") })
-        };
-        let mut pin = None;
-        // Bounded in time (compaction waits on timers between batches) and in count.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for _ in 0..50_000_000 {
-            if Instant::now() > deadline {
-                break;
-            }
-            glommio::executor().yield_now().await;
-            let on_disk = disk.segment_ids();
-            let unlinked = store
-                .borrow()
-                .log()
-                .segments()
-                .any(|s| !on_disk.contains(&s.id()));
-            if unlinked {
-                pin = Some(store.borrow().log().pin());
-                break;
-            }
-        }
-        assert!(compacting.await, "compaction removed a segment");
+        let (compacted, pin) =
+            at_an_unlinked_segment(&store, &disk, |_| store.borrow().log().pin()).await;
+        assert!(compacted, "compaction removed a segment");
         let pin = pin.expect("a moment between unlinking and forgetting a segment");
         for (segment, _) in pin.segments() {
             assert!(
@@ -454,35 +470,13 @@ fn a_file_whose_removal_a_crash_undoes_comes_back_whole() {
         let disk = SimDisk::new();
         let clock = ManualClock::new(1_000);
         let store = overwritten_three_times(&disk, &clock).await;
-        let compacting = {
-            let store = Rc::clone(&store);
-            glommio::spawn_local(async move { compact_once(&store).await.expect("compact") })
+        let undone = SimCrashOptions {
+            removal_undone_percent: 100,
+            ..SimCrashOptions::with_seed(7)
         };
-        let mut mid_removal = None;
-        // Bounded in time (compaction waits on timers between batches) and in count.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for _ in 0..50_000_000 {
-            if Instant::now() > deadline {
-                break;
-            }
-            glommio::executor().yield_now().await;
-            let on_disk = disk.segment_ids();
-            let unlinked = store
-                .borrow()
-                .log()
-                .segments()
-                .map(|s| s.id())
-                .find(|id| !on_disk.contains(id));
-            if let Some(id) = unlinked {
-                let undone = SimCrashOptions {
-                    removal_undone_percent: 100,
-                    ..SimCrashOptions::with_seed(7)
-                };
-                mid_removal = Some((id, disk.crash(undone)));
-                break;
-            }
-        }
-        assert!(compacting.await, "compaction removed a segment");
+        let (compacted, mid_removal) =
+            at_an_unlinked_segment(&store, &disk, |id| (id, disk.crash(undone))).await;
+        assert!(compacted, "compaction removed a segment");
         let (id, mid_removal) = mid_removal.expect("a moment between unlinking and the dir sync");
         assert!(
             mid_removal.segment_ids().contains(&id),

@@ -15,8 +15,19 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use terrace_wal::log::{Durability, RecoveryPolicy};
-use terrace_wal::storage::{FsStorage, SimDisk, Storage};
+use terrace_wal::storage::{FsStorage, SimDisk, SimStorage, Storage};
 use terrace_wal::store::{Clock, ManualClock, SetMode, Store, StoreOutcome, SystemClock};
+
+/// A store of `segment`-byte segments on a new simulated disk, shared by the test's tasks.
+async fn sim_store(
+    segment: usize,
+    durability: Durability,
+) -> (SimDisk, Rc<RefCell<Store<SimStorage>>>) {
+    let disk = SimDisk::new();
+    let clock = ManualClock::new(1_000);
+    let (store, _) = common::open_sim(&disk, small_config(segment, durability), &clock).await;
+    (disk, Rc::new(RefCell::new(store)))
+}
 
 const WRITERS: usize = 64;
 const RECORDS_PER_WRITER: usize = 40;
@@ -65,11 +76,7 @@ async fn many_writers<S: Storage>(
 #[test]
 fn sixty_four_writers_share_syncs_on_the_simulated_disk() {
     run(|| async {
-        let disk = SimDisk::new();
-        let clock = ManualClock::new(1_000);
-        let (store, _) =
-            common::open_sim(&disk, small_config(64 << 10, Durability::Fsync), &clock).await;
-        let store = Rc::new(RefCell::new(store));
+        let (disk, store) = sim_store(64 << 10, Durability::Fsync).await;
         let syncs_before = disk.syncs();
         let done = Rc::new(Cell::new(0usize));
         let counter = Rc::clone(&done);
@@ -94,11 +101,7 @@ fn sixty_four_writers_share_syncs_on_the_simulated_disk() {
 #[test]
 fn sync_rounds_a_stalled_disk_held_are_counted_as_slow() {
     run(|| async {
-        let disk = SimDisk::new();
-        let clock = ManualClock::new(1_000);
-        let (store, _) =
-            common::open_sim(&disk, small_config(64 << 10, Durability::Fsync), &clock).await;
-        let store = Rc::new(RefCell::new(store));
+        let (disk, store) = sim_store(64 << 10, Durability::Fsync).await;
         durable_set(&store, b"before", b"v").await;
         let slow_before = store.borrow().log().counters().slow_sync_rounds;
         // Longer than the 100 ms that makes a round slow.
@@ -112,11 +115,7 @@ fn sync_rounds_a_stalled_disk_held_are_counted_as_slow() {
 #[test]
 fn nothing_is_reported_durable_before_the_disk_holds_it() {
     run(|| async {
-        let disk = SimDisk::new();
-        let clock = ManualClock::new(1_000);
-        let (store, _) =
-            common::open_sim(&disk, small_config(16 << 10, Durability::Fsync), &clock).await;
-        let store = Rc::new(RefCell::new(store));
+        let (disk, store) = sim_store(16 << 10, Durability::Fsync).await;
         // Sample every 37th acknowledgment: open the durable image as it is at that moment and
         // look for the record.
         let checks = Rc::new(RefCell::new(Vec::new()));
@@ -184,11 +183,7 @@ fn sixty_four_writers_share_syncs_on_real_files() {
 #[test]
 fn a_waiter_that_goes_away_does_not_stall_the_others() {
     run(|| async {
-        let disk = SimDisk::new();
-        let clock = ManualClock::new(1_000);
-        let (store, _) =
-            common::open_sim(&disk, small_config(64 << 10, Durability::Fsync), &clock).await;
-        let store = Rc::new(RefCell::new(store));
+        let (_disk, store) = sim_store(64 << 10, Durability::Fsync).await;
         // The first waiter starts the sync round, then is cancelled before it completes.
         let doomed = {
             let store = Rc::clone(&store);
@@ -213,11 +208,7 @@ fn a_waiter_that_goes_away_does_not_stall_the_others() {
 #[test]
 fn a_log_that_never_syncs_acknowledges_at_once() {
     run(|| async {
-        let disk = SimDisk::new();
-        let clock = ManualClock::new(1_000);
-        let (store, _) =
-            common::open_sim(&disk, small_config(16 << 10, Durability::None), &clock).await;
-        let store = Rc::new(RefCell::new(store));
+        let (disk, store) = sim_store(16 << 10, Durability::None).await;
         // Opening may sync what recovery found; after that, nothing is ever synced.
         let (syncs, dir_syncs) = (disk.syncs(), disk.dir_syncs());
         many_writers(&store, Rc::new(|_, _| {})).await;
