@@ -8,7 +8,11 @@
 //!   byte, plus a random subset of the unsynced sectors (so unsynced records may vanish, appear
 //!   whole, or appear torn at sector granularity, in any order), a random subset of unsynced
 //!   creations, and a random subset of unsynced removals undone.
-//! - Syncs can be made to fail from the n-th on, to test fail-stop.
+//! - Syncs can be made to fail from the n-th on, to test fail-stop, or to take a given time
+//!   (a disk that stalls its flushes).
+//! - A removed segment the log calls `removed` on loses its contents, on the disk too, as a
+//!   real file whose blocks are freed early does (see `FsSegment`): if its removal was not
+//!   durable yet, a crash that undoes it finds a file of zeros.
 //!
 //! Everything is deterministic for a given seed.
 
