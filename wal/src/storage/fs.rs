@@ -674,17 +674,13 @@ impl Drop for FsSegment {
             .name(UNMAP_THREAD_NAME.into())
             .spawn(move || {
                 run_in_background(0);
-                let Some(map) = Arc::into_inner(map) else {
-                    // A preparation still runs with the mapping; it unmaps it when done.
-                    std::thread::sleep(CLOSE_LAST_AFTER);
-                    drop(keep);
-                    return;
-                };
-                release_pages(&map);
-                drop(map);
+                // Otherwise a preparation still runs with the mapping, and unmaps it when done.
+                let unmapped = Arc::into_inner(map)
+                    .map(|map| release_pages(&map))
+                    .is_some();
                 // glommio closes `file` at the executor's next I/O poll, well within this.
                 std::thread::sleep(CLOSE_LAST_AFTER);
-                if removed {
+                if removed && unmapped {
                     free_blocks(&keep);
                 }
                 drop(keep);
