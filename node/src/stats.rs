@@ -341,6 +341,31 @@ pub fn settings(out: &mut Vec<u8>, shared: &crate::net::Shared) {
     out.extend_from_slice(crate::protocol::reply::END);
 }
 
+// `stats slabs`, `stats items` and `stats sizes` describe memcached's slab allocator, which
+// Terrace does not have (items live in log segments, see `terrace_segments`). They answer
+// what memcached answers when it has no slab class in use, instead of `ERROR`: monitoring
+// clients send them on the connection they send `stats` on and read each reply to its `END`
+// (the Prometheus memcached exporter sends `stats`, `stats slabs` and `stats items` in a
+// row), so an `ERROR` line left them waiting for an `END` until their timeout, and the
+// server counted as down.
+
+/// `stats slabs`: no slab classes.
+pub fn slabs(out: &mut Vec<u8>) {
+    crate::protocol::reply::stat(out, "active_slabs", 0);
+    out.extend_from_slice(crate::protocol::reply::END);
+}
+
+/// `stats items`: no per-slab-class item counts (the item count is `curr_items` in `stats`).
+pub fn items(out: &mut Vec<u8>) {
+    out.extend_from_slice(crate::protocol::reply::END);
+}
+
+/// `stats sizes`: the item size histogram is not kept, as memcached says when it is off.
+pub fn sizes(out: &mut Vec<u8>) {
+    crate::protocol::reply::stat(out, "sizes_status", "disabled");
+    out.extend_from_slice(crate::protocol::reply::END);
+}
+
 /// CPU time and major page faults of this process, from `/proc/self/stat`.
 #[derive(Debug, Default, Clone, Copy)]
 struct ProcessUsage {

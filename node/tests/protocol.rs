@@ -557,6 +557,49 @@ fn stats_runs_its_first_argument() {
     assert_eq!(c.call("version x\r\n"), "ERROR\r\n");
 }
 
+/// Monitoring clients send `stats`, `stats slabs` and `stats items` (and `stats settings`)
+/// one after the other on one connection and read each reply up to its `END`, splitting every
+/// line on single spaces into `STAT <name> <value>` (the Prometheus memcached exporter's
+/// client does; it fails the whole scrape on a line of another shape). Terrace has no slab
+/// allocator: it answers the slab commands as memcached does with no slab class in use.
+#[test]
+fn monitoring_clients_read_every_stats_reply_to_its_end() {
+    let (_dir, server) = server("temporary-swap-only", &[]);
+    let mut c = server.connect();
+    c.set("k", "v");
+    let mut replies = Vec::new();
+    for request in [
+        "stats",
+        "stats slabs",
+        "stats items",
+        "stats settings",
+        "stats sizes",
+    ] {
+        // A reply without its END leaves this read waiting until the client's timeout.
+        let reply = c.call_end(&format!("{request}\r\n"));
+        let lines: Vec<&str> = reply.trim_end_matches("END\r\n").lines().collect();
+        for line in &lines {
+            let fields: Vec<&str> = line.split(' ').collect();
+            assert!(
+                fields.len() == 3 && fields[0] == "STAT" && !fields[2].is_empty(),
+                "{request}: {line:?} is not `STAT <name> <value>`"
+            );
+        }
+        replies.push(reply);
+    }
+    assert!(
+        replies[0].contains("STAT curr_items 1\r\n"),
+        "{}",
+        replies[0]
+    );
+    assert_eq!(replies[1], "STAT active_slabs 0\r\nEND\r\n");
+    assert_eq!(replies[2], "END\r\n");
+    assert!(replies[3].contains("STAT maxconns "), "{}", replies[3]);
+    assert_eq!(replies[4], "STAT sizes_status disabled\r\nEND\r\n");
+    // The connection is still in step: the next request gets its own reply.
+    assert_eq!(c.get("k").as_deref(), Some("v"));
+}
+
 /// Values of 16 KiB and more are sent straight from the segment mapping, in pieces between
 /// the rest of the reply, and answers from the other core are spliced in between: the bytes
 /// must be exactly a copy's, in request order, for get, gets, gat and pipelined requests.

@@ -735,6 +735,9 @@ impl Connection {
                 crate::stats::general(out, &self.executor.shared, &total);
             }
             b"settings" => crate::stats::settings(out, &self.executor.shared),
+            b"slabs" => crate::stats::slabs(out),
+            b"items" => crate::stats::items(out),
+            b"sizes" => crate::stats::sizes(out),
             b"cluster" => crate::stats::cluster(out, &self.executor.shared),
             b"reset" => {
                 self.executor.shards.counters.reset();
