@@ -326,7 +326,11 @@ pub fn settings(out: &mut Vec<u8>, shared: &crate::net::Shared) {
     stat(out, "terrace_name", &s.name);
     stat(out, "terrace_state", shared.group.state().name());
     stat(out, "terrace_persistence", s.persistence);
-    stat(out, "terrace_data", s.data_dir.display());
+    stat(
+        out,
+        "terrace_data",
+        one_token(&s.data_dir.display().to_string()),
+    );
     stat(out, "terrace_shards", s.shards);
     stat(out, "terrace_segment_size", s.segment_size_bytes);
     stat(
@@ -339,6 +343,25 @@ pub fn settings(out: &mut Vec<u8>, shared: &crate::net::Shared) {
         },
     );
     out.extend_from_slice(crate::protocol::reply::END);
+}
+
+/// `value` as one token of a `STAT <name> <value>` line: spaces and control characters (and
+/// `%`, the escape) become `%XX` for each of their bytes. A data dir's path may hold them, and
+/// clients split stats lines on spaces (a second space made the Prometheus exporter fail its
+/// whole scrape) and end them at `\n` (a newline would have made a line of its own).
+fn one_token(value: &str) -> String {
+    let mut token = String::with_capacity(value.len());
+    for c in value.chars() {
+        if c.is_whitespace() || c.is_control() || c == '%' {
+            let mut utf8 = [0u8; 4];
+            for byte in c.encode_utf8(&mut utf8).bytes() {
+                token.push_str(&format!("%{byte:02X}"));
+            }
+        } else {
+            token.push(c);
+        }
+    }
+    token
 }
 
 // `stats slabs`, `stats items` and `stats sizes` describe memcached's slab allocator, which
@@ -408,5 +431,19 @@ impl ProcessUsage {
 
     fn system_secs(&self) -> String {
         Self::format(self.system_ticks)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_token;
+
+    #[test]
+    fn a_stat_value_stays_one_token_on_one_line() {
+        assert_eq!(one_token("/var/lib/terrace/s1"), "/var/lib/terrace/s1");
+        assert_eq!(one_token("/data/my shard\ndir"), "/data/my%20shard%0Adir");
+        assert_eq!(one_token("100%\r\t"), "100%25%0D%09");
+        // Non-ASCII letters stay as they are; a non-ASCII space is escaped byte by byte.
+        assert_eq!(one_token("/données\u{a0}x"), "/données%C2%A0x");
     }
 }
