@@ -592,7 +592,10 @@ fn monitoring_clients_read_every_stats_reply_to_its_end() {
         "{}",
         replies[0]
     );
-    assert_eq!(replies[1], "STAT active_slabs 0\r\nEND\r\n");
+    assert_eq!(
+        replies[1],
+        "STAT active_slabs 0\r\nSTAT total_malloced 0\r\nEND\r\n"
+    );
     assert_eq!(replies[2], "END\r\n");
     assert!(replies[3].contains("STAT maxconns "), "{}", replies[3]);
     assert_eq!(replies[4], "STAT sizes_status disabled\r\nEND\r\n");
