@@ -90,6 +90,8 @@ pub struct Snapshot {
     pub curr_items: u64,
     /// Bytes of segment files its shards use.
     pub bytes: u64,
+    /// Bytes of its shards' records that are still needed (see `Segment::live_bytes`).
+    pub live_bytes: u64,
     /// Items evicted (temporary-swap-only when full).
     pub evictions: u64,
     /// Items written since start.
@@ -126,6 +128,7 @@ impl Snapshot {
         self.curr_connections += other.curr_connections;
         self.curr_items += other.curr_items;
         self.bytes += other.bytes;
+        self.live_bytes += other.live_bytes;
         self.evictions += other.evictions;
         self.total_items += other.total_items;
         self.syncs += other.syncs;
@@ -192,6 +195,7 @@ pub fn general(out: &mut Vec<u8>, shared: &crate::net::Shared, total: &Snapshot)
     stat(out, "total_items", total.total_items);
     stat(out, "evictions", total.evictions);
     stat(out, "bytes", total.bytes);
+    stat(out, "terrace_live_bytes", total.live_bytes);
     stat(out, "terrace_persistence", settings.persistence);
     stat(out, "terrace_shards", settings.shards);
     stat(out, "terrace_syncs", total.syncs);

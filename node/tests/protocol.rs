@@ -603,6 +603,36 @@ fn monitoring_clients_read_every_stats_reply_to_its_end() {
     assert_eq!(c.get("k").as_deref(), Some("v"));
 }
 
+/// `bytes` is what the logs take (segment files, preallocated ones included), as
+/// `limit_maxbytes` caps it; `terrace_live_bytes` is what of it is still needed: a key
+/// overwritten a hundred times counts once, and its records of older values not at all.
+#[test]
+fn live_bytes_count_the_current_records_only() {
+    let (_dir, server) = server("temporary-swap-only", &[]);
+    let mut c = server.connect();
+    let stat = |c: &mut Client, name: &str| -> u64 {
+        let stats = c.call_end("stats\r\n");
+        let prefix = format!("STAT {name} ");
+        let line = stats
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("no {name} in {stats}"));
+        line[prefix.len()..].trim().parse().expect("a number")
+    };
+    assert_eq!(stat(&mut c, "terrace_live_bytes"), 0);
+    assert_eq!(c.set("k", "first value"), "STORED\r\n");
+    let one = stat(&mut c, "terrace_live_bytes");
+    assert!(one > "first value".len() as u64, "{one}");
+    for i in 0..100 {
+        assert_eq!(c.set("k", &format!("value {i:05}")), "STORED\r\n");
+    }
+    // Same key and value lengths: the same record length, once.
+    assert_eq!(stat(&mut c, "terrace_live_bytes"), one);
+    assert!(stat(&mut c, "bytes") > one);
+    assert_eq!(c.set("other", "first value"), "STORED\r\n");
+    assert!(stat(&mut c, "terrace_live_bytes") > one);
+}
+
 /// Values of 16 KiB and more are sent straight from the segment mapping, in pieces between
 /// the rest of the reply, and answers from the other core are spliced in between: the bytes
 /// must be exactly a copy's, in request order, for get, gets, gat and pipelined requests.

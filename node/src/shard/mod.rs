@@ -551,6 +551,7 @@ impl LocalShards {
             let log = store.log().counters();
             snapshot.curr_items += store.index_len() as u64;
             snapshot.bytes += store.log().used_bytes();
+            snapshot.live_bytes += store.log().segments().map(|s| s.live_bytes()).sum::<u64>();
             snapshot.evictions += store.counters().evictions;
             snapshot.total_items += log.records_appended;
             snapshot.syncs += log.syncs_issued;
