@@ -1,8 +1,9 @@
 //! Third-party client suites against the real binary, in both persistence modes:
-//! pymemcache 4.0.0's own integration tests, and `memccapable -a` (the ASCII protocol checks of
-//! libmemcached-tools). The test installs what it needs (pip into the target dir, apt-get for
-//! libmemcached-tools), so a clean clone needs nothing installed by hand; an install that fails
-//! fails the test with the command that failed.
+//! pymemcache 4.0.0's own integration tests, `memccapable -a` (the ASCII protocol checks of
+//! libmemcached-tools), and memcached's `memcached-tool`. The test installs what it needs (pip
+//! into the target dir, apt-get for libmemcached-tools and memcached), so a clean clone needs
+//! nothing installed by hand; an install that fails fails the test with the command that
+//! failed.
 #![allow(clippy::expect_used, clippy::unwrap_used, reason = "tests")]
 
 mod common;
@@ -19,6 +20,7 @@ const SUITE_LIMIT: Duration = Duration::from_secs(300);
 const PYMEMCACHE: &str = "pymemcache==4.0.0";
 const PYTEST: &str = "pytest==8.3.4";
 const MODES: [&str; 2] = ["temporary-swap-only", "permanent-store"];
+const MEMCACHED_TOOL: &str = "/usr/share/memcached/scripts/memcached-tool";
 
 /// Runs `command` within `limit`; it must succeed.
 fn run(command: &mut Command, limit: Duration) -> Output {
@@ -67,36 +69,50 @@ fn on_path(program: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// Installs Debian's `package` unless `present` says it is there already.
+fn debian_package(package: &str, present: impl Fn() -> bool) {
+    if present() {
+        return;
+    }
+    let root = rustix::process::geteuid().is_root();
+    let apt = |args: &[&str]| {
+        let mut command = if root {
+            Command::new("apt-get")
+        } else {
+            let mut sudo = Command::new("sudo");
+            sudo.args(["-n", "apt-get"]);
+            sudo
+        };
+        output_within(
+            command.env("DEBIAN_FRONTEND", "noninteractive").args(args),
+            INSTALL_LIMIT,
+        )
+    };
+    let install = ["install", "-y", "-q", package];
+    if !apt(&install).status.success() {
+        // A fresh machine may have no package lists yet.
+        let _ = apt(&["update", "-q"]);
+        let out = apt(&install);
+        assert!(
+            out.status.success(),
+            "apt-get install {package} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 /// `memccapable`, installed from Debian's libmemcached-tools when it is missing.
 fn memccapable() -> &'static str {
-    if !on_path("memccapable") {
-        let root = rustix::process::geteuid().is_root();
-        let apt = |args: &[&str]| {
-            let mut command = if root {
-                Command::new("apt-get")
-            } else {
-                let mut sudo = Command::new("sudo");
-                sudo.args(["-n", "apt-get"]);
-                sudo
-            };
-            output_within(
-                command.env("DEBIAN_FRONTEND", "noninteractive").args(args),
-                INSTALL_LIMIT,
-            )
-        };
-        let install = ["install", "-y", "-q", "libmemcached-tools"];
-        if !apt(&install).status.success() {
-            // A fresh machine may have no package lists yet.
-            let _ = apt(&["update", "-q"]);
-            let out = apt(&install);
-            assert!(
-                out.status.success(),
-                "apt-get install libmemcached-tools failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    }
+    debian_package("libmemcached-tools", || on_path("memccapable"));
     "memccapable"
+}
+
+/// memcached's own `memcached-tool` (a Perl script that operators use to look at a server),
+/// installed with Debian's memcached package when it is missing.
+fn memcached_tool() -> &'static Path {
+    let tool = Path::new(MEMCACHED_TOOL);
+    debian_package("memcached", || tool.exists());
+    tool
 }
 
 #[test]
@@ -169,4 +185,39 @@ fn memccapable_ascii_passes() {
             server.log()
         );
     }
+}
+
+/// `memcached-tool HOST:PORT display` asks for `stats slabs` and `stats items` and reads each
+/// reply to its `END`; before Terrace answered them (with no slab classes, as an empty
+/// memcached does) it waited forever. `stats` and `settings` show the general block.
+#[test]
+fn memcached_tool_shows_the_server() {
+    let tool = memcached_tool();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &write_config(dir.path(), "temporary-swap-only"),
+        &["--cores", "2"],
+    );
+    let mut client = server.connect();
+    assert_eq!(client.set("k", "v"), "STORED\r\n");
+    let address = format!("127.0.0.1:{}", server.port);
+    let tool_run = |mode: &str| {
+        let out = run(
+            Command::new("perl")
+                .arg(tool)
+                .args([address.as_str(), mode]),
+            Duration::from_secs(30),
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let display = tool_run("display");
+    assert!(display.contains("Item_Size"), "display:\n{display}");
+    let stats = tool_run("stats");
+    let items = stats
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("curr_items"))
+        .unwrap_or_else(|| panic!("no curr_items in\n{stats}"));
+    assert_eq!(items.split_whitespace().nth(1), Some("1"), "{items}");
+    let settings = tool_run("settings");
+    assert!(settings.contains("item_size_max"), "settings:\n{settings}");
 }
