@@ -377,7 +377,8 @@ fn one_token(value: &str) -> String {
 // server counted as down.
 
 /// `stats slabs`: no slab classes, and no memory in slab pages (what an empty memcached
-/// says; the bytes items take are `bytes` in `stats`).
+/// says; what the logs take is `bytes` in `stats`, and what of it is needed
+/// `terrace_live_bytes`).
 pub fn slabs(out: &mut Vec<u8>) {
     crate::protocol::reply::stat(out, "active_slabs", 0);
     crate::protocol::reply::stat(out, "total_malloced", 0);
