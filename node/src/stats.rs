@@ -372,9 +372,10 @@ fn one_token(value: &str) -> String {
 // Terrace does not have (items live in log segments, see `terrace_segments`). They answer
 // what memcached answers when it has no slab class in use, instead of `ERROR`: monitoring
 // clients send them on the connection they send `stats` on and read each reply to its `END`
-// (the Prometheus memcached exporter sends `stats`, `stats slabs` and `stats items` in a
-// row), so an `ERROR` line left them waiting for an `END` until their timeout, and the
-// server counted as down.
+// (the Prometheus memcached exporter's client sends `stats`, `stats slabs` and `stats
+// items` in a row; `memcached-tool display` sends the last two), so an `ERROR` line left them
+// waiting for an `END`: the tool hung, and the exporter's code would time out and count the
+// server as down.
 
 /// `stats slabs`: no slab classes, and no memory in slab pages (what an empty memcached
 /// says; what the logs take is `bytes` in `stats`, and what of it is needed
