@@ -351,8 +351,9 @@ pub fn settings(out: &mut Vec<u8>, shared: &crate::net::Shared) {
 
 /// `value` as one token of a `STAT <name> <value>` line: spaces and control characters (and
 /// `%`, the escape) become `%XX` for each of their bytes. A data dir's path may hold them, and
-/// clients split stats lines on spaces (a second space made the Prometheus exporter fail its
-/// whole scrape) and end them at `\n` (a newline would have made a line of its own).
+/// clients split stats lines on spaces (the Prometheus exporter's client, by its code, fails
+/// its whole scrape on a settings line of more than four fields) and end them at `\n` (a
+/// newline would have made a line of its own).
 fn one_token(value: &str) -> String {
     let mut token = String::with_capacity(value.len());
     for c in value.chars() {
