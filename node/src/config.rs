@@ -13,7 +13,7 @@ use std::net::{SocketAddr, ToSocketAddrs as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::constants::{CONNECTIONS_MAX_DEFAULT, SHARDS_DEFAULT, SHARDS_MAX};
+use crate::constants::{CONNECTIONS_MAX_DEFAULT, SHARDS_GROUP_DEFAULT, SHARDS_MAX};
 
 /// The embedded development default (`configs/dev.toml`).
 pub const DEV_CONFIG: &str = include_str!("../../configs/dev.toml");
@@ -95,6 +95,44 @@ impl<'de> Deserialize<'de> for Size {
                      (B, KiB, MiB, GiB, TiB), e.g. \"64MiB\""
                 ))
             }),
+        }
+    }
+}
+
+/// `storage.shards`: how many shards a new data dir gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardCount {
+    /// This many.
+    Fixed(u32),
+    /// Chosen by the server when it creates the data dir, from its cores and, in
+    /// permanent-store, the disk flush it measures there (`preflight::auto_shards`). A data
+    /// dir that exists keeps the count it was created with.
+    Auto,
+}
+
+impl fmt::Display for ShardCount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Fixed(n) => write!(f, "{n}"),
+            Self::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ShardCount {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(i64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Number(n) => Ok(Self::Fixed(u32::try_from(n).unwrap_or(0))),
+            Raw::Text(text) if text == "auto" => Ok(Self::Auto),
+            Raw::Text(text) => Err(serde::de::Error::custom(format!(
+                "`{text}` is not a shard count: write a number (1 to {SHARDS_MAX}) or \"auto\""
+            ))),
         }
     }
 }
@@ -189,7 +227,7 @@ struct MirrorGroupSection {
 #[serde(deny_unknown_fields)]
 struct StorageSection {
     /// Shards per server; fixed when a data dir is created.
-    shards: Option<u32>,
+    shards: Option<ShardCount>,
     /// Size of each segment file.
     segment_size: Option<Size>,
     /// Disk budget of the whole server (all shards).
@@ -256,8 +294,8 @@ pub struct Settings {
     pub persistence: Persistence,
     /// Executors to run (0: every allowed core; resolved at start).
     pub cores: usize,
-    /// Shards of a new data dir.
-    pub shards: u32,
+    /// Shards of a new data dir (an existing one keeps its count).
+    pub shards: ShardCount,
     /// Segment file size.
     pub segment_size_bytes: usize,
     /// Disk budget of the whole server.
@@ -480,12 +518,33 @@ impl Settings {
         }
 
         let storage = &file.storage;
-        let shards = storage.shards.unwrap_or(SHARDS_DEFAULT);
-        if shards == 0 || shards > SHARDS_MAX {
+        // Servers of a mirror group must agree on the count, so a group of several servers
+        // cannot let each choose its own.
+        let mirrored = groups.iter().any(|(_, members)| members.len() > 1);
+        let shards = match (storage.shards, mirrored) {
+            (None, false) => ShardCount::Auto,
+            (None, true) => ShardCount::Fixed(SHARDS_GROUP_DEFAULT),
+            (Some(ShardCount::Auto), true) => {
+                return Err(error(
+                    "storage.shards",
+                    "\"auto\" lets each server choose its own count, and the servers of a \
+                     mirror group must have the same one"
+                        .into(),
+                    &format!(
+                        "set a number (leaving it out gives {SHARDS_GROUP_DEFAULT} for a config \
+                         with mirror groups)"
+                    ),
+                ));
+            }
+            (Some(count), _) => count,
+        };
+        if let ShardCount::Fixed(n) = shards
+            && (n == 0 || n > SHARDS_MAX)
+        {
             return Err(error(
                 "storage.shards",
-                format!("{shards} is out of range"),
-                &format!("use 1 to {SHARDS_MAX} (default {SHARDS_DEFAULT})"),
+                format!("{n} is out of range"),
+                &format!("use 1 to {SHARDS_MAX}, or \"auto\" (the default for one server)"),
             ));
         }
         let segment_size = storage
@@ -521,7 +580,12 @@ impl Settings {
                 )
             })?;
         // Each shard needs room for its tail, a spare, and one segment for compaction.
-        let capacity_min = u64::from(shards) * 4 * segment_size;
+        // "auto" chooses within the capacity (at least one shard).
+        let capacity_min = match shards {
+            ShardCount::Fixed(n) => u64::from(n),
+            ShardCount::Auto => 1,
+        } * 4
+            * segment_size;
         let capacity_bytes = storage.capacity.map_or(u64::MAX, |s| s.0);
         if capacity_bytes < capacity_min {
             return Err(error(
@@ -824,7 +888,7 @@ fn cluster_settings(
     groups: &Groups,
     index: usize,
     persistence: Persistence,
-    (shards, segment_size, capacity, item_size_max): (u32, usize, u64, usize),
+    (shards, segment_size, capacity, item_size_max): (ShardCount, usize, u64, usize),
     error: &ErrorFn<'_>,
 ) -> Result<ClusterSettings, ConfigError> {
     let c = &file.cluster;
@@ -1069,11 +1133,60 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn shards_auto_for_one_server_and_agreed_in_a_group() {
+        let one = |storage: &str| {
+            load(
+                &format!(
+                    "[storage]\n{storage}\n[[servers]]\nname = \"a\"\nhost = \"127.0.0.1\"\n\
+                     client_port = 11211\ndata = \"/tmp/a\"\n"
+                ),
+                None,
+            )
+        };
+        assert_eq!(one("").unwrap().shards, ShardCount::Auto);
+        assert_eq!(one("shards = \"auto\"").unwrap().shards, ShardCount::Auto);
+        assert_eq!(one("shards = 3").unwrap().shards, ShardCount::Fixed(3));
+        for (bad, says) in [
+            ("shards = \"many\"", "not a shard count"),
+            ("shards = -1", "out of range"),
+            ("shards = 5000", "out of range"),
+        ] {
+            let error = one(bad).unwrap_err().to_string();
+            assert!(error.contains(says), "{bad}: {error}");
+        }
+        // Auto checks the capacity against one shard; the count chosen fits what is left.
+        assert!(
+            one("segment_size = \"1MiB\"\ncapacity = \"4MiB\"\nitem_size_max = \"1KiB\"").is_ok()
+        );
+        let error = one("segment_size = \"1MiB\"\ncapacity = \"3MiB\"\nitem_size_max = \"1KiB\"")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("storage.capacity"), "{error}");
+
+        // The servers of a mirror group must agree: left out is 8, "auto" is refused.
+        let group = TWO.replace("shards = 4\n", "");
+        assert_eq!(
+            load(&group, Some("s1")).unwrap().shards,
+            ShardCount::Fixed(8)
+        );
+        let error = load(&TWO.replace("shards = 4", "shards = \"auto\""), Some("s1"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("storage.shards") && error.contains("same one"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn name_picks_the_server_and_flags_override() {
         let s = load(TWO, Some("s2")).unwrap();
         assert_eq!((s.name.as_str(), s.listen.port()), ("s2", 11301));
         assert_eq!(s.persistence, Persistence::PermanentStore);
-        assert_eq!((s.shards, s.segment_size_bytes), (4, 4 << 20));
+        assert_eq!(
+            (s.shards, s.segment_size_bytes),
+            (ShardCount::Fixed(4), 4 << 20)
+        );
         let overrides = Overrides {
             cores: Some(1),
             listen: Some("127.0.0.1:5000".into()),

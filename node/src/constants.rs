@@ -37,8 +37,17 @@ pub const RECV_CHUNK_BYTES: usize = 64 << 10;
 /// Capacity of each cross-core request and reply channel (messages).
 pub const MESH_CHANNEL_CAPACITY: usize = 1024;
 
-/// Shard count of a new data dir unless configured.
-pub const SHARDS_DEFAULT: u32 = 8;
+/// Shard count of a new data dir when a config with a mirror group of several servers leaves
+/// `storage.shards` out (its servers must agree, so none may choose).
+pub const SHARDS_GROUP_DEFAULT: u32 = 8;
+
+/// `storage.shards = "auto"`: shards per core of a new data dir, where a flush is cheap or
+/// never made (temporary-swap-only). Several logs per core overlap their syncs in the disk.
+pub const AUTO_SHARDS_PER_CORE: u32 = 4;
+
+/// `storage.shards = "auto"`: at most this many shards (each preallocates two segments), unless
+/// there are more cores.
+pub const AUTO_SHARDS_MAX: u32 = 64;
 
 /// Largest shard count accepted.
 pub const SHARDS_MAX: u32 = 1024;
@@ -60,7 +69,8 @@ const _: () = assert!(LINE_LEN_MAX_BYTES < LINE_WITH_NEWLINE_LEN_MAX_BYTES);
 const _: () = assert!(LINE_WITH_NEWLINE_LEN_MAX_BYTES < GET_LINE_LEN_MAX_BYTES);
 // A line of the longest length it may have arrives whole in the first read of a connection.
 const _: () = assert!(LINE_WITH_NEWLINE_LEN_MAX_BYTES <= RECV_BUFFER_INITIAL_BYTES);
-const _: () = assert!(SHARDS_DEFAULT <= SHARDS_MAX);
+const _: () = assert!(SHARDS_GROUP_DEFAULT <= SHARDS_MAX);
+const _: () = assert!(AUTO_SHARDS_MAX <= SHARDS_MAX);
 
 /// Online-backup cuts an executor holds at once (each pins segments against removal until
 /// it is released or its connection closes).

@@ -12,10 +12,11 @@
 //! - a directory that holds anything but these files is not ours: refuse, delete nothing;
 //! - temporary-swap-only empties `shards/` at start (its data is never promised to survive),
 //!   but refuses a data dir written by permanent-store;
-//! - the shard count is fixed at creation: a different configured count is an error, never a
-//!   silent re-sharding.
+//! - the shard count is fixed at creation (by `storage.shards`, or chosen with "auto"): a
+//!   different configured count is an error, never a silent re-sharding. Only a data dir of
+//!   temporary data, emptied anyway, takes a new count.
 
-use crate::config::{Persistence, Settings};
+use crate::config::{Persistence, Settings, ShardCount};
 use serde::Deserialize;
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
@@ -146,15 +147,20 @@ pub fn read_meta(path: &Path) -> Result<Option<Meta>, DataDirError> {
 pub struct DataDir {
     path: PathBuf,
     shards: u32,
-    /// It had no meta file: this start created it (and fixed its shard count).
+    /// This start fixed its shard count (see [`DataDir::created`]).
     created: bool,
     /// Held for as long as the data dir is open.
     _lock: DataDirLock,
 }
 
 impl DataDir {
-    /// Opens (creating if needed) and locks the data dir for `settings`.
-    pub fn open(settings: &Settings) -> Result<Self, DataDirError> {
+    /// Opens (creating if needed) and locks the data dir for `settings`. A data dir this start
+    /// fixes the shard count of (a new one, or one of temporary data, which is emptied) gets
+    /// `storage.shards`, or with "auto" what `choose` says for its path.
+    pub fn open(
+        settings: &Settings,
+        choose: impl FnOnce(&Path) -> u32,
+    ) -> Result<Self, DataDirError> {
         let path = settings.data_dir.clone();
         let fail = |problem: String, fix: &str| DataDirError {
             path: path.clone(),
@@ -170,7 +176,14 @@ impl DataDir {
         let lock = lock(&path)?;
         let meta = read_meta(&path)?;
         let shards_dir = path.join(SHARDS_DIR);
-        match &meta {
+        let written_by = meta
+            .as_ref()
+            .and_then(|m| Persistence::from_name(&m.persistence));
+        // Temporary data was never promised to survive; data written without fsync cannot be
+        // trusted by a permanent-store recovery either. So it is emptied, and the shard count
+        // may change with it.
+        let emptied = written_by == Some(Persistence::TemporarySwapOnly);
+        let kept_shards = match &meta {
             None => {
                 let foreign: Vec<String> = std::fs::read_dir(&path)
                     .map_err(|e| fail(format!("cannot list it: {e}"), "check its permissions"))?
@@ -187,6 +200,7 @@ impl DataDir {
                         "give the server an empty or new directory; nothing was touched",
                     ));
                 }
+                None
             }
             Some(meta) => {
                 if meta.format != DATA_DIR_FORMAT {
@@ -198,17 +212,6 @@ impl DataDir {
                         "use the terrace-server version that wrote it",
                     ));
                 }
-                if meta.shards != settings.shards {
-                    return Err(fail(
-                        format!(
-                            "created with {} shards, but storage.shards is {}",
-                            meta.shards, settings.shards
-                        ),
-                        "the shard count is fixed when a data dir is created: set storage.shards \
-                         back, or start on a new data dir",
-                    ));
-                }
-                let written_by = Persistence::from_name(&meta.persistence);
                 if written_by == Some(Persistence::PermanentStore)
                     && settings.persistence == Persistence::TemporarySwapOnly
                 {
@@ -220,14 +223,24 @@ impl DataDir {
                          data dir; nothing was deleted",
                     ));
                 }
+                match settings.shards {
+                    _ if emptied => None,
+                    ShardCount::Fixed(n) if n != meta.shards => {
+                        return Err(fail(
+                            format!(
+                                "created with {} shards, but storage.shards is {n}",
+                                meta.shards
+                            ),
+                            "the shard count is fixed when a data dir is created: set \
+                             storage.shards back (or to \"auto\", which keeps it), or start on \
+                             a new data dir",
+                        ));
+                    }
+                    _ => Some(meta.shards),
+                }
             }
-        }
-        let written_by = meta
-            .as_ref()
-            .and_then(|m| Persistence::from_name(&m.persistence));
-        // Temporary data was never promised to survive; data written without fsync cannot be
-        // trusted by a permanent-store recovery either.
-        if written_by.is_some_and(|p| p == Persistence::TemporarySwapOnly) && shards_dir.exists() {
+        };
+        if emptied && shards_dir.exists() {
             let segments = count_files(&shards_dir);
             std::fs::remove_dir_all(&shards_dir).map_err(|e| {
                 fail(
@@ -241,9 +254,15 @@ impl DataDir {
                 "emptied the data dir: it held temporary-swap-only data, which does not survive a restart"
             );
         }
-        write_meta(&path, settings)
+        let shards = match (kept_shards, settings.shards) {
+            (Some(kept), _) => kept,
+            (None, ShardCount::Fixed(n)) => n,
+            (None, ShardCount::Auto) => choose(&path),
+        };
+        assert!(shards >= 1, "a data dir has at least one shard");
+        write_meta(&path, settings, shards)
             .map_err(|e| fail(format!("cannot write {META_FILE}: {e}"), "check the disk"))?;
-        for shard in 0..settings.shards {
+        for shard in 0..shards {
             let dir = shard_dir_in(&path, shard);
             std::fs::create_dir_all(&dir).map_err(|e| {
                 fail(
@@ -257,13 +276,14 @@ impl DataDir {
             .map_err(|e| fail(format!("cannot fsync it: {e}"), "check the disk"))?;
         Ok(Self {
             path,
-            shards: settings.shards,
-            created: meta.is_none(),
+            shards,
+            created: kept_shards.is_none(),
             _lock: lock,
         })
     }
 
-    /// Whether this start created the data dir (its shard count was fixed just now).
+    /// Whether this start fixed the data dir's shard count: it was new, or held temporary data
+    /// (emptied).
     pub fn created(&self) -> bool {
         self.created
     }
@@ -307,10 +327,10 @@ fn count_files(dir: &Path) -> usize {
 }
 
 /// Writes the meta file atomically: a temporary file, fsynced, renamed over.
-fn write_meta(data: &Path, settings: &Settings) -> std::io::Result<()> {
+fn write_meta(data: &Path, settings: &Settings, shards: u32) -> std::io::Result<()> {
     let meta = Meta {
         format: DATA_DIR_FORMAT,
-        shards: settings.shards,
+        shards,
         persistence: settings.persistence.name().to_string(),
         server: Some(settings.name.clone()),
     };
@@ -343,8 +363,13 @@ mod tests {
         let mut s = Settings::load(None, None, &Overrides::default()).unwrap();
         s.data_dir = dir.to_path_buf();
         s.persistence = persistence;
-        s.shards = shards;
+        s.shards = ShardCount::Fixed(shards);
         s
+    }
+
+    /// For settings with a fixed count: the chooser is never asked.
+    fn never(_: &Path) -> u32 {
+        unreachable!("a fixed shard count is not chosen")
     }
 
     #[test]
@@ -352,7 +377,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("data");
         let perm = settings(&dir, Persistence::PermanentStore, 4);
-        let open = DataDir::open(&perm).unwrap();
+        let open = DataDir::open(&perm, never).unwrap();
         assert!(open.shard_dir(3).is_dir());
         let meta = read_meta(&dir).unwrap().unwrap();
         assert_eq!(
@@ -364,7 +389,7 @@ mod tests {
             (4, "permanent-store", Some(perm.name.as_str()))
         );
         // A second server on the same dir is refused while the first holds it.
-        let error = DataDir::open(&perm).unwrap_err().to_string();
+        let error = DataDir::open(&perm, never).unwrap_err().to_string();
         assert!(
             error.contains("in use by another terrace-server"),
             "{error}"
@@ -372,17 +397,19 @@ mod tests {
         std::fs::write(open.shard_dir(0).join("marker"), b"x").unwrap();
         drop(open);
         // Another shard count, or temporary-swap-only over permanent data: refused, kept.
-        let error = DataDir::open(&settings(&dir, Persistence::PermanentStore, 8)).unwrap_err();
+        let error =
+            DataDir::open(&settings(&dir, Persistence::PermanentStore, 8), never).unwrap_err();
         assert!(
             error.to_string().contains("created with 4 shards"),
             "{error}"
         );
-        let error = DataDir::open(&settings(&dir, Persistence::TemporarySwapOnly, 4)).unwrap_err();
+        let error =
+            DataDir::open(&settings(&dir, Persistence::TemporarySwapOnly, 4), never).unwrap_err();
         assert!(
             error.to_string().contains("holds permanent-store data"),
             "{error}"
         );
-        let reopened = DataDir::open(&perm).unwrap();
+        let reopened = DataDir::open(&perm, never).unwrap();
         assert!(reopened.shard_dir(0).join("marker").exists());
         drop(reopened);
 
@@ -390,20 +417,73 @@ mod tests {
         let foreign = root.path().join("home");
         std::fs::create_dir(&foreign).unwrap();
         std::fs::write(foreign.join("thesis.tex"), b"years of work").unwrap();
-        let error = DataDir::open(&settings(&foreign, Persistence::TemporarySwapOnly, 4))
-            .unwrap_err()
-            .to_string();
+        let error = DataDir::open(
+            &settings(&foreign, Persistence::TemporarySwapOnly, 4),
+            never,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(error.contains("not a Terrace data dir"), "{error}");
         assert!(foreign.join("thesis.tex").exists());
 
         // temporary-swap-only starts empty.
         let temp_dir = root.path().join("cache");
         let temp = settings(&temp_dir, Persistence::TemporarySwapOnly, 2);
-        let open = DataDir::open(&temp).unwrap();
+        let open = DataDir::open(&temp, never).unwrap();
         std::fs::write(open.shard_dir(1).join("old"), b"x").unwrap();
         drop(open);
-        let open = DataDir::open(&temp).unwrap();
+        let open = DataDir::open(&temp, never).unwrap();
         assert!(!open.shard_dir(1).join("old").exists());
         assert!(open.shard_dir(1).is_dir());
+    }
+
+    #[test]
+    fn auto_chooses_once_and_an_existing_count_stays() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("data");
+        let mut perm = settings(&dir, Persistence::PermanentStore, 1);
+        perm.shards = ShardCount::Auto;
+        let open = DataDir::open(&perm, |path| {
+            assert_eq!(path, dir.as_path());
+            3
+        })
+        .unwrap();
+        assert_eq!((open.shards(), open.created()), (3, true));
+        assert!(open.shard_dir(2).is_dir());
+        drop(open);
+        // Reopened: the data dir's count, whatever the chooser would say now; a fixed count
+        // that differs is refused, the same one accepted.
+        let open = DataDir::open(&perm, never).unwrap();
+        assert_eq!((open.shards(), open.created()), (3, false));
+        drop(open);
+        let error = DataDir::open(&settings(&dir, Persistence::PermanentStore, 5), never)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("created with 3 shards, but storage.shards is 5"),
+            "{error}"
+        );
+        assert_eq!(
+            DataDir::open(&settings(&dir, Persistence::PermanentStore, 3), never)
+                .unwrap()
+                .shards(),
+            3
+        );
+
+        // Temporary data is emptied at start, so its count may change at every start.
+        let temp_dir = root.path().join("cache");
+        let mut temp = settings(&temp_dir, Persistence::TemporarySwapOnly, 2);
+        drop(DataDir::open(&temp, never).unwrap());
+        temp.shards = ShardCount::Auto;
+        let open = DataDir::open(&temp, |_| 5).unwrap();
+        assert_eq!((open.shards(), open.created()), (5, true));
+        assert_eq!(read_meta(&temp_dir).unwrap().unwrap().shards, 5);
+        drop(open);
+        let open = DataDir::open(
+            &settings(&temp_dir, Persistence::TemporarySwapOnly, 1),
+            never,
+        )
+        .unwrap();
+        assert_eq!(open.shards(), 1);
     }
 }

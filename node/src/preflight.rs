@@ -145,6 +145,30 @@ pub fn shards_advice(flush: Duration, shards: u32, executors: usize) -> Option<S
     })
 }
 
+/// The shard count `storage.shards = "auto"` gives a new data dir on `executors` cores: one
+/// log per core when each log's syncs are slow (`few_logs`: permanent-store on a disk whose
+/// flush is slow, or could not be measured), else `AUTO_SHARDS_PER_CORE` per core, whose
+/// syncs overlap in the disk; at most `AUTO_SHARDS_MAX` (one per core on more cores than
+/// that), and at most `capacity_shards`, the count whose four segments each the capacity
+/// holds. At least one.
+pub fn auto_shards(few_logs: bool, executors: usize, capacity_shards: u64) -> u32 {
+    use crate::constants::{AUTO_SHARDS_MAX, AUTO_SHARDS_PER_CORE, SHARDS_MAX};
+    let cores = u32::try_from(executors.max(1)).unwrap_or(SHARDS_MAX);
+    let per_core = if few_logs { 1 } else { AUTO_SHARDS_PER_CORE };
+    let fits = u32::try_from(capacity_shards).unwrap_or(SHARDS_MAX);
+    per_core
+        .saturating_mul(cores)
+        .min(AUTO_SHARDS_MAX.max(cores))
+        .min(SHARDS_MAX)
+        .min(fits)
+        .max(1)
+}
+
+/// Whether a measured flush (or a failed measurement) calls for few logs per core.
+pub fn flush_is_slow(flush: Option<Duration>) -> bool {
+    flush.is_none_or(|f| f >= Duration::from_micros(crate::constants::SLOW_FLUSH_MICROS))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,5 +193,38 @@ mod tests {
         assert_eq!(shards_advice(slow, 4, 2), None);
         assert_eq!(shards_advice(fast, 8, 2), None);
         assert!(shards_advice(slow, 8, 1).is_some());
+    }
+
+    #[test]
+    fn auto_gives_one_log_per_core_where_flushes_are_slow() {
+        assert!(flush_is_slow(Some(Duration::from_micros(230))));
+        assert!(!flush_is_slow(Some(Duration::from_micros(60))));
+        assert!(
+            flush_is_slow(None),
+            "an unmeasured disk gets the count that is never poor"
+        );
+        // (few logs, cores, what the capacity holds) -> shards
+        assert_eq!(auto_shards(true, 1, u64::MAX), 1);
+        assert_eq!(auto_shards(true, 2, u64::MAX), 2);
+        assert_eq!(auto_shards(false, 1, u64::MAX), 4);
+        assert_eq!(auto_shards(false, 2, u64::MAX), 8);
+        assert_eq!(auto_shards(false, 32, u64::MAX), 64, "capped");
+        assert_eq!(
+            auto_shards(true, 96, u64::MAX),
+            96,
+            "but every core gets one"
+        );
+        assert_eq!(auto_shards(false, 96, u64::MAX), 96);
+        assert_eq!(auto_shards(false, 4, 5), 5, "what the capacity holds");
+        assert_eq!(auto_shards(true, 4, 0), 1);
+        assert_eq!(auto_shards(false, 0, u64::MAX), 4, "0 cores is read as one");
+        // Whatever the rule gives, no slow disk gets the warning about too many logs.
+        for cores in 1..=8 {
+            let shards = auto_shards(true, cores, u64::MAX);
+            assert_eq!(
+                shards_advice(Duration::from_micros(500), shards, cores),
+                None
+            );
+        }
     }
 }

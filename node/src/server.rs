@@ -19,6 +19,7 @@ use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
@@ -78,29 +79,100 @@ struct Control {
     drained: AtomicUsize,
 }
 
-/// Measures a disk flush in a data dir this start created, logs it, and warns when the shard
-/// count just fixed is a poor fit for it. Advisory: a failed probe is logged, not fatal (the
-/// logs' own fsyncs decide whether the disk works).
-fn probe_flush(data: &DataDir, executors: usize) {
-    match crate::preflight::measure_flush(data.path()) {
+/// Measures a disk flush in `dir` (a data dir whose shard count this start fixes) and logs
+/// it. Advisory: a failed probe is logged, not fatal (the logs' own fsyncs decide whether the
+/// disk works).
+fn probe_flush(dir: &Path) -> Option<Duration> {
+    match crate::preflight::measure_flush(dir) {
         Ok(flush) => {
             tracing::info!(
-                data = %data.path().display(),
+                data = %dir.display(),
                 fdatasync_us = flush.as_micros() as u64,
                 "new data dir: a 4 KiB write + fdatasync there takes {} us (median of {})",
                 flush.as_micros(),
                 crate::constants::FLUSH_PROBE_ROUNDS
             );
-            if let Some(advice) = crate::preflight::shards_advice(flush, data.shards(), executors) {
-                tracing::warn!(shards = data.shards(), cores = executors, "{advice}");
-            }
+            Some(flush)
         }
-        Err(error) => tracing::warn!(
-            data = %data.path().display(),
-            %error,
-            "cannot measure a disk flush in the new data dir"
-        ),
+        Err(error) => {
+            tracing::warn!(
+                data = %dir.display(),
+                %error,
+                "cannot measure a disk flush in the new data dir"
+            );
+            None
+        }
     }
+}
+
+/// Opens the data dir, choosing its shard count when `storage.shards = "auto"` fixes it now
+/// (README, "Choosing storage.shards"), and says what an operator should know about the
+/// count: its choice, a configured count that is a poor fit for the disk, cores left without
+/// a shard.
+fn open_data_dir(settings: &Settings, executors: usize) -> Result<DataDir, ServerError> {
+    let durable = settings.persistence == Persistence::PermanentStore;
+    // Measured once, when the count is chosen or fixed by this start.
+    let mut flush = None;
+    let data = DataDir::open(settings, |dir| {
+        let measured = durable.then(|| probe_flush(dir));
+        flush = measured;
+        let few_logs = durable && crate::preflight::flush_is_slow(measured.flatten());
+        let capacity_shards =
+            settings.capacity_bytes / (4 * settings.segment_size_bytes as u64).max(1);
+        let shards = crate::preflight::auto_shards(few_logs, executors, capacity_shards);
+        let why = match (durable, few_logs) {
+            (false, _) => "temporary-swap-only: nothing is synced",
+            (true, true) => {
+                "permanent-store on a disk whose flush is slow: each log syncs on its own"
+            }
+            (true, false) => {
+                "permanent-store on a disk whose flush is fast: syncs of several logs overlap"
+            }
+        };
+        tracing::info!(
+            shards,
+            cores = executors,
+            "storage.shards = \"auto\" chose {shards} (cores: {executors}; {why}); the count \
+             is fixed for this data dir"
+        );
+        shards
+    })?;
+    if durable && data.created() {
+        let flush = flush.unwrap_or_else(|| Some(probe_flush(data.path())).flatten());
+        if let Some(advice) =
+            flush.and_then(|f| crate::preflight::shards_advice(f, data.shards(), executors))
+        {
+            tracing::warn!(shards = data.shards(), cores = executors, "{advice}");
+        }
+    }
+    // The config checked the capacity against a configured count; a chosen or kept one is
+    // checked here. Each shard needs room for its tail, a spare, and a compaction target.
+    let needed = u64::from(data.shards()) * 4 * settings.segment_size_bytes as u64;
+    if settings.capacity_bytes < needed {
+        return Err(crate::data_dir::DataDirError {
+            path: data.path().to_path_buf(),
+            problem: format!(
+                "its {} shards need at least 4 segments each ({needed} bytes), and \
+                 storage.capacity is {}",
+                data.shards(),
+                settings.capacity_bytes
+            ),
+            fix: "raise storage.capacity, or lower storage.segment_size".into(),
+        }
+        .into());
+    }
+    let idle = executors.saturating_sub(data.shards() as usize);
+    if idle > 0 {
+        tracing::warn!(
+            shards = data.shards(),
+            cores = executors,
+            "{idle} of {executors} cores own no shard (the data dir has {} shards, fixed when it \
+             was created): they serve connections and pass every request to the cores that own \
+             one; fewer cores (--cores), or a new data dir, use them better",
+            data.shards()
+        );
+    }
+    Ok(data)
 }
 
 /// How long a client port that answers is probed again before start-up fails.
@@ -111,10 +183,10 @@ pub fn run(settings: Settings, options: RunOptions) -> Result<(), ServerError> {
     crate::preflight::check_io_uring()?;
     let cpus = crate::preflight::pick_cpus(settings.cores)?;
     crate::preflight::raise_memlock(cpus.len())?;
-    let data = DataDir::open(&settings)?;
+    let executors = cpus.len();
+    let data = open_data_dir(&settings, executors)?;
 
     let listen = resolve_listen(settings.listen)?;
-    let executors = cpus.len();
     let topology = Topology {
         shards: data.shards(),
         executors,
@@ -132,9 +204,6 @@ pub fn run(settings: Settings, options: RunOptions) -> Result<(), ServerError> {
         item_size_max = settings.item_size_max_bytes,
         "Terrace server starting"
     );
-    if settings.persistence == Persistence::PermanentStore && data.created() {
-        probe_flush(&data, executors);
-    }
 
     let group = crate::cluster::Group::new(
         &settings.name,
@@ -163,6 +232,7 @@ pub fn run(settings: Settings, options: RunOptions) -> Result<(), ServerError> {
         debugtime_enabled: options.enable_debugtime,
         started: SystemTime::now(),
         executors,
+        shards: data.shards(),
         group: Arc::clone(&group),
         shutdown,
     });
@@ -437,7 +507,7 @@ pub async fn open_store(
     shard: u32,
     dir: &std::path::Path,
 ) -> Result<ShardStore, String> {
-    let config = store_config(&shared.settings, shared.settings.shards);
+    let config = store_config(&shared.settings, shared.shards);
     let storage = FsStorage::open(dir)
         .await
         .map_err(|e| format!("shard {shard}: {e}"))?;

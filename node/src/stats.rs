@@ -197,7 +197,7 @@ pub fn general(out: &mut Vec<u8>, shared: &crate::net::Shared, total: &Snapshot)
     stat(out, "bytes", total.bytes);
     stat(out, "terrace_live_bytes", total.live_bytes);
     stat(out, "terrace_persistence", settings.persistence);
-    stat(out, "terrace_shards", settings.shards);
+    stat(out, "terrace_shards", shared.shards);
     stat(out, "terrace_syncs", total.syncs);
     stat(out, "terrace_slow_sync_rounds", total.slow_sync_rounds);
     stat(out, "terrace_records_appended", total.records_appended);
@@ -335,7 +335,7 @@ pub fn settings(out: &mut Vec<u8>, shared: &crate::net::Shared) {
         "terrace_data",
         one_token(&s.data_dir.display().to_string()),
     );
-    stat(out, "terrace_shards", s.shards);
+    stat(out, "terrace_shards", shared.shards);
     stat(out, "terrace_segment_size", s.segment_size_bytes);
     stat(
         out,

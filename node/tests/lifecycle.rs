@@ -119,6 +119,88 @@ fn temporary_swap_only_starts_empty() {
     assert_eq!(server.connect().get("k"), None);
 }
 
+/// `storage.shards = "auto"` (what configs/reliable.toml ships): a new permanent-store data
+/// dir gets one shard per core where the flush measured in it is slow, four per core where it
+/// is fast; the count then stays with the data dir when the cores change, the cores left
+/// without a shard are named, and another number is refused.
+#[test]
+fn auto_shards_follow_the_measured_flush_and_stay_with_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "permanent-store");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("shards = 8", "shards = \"auto\"")).unwrap();
+    let shards_of = |server: &Server| -> u32 {
+        let stats = server.connect().call_end("stats\r\n");
+        stats
+            .lines()
+            .find_map(|line| line.strip_prefix("STAT terrace_shards "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no terrace_shards in {stats}"))
+    };
+
+    let mut one_core = Server::start(&config, &["--cores", "1"]);
+    let log = one_core.log();
+    let flush_us: u64 = log
+        .split("fdatasync there takes ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|digits| digits.parse().ok())
+        .unwrap_or_else(|| panic!("no measured flush in the log:\n{log}"));
+    let expected = if flush_us >= 150 { 1 } else { 4 };
+    assert_eq!(shards_of(&one_core), expected, "flush {flush_us} us");
+    assert!(
+        log.contains(&format!(
+            "storage.shards = \"auto\" chose {expected} (cores: 1;"
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("own no shard"), "{log}");
+    assert_eq!(one_core.connect().set("k", "v"), "STORED\r\n");
+    assert!(one_core.terminate().success());
+
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus >= 2 {
+        let mut two_cores = Server::start(&config, &["--cores", "2"]);
+        assert_eq!(
+            shards_of(&two_cores),
+            expected,
+            "the data dir's count stays"
+        );
+        assert_eq!(two_cores.connect().get("k").as_deref(), Some("v"));
+        let log = two_cores.log();
+        assert!(
+            !log.contains("storage.shards = \"auto\" chose"),
+            "chosen again:\n{log}"
+        );
+        assert_eq!(
+            log.contains("1 of 2 cores own no shard"),
+            expected == 1,
+            "{log}"
+        );
+        assert!(two_cores.terminate().success());
+    }
+
+    std::fs::write(
+        &config,
+        text.replace("shards = 8", &format!("shards = {}", expected + 1)),
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_terrace-server"))
+        .args(["-f", config.to_str().unwrap(), "--cores", "1", "--listen"])
+        .arg(format!("127.0.0.1:{}", common::free_port()))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "created with {expected} shards, but storage.shards is {}",
+            expected + 1
+        )),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn a_second_server_on_the_same_data_dir_is_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -28,6 +28,8 @@ pub struct Shared {
     pub started: SystemTime,
     /// Executors.
     pub executors: usize,
+    /// Shards of the data dir (what `storage.shards` gave when it was created).
+    pub shards: u32,
     /// This server in its mirror group: state, term, membership, whether it serves clients.
     pub group: Arc<crate::cluster::Group>,
     /// The server's stop flag (what SIGTERM sets), when the `shutdown` command is enabled.
