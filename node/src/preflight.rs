@@ -137,8 +137,9 @@ pub fn shards_advice(flush: Duration, shards: u32, executors: usize) -> Option<S
             "a 4 KiB write + fdatasync on this disk takes {} us: with {shards} shards on {executors} \
              cores each core runs {:.0} logs that flush on their own, and permanent-store will \
              spend its cores on flushes; on such a disk one shard per core is faster \
-             (storage.shards = {executors}; the count is fixed when a data dir is created, so \
-             start on a new one). README: \"Choosing storage.shards for permanent-store\"",
+             (storage.shards = {executors}, or \"auto\", which measures and chooses; the count is \
+             fixed when a data dir is created, so start on a new one). README: \"Choosing \
+             storage.shards\"",
             flush.as_micros(),
             f64::from(shards) / executors.max(1) as f64,
         )

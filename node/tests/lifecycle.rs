@@ -146,7 +146,8 @@ fn auto_shards_follow_the_measured_flush_and_stay_with_the_data_dir() {
         .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
         .and_then(|digits| digits.parse().ok())
         .unwrap_or_else(|| panic!("no measured flush in the log:\n{log}"));
-    let expected = if flush_us >= 150 { 1 } else { 4 };
+    let slow = flush_us >= terrace_node::constants::SLOW_FLUSH_MICROS;
+    let expected = if slow { 1 } else { 4 };
     assert_eq!(shards_of(&one_core), expected, "flush {flush_us} us");
     assert!(
         log.contains(&format!(
