@@ -26,7 +26,9 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, SystemTime};
 use terrace_wal::log::{Durability, LogConfig, RecoveryPolicy};
 use terrace_wal::storage::FsStorage;
-use terrace_wal::store::{CompactionConfig, StoreConfig, WhenFull, spawn_compactor};
+use terrace_wal::store::{
+    CompactionConfig, CompactionMode, StoreConfig, WhenFull, spawn_compactor,
+};
 
 /// Start-up options that are not in the config.
 #[derive(Debug, Clone, Default)]
@@ -470,8 +472,9 @@ fn store_config(settings: &Settings, shards: u32) -> StoreConfig {
 /// How often executors publish their shards' last LSNs for the group's elections.
 const LSN_PUBLISH_MILLIS: u64 = 50;
 
-/// Publishes the shards' last LSNs, and turns compaction on only while this server is the
-/// active (a passive's log must stay a copy of its active's).
+/// Publishes the shards' last LSNs, and sets what compaction may do: compact while this
+/// server is the active, only reclaim unneeded segments while it is not (a passive's log
+/// holds its active's records and none of its own).
 fn publish_lsns(shards: &LocalShards, shared: &Shared) {
     let serving = shared.group.serving();
     for (shard, store) in shards.owned() {
@@ -482,8 +485,13 @@ fn publish_lsns(shards: &LocalShards, shared: &Shared) {
         let mut store = store.borrow_mut();
         let last = store.log().next_lsn().saturating_sub(1);
         shared.group.publish_lsn(shard, last);
-        if store.compaction_paused() == serving {
-            store.set_compaction_paused(!serving);
+        let mode = if serving {
+            CompactionMode::Compact
+        } else {
+            CompactionMode::ReclaimOnly
+        };
+        if store.compaction_mode() != mode {
+            store.set_compaction_mode(mode);
         }
         let Some(replicas) = shards.replicas(shard) else {
             continue;
@@ -500,8 +508,8 @@ fn publish_lsns(shards: &LocalShards, shared: &Shared) {
     }
 }
 
-/// Opens (recovering) the store of `shard` in `dir`, compaction paused until this server is
-/// known to be the active (see `publish_lsns`).
+/// Opens (recovering) the store of `shard` in `dir`, compaction paused until this server
+/// knows whether it is the active (see `publish_lsns`).
 pub async fn open_store(
     shared: &Shared,
     shard: u32,
@@ -516,10 +524,11 @@ pub async fn open_store(
         ShardStore::open(storage, config, clock, RecoveryPolicy::TruncateTornTail)
             .await
             .map_err(|e| format!("shard {shard} ({}): {e}", dir.display()))?;
-    // Paused until `publish_lsns` (within 50 ms) finds this server serving and has stamped
-    // the store with its term: compaction tells the tombstones this server wrote from copied
-    // ones by their term.
-    store.set_compaction_paused(true);
+    // Paused until `publish_lsns` (within 50 ms) finds whether this server serves: if it does,
+    // it stamps the store with its term before compaction starts (compaction tells the
+    // tombstones this server wrote from copied ones by their term); if not, the store only
+    // reclaims.
+    store.set_compaction_mode(CompactionMode::Paused);
     if report.records > 0 || report.torn_tail.is_some() {
         tracing::info!(
             shard,

@@ -108,6 +108,8 @@ pub struct Snapshot {
     pub segments: u64,
     /// Segments compacted (rewritten and retired) since start.
     pub segments_compacted: u64,
+    /// Segments a passive removed since start because nothing in them was needed any more.
+    pub segments_reclaimed: u64,
     /// Bytes of records compaction rewrote since start.
     pub compaction_bytes_rewritten: u64,
     /// Expired or flushed items compaction dropped since start.
@@ -137,6 +139,7 @@ impl Snapshot {
         self.failed_shards += other.failed_shards;
         self.segments += other.segments;
         self.segments_compacted += other.segments_compacted;
+        self.segments_reclaimed += other.segments_reclaimed;
         self.compaction_bytes_rewritten += other.compaction_bytes_rewritten;
         self.items_reclaimed += other.items_reclaimed;
         self.tombstones_dropped += other.tombstones_dropped;
@@ -204,6 +207,7 @@ pub fn general(out: &mut Vec<u8>, shared: &crate::net::Shared, total: &Snapshot)
     stat(out, "terrace_failed_shards", total.failed_shards);
     stat(out, "terrace_segments", total.segments);
     stat(out, "terrace_segments_compacted", total.segments_compacted);
+    stat(out, "terrace_segments_reclaimed", total.segments_reclaimed);
     stat(
         out,
         "terrace_compaction_bytes_rewritten",

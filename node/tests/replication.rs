@@ -86,6 +86,85 @@ fn a_passive_syncs_during_writes_and_takes_over_with_every_acknowledged_write() 
     drop(s2);
 }
 
+/// Segment files in a data dir's shards.
+fn segment_files(data: &std::path::Path) -> usize {
+    std::fs::read_dir(data.join("shards"))
+        .expect("shards dir")
+        .map(|shard| {
+            std::fs::read_dir(shard.expect("shard").path())
+                .expect("shard dir")
+                .filter(|f| {
+                    f.as_ref()
+                        .is_ok_and(|f| f.path().extension().is_some_and(|e| e == "seg"))
+                })
+                .count()
+        })
+        .sum()
+}
+
+/// Under overwrites a passive removes the segments nothing needs any more (the active's
+/// compaction copies and newer writes, which reach it as records, supersede what they
+/// held), so its disk use stays near the active's instead of growing with every byte the
+/// active was ever sent; and it takes over with every latest value.
+#[test]
+fn a_passive_reclaims_what_overwrites_left_behind_and_takes_over_whole() {
+    // 40 MB of overwrites of 1 MB of data, into 4 shards of 2 MiB segments: each shard keeps
+    // its tail and a spare, and a segment or two that compaction has not reached yet.
+    // Without reclaiming, the passive held 28 segment files here, the active 8.
+    let (rounds, keys) = (40, 1000);
+    let value = |round: u64, key: u64| format!("{round}-{key}-{}", "x".repeat(990));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let [g1, g2, c1, c2] = free_ports();
+    let config = pair_config(dir.path(), "pair.toml", (g1, g2, c1, c2), "");
+    let mut s1 = Server::start_at(&config, c1, &["-n", "s1", "--cores", "1"]);
+    wait_for(&s1, "s1:state", "ACTIVE-COORDINATOR");
+    let s2 = Server::start_at(&config, c2, &["-n", "s2", "--cores", "1"]);
+    wait_for(&s2, "s2:state", "PASSIVE-STANDBY");
+
+    let mut c = Client::connect(c1);
+    for round in 0..rounds {
+        for batch in (0..keys).collect::<Vec<u64>>().chunks(100) {
+            let mut request = String::new();
+            for &key in batch {
+                let v = value(round, key);
+                request.push_str(&format!("set hot{key} 0 0 {}\r\n{v}\r\n", v.len()));
+            }
+            c.send(request.as_bytes());
+            let expected = "STORED\r\n".repeat(batch.len());
+            assert_eq!(
+                String::from_utf8_lossy(&c.read_exact_n(expected.len())),
+                expected
+            );
+        }
+    }
+    let (s1_data, s2_data) = (dir.path().join("s1"), dir.path().join("s2"));
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    let bound = 4 * 4;
+    while segment_files(&s2_data) > bound && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (active_files, passive_files) = (segment_files(&s1_data), segment_files(&s2_data));
+    println!("segment files after {rounds} rounds: active {active_files}, passive {passive_files}");
+    assert!(
+        passive_files <= bound,
+        "the passive holds {passive_files} segment files (active {active_files}); log:\n{}",
+        s2.log()
+    );
+
+    s1.kill();
+    wait_for(&s2, "s2:state", "ACTIVE-COORDINATOR");
+    let mut c = Client::connect(c2);
+    for key in 0..keys {
+        let expected = value(rounds - 1, key);
+        assert_eq!(
+            c.get(&format!("hot{key}")).as_deref(),
+            Some(expected.as_str())
+        );
+    }
+    drop(s1);
+    drop(s2);
+}
+
 /// A server whose data is not a prefix of the active's (it wrote records the active never
 /// had) moves its data to the dirty db before it syncs, says so, and becomes PASSIVE-STANDBY
 /// with the active's data. Here: the active is paused with a write waiting in its socket, the

@@ -24,7 +24,7 @@ use std::rc::Rc;
 use terrace_wal::error::{StoreError, WalError};
 use terrace_wal::log::Durability;
 use terrace_wal::storage::{SimDisk, SimStorage};
-use terrace_wal::store::{Delta, ManualClock, SetMode, Store, compact_once};
+use terrace_wal::store::{CompactionMode, Delta, ManualClock, SetMode, Store, compact_once};
 
 const START: u32 = 1_700_000_000;
 const SEGMENT: usize = 16 << 10;
@@ -70,76 +70,178 @@ fn catch_up(source: &Store<SimStorage>, replica: &mut Store<SimStorage>) -> usiz
 fn a_replica_of_copied_records_equals_its_source() {
     let seeds = env_count("TERRACE_REPLICA_SEEDS", 20);
     for seed in 0..seeds {
-        run(move || async move {
-            let mut rng = SmallRng::seed_from_u64(seed);
-            let clock = ManualClock::new(START);
-            let (source_disk, replica_disk) = (SimDisk::new(), SimDisk::new());
-            let config = small_config(SEGMENT, Durability::Fsync);
-            let source = Rc::new(RefCell::new(
-                open_sim(&source_disk, config.clone(), &clock).await.0,
-            ));
-            let (mut replica, _) = open_sim(&replica_disk, config.clone(), &clock).await;
-            let mut copied = 0;
-            for step in 0..400 {
-                let key = format!("k{}", rng.random_range(0..40)).into_bytes();
-                {
-                    let mut s = source.borrow_mut();
-                    let value = vec![b'a' + (step % 26) as u8; rng.random_range(0..600)];
-                    let result: Result<(), StoreError> = match rng.random_range(0..100) {
-                        0..40 => s
-                            .set(SetMode::Set, &key, &value, step, rng.random_range(-1..200))
-                            .map(drop),
-                        40..50 => s.set(SetMode::Add, &key, &value, 1, 0).map(drop),
-                        50..58 => s.set(SetMode::Append, &key, b"+", 0, 0).map(drop),
-                        58..68 => s.delete(&key).map(drop),
-                        68..76 => s.touch(&key, rng.random_range(1..300)).map(drop),
-                        76..80 => s.delta(&key, Delta::Incr(3)).map(drop),
-                        80..82 => s.flush_all(rng.random_range(0..3)).map(drop),
-                        82..90 => {
-                            clock.advance(rng.random_range(0..50));
-                            Ok(())
-                        }
-                        _ => s.get(&key).map(drop),
-                    };
-                    if let Err(error) = result {
-                        assert!(
-                            matches!(error, StoreError::NonNumeric | StoreError::TooLarge { .. }),
-                            "seed {seed} step {step}: {error}"
-                        );
+        follow(seed, CompactionMode::Paused);
+    }
+}
+
+/// A passive only reclaims: it removes its segments that nothing needs any more and writes
+/// no record of its own, so it still holds what its source holds, also after recovery
+/// (every kind of record; most segments here keep a tombstone or a flush, which a passive
+/// never drops: the test below shows the reclaiming).
+#[test]
+fn a_replica_that_reclaims_writes_nothing_and_equals_its_source() {
+    let seeds = env_count("TERRACE_REPLICA_SEEDS", 20);
+    for seed in 0..seeds {
+        follow(seed, CompactionMode::ReclaimOnly);
+    }
+}
+
+/// Under overwrites a reclaiming replica's disk use stays bounded like its source's: the
+/// source's compaction copies and newer writes supersede everything in its old segments.
+#[test]
+fn a_reclaiming_replica_of_overwrites_stays_bounded() {
+    run(|| async {
+        let clock = ManualClock::new(START);
+        let (source_disk, replica_disk) = (SimDisk::new(), SimDisk::new());
+        let config = small_config(SEGMENT, Durability::Fsync);
+        let source = Rc::new(RefCell::new(
+            open_sim(&source_disk, config.clone(), &clock).await.0,
+        ));
+        let (mut replica, _) = open_sim(&replica_disk, config.clone(), &clock).await;
+        replica.set_compaction_mode(CompactionMode::ReclaimOnly);
+        let replica = Rc::new(RefCell::new(replica));
+        let mut reclaimed = 0;
+        let mut most_segments = 0;
+        for round in 0..40u32 {
+            for key in 0..20 {
+                let value = vec![b'a' + (round % 26) as u8; 400];
+                source
+                    .borrow_mut()
+                    .set(SetMode::Set, format!("k{key}").as_bytes(), &value, round, 0)
+                    .expect("set");
+            }
+            compact_once(&source).await.expect("compaction");
+            catch_up(&source.borrow(), &mut replica.borrow_mut());
+            reclaimed += reclaim(&replica).await;
+            most_segments = most_segments.max(replica.borrow().log().segments().count());
+        }
+        // 40 rounds of 20 x ~450 bytes is ~22 segments of 16 KiB written; 20 live items
+        // fit in one.
+        assert!(reclaimed >= 10, "reclaimed {reclaimed}");
+        assert!(
+            most_segments <= 8,
+            "the replica held {most_segments} segments"
+        );
+        let expected = items(&source.borrow());
+        assert_eq!(expected.len(), 20);
+        let replica = Rc::into_inner(replica).expect("one owner").into_inner();
+        assert_eq!(expected, items(&replica));
+        replica.check_invariants();
+        sync_all(&replica).await;
+        drop(replica);
+        let (reopened, _) = open_sim(&replica_disk, config, &clock).await;
+        assert_eq!(expected, items(&reopened), "after recovery");
+    });
+}
+
+/// Random operations on a source store, copied to a replica whose compactor is in `mode`;
+/// checks they agree throughout and after the replica recovers. Returns the segments the
+/// replica reclaimed.
+fn follow(seed: u64, mode: CompactionMode) -> u64 {
+    run(move || async move {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let clock = ManualClock::new(START);
+        let (source_disk, replica_disk) = (SimDisk::new(), SimDisk::new());
+        let config = small_config(SEGMENT, Durability::Fsync);
+        let source = Rc::new(RefCell::new(
+            open_sim(&source_disk, config.clone(), &clock).await.0,
+        ));
+        let (mut replica, _) = open_sim(&replica_disk, config.clone(), &clock).await;
+        replica.set_compaction_mode(mode);
+        let replica = Rc::new(RefCell::new(replica));
+        let mut copied = 0;
+        let mut reclaimed = 0;
+        for step in 0..400 {
+            let key = format!("k{}", rng.random_range(0..40)).into_bytes();
+            {
+                let mut s = source.borrow_mut();
+                let value = vec![b'a' + (step % 26) as u8; rng.random_range(0..600)];
+                let result: Result<(), StoreError> = match rng.random_range(0..100) {
+                    0..40 => s
+                        .set(SetMode::Set, &key, &value, step, rng.random_range(-1..200))
+                        .map(drop),
+                    40..50 => s.set(SetMode::Add, &key, &value, 1, 0).map(drop),
+                    50..58 => s.set(SetMode::Append, &key, b"+", 0, 0).map(drop),
+                    58..68 => s.delete(&key).map(drop),
+                    68..76 => s.touch(&key, rng.random_range(1..300)).map(drop),
+                    76..80 => s.delta(&key, Delta::Incr(3)).map(drop),
+                    80..82 => s.flush_all(rng.random_range(0..3)).map(drop),
+                    82..90 => {
+                        clock.advance(rng.random_range(0..50));
+                        Ok(())
                     }
-                }
-                if step % 50 == 49 {
-                    // Compaction writes records too (copies of live items); they are copied
-                    // like any other. (It also removes old segments: a replica that lags
-                    // behind them must start over from a snapshot, tested below.)
-                    copied += catch_up(&source.borrow(), &mut replica);
-                    compact_once(&source).await.expect("compaction");
-                }
-                if rng.random_bool(0.3) {
-                    copied += catch_up(&source.borrow(), &mut replica);
-                    assert_eq!(
-                        items(&source.borrow()),
-                        items(&replica),
-                        "seed {seed} step {step}"
+                    _ => s.get(&key).map(drop),
+                };
+                if let Err(error) = result {
+                    assert!(
+                        matches!(error, StoreError::NonNumeric | StoreError::TooLarge { .. }),
+                        "seed {seed} step {step}: {error}"
                     );
                 }
             }
-            copied += catch_up(&source.borrow(), &mut replica);
-            assert!(copied > 100, "seed {seed}: only {copied} records copied");
-            let (next_lsn, expected) = {
-                let source = source.borrow();
-                (source.log().next_lsn(), items(&source))
-            };
-            assert_eq!(next_lsn, replica.log().next_lsn());
-            assert_eq!(expected, items(&replica), "seed {seed}");
-            replica.check_invariants();
-            // The replica's own log recovers to the same state.
-            sync_all(&replica).await;
-            drop(replica);
-            let (reopened, _) = open_sim(&replica_disk, config, &clock).await;
-            assert_eq!(expected, items(&reopened), "seed {seed}: after recovery");
-        });
+            if step % 50 == 49 {
+                // Compaction writes records too (copies of live items); they are copied
+                // like any other. (It also removes old segments: a replica that lags
+                // behind them must start over from a snapshot, tested below.)
+                copied += catch_up(&source.borrow(), &mut replica.borrow_mut());
+                reclaimed += reclaim(&replica).await;
+                compact_once(&source).await.expect("compaction");
+            }
+            if rng.random_bool(0.3) {
+                copied += catch_up(&source.borrow(), &mut replica.borrow_mut());
+                reclaimed += reclaim(&replica).await;
+                assert_eq!(
+                    items(&source.borrow()),
+                    items(&replica.borrow()),
+                    "seed {seed} step {step}"
+                );
+            }
+        }
+        copied += catch_up(&source.borrow(), &mut replica.borrow_mut());
+        reclaimed += reclaim(&replica).await;
+        assert!(copied > 100, "seed {seed}: only {copied} records copied");
+        let (next_lsn, expected) = {
+            let source = source.borrow();
+            (source.log().next_lsn(), items(&source))
+        };
+        let replica = Rc::into_inner(replica).expect("one owner").into_inner();
+        assert_eq!(next_lsn, replica.log().next_lsn());
+        assert_eq!(expected, items(&replica), "seed {seed}");
+        replica.check_invariants();
+        // The replica's own log recovers to the same state.
+        sync_all(&replica).await;
+        drop(replica);
+        let (reopened, _) = open_sim(&replica_disk, config, &clock).await;
+        assert_eq!(expected, items(&reopened), "seed {seed}: after recovery");
+        reclaimed
+    })
+}
+
+/// Syncs what a replica applied (a passive does, before it acknowledges), then runs its
+/// compactor until it has nothing left to do, and checks that it appended no record
+/// (whatever its mode: a paused one does nothing). Returns the segments reclaimed.
+async fn reclaim(replica: &Rc<RefCell<Store<SimStorage>>>) -> u64 {
+    let synced = sync_all(&replica.borrow());
+    synced.await;
+    let (next_lsn, before) = {
+        let replica = replica.borrow();
+        (
+            replica.log().next_lsn(),
+            replica.counters().segments_reclaimed,
+        )
+    };
+    for _ in 0..1000 {
+        if !compact_once(replica).await.expect("reclaim") {
+            break;
+        }
     }
+    let replica = replica.borrow();
+    assert_eq!(
+        replica.log().next_lsn(),
+        next_lsn,
+        "the replica wrote a record"
+    );
+    replica.counters().segments_reclaimed - before
 }
 
 #[test]

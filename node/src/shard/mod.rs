@@ -561,6 +561,7 @@ impl LocalShards {
             snapshot.segments += store.log().segment_count() as u64;
             let compaction = store.counters();
             snapshot.segments_compacted += compaction.segments_compacted;
+            snapshot.segments_reclaimed += compaction.segments_reclaimed;
             snapshot.compaction_bytes_rewritten += compaction.compaction_bytes_rewritten;
             snapshot.items_reclaimed += compaction.items_reclaimed;
             snapshot.tombstones_dropped += compaction.tombstones_dropped;

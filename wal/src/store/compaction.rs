@@ -17,6 +17,15 @@
 //!
 //! Compaction runs in a task of its own, in a low-share task queue, yields between batches
 //! and limits the bytes it rewrites per second, so client requests keep their latency.
+//!
+//! A passive only reclaims ([`CompactionMode::ReclaimOnly`]): its log holds its active's
+//! records and must not gain any of its own, but once the active's compaction copies (which
+//! arrive as records like any other) or newer writes have superseded everything in one of
+//! its sealed segments, that segment is removed, as the active removed its own. Only
+//! segments without tombstones and flushes qualify (those count as live until a compaction
+//! rewrites or drops them, and a passive does neither), and each is walked record by record
+//! against the index before it goes, so a wrong live-byte count keeps data rather than
+//! losing it.
 
 use super::{Previous, Store, StoreError, index::put_of};
 use crate::constants::{
@@ -82,6 +91,19 @@ impl CompactionConfig {
     }
 }
 
+/// What a store's compactor may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompactionMode {
+    /// Rewrite the needed records of sparse segments at the head, then remove the segments:
+    /// an active, or a server outside a mirror group.
+    Compact,
+    /// Only remove sealed segments nothing in which is needed any more, writing no record: a
+    /// passive, whose log holds its active's records and nothing of its own.
+    ReclaimOnly,
+    /// Nothing: until the server knows whether it is an active or a passive.
+    Paused,
+}
+
 /// How far a call to [`Store::compact_some`] got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CompactionProgress {
@@ -120,6 +142,72 @@ impl<S: Storage> Store<S> {
             .filter(|(live, s)| live * 100 < percent * s.size_bytes() as u64)
             .min_by_key(|(live, s)| (*live, s.id()))
             .map(|(_, s)| s.id())
+    }
+
+    /// The oldest segment a passive may remove: sealed, durable, not retired, and holding no
+    /// live record by the live-byte count (no current item or touch; tombstones and flushes
+    /// always count).
+    pub fn reclaim_victim(&self) -> Option<SegmentId> {
+        let durable = self.log.commit().durable_lsn();
+        self.log
+            .segments()
+            .find(|s| {
+                s.is_sealed()
+                    && !s.is_retired()
+                    && !s.header_pending()
+                    && s.last_lsn() <= durable
+                    && s.live_bytes() == 0
+                    && !self.reclaim_refused.contains(&s.id())
+            })
+            .map(|s| s.id())
+    }
+
+    /// Checks the records of `victim` from `from_offset` on, about `budget_bytes` of them,
+    /// for one that is still needed: an item the index points at, the touch that set an
+    /// item's expiry, any tombstone or flush. `Ok(next offset)`, `None` at the end; or
+    /// `Err(offset)` of a needed record. What is unneeded stays so: later records only
+    /// supersede.
+    pub fn reclaim_check(
+        &self,
+        victim: SegmentId,
+        from_offset: usize,
+        budget_bytes: usize,
+    ) -> Result<Option<usize>, usize> {
+        let Some(segment) = self.log.segment(victim) else {
+            return Ok(None);
+        };
+        assert!(segment.is_sealed(), "reclaiming the tail segment {victim}");
+        let end = segment.written_bytes();
+        let mut offset = from_offset.max(SEGMENT_HEADER_LEN_BYTES);
+        let mut checked = 0;
+        while offset < end && checked < budget_bytes {
+            let record = segment.record(offset);
+            // SAFETY: the record was validated when recovered or written.
+            let needed = match unsafe { record.body_unchecked() } {
+                Body::Put(put) => {
+                    let hash = self.state.index.hash(put.key.as_ref());
+                    self.state
+                        .index
+                        .get_at(hash, segment.id32(), offset)
+                        .is_some()
+                }
+                Body::Touch(touch) => {
+                    let key = touch.key.as_ref();
+                    let hash = self.state.index.hash(key);
+                    self.state
+                        .index
+                        .get(&self.log, hash, key)
+                        .is_some_and(|entry| entry.touch_segment == segment.id32())
+                }
+                Body::Delete(_) | Body::Flush(_) => true,
+            };
+            if needed {
+                return Err(offset);
+            }
+            offset += record.total_len;
+            checked += record.total_len;
+        }
+        Ok((offset < end).then_some(offset))
     }
 
     /// Compacts records of `victim` from `from_offset` on, about `budget_bytes` of them.
@@ -427,12 +515,15 @@ impl<S: Storage> Store<S> {
 /// stops early, having changed nothing more, when compaction is paused or the store behind
 /// the `RefCell` is replaced while it waits.
 pub async fn compact_once<S: Storage>(store: &Rc<RefCell<Store<S>>>) -> Result<bool, StoreError> {
-    let instance = store.borrow().instance();
+    let (instance, mode) = {
+        let store = store.borrow();
+        (store.instance(), store.compaction_mode())
+    };
     let still = |store: &Rc<RefCell<Store<S>>>| {
         let store = store.borrow();
-        store.instance() == instance && !store.compaction_paused()
+        store.instance() == instance && store.compaction_mode() == mode
     };
-    if !still(store) {
+    if mode == CompactionMode::Paused {
         return Ok(false);
     }
     if let Some(cause) = store.borrow().commit().failure() {
@@ -442,6 +533,9 @@ pub async fn compact_once<S: Storage>(store: &Rc<RefCell<Store<S>>>) -> Result<b
     remove_retired(store).await?;
     if !still(store) {
         return Ok(false);
+    }
+    if mode == CompactionMode::ReclaimOnly {
+        return reclaim_once(store, still).await;
     }
     let Some(victim) = store.borrow().compaction_victim() else {
         return Ok(false);
@@ -473,6 +567,63 @@ pub async fn compact_once<S: Storage>(store: &Rc<RefCell<Store<S>>>) -> Result<b
         return Ok(false);
     }
     store.borrow_mut().retire_segment(victim);
+    remove_retired(store).await?;
+    Ok(true)
+}
+
+/// A passive's round: removes the oldest segment nothing in which is needed any more, if
+/// there is one, without writing a record. Returns whether it removed one.
+async fn reclaim_once<S: Storage>(
+    store: &Rc<RefCell<Store<S>>>,
+    still: impl Fn(&Rc<RefCell<Store<S>>>) -> bool,
+) -> Result<bool, StoreError> {
+    let Some(victim) = store.borrow().reclaim_victim() else {
+        return Ok(false);
+    };
+    let mut offset = Some(SEGMENT_HEADER_LEN_BYTES);
+    while let Some(from) = offset {
+        let checked = store
+            .borrow()
+            .reclaim_check(victim, from, COMPACTION_BATCH_BYTES);
+        match checked {
+            Ok(next) => offset = next,
+            Err(at) => {
+                // The live-byte count said nothing here is needed, the index says otherwise:
+                // the count is wrong (a bug), and the segment stays.
+                tracing::error!(
+                    segment = victim,
+                    offset = at,
+                    "a segment counted as holding no live record holds a needed one: kept"
+                );
+                debug_assert!(
+                    false,
+                    "segment {victim} offset {at}: live bytes undercounted"
+                );
+                store.borrow_mut().reclaim_refused.insert(victim);
+                return Ok(false);
+            }
+        }
+        cooperate::pause(COMPACTION_BATCH_PAUSE).await;
+        if !still(store) {
+            return Ok(false);
+        }
+    }
+    // What superseded its records must be durable before its file goes.
+    let (commit, last_lsn) = {
+        let store = store.borrow();
+        (store.commit(), store.log.next_lsn() - 1)
+    };
+    commit.wait_durable(last_lsn).await?;
+    if !still(store) {
+        return Ok(false);
+    }
+    {
+        let mut store = store.borrow_mut();
+        if let Some(segment) = store.log.segment(victim).map(Rc::clone) {
+            segment.retire();
+            store.counters.segments_reclaimed += 1;
+        }
+    }
     remove_retired(store).await?;
     Ok(true)
 }

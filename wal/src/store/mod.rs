@@ -21,7 +21,9 @@ pub mod expiry;
 mod index;
 pub mod number;
 
-pub use compaction::{CompactionConfig, CompactionProgress, compact_once, spawn_compactor};
+pub use compaction::{
+    CompactionConfig, CompactionMode, CompactionProgress, compact_once, spawn_compactor,
+};
 pub use expiry::{Clock, ManualClock, SystemClock};
 
 use crate::constants::KEY_LEN_MAX_BYTES;
@@ -34,7 +36,7 @@ use crate::log::{
     AppendClass, Appended, Durability, GroupCommit, Log, LogConfig, RecoveredRecord,
     RecoveryPolicy, RecoveryReport, Segment,
 };
-use crate::storage::Storage;
+use crate::storage::{SegmentId, Storage};
 use expiry::{expiry_from_exptime, is_expired};
 use index::{Entry, Index, KeyHasher, SegmentLookup, put_of, segment_of};
 use std::rc::Rc;
@@ -183,6 +185,9 @@ pub struct StoreCounters {
     pub evictions: u64,
     /// Segments compacted.
     pub segments_compacted: u64,
+    /// Segments a passive removed because nothing in them was needed any more
+    /// ([`CompactionMode::ReclaimOnly`]).
+    pub segments_reclaimed: u64,
     /// Bytes of records rewritten by compaction.
     pub compaction_bytes_rewritten: u64,
     /// Expired or flushed items dropped by compaction.
@@ -662,9 +667,11 @@ pub struct Store<S: Storage> {
     clock: Rc<dyn Clock>,
     config: StoreConfig,
     counters: StoreCounters,
-    /// Compaction is off: a passive's log must stay a copy of its active's,
-    /// record for record, so it writes nothing of its own.
-    compaction_paused: bool,
+    /// What the compactor may do (see [`CompactionMode`]).
+    compaction_mode: CompactionMode,
+    /// Segments the reclaim of a passive found a needed record in although their live bytes
+    /// said none: left alone from then on (see `compaction::reclaim_once`).
+    reclaim_refused: std::collections::HashSet<SegmentId>,
     /// Unique per opened store in this process: a compaction round that awaited while the
     /// store behind its `RefCell` was replaced (a passive resetting a shard) notices.
     instance: u64,
@@ -744,7 +751,8 @@ impl<S: Storage> Store<S> {
                 clock,
                 config,
                 counters: StoreCounters::default(),
-                compaction_paused: false,
+                compaction_mode: CompactionMode::Compact,
+                reclaim_refused: std::collections::HashSet::new(),
                 instance: STORES_OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             },
             report,
@@ -766,14 +774,15 @@ impl<S: Storage> Store<S> {
         self.log.term()
     }
 
-    /// Turns compaction off (a passive) or on (an active).
-    pub fn set_compaction_paused(&mut self, paused: bool) {
-        self.compaction_paused = paused;
+    /// Sets what the compactor may do: compact (an active), only reclaim (a passive), or
+    /// nothing (until the server knows which it is).
+    pub fn set_compaction_mode(&mut self, mode: CompactionMode) {
+        self.compaction_mode = mode;
     }
 
-    /// Whether compaction is off.
-    pub fn compaction_paused(&self) -> bool {
-        self.compaction_paused
+    /// What the compactor may do.
+    pub fn compaction_mode(&self) -> CompactionMode {
+        self.compaction_mode
     }
 
     /// LSN of the last record appended (0 if none): every state the store shows now,

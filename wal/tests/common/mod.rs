@@ -8,10 +8,11 @@ use terrace_wal::storage::{SimDisk, SimStorage, Storage};
 use terrace_wal::store::{Clock, CompactionConfig, ManualClock, Store, StoreConfig, WhenFull};
 
 /// Runs `make()` to completion on a fresh glommio executor thread.
-pub fn run<G, F>(make: G)
+pub fn run<G, F, T>(make: G) -> T
 where
     G: FnOnce() -> F + Send + 'static,
-    F: Future<Output = ()> + 'static,
+    F: Future<Output = T> + 'static,
+    T: Send + 'static,
 {
     glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .io_memory(512 << 10)
@@ -19,7 +20,7 @@ where
         .spawn(make)
         .expect("start executor")
         .join()
-        .expect("test executor panicked");
+        .expect("test executor panicked")
 }
 
 /// A small-segment store configuration, so tests cross many segments quickly.

@@ -320,7 +320,7 @@ impl Follower<'_> {
             .await
             .map_err(|e| format!("cannot open the emptied shard: {e}"))?;
         let mut fresh = fresh;
-        fresh.set_compaction_paused(true);
+        fresh.set_compaction_mode(terrace_wal::store::CompactionMode::Paused);
         *store.borrow_mut() = fresh;
         Ok(())
     }
