@@ -70,7 +70,7 @@ fn catch_up(source: &Store<SimStorage>, replica: &mut Store<SimStorage>) -> usiz
 fn a_replica_of_copied_records_equals_its_source() {
     let seeds = env_count("TERRACE_REPLICA_SEEDS", 20);
     for seed in 0..seeds {
-        follow(seed, CompactionMode::Paused);
+        follow(seed, CompactionMode::Paused, Mix::Every);
     }
 }
 
@@ -82,8 +82,16 @@ fn a_replica_of_copied_records_equals_its_source() {
 fn a_replica_that_reclaims_writes_nothing_and_equals_its_source() {
     let seeds = env_count("TERRACE_REPLICA_SEEDS", 20);
     for seed in 0..seeds {
-        follow(seed, CompactionMode::ReclaimOnly);
+        follow(seed, CompactionMode::ReclaimOnly, Mix::Every);
     }
+    // Without tombstones and flushes most superseded and expired segments can go.
+    let reclaimed: u64 = (0..seeds)
+        .map(|seed| follow(seed, CompactionMode::ReclaimOnly, Mix::NoTombstones))
+        .sum();
+    assert!(
+        reclaimed >= seeds,
+        "{reclaimed} segments reclaimed in {seeds} runs"
+    );
 }
 
 /// Under overwrites a reclaiming replica's disk use stays bounded like its source's: the
@@ -134,10 +142,70 @@ fn a_reclaiming_replica_of_overwrites_stays_bounded() {
     });
 }
 
+/// A reclaiming replica drops an expired item with its segment only when no older record of
+/// its key is left: otherwise recovery would bring the older value back.
+#[test]
+fn a_reclaiming_replica_never_brings_back_an_older_value() {
+    run(|| async {
+        let clock = ManualClock::new(START);
+        let (source_disk, replica_disk) = (SimDisk::new(), SimDisk::new());
+        let config = small_config(SEGMENT, Durability::Fsync);
+        let (mut source, _) = open_sim(&source_disk, config.clone(), &clock).await;
+        let (mut replica, _) = open_sim(&replica_disk, config.clone(), &clock).await;
+        replica.set_compaction_mode(CompactionMode::ReclaimOnly);
+        let filler = vec![b'f'; 400];
+        // Sets `prefix{i}`, expiring in 10 s, until one lands in a new segment.
+        let fill = |store: &mut Store<SimStorage>, prefix: &str| {
+            let first = store.log().segments().last().map(|s| s.id());
+            for i in 0.. {
+                let key = format!("{prefix}{i}");
+                store
+                    .set(SetMode::Set, key.as_bytes(), &filler, 0, 10)
+                    .expect("set");
+                if store.log().segments().last().map(|s| s.id()) != first {
+                    return;
+                }
+            }
+        };
+        // Segment 1: the key's old value, and an item that keeps the segment.
+        source.set(SetMode::Set, b"key", b"old", 0, 0).expect("set");
+        source
+            .set(SetMode::Set, b"keeper", b"1", 0, 0)
+            .expect("set");
+        fill(&mut source, "a");
+        // Segment 2: the key's new value, and items, all expiring in 10 s.
+        source
+            .set(SetMode::Set, b"key", b"new", 0, 10)
+            .expect("set");
+        fill(&mut source, "b");
+        clock.advance(20);
+        catch_up(&source, &mut replica);
+        let replica = Rc::new(RefCell::new(replica));
+        reclaim(&replica).await;
+        let expected = items(&source);
+        assert!(!expected.contains_key(b"key".as_slice()));
+        let replica = Rc::into_inner(replica).expect("one owner").into_inner();
+        assert_eq!(expected, items(&replica));
+        sync_all(&replica).await;
+        drop(replica);
+        let (reopened, _) = open_sim(&replica_disk, config, &clock).await;
+        assert_eq!(expected, items(&reopened), "after recovery");
+    });
+}
+
+/// Which operations `follow` draws from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mix {
+    /// Every kind.
+    Every,
+    /// No delete and no flush_all: no tombstone or flush record, which a passive keeps.
+    NoTombstones,
+}
+
 /// Random operations on a source store, copied to a replica whose compactor is in `mode`;
 /// checks they agree throughout and after the replica recovers. Returns the segments the
 /// replica reclaimed.
-fn follow(seed: u64, mode: CompactionMode) -> u64 {
+fn follow(seed: u64, mode: CompactionMode, mix: Mix) -> u64 {
     run(move || async move {
         let mut rng = SmallRng::seed_from_u64(seed);
         let clock = ManualClock::new(START);
@@ -156,7 +224,12 @@ fn follow(seed: u64, mode: CompactionMode) -> u64 {
             {
                 let mut s = source.borrow_mut();
                 let value = vec![b'a' + (step % 26) as u8; rng.random_range(0..600)];
-                let result: Result<(), StoreError> = match rng.random_range(0..100) {
+                let op = match (mix, rng.random_range(0..100)) {
+                    // deletes and flush_all become sets
+                    (Mix::NoTombstones, 58..68 | 80..82) => 0,
+                    (_, op) => op,
+                };
+                let result: Result<(), StoreError> = match op {
                     0..40 => s
                         .set(SetMode::Set, &key, &value, step, rng.random_range(-1..200))
                         .map(drop),

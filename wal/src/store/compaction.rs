@@ -144,11 +144,13 @@ impl<S: Storage> Store<S> {
             .map(|(_, s)| s.id())
     }
 
-    /// The oldest segment a passive may remove: sealed, durable, not retired, and holding no
-    /// live record by the live-byte count (no current item or touch; tombstones and flushes
-    /// always count).
-    pub fn reclaim_victim(&self) -> Option<SegmentId> {
+    /// The oldest segment a passive may be able to remove: sealed, durable, not retired, not
+    /// refused before, and holding no live record by the live-byte count (no current item or
+    /// touch; tombstones and flushes always count) or only dead items (all expired, or all
+    /// older than a flush in effect). Returns it with whether its live-byte count was zero.
+    pub fn reclaim_victim(&self) -> Option<(SegmentId, bool)> {
         let durable = self.log.commit().durable_lsn();
+        let now = self.clock.now_secs();
         self.log
             .segments()
             .find(|s| {
@@ -156,27 +158,31 @@ impl<S: Storage> Store<S> {
                     && !s.is_retired()
                     && !s.header_pending()
                     && s.last_lsn() <= durable
-                    && s.live_bytes() == 0
                     && !self.reclaim_refused.contains(&s.id())
+                    && self.effective_live_bytes(s, now) == 0
             })
-            .map(|s| s.id())
+            .map(|s| (s.id(), s.live_bytes() == 0))
     }
 
     /// Checks the records of `victim` from `from_offset` on, about `budget_bytes` of them,
-    /// for one that is still needed: an item the index points at, the touch that set an
-    /// item's expiry, any tombstone or flush. `Ok(next offset)`, `None` at the end; or
-    /// `Err(offset)` of a needed record. What is unneeded stays so: later records only
-    /// supersede.
+    /// for one that is still needed: a live item the index points at, a dead one of a key
+    /// with older records left (compaction would write a tombstone for it), the touch that
+    /// set an item's expiry, any tombstone or flush. The offsets of dead items the index
+    /// still points at go to `dead` (to be dropped from the index with the segment).
+    /// `Ok(next offset)`, `None` at the end; or `Err(offset)` of a needed record. What is
+    /// unneeded stays so: later records only supersede, and a dead item stays dead.
     pub fn reclaim_check(
         &self,
         victim: SegmentId,
         from_offset: usize,
         budget_bytes: usize,
+        dead: &mut Vec<usize>,
     ) -> Result<Option<usize>, usize> {
         let Some(segment) = self.log.segment(victim) else {
             return Ok(None);
         };
         assert!(segment.is_sealed(), "reclaiming the tail segment {victim}");
+        let now = self.clock.now_secs();
         let end = segment.written_bytes();
         let mut offset = from_offset.max(SEGMENT_HEADER_LEN_BYTES);
         let mut checked = 0;
@@ -186,10 +192,19 @@ impl<S: Storage> Store<S> {
             let needed = match unsafe { record.body_unchecked() } {
                 Body::Put(put) => {
                     let hash = self.state.index.hash(put.key.as_ref());
-                    self.state
-                        .index
-                        .get_at(hash, segment.id32(), offset)
-                        .is_some()
+                    match self.state.index.get_at(hash, segment.id32(), offset) {
+                        None => false,
+                        Some(entry) if self.is_live(&entry, now) => true,
+                        Some(entry) => {
+                            let older = self
+                                .log
+                                .any_segment_in(u64::from(entry.since), segment.id());
+                            if !older {
+                                dead.push(offset);
+                            }
+                            older
+                        }
+                    }
                 }
                 Body::Touch(touch) => {
                     let key = touch.key.as_ref();
@@ -448,6 +463,35 @@ impl<S: Storage> Store<S> {
         Ok(())
     }
 
+    /// Drops from the index the dead items at `dead` offsets of `victim` it still points at
+    /// (their keys have no older record left), as compaction drops them, and retires the
+    /// segment: a passive's reclaim, after [`Store::reclaim_check`] found nothing needed.
+    fn reclaim_segment(&mut self, victim: SegmentId, dead: &[usize]) {
+        let Some(segment) = self.log.segment(victim).map(Rc::clone) else {
+            return;
+        };
+        let now = self.clock.now_secs();
+        for &offset in dead {
+            let record = segment.record(offset);
+            // SAFETY: the record was validated when recovered or written.
+            let Body::Put(put) = (unsafe { record.body_unchecked() }) else {
+                unreachable!("a dead item's offset holds a put");
+            };
+            let key = put.key.as_ref();
+            let hash = self.state.index.hash(key);
+            let Some(entry) = self.state.index.get_at(hash, segment.id32(), offset) else {
+                continue; // superseded meanwhile
+            };
+            assert!(!self.is_live(&entry, now), "a dead item came back to life");
+            if let Some(removed) = self.state.index.remove(&self.log, hash, key) {
+                super::State::retire_entry(&self.log, &removed, key.len());
+                self.counters.items_reclaimed += 1;
+            }
+        }
+        segment.retire();
+        self.counters.segments_reclaimed += 1;
+    }
+
     /// Marks a compacted segment as retired: nothing in it is needed any more.
     pub fn retire_segment(&mut self, id: SegmentId) {
         if let Some(segment) = self.log.segment(id) {
@@ -577,28 +621,34 @@ async fn reclaim_once<S: Storage>(
     store: &Rc<RefCell<Store<S>>>,
     still: impl Fn(&Rc<RefCell<Store<S>>>) -> bool,
 ) -> Result<bool, StoreError> {
-    let Some(victim) = store.borrow().reclaim_victim() else {
+    let Some((victim, counted_empty)) = store.borrow().reclaim_victim() else {
         return Ok(false);
     };
     let mut offset = Some(SEGMENT_HEADER_LEN_BYTES);
+    let mut dead = Vec::new();
     while let Some(from) = offset {
         let checked = store
             .borrow()
-            .reclaim_check(victim, from, COMPACTION_BATCH_BYTES);
+            .reclaim_check(victim, from, COMPACTION_BATCH_BYTES, &mut dead);
         match checked {
             Ok(next) => offset = next,
             Err(at) => {
-                // The live-byte count said nothing here is needed, the index says otherwise:
-                // the count is wrong (a bug), and the segment stays.
-                tracing::error!(
-                    segment = victim,
-                    offset = at,
-                    "a segment counted as holding no live record holds a needed one: kept"
-                );
-                debug_assert!(
-                    false,
-                    "segment {victim} offset {at}: live bytes undercounted"
-                );
+                if counted_empty {
+                    // The live-byte count said nothing here is needed, the index says
+                    // otherwise: the count is wrong (a bug), and the segment stays.
+                    tracing::error!(
+                        segment = victim,
+                        offset = at,
+                        "a segment counted as holding no live record holds a needed one: kept"
+                    );
+                    debug_assert!(
+                        false,
+                        "segment {victim} offset {at}: live bytes undercounted"
+                    );
+                }
+                // Otherwise its items are dead, but it also holds a record a passive cannot
+                // drop (only a compaction, which writes records, could): it stays until this
+                // server compacts.
                 store.borrow_mut().reclaim_refused.insert(victim);
                 return Ok(false);
             }
@@ -617,13 +667,7 @@ async fn reclaim_once<S: Storage>(
     if !still(store) {
         return Ok(false);
     }
-    {
-        let mut store = store.borrow_mut();
-        if let Some(segment) = store.log.segment(victim).map(Rc::clone) {
-            segment.retire();
-            store.counters.segments_reclaimed += 1;
-        }
-    }
+    store.borrow_mut().reclaim_segment(victim, &dead);
     remove_retired(store).await?;
     Ok(true)
 }
