@@ -466,11 +466,15 @@ impl<S: Storage> Store<S> {
     /// Drops from the index the dead items at `dead` offsets of `victim` it still points at
     /// (their keys have no older record left), as compaction drops them, and retires the
     /// segment: a passive's reclaim, after [`Store::reclaim_check`] found nothing needed.
-    fn reclaim_segment(&mut self, victim: SegmentId, dead: &[usize]) {
+    /// Returns false, changing nothing, if one of those items is live again (the clock was
+    /// set back since the check).
+    fn reclaim_segment(&mut self, victim: SegmentId, dead: &[usize]) -> bool {
         let Some(segment) = self.log.segment(victim).map(Rc::clone) else {
-            return;
+            return false;
         };
         let now = self.clock.now_secs();
+        // (hash, key) of every dead item the index still points at.
+        let mut drop = Vec::with_capacity(dead.len());
         for &offset in dead {
             let record = segment.record(offset);
             // SAFETY: the record was validated when recovered or written.
@@ -479,10 +483,13 @@ impl<S: Storage> Store<S> {
             };
             let key = put.key.as_ref();
             let hash = self.state.index.hash(key);
-            let Some(entry) = self.state.index.get_at(hash, segment.id32(), offset) else {
-                continue; // superseded meanwhile
-            };
-            assert!(!self.is_live(&entry, now), "a dead item came back to life");
+            match self.state.index.get_at(hash, segment.id32(), offset) {
+                None => {} // superseded meanwhile
+                Some(entry) if self.is_live(&entry, now) => return false,
+                Some(_) => drop.push((hash, key)),
+            }
+        }
+        for (hash, key) in drop {
             if let Some(removed) = self.state.index.remove(&self.log, hash, key) {
                 super::State::retire_entry(&self.log, &removed, key.len());
                 self.counters.items_reclaimed += 1;
@@ -490,6 +497,7 @@ impl<S: Storage> Store<S> {
         }
         segment.retire();
         self.counters.segments_reclaimed += 1;
+        true
     }
 
     /// Marks a compacted segment as retired: nothing in it is needed any more.
@@ -667,7 +675,9 @@ async fn reclaim_once<S: Storage>(
     if !still(store) {
         return Ok(false);
     }
-    store.borrow_mut().reclaim_segment(victim, &dead);
+    if !store.borrow_mut().reclaim_segment(victim, &dead) {
+        return Ok(false);
+    }
     remove_retired(store).await?;
     Ok(true)
 }
