@@ -17,6 +17,7 @@
 //!   temporary data, emptied anyway, takes a new count.
 
 use crate::config::{Persistence, Settings, ShardCount};
+use crate::constants::FLUSH_PROBE_FILE;
 use serde::Deserialize;
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
@@ -189,7 +190,9 @@ impl DataDir {
                     .map_err(|e| fail(format!("cannot list it: {e}"), "check its permissions"))?
                     .filter_map(Result::ok)
                     .map(|entry| entry.file_name().to_string_lossy().into_owned())
-                    .filter(|name| name != LOCK_FILE)
+                    // The flush probe of a start that stopped before writing the meta file
+                    // may be left; the next probe removes it.
+                    .filter(|name| name != LOCK_FILE && name != FLUSH_PROBE_FILE)
                     .collect();
                 if !foreign.is_empty() {
                     return Err(fail(
@@ -469,6 +472,14 @@ mod tests {
                 .shards(),
             3
         );
+
+        // A start stopped during its flush probe, before the meta file: not a foreign dir.
+        let probed = root.path().join("probed");
+        std::fs::create_dir(&probed).unwrap();
+        std::fs::write(probed.join(FLUSH_PROBE_FILE), b"x").unwrap();
+        let mut fresh = settings(&probed, Persistence::PermanentStore, 1);
+        fresh.shards = ShardCount::Auto;
+        assert_eq!(DataDir::open(&fresh, |_| 2).unwrap().shards(), 2);
 
         // Temporary data is emptied at start, so its count may change at every start.
         let temp_dir = root.path().join("cache");
