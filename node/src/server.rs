@@ -140,7 +140,7 @@ fn open_data_dir(settings: &Settings, executors: usize) -> Result<DataDir, Serve
         shards
     })?;
     if durable && data.created() {
-        let flush = flush.unwrap_or_else(|| Some(probe_flush(data.path())).flatten());
+        let flush = flush.unwrap_or_else(|| probe_flush(data.path()));
         if let Some(advice) =
             flush.and_then(|f| crate::preflight::shards_advice(f, data.shards(), executors))
         {

@@ -21,11 +21,13 @@
 //! A passive only reclaims ([`CompactionMode::ReclaimOnly`]): its log holds its active's
 //! records and must not gain any of its own, but once the active's compaction copies (which
 //! arrive as records like any other) or newer writes have superseded everything in one of
-//! its sealed segments, that segment is removed, as the active removed its own. Only
-//! segments without tombstones and flushes qualify (those count as live until a compaction
-//! rewrites or drops them, and a passive does neither), and each is walked record by record
-//! against the index before it goes, so a wrong live-byte count keeps data rather than
-//! losing it.
+//! its sealed segments, that segment is removed, as the active removed its own; so is one
+//! whose items are all dead (expired or flushed), dropped from the index as compaction drops
+//! them, unless a key of one has an older record left (compaction writes a tombstone then).
+//! Segments with tombstones or flushes never qualify (those count as live until a
+//! compaction rewrites or drops them, and a passive does neither), and each candidate is
+//! walked record by record against the index before it goes, so a wrong live-byte count
+//! keeps data rather than losing it.
 
 use super::{Previous, Store, StoreError, index::put_of};
 use crate::constants::{
