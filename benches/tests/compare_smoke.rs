@@ -25,7 +25,8 @@ fn compare_smoke_produces_the_table() {
         "| 1:10 SET:GET, pipeline 16 | terrace-temp / memcached |",
         "| SET-only, pipeline 1 | terrace-perm / redis-always |",
         "| SET-only, pipeline 1 | terrace-perm / redis-everysec |",
-        "| SET-only, pipeline 1, 1 shard | terrace-perm-1log / redis-always |",
+        "| SET-only, pipeline 1, 8 shards | terrace-perm-8logs / redis-always |",
+        "storage.shards = \"auto\", which chose",
         "permanent-store SET rate / its own temporary-swap-only SET rate",
         "4 KiB append + fdatasync p50",
     ] {
