@@ -186,13 +186,7 @@ fn auto_shards_follow_the_measured_flush_and_stay_with_the_data_dir() {
         text.replace("shards = 8", &format!("shards = {}", expected + 1)),
     )
     .unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_terrace-server"))
-        .args(["-f", config.to_str().unwrap(), "--cores", "1", "--listen"])
-        .arg(format!("127.0.0.1:{}", common::free_port()))
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_start(&config, &["--cores", "1"]);
     assert!(
         stderr.contains(&format!(
             "created with {expected} shards, but storage.shards is {}",
@@ -202,18 +196,26 @@ fn auto_shards_follow_the_measured_flush_and_stay_with_the_data_dir() {
     );
 }
 
+/// Starts a server with `config` on a free port that must refuse to start; returns its
+/// stderr.
+fn refused_start(config: &std::path::Path, extra_args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_terrace-server"))
+        .args(["-f", config.to_str().unwrap()])
+        .args(extra_args)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", common::free_port()))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 #[test]
 fn a_second_server_on_the_same_data_dir_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "permanent-store");
     let _server = Server::start(&config, &[]);
-    let output = Command::new(env!("CARGO_BIN_EXE_terrace-server"))
-        .args(["-f", config.to_str().unwrap(), "--listen"])
-        .arg(format!("127.0.0.1:{}", common::free_port()))
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_start(&config, &[]);
     assert!(
         stderr.contains("in use by another terrace-server"),
         "{stderr}"

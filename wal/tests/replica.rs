@@ -100,14 +100,7 @@ fn a_replica_that_reclaims_writes_nothing_and_equals_its_source() {
 fn a_reclaiming_replica_of_overwrites_stays_bounded() {
     run(|| async {
         let clock = ManualClock::new(START);
-        let (source_disk, replica_disk) = (SimDisk::new(), SimDisk::new());
-        let config = small_config(SEGMENT, Durability::Fsync);
-        let source = Rc::new(RefCell::new(
-            open_sim(&source_disk, config.clone(), &clock).await.0,
-        ));
-        let (mut replica, _) = open_sim(&replica_disk, config.clone(), &clock).await;
-        replica.set_compaction_mode(CompactionMode::ReclaimOnly);
-        let replica = Rc::new(RefCell::new(replica));
+        let (source, (replica, replica_disk)) = pair(&clock, CompactionMode::ReclaimOnly).await;
         let mut reclaimed = 0;
         let mut most_segments = 0;
         for round in 0..40u32 {
@@ -132,13 +125,7 @@ fn a_reclaiming_replica_of_overwrites_stays_bounded() {
         );
         let expected = items(&source.borrow());
         assert_eq!(expected.len(), 20);
-        let replica = Rc::into_inner(replica).expect("one owner").into_inner();
-        assert_eq!(expected, items(&replica));
-        replica.check_invariants();
-        sync_all(&replica).await;
-        drop(replica);
-        let (reopened, _) = open_sim(&replica_disk, config, &clock).await;
-        assert_eq!(expected, items(&reopened), "after recovery");
+        holds_and_recovers(replica, &replica_disk, &clock, &expected, "overwrites").await;
     });
 }
 
@@ -148,11 +135,8 @@ fn a_reclaiming_replica_of_overwrites_stays_bounded() {
 fn a_reclaiming_replica_never_brings_back_an_older_value() {
     run(|| async {
         let clock = ManualClock::new(START);
-        let (source_disk, replica_disk) = (SimDisk::new(), SimDisk::new());
-        let config = small_config(SEGMENT, Durability::Fsync);
-        let (mut source, _) = open_sim(&source_disk, config.clone(), &clock).await;
-        let (mut replica, _) = open_sim(&replica_disk, config.clone(), &clock).await;
-        replica.set_compaction_mode(CompactionMode::ReclaimOnly);
+        let (source, (replica, replica_disk)) = pair(&clock, CompactionMode::ReclaimOnly).await;
+        let mut source = Rc::into_inner(source).expect("one owner").into_inner();
         let filler = vec![b'f'; 400];
         // Sets `prefix{i}`, expiring in 10 s, until one lands in a new segment.
         let fill = |store: &mut Store<SimStorage>, prefix: &str| {
@@ -179,18 +163,51 @@ fn a_reclaiming_replica_never_brings_back_an_older_value() {
             .expect("set");
         fill(&mut source, "b");
         clock.advance(20);
-        catch_up(&source, &mut replica);
-        let replica = Rc::new(RefCell::new(replica));
+        catch_up(&source, &mut replica.borrow_mut());
         reclaim(&replica).await;
         let expected = items(&source);
         assert!(!expected.contains_key(b"key".as_slice()));
-        let replica = Rc::into_inner(replica).expect("one owner").into_inner();
-        assert_eq!(expected, items(&replica));
-        sync_all(&replica).await;
-        drop(replica);
-        let (reopened, _) = open_sim(&replica_disk, config, &clock).await;
-        assert_eq!(expected, items(&reopened), "after recovery");
+        holds_and_recovers(replica, &replica_disk, &clock, &expected, "expired").await;
     });
+}
+
+/// A source store and a replica whose compactor is in `mode`, each on a simulated disk of
+/// its own (the replica's returned with it, to recover from).
+async fn pair(
+    clock: &ManualClock,
+    mode: CompactionMode,
+) -> (
+    Rc<RefCell<Store<SimStorage>>>,
+    (Rc<RefCell<Store<SimStorage>>>, SimDisk),
+) {
+    let (source_disk, replica_disk) = (SimDisk::new(), SimDisk::new());
+    let config = small_config(SEGMENT, Durability::Fsync);
+    let (source, _) = open_sim(&source_disk, config.clone(), clock).await;
+    let (mut replica, _) = open_sim(&replica_disk, config, clock).await;
+    replica.set_compaction_mode(mode);
+    (
+        Rc::new(RefCell::new(source)),
+        (Rc::new(RefCell::new(replica)), replica_disk),
+    )
+}
+
+/// Checks that `replica` holds `expected` and keeps its invariants, then that its own disk
+/// recovers to the same.
+async fn holds_and_recovers(
+    replica: Rc<RefCell<Store<SimStorage>>>,
+    disk: &SimDisk,
+    clock: &ManualClock,
+    expected: &Items,
+    context: &str,
+) {
+    let replica = Rc::into_inner(replica).expect("one owner").into_inner();
+    assert_eq!(expected, &items(&replica), "{context}");
+    replica.check_invariants();
+    sync_all(&replica).await;
+    drop(replica);
+    let config = small_config(SEGMENT, Durability::Fsync);
+    let (reopened, _) = open_sim(disk, config, clock).await;
+    assert_eq!(expected, &items(&reopened), "{context}: after recovery");
 }
 
 /// Which operations `follow` draws from.
@@ -209,14 +226,7 @@ fn follow(seed: u64, mode: CompactionMode, mix: Mix) -> u64 {
     run(move || async move {
         let mut rng = SmallRng::seed_from_u64(seed);
         let clock = ManualClock::new(START);
-        let (source_disk, replica_disk) = (SimDisk::new(), SimDisk::new());
-        let config = small_config(SEGMENT, Durability::Fsync);
-        let source = Rc::new(RefCell::new(
-            open_sim(&source_disk, config.clone(), &clock).await.0,
-        ));
-        let (mut replica, _) = open_sim(&replica_disk, config.clone(), &clock).await;
-        replica.set_compaction_mode(mode);
-        let replica = Rc::new(RefCell::new(replica));
+        let (source, (replica, replica_disk)) = pair(&clock, mode).await;
         let mut copied = 0;
         let mut reclaimed = 0;
         for step in 0..400 {
@@ -277,15 +287,9 @@ fn follow(seed: u64, mode: CompactionMode, mix: Mix) -> u64 {
             let source = source.borrow();
             (source.log().next_lsn(), items(&source))
         };
-        let replica = Rc::into_inner(replica).expect("one owner").into_inner();
-        assert_eq!(next_lsn, replica.log().next_lsn());
-        assert_eq!(expected, items(&replica), "seed {seed}");
-        replica.check_invariants();
-        // The replica's own log recovers to the same state.
-        sync_all(&replica).await;
-        drop(replica);
-        let (reopened, _) = open_sim(&replica_disk, config, &clock).await;
-        assert_eq!(expected, items(&reopened), "seed {seed}: after recovery");
+        assert_eq!(next_lsn, replica.borrow().log().next_lsn());
+        let seed_name = format!("seed {seed}");
+        holds_and_recovers(replica, &replica_disk, &clock, &expected, &seed_name).await;
         reclaimed
     })
 }

@@ -611,13 +611,8 @@ pub async fn compact_once<S: Storage>(store: &Rc<RefCell<Store<S>>>) -> Result<b
             return Ok(false);
         }
     }
-    let (commit, last_lsn) = {
-        let store = store.borrow();
-        (store.commit(), store.log.next_lsn() - 1)
-    };
     // Everything moved out of the victim must be durable before its file goes.
-    commit.wait_durable(last_lsn).await?;
-    if !still(store) {
+    if !appended_durable(store, &still).await? {
         return Ok(false);
     }
     store.borrow_mut().retire_segment(victim);
@@ -669,12 +664,7 @@ async fn reclaim_once<S: Storage>(
         }
     }
     // What superseded its records must be durable before its file goes.
-    let (commit, last_lsn) = {
-        let store = store.borrow();
-        (store.commit(), store.log.next_lsn() - 1)
-    };
-    commit.wait_durable(last_lsn).await?;
-    if !still(store) {
+    if !appended_durable(store, &still).await? {
         return Ok(false);
     }
     if !store.borrow_mut().reclaim_segment(victim, &dead) {
@@ -682,6 +672,20 @@ async fn reclaim_once<S: Storage>(
     }
     remove_retired(store).await?;
     Ok(true)
+}
+
+/// Waits until every record appended so far is durable; returns whether the round still
+/// goes on (`still`) afterwards.
+async fn appended_durable<S: Storage>(
+    store: &Rc<RefCell<Store<S>>>,
+    still: impl Fn(&Rc<RefCell<Store<S>>>) -> bool,
+) -> Result<bool, StoreError> {
+    let (commit, last_lsn) = {
+        let store = store.borrow();
+        (store.commit(), store.log.next_lsn() - 1)
+    };
+    commit.wait_durable(last_lsn).await?;
+    Ok(still(store))
 }
 
 /// Removes the files of retired, unpinned segments, durably, then forgets them.
