@@ -151,6 +151,15 @@ fn a_passive_reclaims_what_overwrites_left_behind_and_takes_over_whole() {
         s2.log()
     );
 
+    // The passive answers `stats` itself, with what it reclaimed.
+    let stats = Client::connect(c2).call_end("stats\r\n");
+    let reclaimed: u64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("STAT terrace_segments_reclaimed "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no terrace_segments_reclaimed in {stats}"));
+    assert!(reclaimed >= 4, "{stats}");
+
     s1.kill();
     wait_for(&s2, "s2:state", "ACTIVE-COORDINATOR");
     let mut c = Client::connect(c2);
