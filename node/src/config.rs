@@ -130,12 +130,13 @@ impl<'de> Deserialize<'de> for ShardCount {
         match Raw::deserialize(deserializer)? {
             Raw::Number(n) => u32::try_from(n).map(Self::Fixed).map_err(|_| {
                 serde::de::Error::custom(format!(
-                    "{n} is out of range: use 1 to {SHARDS_MAX}, or \"auto\""
+                    "storage.shards: {n} is out of range: use 1 to {SHARDS_MAX}, or \"auto\""
                 ))
             }),
             Raw::Text(text) if text == "auto" => Ok(Self::Auto),
             Raw::Text(text) => Err(serde::de::Error::custom(format!(
-                "`{text}` is not a shard count: write a number (1 to {SHARDS_MAX}) or \"auto\""
+                "storage.shards: `{text}` is not a shard count: write a number (1 to \
+                 {SHARDS_MAX}) or \"auto\""
             ))),
         }
     }
