@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use terrace_wal::error::{StoreError, WalError};
 use terrace_wal::log::Durability;
-use terrace_wal::storage::{SimDisk, SimStorage};
+use terrace_wal::storage::{SimCrashOptions, SimDisk, SimStorage};
 use terrace_wal::store::{CompactionMode, Delta, ManualClock, SetMode, Store, compact_once};
 
 const START: u32 = 1_700_000_000;
@@ -169,6 +169,59 @@ fn a_reclaiming_replica_never_brings_back_an_older_value() {
         assert!(!expected.contains_key(b"key".as_slice()));
         holds_and_recovers(replica, &replica_disk, &clock, &expected, "expired").await;
     });
+}
+
+/// A power cut right after a reclaim loses nothing the replica held durably: the segment goes
+/// only once the records that superseded it are durable.
+#[test]
+fn a_power_cut_after_a_reclaim_loses_nothing() {
+    for seed in 0..env_count("TERRACE_REPLICA_SEEDS", 20) {
+        run(move || async move {
+            let clock = ManualClock::new(START);
+            let (source, (replica, replica_disk)) = pair(&clock, CompactionMode::ReclaimOnly).await;
+            let overwrite = |round: u32| {
+                for key in 0..20 {
+                    let value = vec![b'a' + (round % 26) as u8; 400];
+                    source
+                        .borrow_mut()
+                        .set(SetMode::Set, format!("k{key}").as_bytes(), &value, round, 0)
+                        .expect("set");
+                }
+            };
+            // Two rounds copied and synced: the replica's first segments are durable.
+            overwrite(0);
+            overwrite(1);
+            catch_up(&source.borrow(), &mut replica.borrow_mut());
+            let synced = sync_all(&replica.borrow());
+            synced.await;
+            // A round that supersedes them, copied but not synced; then the reclaim.
+            overwrite(2);
+            catch_up(&source.borrow(), &mut replica.borrow_mut());
+            let mut reclaimed = 0;
+            while compact_once(&replica).await.expect("reclaim") {
+                reclaimed += 1;
+            }
+            assert!(reclaimed > 0, "seed {seed}: nothing reclaimed");
+            let expected = items(&source.borrow());
+            drop(replica);
+            // Power cut: every write not synced is lost.
+            let cut = replica_disk.crash(SimCrashOptions {
+                seed,
+                sector_persisted_percent: 0,
+                creation_survives_percent: 0,
+                removal_undone_percent: 0,
+            });
+            let config = small_config(SEGMENT, Durability::Fsync);
+            let (reopened, _) = open_sim(&cut, config, &clock).await;
+            let held = items(&reopened);
+            assert!(
+                held == expected,
+                "seed {seed}: {} items after the cut, {} expected",
+                held.len(),
+                expected.len()
+            );
+        });
+    }
 }
 
 /// A source store and a replica whose compactor is in `mode`, each on a simulated disk of
