@@ -104,13 +104,7 @@ fn a_reclaiming_replica_of_overwrites_stays_bounded() {
         let mut reclaimed = 0;
         let mut most_segments = 0;
         for round in 0..40u32 {
-            for key in 0..20 {
-                let value = vec![b'a' + (round % 26) as u8; 400];
-                source
-                    .borrow_mut()
-                    .set(SetMode::Set, format!("k{key}").as_bytes(), &value, round, 0)
-                    .expect("set");
-            }
+            overwrite(&mut source.borrow_mut(), round);
             compact_once(&source).await.expect("compaction");
             catch_up(&source.borrow(), &mut replica.borrow_mut());
             reclaimed += reclaim(&replica).await;
@@ -179,15 +173,7 @@ fn a_power_cut_after_a_reclaim_loses_nothing() {
         run(move || async move {
             let clock = ManualClock::new(START);
             let (source, (replica, replica_disk)) = pair(&clock, CompactionMode::ReclaimOnly).await;
-            let overwrite = |round: u32| {
-                for key in 0..20 {
-                    let value = vec![b'a' + (round % 26) as u8; 400];
-                    source
-                        .borrow_mut()
-                        .set(SetMode::Set, format!("k{key}").as_bytes(), &value, round, 0)
-                        .expect("set");
-                }
-            };
+            let overwrite = |round: u32| overwrite(&mut source.borrow_mut(), round);
             // Two rounds copied and synced: the replica's first segments are durable.
             overwrite(0);
             overwrite(1);
@@ -221,6 +207,16 @@ fn a_power_cut_after_a_reclaim_loses_nothing() {
                 expected.len()
             );
         });
+    }
+}
+
+/// Sets `k0` .. `k19` to 400-byte values of round `round` (its flags too).
+fn overwrite(store: &mut Store<SimStorage>, round: u32) {
+    for key in 0..20 {
+        let value = vec![b'a' + (round % 26) as u8; 400];
+        store
+            .set(SetMode::Set, format!("k{key}").as_bytes(), &value, round, 0)
+            .expect("set");
     }
 }
 
