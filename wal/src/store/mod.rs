@@ -669,8 +669,10 @@ pub struct Store<S: Storage> {
     counters: StoreCounters,
     /// What the compactor may do (see [`CompactionMode`]).
     compaction_mode: CompactionMode,
-    /// Segments the reclaim of a passive found a needed record in although their live bytes
-    /// said none: left alone from then on (see `compaction::reclaim_once`).
+    /// Segments the reclaim of a passive walked and found a needed record in (a tombstone or
+    /// flush beside dead items, a dead item whose key has an older record left, or a wrong
+    /// live-byte count): not walked again while the mode stays (see
+    /// `compaction::reclaim_once`).
     reclaim_refused: std::collections::HashSet<SegmentId>,
     /// Unique per opened store in this process: a compaction round that awaited while the
     /// store behind its `RefCell` was replaced (a passive resetting a shard) notices.
@@ -777,6 +779,11 @@ impl<S: Storage> Store<S> {
     /// Sets what the compactor may do: compact (an active), only reclaim (a passive), or
     /// nothing (until the server knows which it is).
     pub fn set_compaction_mode(&mut self, mode: CompactionMode) {
+        if mode != self.compaction_mode {
+            // What a passive could not drop, a later one may (the records that kept it may
+            // have gone meanwhile); nor are removed segments' ids kept forever.
+            self.reclaim_refused.clear();
+        }
         self.compaction_mode = mode;
     }
 
