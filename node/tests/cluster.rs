@@ -218,6 +218,19 @@ fn a_passive_forwards_data_requests_to_the_active() {
             "CLIENT_ERROR cannot increment or decrement non-numeric value\r\n",
         ),
         ("version\r\n", &format!("VERSION {}\r\n", "0.1.0")),
+        // Meta commands: a value's reply is framed by its length, a quiet one answers only
+        // what quiet mode shows (the active is asked without the `q`).
+        (
+            "ms m 2 F3 T0 q\r\nhi\r\nmg m v f k\r\n",
+            "VA 2 f3 km\r\nhi\r\n",
+        ),
+        ("mg nope v q\r\nmg nope v\r\nmn\r\n", "EN\r\nMN\r\n"),
+        (
+            "ma cnt N0 J5 v\r\nma cnt q v\r\nma cnt v\r\n",
+            "VA 1\r\n5\r\nVA 1\r\n7\r\n",
+        ),
+        ("md m q\r\nmd m q\r\n", "NF\r\n"),
+        ("ms q 1 q C1\r\nx\r\n", "NF\r\n"),
     ];
     for (request, expected) in steps {
         c.send(request.as_bytes());

@@ -8,13 +8,12 @@
 
 mod common;
 
-use common::{Server, output_within, write_config};
+use common::{INSTALL_LIMIT, Server, debian_package, on_path, output_within, write_config};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-/// Bound on an install (network) and on one client suite run.
-const INSTALL_LIMIT: Duration = Duration::from_secs(600);
+/// Bound on one client suite run.
 const SUITE_LIMIT: Duration = Duration::from_secs(300);
 
 const PYMEMCACHE: &str = "pymemcache==4.0.0";
@@ -60,45 +59,6 @@ fn python_packages() -> PathBuf {
         std::fs::write(&marker, b"").unwrap();
     }
     dir
-}
-
-fn on_path(program: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// Installs Debian's `package` unless `present` says it is there already.
-fn debian_package(package: &str, present: impl Fn() -> bool) {
-    if present() {
-        return;
-    }
-    let root = rustix::process::geteuid().is_root();
-    let apt = |args: &[&str]| {
-        let mut command = if root {
-            Command::new("apt-get")
-        } else {
-            let mut sudo = Command::new("sudo");
-            sudo.args(["-n", "apt-get"]);
-            sudo
-        };
-        output_within(
-            command.env("DEBIAN_FRONTEND", "noninteractive").args(args),
-            INSTALL_LIMIT,
-        )
-    };
-    let install = ["install", "-y", "-q", package];
-    if !apt(&install).status.success() {
-        // A fresh machine may have no package lists yet.
-        let _ = apt(&["update", "-q"]);
-        let out = apt(&install);
-        assert!(
-            out.status.success(),
-            "apt-get install {package} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
 }
 
 /// `memccapable`, installed from Debian's libmemcached-tools when it is missing.

@@ -21,6 +21,7 @@ use futures_lite::{AsyncReadExt as _, AsyncWriteExt as _};
 use glommio::net::TcpStream;
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use terrace_wal::constants::KEY_LEN_MAX_BYTES;
 
 mod backup;
 mod forward;
@@ -238,7 +239,8 @@ impl Connection {
                                 forward::Forwarded::ServeHere
                             };
                         if let forward::Forwarded::ServeHere = forwarded {
-                            self.execute(command, &mut replies).await;
+                            let raw = &buf[command_start..start];
+                            self.execute(command, raw, &mut replies).await;
                         }
                         debug_assert!(command_start < start);
                         if replies.quit {
@@ -455,7 +457,8 @@ impl Connection {
         }
     }
 
-    async fn execute(&mut self, command: Command<'_>, replies: &mut Replies) {
+    /// Runs one request (`raw`: its bytes as received).
+    async fn execute(&mut self, command: Command<'_>, raw: &[u8], replies: &mut Replies) {
         let counters = &self.executor.shards.counters;
         let noreply = command.noreply();
         // Only the active of a mirror group serves data: requests a passive cannot forward
@@ -554,6 +557,23 @@ impl Connection {
                     );
                 }
             }
+            Command::Meta(meta) => {
+                let mut key_buf = [0u8; KEY_LEN_MAX_BYTES];
+                let key = meta.key(&mut key_buf);
+                // Another executor parses the request again from its bytes (it was parsed
+                // here: it parses the same way).
+                self.keyed(
+                    key,
+                    false,
+                    replies,
+                    |shards, out| shards.meta(&meta, out),
+                    || Op::Meta {
+                        request: raw.to_vec(),
+                    },
+                )
+                .await;
+            }
+            Command::MetaNoop => replies.out.extend_from_slice(reply::MN),
             Command::Version => {
                 replies.out.extend_from_slice(b"VERSION ");
                 replies

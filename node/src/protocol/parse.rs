@@ -9,6 +9,7 @@
 //! `\n` with an optional `\r` before it, `noreply` counts only as the last token.
 
 use super::ProtocolError;
+use super::meta::{self, Meta, MetaKind};
 use crate::constants::{
     GET_KEYS_MAX, GET_LEADING_SPACES_MAX, GET_LINE_LEN_MAX_BYTES, LINE_LEN_MAX_BYTES,
     LINE_WITH_NEWLINE_LEN_MAX_BYTES, TOKENS_MAX,
@@ -73,6 +74,10 @@ pub enum Command<'a> {
     DebugTime { shift_secs: i64 },
     /// `shutdown [graceful]`: stop the server (only with `--enable-shutdown`).
     Shutdown,
+    /// A meta command: `mg`, `ms`, `md`, `ma`.
+    Meta(Meta<'a>),
+    /// `mn`: answers `MN`, which tells a client every earlier (quiet) request was answered.
+    MetaNoop,
     /// `backup <args>`: Terrace's online-backup admin command (`backup cut`,
     /// `backup release <id>`); the arguments, trimmed.
     Backup { args: &'a [u8] },
@@ -90,6 +95,7 @@ impl Command<'_> {
                 | Self::Delta { .. }
                 | Self::Touch { .. }
                 | Self::FlushAll { .. }
+                | Self::Meta(_)
                 | Self::Backup { .. }
         )
     }
@@ -220,6 +226,36 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<'a> {
             },
             line_len,
         ),
+        b"mg" => meta::parse(
+            MetaKind::Get,
+            rest,
+            buf,
+            line_len,
+            limits.item_size_max_bytes,
+        ),
+        b"ms" => meta::parse(
+            MetaKind::Set,
+            rest,
+            buf,
+            line_len,
+            limits.item_size_max_bytes,
+        ),
+        b"md" => meta::parse(
+            MetaKind::Delete,
+            rest,
+            buf,
+            line_len,
+            limits.item_size_max_bytes,
+        ),
+        b"ma" => meta::parse(
+            MetaKind::Arithmetic,
+            rest,
+            buf,
+            line_len,
+            limits.item_size_max_bytes,
+        ),
+        // memcached ignores anything after `mn`.
+        b"mn" => request(Command::MetaNoop, line_len),
         b"debugtime" => parse_debugtime(rest, line_len),
         b"backup" => request(Command::Backup { args: trim(rest) }, line_len),
         b"shutdown" => match trim(rest) {
@@ -293,7 +329,7 @@ fn strip_cr(line: &[u8]) -> &[u8] {
 }
 
 /// Space-separated tokens, skipping runs of spaces.
-fn tokens(line: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(super) fn tokens(line: &[u8]) -> impl Iterator<Item = &[u8]> + Clone {
     line.split(|&b| b == b' ').filter(|t| !t.is_empty())
 }
 
@@ -353,7 +389,7 @@ fn asks_noreply(args: &[&[u8]]) -> bool {
     args.last().is_some_and(|last| *last == b"noreply")
 }
 
-fn key_ok(key: &[u8]) -> bool {
+pub(super) fn key_ok(key: &[u8]) -> bool {
     !key.is_empty() && key.len() <= KEY_LEN_MAX_BYTES && key.iter().all(|&b| b > b' ' && b != 0x7f)
 }
 

@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 use super::*;
+use crate::protocol::MetaKind;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use terrace_wal::store::{Delta, SetMode};
@@ -422,6 +423,19 @@ fn random_stream(rng: &mut SmallRng) -> Vec<u8> {
         "flush_all",
         "stats",
         "version",
+        "mg",
+        "ms",
+        "md",
+        "ma",
+        "mn",
+        "v",
+        "q",
+        "b",
+        "T5",
+        "C1",
+        "MA",
+        "O",
+        "Zm9v",
         "noreply",
         "0",
         "-1",
@@ -447,7 +461,12 @@ fn random_stream(rng: &mut SmallRng) -> Vec<u8> {
             }
             1..=3 => {
                 let len = rng.random_range(0..1100);
-                stream.extend_from_slice(format!("set k 1 0 {len}\r\n").as_bytes());
+                let line = if rng.random_bool(0.7) {
+                    format!("set k 1 0 {len}\r\n")
+                } else {
+                    format!("ms k {len} F1 q\r\n")
+                };
+                stream.extend_from_slice(line.as_bytes());
                 stream.extend(std::iter::repeat_n(b'v', len));
                 stream.extend_from_slice(if rng.random_bool(0.9) { b"\r\n" } else { b"xx" });
             }
@@ -623,4 +642,89 @@ fn first_key_never_panics_and_names_only_bytes_of_the_line() {
             assert!(at + key.len() <= input.len());
         }
     }
+}
+
+#[test]
+fn meta_requests_borrow_their_key_and_data_and_read_every_flag() {
+    let Parsed::Request { command, len } = one(b"ms Zm9v 2 b q T-1 F7 C9 MA O42 k c\r\nhi\r\nmn")
+    else {
+        panic!("ms");
+    };
+    assert_eq!(len, 40);
+    let Command::Meta(meta) = command else {
+        panic!("not meta");
+    };
+    assert_eq!(meta.kind, MetaKind::Set);
+    assert_eq!((meta.key_token, meta.data), (&b"Zm9v"[..], &b"hi"[..]));
+    assert!(meta.base64 && meta.quiet && !meta.value);
+    assert_eq!(
+        (meta.ttl, meta.client_flags, meta.compare_cas),
+        (Some(-1), 7, Some(9))
+    );
+    assert_eq!(
+        (meta.set_mode, meta.opaque),
+        (SetMode::Append, Some(&b"42"[..]))
+    );
+    assert_eq!(meta.returns.iter().collect::<Vec<_>>(), b"Okc");
+    let mut buf = [0u8; 250];
+    assert_eq!(meta.key(&mut buf), b"foo");
+
+    let Parsed::Request {
+        command: Command::Meta(meta),
+        ..
+    } = one(b"ma n N30 J5 D2 MD v\n")
+    else {
+        panic!("ma");
+    };
+    assert_eq!(
+        (meta.vivify, meta.initial, meta.delta, meta.incr),
+        (Some(30), 5, 2, false)
+    );
+    assert_eq!(
+        one(b"mn\r\n"),
+        Parsed::Request {
+            command: Command::MetaNoop,
+            len: 4
+        }
+    );
+    assert_eq!(one(b"ms k 3\r\nab"), Parsed::Incomplete);
+}
+
+#[test]
+fn a_refused_meta_set_skips_its_data_block() {
+    let bad_flag = one(b"ms k 3 Z\r\nabc\r\n");
+    assert_eq!(
+        bad_flag,
+        Parsed::Swallow {
+            error: ProtocolError::InvalidFlag,
+            len: 10,
+            skip_bytes: 5,
+            delete_key: None,
+            noreply: false,
+        }
+    );
+    // Too large: skipped, and a plain set drops the old value, as the classic set does.
+    let Parsed::Swallow {
+        error, delete_key, ..
+    } = one(b"ms k 2000 T0\r\n")
+    else {
+        panic!("too large");
+    };
+    assert_eq!(
+        (error, delete_key),
+        (ProtocolError::TooLarge, Some(&b"k"[..]))
+    );
+    let Parsed::Swallow { delete_key, .. } = one(b"ms k 2000 ME\r\n") else {
+        panic!("too large add");
+    };
+    assert_eq!(delete_key, None);
+    // Without a length there is no block to skip.
+    assert_eq!(
+        one(b"ms k x\r\n"),
+        Parsed::Invalid {
+            error: ProtocolError::BadCommandLine,
+            len: 8,
+            noreply: false,
+        }
+    );
 }

@@ -6,6 +6,7 @@
 //! sent ([`Durable`]). Requests for another executor's shards go through [`route`].
 
 pub mod clock;
+mod meta;
 pub mod route;
 
 use crate::cluster::replication::sync_set::ShardReplicas;

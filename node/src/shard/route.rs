@@ -8,7 +8,7 @@
 //! loop ever waits on a send, and a full channel is plain backpressure.
 
 use super::{Durable, LocalShards, Refusal};
-use crate::protocol::reply;
+use crate::protocol::{Command, Limits, Meta, Parsed, parse, reply};
 use crate::stats::Snapshot;
 use futures_lite::future::poll_fn;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
@@ -43,6 +43,9 @@ pub enum Op {
     Delta { key: Vec<u8>, delta: Delta },
     /// `touch`.
     Touch { key: Vec<u8>, exptime: i64 },
+    /// A meta command (`mg`, `ms`, `md`, `ma`): the request's bytes as received, parsed
+    /// again there.
+    Meta { request: Vec<u8> },
     /// `flush_all` on all its shards.
     FlushAll { delay: i64 },
     /// Its numbers for `stats`.
@@ -66,6 +69,7 @@ impl Op {
                 | Self::Delete { .. }
                 | Self::Delta { .. }
                 | Self::Touch { .. }
+                | Self::Meta { .. }
                 | Self::FlushAll { .. }
         )
     }
@@ -345,6 +349,14 @@ pub(super) async fn execute(shards: &LocalShards, op: Op) -> Answer {
         Op::Delete { key, count } => one(&mut waits, |out| shards.delete(&key, count, out)),
         Op::Delta { key, delta } => one(&mut waits, |out| shards.delta(&key, delta, out)),
         Op::Touch { key, exptime } => one(&mut waits, |out| shards.touch(&key, exptime, out)),
+        Op::Meta { request } => match parse_meta(&request) {
+            Some(meta) => one(&mut waits, |out| shards.meta(&meta, out)),
+            None => {
+                let mut bytes = Vec::new();
+                reply::server_error(&mut bytes, "a forwarded meta request did not parse");
+                Answer::Bytes(bytes)
+            }
+        },
         Op::FlushAll { delay } => match shards.flush_all(delay) {
             Ok(flushed) => {
                 waits = flushed;
@@ -386,6 +398,21 @@ pub(super) async fn execute(shards: &LocalShards, op: Op) -> Answer {
         }
     }
     answer
+}
+
+/// The meta request in `request`, as the executor that sent it parsed it (its value size
+/// was checked there).
+fn parse_meta(request: &[u8]) -> Option<Meta<'_>> {
+    let limits = Limits {
+        item_size_max_bytes: usize::MAX,
+    };
+    match parse(request, &limits) {
+        Parsed::Request {
+            command: Command::Meta(meta),
+            ..
+        } => Some(meta),
+        _ => None,
+    }
 }
 
 fn one(

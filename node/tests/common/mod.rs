@@ -580,3 +580,46 @@ pub fn output_within(command: &mut Command, limit: Duration) -> std::process::Ou
         stderr: stderr.join().unwrap_or_default(),
     }
 }
+
+/// Bound on installing a package (network).
+pub const INSTALL_LIMIT: Duration = Duration::from_secs(600);
+
+/// Whether `program` is on the PATH.
+pub fn on_path(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Installs Debian's `package` unless `present` says it is there already.
+pub fn debian_package(package: &str, present: impl Fn() -> bool) {
+    if present() {
+        return;
+    }
+    let root = rustix::process::geteuid().is_root();
+    let apt = |args: &[&str]| {
+        let mut command = if root {
+            Command::new("apt-get")
+        } else {
+            let mut sudo = Command::new("sudo");
+            sudo.args(["-n", "apt-get"]);
+            sudo
+        };
+        output_within(
+            command.env("DEBIAN_FRONTEND", "noninteractive").args(args),
+            INSTALL_LIMIT,
+        )
+    };
+    let install = ["install", "-y", "-q", package];
+    if !apt(&install).status.success() {
+        // A fresh machine may have no package lists yet.
+        let _ = apt(&["update", "-q"]);
+        let out = apt(&install);
+        assert!(
+            out.status.success(),
+            "apt-get install {package} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

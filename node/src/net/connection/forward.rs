@@ -20,7 +20,7 @@
 //!   same key during the failover, as if it had been sent last.)
 
 use super::{Connection, Replies};
-use crate::protocol::{Command, reply};
+use crate::protocol::{Command, MetaKind, reply};
 use futures_lite::{AsyncReadExt as _, AsyncWriteExt as _};
 use glommio::net::TcpStream;
 use std::net::SocketAddr;
@@ -70,7 +70,16 @@ impl Connection {
             .min(FORWARD_HOLD_MAX);
         let deadline = Instant::now() + hold;
         let noreply = command.noreply();
-        let request = without_noreply(raw, noreply);
+        // A quiet meta request is sent without its `q`, for the same reason as `noreply`;
+        // the answer it would not have had is dropped here.
+        let quiet = match command {
+            Command::Meta(meta) if meta.quiet => Some(meta.kind),
+            _ => None,
+        };
+        let request = match quiet {
+            Some(_) => without_quiet(raw),
+            None => without_noreply(raw, noreply),
+        };
         let values = matches!(command, Command::Get { .. } | Command::GetAndTouch { .. });
         let repeatable = repeatable(command);
         loop {
@@ -89,7 +98,8 @@ impl Connection {
             };
             let failure = match self.exchange((&name, addr), &request, values).await {
                 Ok(answer) => {
-                    if !noreply {
+                    let silenced = quiet.is_some_and(|kind| quiet_drops(kind, &answer));
+                    if !noreply && !silenced {
                         replies.out.extend_from_slice(&answer);
                     }
                     return Forwarded::Done;
@@ -187,6 +197,14 @@ fn repeatable(command: &Command<'_>) -> bool {
         Command::Get { .. } | Command::GetAndTouch { .. } | Command::Touch { .. } => true,
         Command::Version | Command::Verbosity { .. } => true,
         Command::Store { mode, .. } => matches!(mode, SetMode::Set | SetMode::Replace),
+        Command::Meta(meta) => match meta.kind {
+            MetaKind::Get => meta.ttl.is_none(),
+            MetaKind::Set => {
+                meta.compare_cas.is_none()
+                    && matches!(meta.set_mode, SetMode::Set | SetMode::Replace)
+            }
+            MetaKind::Delete | MetaKind::Arithmetic => false,
+        },
         _ => false,
     }
 }
@@ -219,6 +237,17 @@ impl Upstream {
         loop {
             let line = upstream.line().await?;
             answer.extend_from_slice(&line);
+            if let Some(rest) = line.strip_prefix(b"VA ") {
+                // A meta reply with a value: `VA <bytes> <flags>*`, the data and \r\n.
+                let bytes = std::str::from_utf8(rest)
+                    .ok()
+                    .and_then(|l| l.split_whitespace().next())
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .ok_or_else(|| invalid("a VA reply line without its length"))?;
+                let data = upstream.take(bytes + 2).await?;
+                answer.extend_from_slice(&data);
+                break;
+            }
             if !values || line.starts_with(b"END") {
                 break;
             }
@@ -317,6 +346,45 @@ fn without_noreply(raw: &[u8], noreply: bool) -> Vec<u8> {
     request
 }
 
+/// The request with the `q` flag taken out of its command line (a meta request's flags
+/// are one token each, so the flag is a token `q` after the key).
+fn without_quiet(raw: &[u8]) -> Vec<u8> {
+    let Some(newline) = raw.iter().position(|&b| b == b'\n') else {
+        return raw.to_vec();
+    };
+    let (line, rest) = raw.split_at(newline);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    // The command, the key and, for `ms`, the data length are not flags (a key may be "q").
+    let fixed = if line.starts_with(b"ms ") { 3 } else { 2 };
+    let mut request = Vec::with_capacity(raw.len());
+    for (i, token) in line
+        .split(|&b| b == b' ')
+        .filter(|t| !t.is_empty())
+        .enumerate()
+        .filter(|(i, t)| *i < fixed || *t != b"q")
+        .map(|(_, t)| t)
+        .enumerate()
+    {
+        if i > 0 {
+            request.push(b' ');
+        }
+        request.extend_from_slice(token);
+    }
+    request.extend_from_slice(b"\r");
+    request.extend_from_slice(rest);
+    request
+}
+
+/// Whether a quiet meta request of `kind` would not have been answered `answer`: `mg`
+/// leaves out a miss, the others their success.
+fn quiet_drops(kind: MetaKind, answer: &[u8]) -> bool {
+    match kind {
+        MetaKind::Get => answer.starts_with(b"EN"),
+        MetaKind::Set | MetaKind::Delete => answer.starts_with(b"HD"),
+        MetaKind::Arithmetic => answer.starts_with(b"HD") || answer.starts_with(b"VA"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,5 +400,19 @@ mod tests {
             b"delete k\r\n"
         );
         assert_eq!(without_noreply(b"get k\r\n", false), b"get k\r\n");
+    }
+
+    #[test]
+    fn quiet_is_dropped_from_the_command_line_only() {
+        assert_eq!(
+            without_quiet(b"ms k 1 q  T5\r\nq\r\n"),
+            b"ms k 1 T5\r\nq\r\n"
+        );
+        assert_eq!(without_quiet(b"mg q q v\n"), b"mg q v\r\n");
+        assert_eq!(without_quiet(b"ms k q q\r\n"), b"ms k q\r\n");
+        assert!(quiet_drops(MetaKind::Get, b"EN\r\n"));
+        assert!(!quiet_drops(MetaKind::Get, b"HD\r\n"));
+        assert!(quiet_drops(MetaKind::Arithmetic, b"VA 1\r\n5\r\n"));
+        assert!(!quiet_drops(MetaKind::Delete, b"NF\r\n"));
     }
 }

@@ -1,0 +1,368 @@
+//! memcached's meta commands on a shard's store: `mg`, `ms`, `md`, `ma` (see
+//! `protocol::meta` for the request and the flags).
+//!
+//! Each runs the same store operations as the classic commands, under the same durability
+//! rule (a reply waits for every record it shows or rests on), and writes the meta reply:
+//! a code, then the return flags the request asked for, in its order. A `C<cas>` condition
+//! is checked against the item and the operation run in one step: a shard's store is used
+//! by one task at a time, so nothing can change the item in between.
+
+use super::{Durable, LocalShards, Refusal};
+use crate::protocol::{Meta, MetaKind, reply};
+use crate::stats::Stat;
+use terrace_wal::constants::KEY_LEN_MAX_BYTES;
+use terrace_wal::store::{Delta, SetMode, StoreOutcome};
+
+/// What the return flags may show of an item.
+#[derive(Debug, Clone, Copy, Default)]
+struct Shown {
+    cas: u64,
+    flags: u32,
+    size: usize,
+    /// Absolute expiry in unix seconds, 0 never.
+    expiry: u32,
+}
+
+/// Return flags each outcome may carry (memcached 1.6's choice per command); others asked
+/// for are left out.
+const ON_MISS: &[u8] = b"Ok";
+const GET_HIT: &[u8] = b"Okcfst";
+const SET_DONE: &[u8] = b"Okc";
+const DELETE_DONE: &[u8] = b"Ok";
+const ARITHMETIC_DONE: &[u8] = b"Oktc";
+
+/// A one-key result: the reply is written, this is what it must wait for.
+type MetaResult = Result<Option<Durable>, Refusal>;
+
+/// How a `C<cas>` condition came out.
+enum Condition {
+    /// No condition, or it holds.
+    Holds,
+    /// No such item (`NF`).
+    Missing,
+    /// The item's CAS differs (`EX`).
+    Changed,
+}
+
+impl LocalShards {
+    /// Runs a meta request on this executor's shard of its key.
+    pub fn meta(&self, meta: &Meta<'_>, out: &mut Vec<u8>) -> MetaResult {
+        let mut key_buf = [0u8; KEY_LEN_MAX_BYTES];
+        let key = meta.key(&mut key_buf);
+        match meta.kind {
+            MetaKind::Get => self.meta_get(meta, key, out),
+            MetaKind::Set => self.meta_set(meta, key, out),
+            MetaKind::Delete => self.meta_delete(meta, key, out),
+            MetaKind::Arithmetic => self.meta_arithmetic(meta, key, out),
+        }
+    }
+
+    /// `mg`: `VA <size> <flags>` and the value with `v`, else `HD <flags>`; `EN` on a miss.
+    /// With `T`, the item is touched as `gat` does.
+    fn meta_get(&self, meta: &Meta<'_>, key: &[u8], out: &mut Vec<u8>) -> MetaResult {
+        let (shard, store) = self.store_of(key);
+        self.counters.bump(Stat::cmd_get);
+        let found = match meta.ttl {
+            None => store
+                .borrow_mut()
+                .get(key)
+                .ok()
+                .flatten()
+                .map(|item| (item.lsn(), item)),
+            Some(ttl) => {
+                self.counters.bump(Stat::cmd_touch);
+                self.stamp(store);
+                let touched = store.borrow_mut().get_and_touch(key, ttl);
+                match touched.map_err(|error| self.refuse(shard, error))? {
+                    Some((item, written)) => {
+                        self.counters.bump(Stat::touch_hits);
+                        Some((written.lsn.max(item.lsn()), item))
+                    }
+                    None => {
+                        self.counters.bump(Stat::touch_misses);
+                        None
+                    }
+                }
+            }
+        };
+        let Some((lsn, item)) = found else {
+            self.counters.bump(Stat::get_misses);
+            if !meta.quiet {
+                self.head(out, b"EN", meta, None, ON_MISS, shard);
+            }
+            return Ok(self.absence(shard));
+        };
+        self.counters.bump(Stat::get_hits);
+        let value = item.value();
+        let shown = Shown {
+            cas: item.cas(),
+            flags: item.flags(),
+            size: value.len(),
+            expiry: item.expiry(),
+        };
+        if meta.value {
+            out.extend_from_slice(b"VA ");
+            reply::number(out, value.len() as u64);
+            self.flags(out, meta, Some(&shown), GET_HIT, shard);
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        } else {
+            self.head(out, b"HD", meta, Some(&shown), GET_HIT, shard);
+        }
+        let wait = if meta.ttl.is_some() {
+            self.written(shard, lsn)
+        } else {
+            self.durable(shard, lsn)
+        };
+        Ok(wait)
+    }
+
+    /// `ms`: `HD` stored, `NS` not stored (the mode's condition), `EX` the CAS differs, `NF`
+    /// a CAS given for a missing item.
+    fn meta_set(&self, meta: &Meta<'_>, key: &[u8], out: &mut Vec<u8>) -> MetaResult {
+        let (shard, store) = self.store_of(key);
+        self.counters.bump(Stat::cmd_set);
+        self.stamp(store);
+        let exptime = meta.ttl.unwrap_or(0);
+        // A plain set with a CAS is the store's own `cas`; another mode is checked here.
+        let mode = match (meta.set_mode, meta.compare_cas) {
+            (SetMode::Set, Some(cas)) => SetMode::Cas(cas),
+            (mode, _) => mode,
+        };
+        if !matches!(mode, SetMode::Cas(_)) {
+            match self.condition(meta, key)? {
+                Condition::Holds => {}
+                Condition::Missing => return Ok(self.refused(out, b"NF", meta, shard)),
+                Condition::Changed => return Ok(self.refused(out, b"EX", meta, shard)),
+            }
+        }
+        let outcome = store
+            .borrow_mut()
+            .set(mode, key, meta.data, meta.client_flags, exptime);
+        match outcome.map_err(|error| self.refuse(shard, error))? {
+            StoreOutcome::Stored(written) => {
+                if meta.compare_cas.is_some() {
+                    self.counters.bump(Stat::cas_hits);
+                }
+                if !meta.quiet {
+                    let shown = Shown {
+                        cas: written.cas,
+                        ..Shown::default()
+                    };
+                    self.head(out, b"HD", meta, Some(&shown), SET_DONE, shard);
+                }
+                Ok(self.written(shard, written.lsn))
+            }
+            StoreOutcome::NotStored => Ok(self.refused(out, b"NS", meta, shard)),
+            StoreOutcome::Exists => {
+                self.counters.bump(Stat::cas_badval);
+                Ok(self.refused(out, b"EX", meta, shard))
+            }
+            StoreOutcome::NotFound => {
+                self.counters.bump(Stat::cas_misses);
+                Ok(self.refused(out, b"NF", meta, shard))
+            }
+        }
+    }
+
+    /// `md`: `HD` deleted, `NF` no such item, `EX` the CAS differs.
+    fn meta_delete(&self, meta: &Meta<'_>, key: &[u8], out: &mut Vec<u8>) -> MetaResult {
+        let (shard, store) = self.store_of(key);
+        self.stamp(store);
+        match self.condition(meta, key)? {
+            Condition::Holds => {}
+            Condition::Missing => {
+                self.counters.bump(Stat::delete_misses);
+                return Ok(self.refused(out, b"NF", meta, shard));
+            }
+            Condition::Changed => return Ok(self.refused(out, b"EX", meta, shard)),
+        }
+        let deleted = store.borrow_mut().delete(key);
+        match deleted.map_err(|error| self.refuse(shard, error))? {
+            Some(written) => {
+                self.counters.bump(Stat::delete_hits);
+                if !meta.quiet {
+                    self.head(out, b"HD", meta, None, DELETE_DONE, shard);
+                }
+                Ok(self.written(shard, written.lsn))
+            }
+            None => {
+                self.counters.bump(Stat::delete_misses);
+                Ok(self.refused(out, b"NF", meta, shard))
+            }
+        }
+    }
+
+    /// `ma`: `HD`, or `VA <len>` and the new number with `v`; `NF` on a miss unless `N`
+    /// creates the counter at `J` (returned as it is, not yet changed); `T` also sets the
+    /// expiry of a counter that was there.
+    fn meta_arithmetic(&self, meta: &Meta<'_>, key: &[u8], out: &mut Vec<u8>) -> MetaResult {
+        let (shard, store) = self.store_of(key);
+        self.stamp(store);
+        let (hit, miss) = if meta.incr {
+            (Stat::incr_hits, Stat::incr_misses)
+        } else {
+            (Stat::decr_hits, Stat::decr_misses)
+        };
+        match self.condition(meta, key)? {
+            Condition::Holds => {}
+            Condition::Missing => {
+                self.counters.bump(miss);
+                return Ok(self.refused(out, b"NF", meta, shard));
+            }
+            Condition::Changed => return Ok(self.refused(out, b"EX", meta, shard)),
+        }
+        let delta = if meta.incr {
+            Delta::Incr(meta.delta)
+        } else {
+            Delta::Decr(meta.delta)
+        };
+        let changed = store.borrow_mut().delta(key, delta);
+        let (number, mut lsn) = match changed.map_err(|error| self.refuse(shard, error))? {
+            Some((number, written)) => {
+                self.counters.bump(hit);
+                let mut lsn = written.lsn;
+                if let Some(ttl) = meta.ttl {
+                    let touched = store.borrow_mut().touch(key, ttl);
+                    if let Some(touched) = touched.map_err(|error| self.refuse(shard, error))? {
+                        lsn = touched.lsn;
+                    }
+                }
+                (number, lsn)
+            }
+            None => {
+                self.counters.bump(miss);
+                let Some(ttl) = meta.vivify else {
+                    return Ok(self.refused(out, b"NF", meta, shard));
+                };
+                let initial = itoa::Buffer::new().format(meta.initial).as_bytes().to_vec();
+                let created = store.borrow_mut().set(SetMode::Add, key, &initial, 0, ttl);
+                match created.map_err(|error| self.refuse(shard, error))? {
+                    StoreOutcome::Stored(written) => (meta.initial, written.lsn),
+                    // Not reached: the miss above and the add run in one step.
+                    _ => return Ok(self.refused(out, b"NF", meta, shard)),
+                }
+            }
+        };
+        // The item as it is now, for `c` and `t`.
+        let shown = store.borrow_mut().get(key).ok().flatten().map(|item| {
+            lsn = lsn.max(item.lsn());
+            Shown {
+                cas: item.cas(),
+                flags: item.flags(),
+                size: item.value().len(),
+                expiry: item.expiry(),
+            }
+        });
+        if !meta.quiet {
+            if meta.value {
+                let digits = itoa::Buffer::new().format(number).len();
+                out.extend_from_slice(b"VA ");
+                reply::number(out, digits as u64);
+                self.flags(out, meta, shown.as_ref(), ARITHMETIC_DONE, shard);
+                reply::counter(out, number);
+            } else {
+                self.head(out, b"HD", meta, shown.as_ref(), ARITHMETIC_DONE, shard);
+            }
+        }
+        Ok(self.written(shard, lsn))
+    }
+
+    /// Checks `meta`'s `C<cas>` against the item now.
+    fn condition(&self, meta: &Meta<'_>, key: &[u8]) -> Result<Condition, Refusal> {
+        let Some(cas) = meta.compare_cas else {
+            return Ok(Condition::Holds);
+        };
+        let (_, store) = self.store_of(key);
+        let item = store.borrow_mut().get(key).ok().flatten();
+        Ok(match item {
+            None => Condition::Missing,
+            Some(item) if item.cas() != cas => Condition::Changed,
+            Some(_) => Condition::Holds,
+        })
+    }
+
+    /// A reply that reports nothing was changed (`NS`, `EX`, `NF`): shown in quiet mode too,
+    /// and, as every absence, it waits for the shard's last record (see `absence`).
+    fn refused(
+        &self,
+        out: &mut Vec<u8>,
+        code: &[u8],
+        meta: &Meta<'_>,
+        shard: u32,
+    ) -> Option<Durable> {
+        self.head(out, code, meta, None, ON_MISS, shard);
+        self.absence(shard)
+    }
+
+    /// `code`, the return flags and the line's end.
+    fn head(
+        &self,
+        out: &mut Vec<u8>,
+        code: &[u8],
+        meta: &Meta<'_>,
+        shown: Option<&Shown>,
+        letters: &[u8],
+        shard: u32,
+    ) {
+        out.extend_from_slice(code);
+        self.flags(out, meta, shown, letters, shard);
+    }
+
+    /// The return flags `meta` asked for that `letters` allows, each after a space, in the
+    /// request's order; then `\r\n`.
+    fn flags(
+        &self,
+        out: &mut Vec<u8>,
+        meta: &Meta<'_>,
+        shown: Option<&Shown>,
+        letters: &[u8],
+        shard: u32,
+    ) {
+        for letter in meta.returns.iter().filter(|l| letters.contains(l)) {
+            match (letter, shown) {
+                (b'O', _) => {
+                    out.extend_from_slice(b" O");
+                    out.extend_from_slice(meta.opaque.unwrap_or_default());
+                }
+                (b'k', _) => {
+                    out.extend_from_slice(b" k");
+                    out.extend_from_slice(meta.key_token);
+                    if meta.base64 {
+                        out.extend_from_slice(b" b");
+                    }
+                }
+                (b'c', Some(shown)) => {
+                    out.extend_from_slice(b" c");
+                    reply::number(out, shown.cas);
+                }
+                (b'f', Some(shown)) => {
+                    out.extend_from_slice(b" f");
+                    reply::number(out, u64::from(shown.flags));
+                }
+                (b's', Some(shown)) => {
+                    out.extend_from_slice(b" s");
+                    reply::number(out, shown.size as u64);
+                }
+                (b't', Some(shown)) => {
+                    out.extend_from_slice(b" t");
+                    if shown.expiry == 0 {
+                        out.extend_from_slice(b"-1");
+                    } else {
+                        let now = self.now_secs(shard);
+                        reply::number(out, u64::from(shown.expiry.saturating_sub(now)));
+                    }
+                }
+                _ => {}
+            }
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// The store's clock (the server's, shifted by `debugtime`), in unix seconds.
+    fn now_secs(&self, shard: u32) -> u32 {
+        self.stores[shard as usize]
+            .as_ref()
+            .map_or(0, |store| store.borrow().now_secs())
+    }
+}
