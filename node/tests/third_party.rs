@@ -1,5 +1,6 @@
 //! Third-party client suites against the real binary, in both persistence modes:
-//! pymemcache 4.0.0's own integration tests, `memccapable -a` (the ASCII protocol checks of
+//! pymemcache 4.0.0's own integration tests, meta-memcache 4.3.0 (a client of the meta
+//! protocol) through an application's calls, `memccapable -a` (the ASCII protocol checks of
 //! libmemcached-tools), and memcached's `memcached-tool`. The test installs what it needs (pip
 //! into the target dir, apt-get for libmemcached-tools and memcached), so a clean clone needs
 //! nothing installed by hand; an install that fails fails the test with the command that
@@ -18,6 +19,8 @@ const SUITE_LIMIT: Duration = Duration::from_secs(300);
 
 const PYMEMCACHE: &str = "pymemcache==4.0.0";
 const PYTEST: &str = "pytest==8.3.4";
+/// RevenueCat's client, which speaks only the meta protocol.
+const META_MEMCACHE: &str = "meta-memcache==4.3.0";
 const MODES: [&str; 2] = ["temporary-swap-only", "permanent-store"];
 const MEMCACHED_TOOL: &str = "/usr/share/memcached/scripts/memcached-tool";
 
@@ -35,30 +38,37 @@ fn run(command: &mut Command, limit: Duration) -> Output {
     output
 }
 
-/// pymemcache and pytest in a directory of their own under the target dir (kept between runs).
+/// pymemcache, pytest and meta-memcache in a directory of their own under the target dir
+/// (kept between runs), installed once however many tests ask at the same time.
 fn python_packages() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("third-party-python");
-    let marker = dir.join(".installed-pymemcache-4.0.0");
-    if !marker.exists() {
-        run(
-            Command::new("python3").args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--no-warn-script-location",
-                "--upgrade",
-                "--target",
-                dir.to_str().unwrap(),
-                PYMEMCACHE,
-                PYTEST,
-            ]),
-            INSTALL_LIMIT,
-        );
-        std::fs::write(&marker, b"").unwrap();
-    }
-    dir
+    static INSTALLED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("third-party-python");
+            let marker = dir.join(".installed-pymemcache-4.0.0-meta-memcache-4.3.0");
+            if !marker.exists() {
+                run(
+                    Command::new("python3").args([
+                        "-m",
+                        "pip",
+                        "install",
+                        "--quiet",
+                        "--disable-pip-version-check",
+                        "--no-warn-script-location",
+                        "--upgrade",
+                        "--target",
+                        dir.to_str().unwrap(),
+                        PYMEMCACHE,
+                        PYTEST,
+                        META_MEMCACHE,
+                    ]),
+                    INSTALL_LIMIT,
+                );
+                std::fs::write(&marker, b"").unwrap();
+            }
+            dir
+        })
+        .clone()
 }
 
 /// `memccapable`, installed from Debian's libmemcached-tools when it is missing.
@@ -111,6 +121,34 @@ fn pymemcache_integration_suite_passes() {
             .and_then(|n| n.parse().ok())
             .unwrap_or(0);
         assert!(passed >= 90, "too few tests ran in {mode}: {summary}");
+    }
+}
+
+/// An application's calls through a client that speaks only meta commands
+/// (`tests/clients/meta_memcache_check.py`): get, set with and without CAS, multi-get,
+/// touch, counters, add, delete, base64 keys, a value large enough to be sent from the
+/// mapping; in both modes, on two cores.
+#[test]
+fn meta_memcache_client_works() {
+    let packages = python_packages();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/meta_memcache_check.py");
+    for mode in MODES {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(&write_config(dir.path(), mode), &["--cores", "2"]);
+        let mut check = Command::new("python3");
+        check
+            .env("PYTHONPATH", &packages)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .arg(&script)
+            .arg(server.port.to_string());
+        let out = output_within(&mut check, SUITE_LIMIT);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("all checks passed"),
+            "meta-memcache checks failed in {mode}:\n{stdout}\n{}\nserver log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            server.log()
+        );
     }
 }
 

@@ -6,9 +6,11 @@
 //! `NS`, `EX`, `NF`, `MN`) followed by the *return flags* the request asked for, in the
 //! order it asked for them. Letters, errors, quiet mode and the return flags each command
 //! gives follow memcached 1.6 as it answers (checked against memcached 1.6.18 by
-//! `tests/meta.rs`); flags Terrace does not implement (stale items, hit and access times,
-//! invalidation, vivify-on-miss for `mg`) are refused with [`ProtocolError::FlagNotSupported`]
-//! rather than ignored, so a client never reads an answer that means something it did not.
+//! `tests/meta.rs`). Flags that would change what an operation does and that Terrace does
+//! not implement (stale items and invalidation, vivify-on-miss and recache for `mg`) are
+//! refused with [`ProtocolError::FlagNotSupported`] rather than ignored, so a client never
+//! reads an answer that means something it did not ask for; the access-time return flags
+//! `h` and `l` are accepted and left out of the reply (see [`GET`]).
 
 use super::ProtocolError;
 use super::parse::{Parsed, key_ok, tokens};
@@ -130,10 +132,14 @@ struct Grammar {
     bad_token: ProtocolError,
 }
 
+/// `mg`: `h` (hit before) and `l` (seconds since the last access) are accepted and not
+/// returned, since Terrace keeps no access times (a client asking for them by default, as
+/// meta-memcache does, reads "unknown", never a made-up number); `u` (do not bump the item
+/// in the LRU) is accepted: Terrace has no LRU to bump.
 const GET: Grammar = Grammar {
     allowed: b"bcfkOqstvT",
-    ignored: b"",
-    unsupported: b"hluENR",
+    ignored: b"hlu",
+    unsupported: b"ENR",
     invalid: ProtocolError::InvalidFlag,
     duplicate: ProtocolError::DuplicateFlag,
     bad_token: ProtocolError::BadToken,

@@ -1,0 +1,49 @@
+"""meta-memcache (RevenueCat's Python client, which speaks only the meta protocol) against
+a server: the high-level calls an application makes, each checked. Run by
+tests/third_party.rs as `python3 meta_memcache_check.py PORT`; exits non-zero on the first
+failure, naming it."""
+
+import sys
+
+from meta_memcache import CacheClient, Key, ServerAddress, connection_pool_factory_builder
+
+port = int(sys.argv[1])
+client = CacheClient.cache_client_from_servers(
+    servers=[ServerAddress(host="127.0.0.1", port=port)],
+    connection_pool_factory_fn=connection_pool_factory_builder(),
+)
+
+
+def check(what, got, want):
+    if got != want:
+        sys.exit(f"{what}: got {got!r}, want {want!r}")
+
+
+check("set", client.set(key=Key("doc"), value={"a": 1, "b": [2, 3]}, ttl=100), True)
+check("get", client.get(key=Key("doc")), {"a": 1, "b": [2, 3]})
+check("get_typed", client.get_typed(key=Key("doc"), cls=dict), {"a": 1, "b": [2, 3]})
+value, cas = client.get_cas(key=Key("doc"))
+check("get_cas value", value, {"a": 1, "b": [2, 3]})
+check("set with the CAS read", client.set(key=Key("doc"), value="v2", ttl=100, cas_token=cas), True)
+check("set with a stale CAS", client.set(key=Key("doc"), value="v3", ttl=100, cas_token=cas), False)
+check("get after CAS sets", client.get(key=Key("doc")), "v2")
+got = client.multi_get(keys=[Key("doc"), Key("missing")])
+check("multi_get", {k.key: v for k, v in got.items()}, {"doc": "v2", "missing": None})
+check("touch", client.touch(key=Key("doc"), ttl=50), True)
+check("touch of a missing key", client.touch(key=Key("missing"), ttl=50), False)
+check("delta_initialize", client.delta_initialize(key=Key("counter"), delta=5, initial_value=10, initial_ttl=60), True)
+check("delta", client.delta(key=Key("counter"), delta=5), True)
+check("delta_and_get", client.delta_and_get(key=Key("counter"), delta=1), 16)
+check("delta of a missing key", client.delta(key=Key("missing"), delta=1), False)
+check("refill", client.refill(key=Key("r"), value="first", ttl=10), True)
+check("refill of a present key", client.refill(key=Key("r"), value="second", ttl=10), False)
+check("get after refill", client.get(key=Key("r")), "first")
+check("delete", client.delete(key=Key("doc")), True)
+check("get after delete", client.get(key=Key("doc")), None)
+# Keys the client sends in base64 (not ASCII) and values that are bytes.
+check("set unicode key", client.set(key=Key("ключ"), value=b"\x00\x01\xff", ttl=0), True)
+check("get unicode key", client.get(key=Key("ключ")), b"\x00\x01\xff")
+large = "x" * 200_000
+check("set large", client.set(key=Key("large"), value=large, ttl=0), True)
+check("get large", client.get(key=Key("large")), large)
+print("meta-memcache: all checks passed")
