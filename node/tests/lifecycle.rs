@@ -255,6 +255,60 @@ fn config_errors_name_the_field_and_exit_nonzero() {
     }
 }
 
+/// A meta request with random, often wrong, flags (never on the `keep` keys).
+fn random_meta(rng: &mut SmallRng) -> Vec<u8> {
+    const COMMANDS: &[&str] = &["mg", "ms", "md", "ma", "mn", "me"];
+    const KEYS: &[&[u8]] = &[b"x", b"Zm9v", b"!!", b"\x01", b"k\xff", b"eA=="];
+    const FLAGS: &[&[u8]] = &[
+        b"v",
+        b"q",
+        b"k",
+        b"c",
+        b"f",
+        b"s",
+        b"t",
+        b"b",
+        b"O",
+        b"Oab",
+        b"T",
+        b"T-1",
+        b"T99999999999",
+        b"C0",
+        b"C18446744073709551616",
+        b"D",
+        b"D-5",
+        b"J",
+        b"N0",
+        b"MA",
+        b"MX",
+        b"M",
+        b"F4294967296",
+        b"I",
+        b"h",
+        b"\xff",
+        b"E1",
+        b"R5",
+        b"vv",
+    ];
+    let mut line = COMMANDS[rng.random_range(0..COMMANDS.len())]
+        .as_bytes()
+        .to_vec();
+    line.push(b' ');
+    line.extend_from_slice(KEYS[rng.random_range(0..KEYS.len())]);
+    if line.starts_with(b"ms") && rng.random_bool(0.9) {
+        line.extend(format!(" {}", rng.random_range(0..40)).bytes());
+    }
+    for _ in 0..rng.random_range(0..25) {
+        line.push(b' ');
+        line.extend_from_slice(FLAGS[rng.random_range(0..FLAGS.len())]);
+    }
+    line.extend_from_slice(b"\r\n");
+    // A data block, of the length the line asked for or not.
+    line.extend((0..rng.random_range(0..45)).map(|_| b'd'));
+    line.extend_from_slice(b"\r\n");
+    line
+}
+
 /// Random and malformed byte streams, split at random points, never crash the server or
 /// touch stored data.
 #[test]
@@ -272,10 +326,11 @@ fn garbage_never_crashes_the_server_or_corrupts_data() {
         let mut rng = SmallRng::seed_from_u64(seed * 1_000_003 + round);
         let mut stream = Vec::new();
         for _ in 0..rng.random_range(1..30) {
-            match rng.random_range(0..4) {
+            match rng.random_range(0..5) {
                 0 => stream.extend((0..rng.random_range(1..300)).map(|_| rng.random::<u8>())),
                 1 => stream.extend_from_slice(b"set x 0 0 99999999999\r\n"),
                 2 => stream.extend_from_slice(b"get \x00\xff\r\nincr\r\ncas a b c d e\r\n"),
+                3 => stream.extend(random_meta(&mut rng)),
                 _ => stream.extend_from_slice(b"set junk 1 2 3\r\nabcdef\r\n\r\n\n"),
             }
         }

@@ -7,6 +7,7 @@
 //! - [`online`]: asking a running server for a consistent cut.
 //! - [`verify`]: checking every byte of a snapshot.
 //! - [`restore`]: a snapshot back into a data dir, atomically.
+//! - [`reshard`]: a stopped server's data dir rewritten with another shard count.
 //! - [`parallel`]: shards processed on several threads.
 //! - [`files`], [`progress`], [`error`]: durable file helpers, progress bars, errors.
 //!
@@ -30,6 +31,7 @@ pub mod manifest;
 pub mod online;
 pub mod parallel;
 pub mod progress;
+pub mod reshard;
 pub mod restore;
 pub mod source;
 pub mod verify;

@@ -32,10 +32,11 @@ use terrace_node::data_dir::{self, DATA_DIR_FORMAT, LOCK_FILE, Meta};
 use terrace_wal::log::scan::LogScanner;
 use terrace_wal::storage::segment_file_name;
 
-/// Marks a temporary restore directory as incomplete.
-const INCOMPLETE_MARKER: &str = "RESTORE-INCOMPLETE";
-/// Marks a temporary restore directory as complete and durable, not swapped in yet.
-const COMPLETE_MARKER: &str = "RESTORE-COMPLETE";
+/// Marks a temporary restore (or reshard) directory as incomplete.
+pub(super) const INCOMPLETE_MARKER: &str = "RESTORE-INCOMPLETE";
+/// Marks a temporary restore (or reshard) directory as complete and durable, not swapped in
+/// yet.
+pub(super) const COMPLETE_MARKER: &str = "RESTORE-COMPLETE";
 
 /// What `restore` did.
 #[derive(Debug, Clone)]
@@ -97,7 +98,7 @@ pub fn restore(
     }
     // Held until the new data dir is in place: no server may start on the old one meanwhile.
     let (lock, created) = check_target(&target, force)?;
-    let cleaned = clean_leftovers(&target, &parent, &name);
+    let cleaned = clean_leftovers(&target, &parent, &name, RESTORE);
     let (removed_leftovers, recovered_contents) = match cleaned {
         Ok(cleaned) => cleaned,
         Err(e) => {
@@ -137,7 +138,7 @@ pub fn restore(
         .map_err(BackupError::io("mark complete", &tmp))?;
     files::sync_dir(&tmp)?;
 
-    let previous_contents = swap_into_place(&tmp, &target, &parent, &name)?;
+    let previous_contents = swap_into_place(&tmp, &target, &parent, &name, RESTORE)?;
     files::sync_dir(&parent)?;
     drop(lock);
     files::remove_if_exists(&target.join(COMPLETE_MARKER))?;
@@ -218,14 +219,18 @@ fn remove_created(target: &Path) {
     let _ = files::sync_parent(target);
 }
 
-/// Cleans up after interrupted restores into `target` (see the module doc). Returns the
-/// copies removed and the old contents moved aside.
-fn clean_leftovers(
+/// What `restore` calls its temporary directories and the old contents it moves aside.
+const RESTORE: &str = "restore";
+
+/// Cleans up after interrupted runs of `word` (`restore`, `reshard`) into `target` (see the
+/// module doc). Returns the copies removed and the old contents moved aside.
+pub(super) fn clean_leftovers(
     target: &Path,
     parent: &Path,
     name: &str,
+    word: &str,
 ) -> Result<(Vec<PathBuf>, Vec<PathBuf>), BackupError> {
-    let prefix = format!(".{name}.restore-");
+    let prefix = format!(".{name}.{word}-");
     // A copy being removed is renamed to this first: a crash midway through removing it
     // (its marker may go first) must not leave it looking like the target's old contents.
     let discard_prefix = format!(".{name}.discard-");
@@ -255,7 +260,7 @@ fn clean_leftovers(
             std::fs::remove_dir_all(&doomed).map_err(BackupError::io("remove", &doomed))?;
             removed.push(path);
         } else {
-            let aside = aside_path(parent, name)?;
+            let aside = aside_path(parent, name, word)?;
             std::fs::rename(&path, &aside).map_err(BackupError::io("move aside to", &aside))?;
             recovered.push(aside);
         }
@@ -270,15 +275,12 @@ fn clean_leftovers(
     Ok((removed, recovered))
 }
 
-/// A new `<name>.before-restore-<time>[-n]` path beside the target.
-fn aside_path(parent: &Path, name: &str) -> Result<PathBuf, BackupError> {
+/// A new `<name>.before-<word>-<time>[-n]` path beside the target.
+fn aside_path(parent: &Path, name: &str, word: &str) -> Result<PathBuf, BackupError> {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let stem = format!(
-        "{name}.before-restore-{}",
-        utc_string(secs).replace(':', "")
-    );
+    let stem = format!("{name}.before-{word}-{}", utc_string(secs).replace(':', ""));
     for n in 0..1000 {
         let candidate = if n == 0 {
             parent.join(&stem)
@@ -292,7 +294,7 @@ fn aside_path(parent: &Path, name: &str) -> Result<PathBuf, BackupError> {
     Err(BackupError::Refused {
         path: parent.join(stem),
         problem: "a thousand earlier contents are kept beside it already".into(),
-        fix: "remove old `.before-restore-` directories you no longer need".into(),
+        fix: format!("remove old `.before-{word}-` directories you no longer need"),
     })
 }
 
@@ -347,12 +349,14 @@ fn write_data_dir(
 }
 
 /// Puts the complete `tmp` at `target`. An existing target is swapped with it atomically;
-/// what it held (other than a lock file) is moved aside and its new path returned.
-fn swap_into_place(
+/// what it held (other than a lock file) is moved aside (`<name>.before-<word>-<time>`) and
+/// its new path returned.
+pub(super) fn swap_into_place(
     tmp: &Path,
     target: &Path,
     parent: &Path,
     name: &str,
+    word: &str,
 ) -> Result<Option<PathBuf>, BackupError> {
     if !target.exists() {
         std::fs::rename(tmp, target).map_err(BackupError::io("rename into place", target))?;
@@ -380,7 +384,7 @@ fn swap_into_place(
         std::fs::remove_dir(tmp).map_err(BackupError::io("remove", tmp))?;
         return Ok(None);
     }
-    let aside = aside_path(parent, name)?;
+    let aside = aside_path(parent, name, word)?;
     std::fs::rename(tmp, &aside).map_err(BackupError::io("move aside to", &aside))?;
     Ok(Some(aside))
 }

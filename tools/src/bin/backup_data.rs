@@ -9,6 +9,7 @@ use terrace_tools::backup::BackupError;
 use terrace_tools::backup::create::{CreateOptions, CreateReport, create_offline};
 use terrace_tools::backup::manifest::Manifest;
 use terrace_tools::backup::online::create_online;
+use terrace_tools::backup::reshard::{ReshardReport, reshard};
 use terrace_tools::backup::restore::{RestoreReport, restore};
 use terrace_tools::backup::verify::{VerifyReport, check_shape, read_manifest, verify};
 
@@ -91,6 +92,22 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Change the shard count of a stopped server's permanent-store data dir (for a machine
+    /// with more or fewer cores than the one it was created on).
+    ///
+    /// Every live item (key, value, client flags, expiry) is written into new shards in a
+    /// temporary directory beside the data dir, synced, and swapped into place; the old
+    /// contents are moved to `<DIR>.before-reshard-<time>`, not deleted. Each item gets a new
+    /// CAS, above every old one. An interrupted reshard leaves the data dir as it was. Start
+    /// the server with `storage.shards` set to the new count (or "auto", which keeps it).
+    Reshard {
+        /// The data dir of a stopped server.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// The new shard count.
+        #[arg(long, value_name = "N")]
+        shards: u32,
+    },
     /// List a snapshot's segment files: shard, segment, LSNs, records, bytes, checksum.
     List {
         /// The snapshot directory.
@@ -137,6 +154,9 @@ fn main() -> ExitCode {
             force,
         } => restore(&snapshot, &data_dir, force, show_progress)
             .map(|r| print_restore(&r, &snapshot, cli.json)),
+        Command::Reshard { data_dir, shards } => {
+            reshard(&data_dir, shards, show_progress).map(|r| print_reshard(&r, cli.json))
+        }
         Command::List { snapshot } => {
             read_checked_manifest(&snapshot).map(|m| print_list(&m, cli.json))
         }
@@ -288,6 +308,71 @@ fn print_verify(m: &Manifest, r: &VerifyReport, dir: &std::path::Path, as_json: 
         println!("  note: {file} is not in the manifest (left by an interrupted create)");
     }
     println!("  took {:.2} s", r.duration.as_secs_f64());
+}
+
+fn print_reshard(r: &ReshardReport, as_json: bool) {
+    if as_json {
+        println!(
+            "{}",
+            json!({
+                "ok": true,
+                "data_dir": r.data_dir,
+                "from_shards": r.from_shards,
+                "to_shards": r.to_shards,
+                "items": r.items,
+                "bytes": r.bytes,
+                "items_per_shard": r.items_per_shard,
+                "pending_flush_at": r.pending_flush_at,
+                "previous_contents_moved_to": r.previous_contents,
+                "removed_interrupted_reshards": r.removed_leftovers,
+                "recovered_contents_moved_to": r.recovered_contents,
+                "seconds": r.duration.as_secs_f64(),
+            })
+        );
+        return;
+    }
+    for path in &r.removed_leftovers {
+        println!(
+            "removed {} (a copy left by an interrupted reshard)",
+            path.display()
+        );
+    }
+    for path in &r.recovered_contents {
+        println!(
+            "moved {} aside: the data dir's contents before an interrupted reshard",
+            path.display()
+        );
+    }
+    println!(
+        "resharded {}: {} shards -> {}",
+        r.data_dir.display(),
+        r.from_shards,
+        r.to_shards
+    );
+    println!(
+        "  {} items ({} bytes of keys and values), per new shard: {}",
+        r.items,
+        r.bytes,
+        r.items_per_shard
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    if let Some(at) = r.pending_flush_at {
+        println!("  a delayed flush_all pending for unix time {at} was carried over");
+    }
+    if let Some(previous) = &r.previous_contents {
+        println!(
+            "  the old contents are in {} (remove it once the server runs on the new data)",
+            previous.display()
+        );
+    }
+    println!(
+        "  in {:.1} s; start the server with storage.shards = {} (or \"auto\", which keeps it)",
+        r.duration.as_secs_f64(),
+        r.to_shards
+    );
 }
 
 fn print_restore(r: &RestoreReport, snapshot: &std::path::Path, as_json: bool) {

@@ -1345,6 +1345,11 @@ impl<S: Storage> Store<S> {
         Ok(Written { lsn, cas: lsn })
     }
 
+    /// When a delayed `flush_all` that has not taken effect yet will (unix seconds).
+    pub fn pending_flush_at(&self) -> Option<u32> {
+        self.state.flush.pending.map(|pending| pending.at)
+    }
+
     /// Calls `f` with every live item (for tests, checks and tools; slow: reads every record).
     pub fn for_each_live(&self, mut f: impl FnMut(&Item<S::File>)) {
         let now = self.clock.now_secs();
