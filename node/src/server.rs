@@ -170,7 +170,8 @@ fn open_data_dir(settings: &Settings, executors: usize) -> Result<DataDir, Serve
             cores = executors,
             "{idle} of {executors} cores own no shard (the data dir has {} shards, fixed when it \
              was created): they serve connections and pass every request to the cores that own \
-             one; fewer cores (--cores), or a new data dir, use them better",
+             one; fewer cores (--cores) use them better, or, with the server stopped, \
+             `backup-data reshard --data-dir <data> --shards <n>` gives the data dir more shards",
             data.shards()
         );
     }
