@@ -216,6 +216,38 @@ fn script() -> Vec<Vec<u8>> {
         "mg !!! b v\r\n",
         "md Zm9v b q\r\n",
         "mg foo v\r\n",
+        // A CAS with the other modes: add ignores it, replace is a cas, append and prepend
+        // compare unless it is C0; a set that stored nothing shows c0.
+        "ms nokey 2 ME C1\r\nab\r\n",
+        "ms nokey 2 ME C1 c k O1\r\nab\r\n",
+        "ms nokey2 2 MR C1\r\nab\r\n",
+        "ms nokey2 2 MA C1\r\nab\r\n",
+        "ms nokey2 2 MP C1 c\r\nab\r\n",
+        "ms nokey 2 MA C0\r\ncd\r\n",
+        "ms nokey 2 MR C0\r\ncd\r\n",
+        "ms nokey 2 MA C7\r\ncd\r\n",
+        "ms nokey 2 MR C7\r\ncd\r\n",
+        "mg nokey v\r\n",
+        "mg nokey c\r\n",
+        "ms nokey 2 MP C{cas} c\r\nxy\r\n",
+        "mg nokey v\r\n",
+        "ms nokey3 1 C5 c\r\nx\r\n",
+        "ms nokey 1 C0 c\r\nx\r\n",
+        "md nokey4 C5 c\r\n",
+        // ma with a CAS: a miss with N creates the counter anyway; C0 compares nothing, so
+        // a value that is not a number says so; another CAS is checked first.
+        "ma viv2 C5 N0 J5 v\r\n",
+        "ma s C0\r\n",
+        "ma s C5\r\n",
+        // Mode tokens of the wrong length, and flags mg takes and ignores or does not know.
+        "ms foo 2 M\r\nab\r\n",
+        "ms foo 2 MSX\r\nab\r\n",
+        "ma foo M\r\n",
+        "ma foo MIX\r\n",
+        "mg foo C5 v\r\n",
+        "mg foo E5\r\n",
+        "ms foo 1 E5\r\nx\r\n",
+        "md foo E5\r\n",
         // Classic commands see what meta commands wrote, and the other way round.
         "set classic 7 0 3\r\nabc\r\n",
         "mg classic v f s\r\n",
@@ -227,6 +259,13 @@ fn script() -> Vec<Vec<u8>> {
     // plain set drops the key's old value.
     steps.push(b"ms big 1\r\nx\r\n".to_vec());
     let mut large = b"ms big 1100000 T0\r\n".to_vec();
+    large.extend(std::iter::repeat_n(b'a', 1_100_000));
+    large.extend_from_slice(b"\r\n");
+    steps.push(large);
+    steps.push(b"mg big v\r\n".to_vec());
+    // ... in every mode of `ms`.
+    steps.push(b"ms big 1\r\nx\r\n".to_vec());
+    let mut large = b"ms big 1100000 MA\r\n".to_vec();
     large.extend(std::iter::repeat_n(b'a', 1_100_000));
     large.extend_from_slice(b"\r\n");
     steps.push(large);
@@ -358,7 +397,6 @@ fn unimplemented_meta_flags_are_refused() {
     for request in [
         "mg k N30 v\r\n",
         "mg k R30 v\r\n",
-        "mg k E5\r\n",
         "ms k 1 I\r\ny\r\n",
         "ms k 1 N30 MA\r\ny\r\n",
         "md k I\r\n",
@@ -377,4 +415,22 @@ fn unimplemented_meta_flags_are_refused() {
         "CLIENT_ERROR bad command line format\r\n"
     );
     assert_eq!(step(&mut c, b"mn now\r\n"), "MN\r\n");
+    // A base64 key must decode to a key the store can hold (no spaces or control bytes):
+    // refused alike by every command, never answered as a miss.
+    for request in [
+        "mg AQE= b v\r\n",
+        "md AQE= b\r\n",
+        "ma AQE= b\r\n",
+        "mg IA== b\r\n",
+    ] {
+        assert_eq!(
+            step(&mut c, request.as_bytes()),
+            "CLIENT_ERROR bad command line format\r\n",
+            "{request:?}"
+        );
+    }
+    assert_eq!(
+        step(&mut c, b"ms AQE= 1 b\r\nx\r\n"),
+        "CLIENT_ERROR bad command line format\r\n"
+    );
 }

@@ -135,11 +135,12 @@ struct Grammar {
 /// `mg`: `h` (hit before) and `l` (seconds since the last access) are accepted and not
 /// returned, since Terrace keeps no access times (a client asking for them by default, as
 /// meta-memcache does, reads "unknown", never a made-up number); `u` (do not bump the item
-/// in the LRU) is accepted: Terrace has no LRU to bump.
+/// in the LRU) is accepted: Terrace has no LRU to bump; `C` is accepted and means nothing
+/// to `mg`, as in memcached.
 const GET: Grammar = Grammar {
     allowed: b"bcfkOqstvT",
-    ignored: b"hlu",
-    unsupported: b"ENR",
+    ignored: b"hluC",
+    unsupported: b"NR",
     invalid: ProtocolError::InvalidFlag,
     duplicate: ProtocolError::DuplicateFlag,
     bad_token: ProtocolError::BadToken,
@@ -232,8 +233,14 @@ pub(super) fn parse<'a>(
     }
     let mut key_buf = [0u8; KEY_LEN_MAX_BYTES];
     if meta.base64 {
-        if decode_key(key_token, &mut key_buf).is_none() {
-            return refuse(ProtocolError::KeyDecode, None);
+        match decode_key(key_token, &mut key_buf) {
+            None => return refuse(ProtocolError::KeyDecode, None),
+            // A key the store cannot hold (spaces or control bytes) is refused here, by every
+            // command alike, not looked up as a miss.
+            Some(len) if !key_ok(&key_buf[..len]) => {
+                return refuse(ProtocolError::BadCommandLine, None);
+            }
+            Some(_) => {}
         }
     } else if !key_ok(key_token) {
         return refuse(ProtocolError::BadCommandLine, None);
@@ -245,9 +252,10 @@ pub(super) fn parse<'a>(
         };
     };
     if data_len > item_size_max_bytes {
-        // As memcached (and the classic `set`): a refused set drops the key's old value. A
-        // base64 key is not dropped: the connection deletes by the key as sent.
-        let drop_old = meta.set_mode == SetMode::Set && !meta.base64;
+        // As memcached's meta path: a refused `ms` drops the key's old value, whatever its
+        // mode (the classic commands do so for `set` only). Not for a base64 key: the
+        // connection deletes by the key as sent.
+        let drop_old = !meta.base64;
         return refuse(ProtocolError::TooLarge, drop_old.then_some(key_token));
     }
     let total = line_len + data_len + 2;
@@ -340,6 +348,10 @@ fn read_flags<'a>(
 /// D or - (decrement). Upper case only, as memcached.
 fn read_mode(meta: &mut Meta<'_>, arg: &[u8]) -> Result<(), ProtocolError> {
     match (meta.kind, arg) {
+        (MetaKind::Set, [_, _, ..] | []) => return Err(ProtocolError::ModeLength),
+        (MetaKind::Arithmetic, [_, _, ..] | []) => {
+            return Err(ProtocolError::InvalidOrDuplicateFlag);
+        }
         (MetaKind::Set, [mode]) => {
             meta.set_mode = match mode {
                 b'E' => SetMode::Add,
@@ -350,7 +362,6 @@ fn read_mode(meta: &mut Meta<'_>, arg: &[u8]) -> Result<(), ProtocolError> {
                 _ => return Err(ProtocolError::InvalidSetMode),
             };
         }
-        (MetaKind::Set, _) => return Err(ProtocolError::InvalidSetMode),
         (MetaKind::Arithmetic, [b'I' | b'+']) => meta.incr = true,
         (MetaKind::Arithmetic, [b'D' | b'-']) => meta.incr = false,
         (MetaKind::Arithmetic, _) => return Err(ProtocolError::InvalidArithmeticMode),

@@ -45,6 +45,8 @@ pub enum ProtocolError {
     InvalidSetMode,
     /// An `ma` mode other than I, +, D, -.
     InvalidArithmeticMode,
+    /// An `ms` mode of other than one letter.
+    ModeLength,
     /// More meta flags than memcached accepts.
     FlagsTooLong,
     /// A meta flag memcached has and Terrace does not implement.
@@ -72,6 +74,7 @@ impl ProtocolError {
             Self::OpaqueTooLong => b"CLIENT_ERROR opaque token too long\r\n",
             Self::InvalidSetMode => b"CLIENT_ERROR invalid mode for ms M token\r\n",
             Self::InvalidArithmeticMode => b"CLIENT_ERROR invalid mode for ma M token\r\n",
+            Self::ModeLength => b"CLIENT_ERROR incorrect length for M token\r\n",
             Self::FlagsTooLong => b"CLIENT_ERROR options flags are too long\r\n",
             Self::FlagNotSupported => {
                 b"CLIENT_ERROR flag not supported by this server (Terrace)\r\n"

@@ -703,7 +703,7 @@ fn a_refused_meta_set_skips_its_data_block() {
             noreply: false,
         }
     );
-    // Too large: skipped, and a plain set drops the old value, as the classic set does.
+    // Too large: skipped, and the old value dropped.
     let Parsed::Swallow {
         error, delete_key, ..
     } = one(b"ms k 2000 T0\r\n")
@@ -714,8 +714,13 @@ fn a_refused_meta_set_skips_its_data_block() {
         (error, delete_key),
         (ProtocolError::TooLarge, Some(&b"k"[..]))
     );
+    // In every mode, as memcached's meta path does; not for a base64 key.
     let Parsed::Swallow { delete_key, .. } = one(b"ms k 2000 ME\r\n") else {
         panic!("too large add");
+    };
+    assert_eq!(delete_key, Some(&b"k"[..]));
+    let Parsed::Swallow { delete_key, .. } = one(b"ms Zm9v 2000 b\r\n") else {
+        panic!("too large, base64 key");
     };
     assert_eq!(delete_key, None);
     // Without a length there is no block to skip.

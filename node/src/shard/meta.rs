@@ -11,7 +11,8 @@ use super::{Durable, LocalShards, Refusal};
 use crate::protocol::{Meta, MetaKind, reply};
 use crate::stats::Stat;
 use terrace_wal::constants::KEY_LEN_MAX_BYTES;
-use terrace_wal::store::{Delta, SetMode, StoreOutcome};
+use terrace_wal::error::StoreError;
+use terrace_wal::store::{Delta, SetMode, StoreOutcome, number};
 
 /// What the return flags may show of an item.
 #[derive(Debug, Clone, Copy, Default)]
@@ -124,16 +125,22 @@ impl LocalShards {
         self.counters.bump(Stat::cmd_set);
         self.stamp(store);
         let exptime = meta.ttl.unwrap_or(0);
-        // A plain set with a CAS is the store's own `cas`; another mode is checked here.
-        let mode = match (meta.set_mode, meta.compare_cas) {
-            (SetMode::Set, Some(cas)) => SetMode::Cas(cas),
-            (mode, _) => mode,
+        // As memcached: a set or a replace with a CAS is `cas` (`NF` when missing, `EX` when
+        // changed; `C0` too compares); an append or a prepend with a CAS other than 0 answers
+        // `EX` when the item changed (`NS` when it is missing, as without a CAS), with `C0`
+        // it compares nothing; an add ignores the CAS.
+        let (mode, condition) = match (meta.set_mode, meta.compare_cas) {
+            (SetMode::Set | SetMode::Replace, Some(cas)) => (SetMode::Cas(cas), None),
+            (mode @ (SetMode::Append | SetMode::Prepend), Some(cas)) if cas != 0 => {
+                (mode, Some(cas))
+            }
+            (mode, _) => (mode, None),
         };
-        if !matches!(mode, SetMode::Cas(_)) {
-            match self.condition(meta, key)? {
-                Condition::Holds => {}
-                Condition::Missing => return Ok(self.refused(out, b"NF", meta, shard)),
-                Condition::Changed => return Ok(self.refused(out, b"EX", meta, shard)),
+        if let Some(cas) = condition {
+            let current = store.borrow_mut().get(key).ok().flatten().map(|i| i.cas());
+            if current.is_some_and(|current| current != cas) {
+                self.counters.bump(Stat::cas_badval);
+                return Ok(self.set_refused(out, b"EX", meta, shard));
             }
         }
         let outcome = store
@@ -141,7 +148,7 @@ impl LocalShards {
             .set(mode, key, meta.data, meta.client_flags, exptime);
         match outcome.map_err(|error| self.refuse(shard, error))? {
             StoreOutcome::Stored(written) => {
-                if meta.compare_cas.is_some() {
+                if matches!(mode, SetMode::Cas(_)) || condition.is_some() {
                     self.counters.bump(Stat::cas_hits);
                 }
                 if !meta.quiet {
@@ -153,16 +160,28 @@ impl LocalShards {
                 }
                 Ok(self.written(shard, written.lsn))
             }
-            StoreOutcome::NotStored => Ok(self.refused(out, b"NS", meta, shard)),
+            StoreOutcome::NotStored => Ok(self.set_refused(out, b"NS", meta, shard)),
             StoreOutcome::Exists => {
                 self.counters.bump(Stat::cas_badval);
-                Ok(self.refused(out, b"EX", meta, shard))
+                Ok(self.set_refused(out, b"EX", meta, shard))
             }
             StoreOutcome::NotFound => {
                 self.counters.bump(Stat::cas_misses);
-                Ok(self.refused(out, b"NF", meta, shard))
+                Ok(self.set_refused(out, b"NF", meta, shard))
             }
         }
+    }
+
+    /// An `ms` that stored nothing: as memcached, its `c` shows 0.
+    fn set_refused(
+        &self,
+        out: &mut Vec<u8>,
+        code: &[u8],
+        meta: &Meta<'_>,
+        shard: u32,
+    ) -> Option<Durable> {
+        self.head(out, code, meta, Some(&Shown::default()), SET_DONE, shard);
+        self.absence(shard)
     }
 
     /// `md`: `HD` deleted, `NF` no such item, `EX` the CAS differs.
@@ -194,8 +213,10 @@ impl LocalShards {
     }
 
     /// `ma`: `HD`, or `VA <len>` and the new number with `v`; `NF` on a miss unless `N`
-    /// creates the counter at `J` (returned as it is, not yet changed); `T` also sets the
-    /// expiry of a counter that was there.
+    /// creates the counter at `J` (returned as it is, not yet changed; a `C` is not checked
+    /// then, as memcached); `EX` when a `C` other than 0 differs (checked before the value is
+    /// found not to be a number, as memcached); `T` also sets the expiry of a counter that
+    /// was there.
     fn meta_arithmetic(&self, meta: &Meta<'_>, key: &[u8], out: &mut Vec<u8>) -> MetaResult {
         let (shard, store) = self.store_of(key);
         self.stamp(store);
@@ -204,31 +225,47 @@ impl LocalShards {
         } else {
             (Stat::decr_hits, Stat::decr_misses)
         };
-        match self.condition(meta, key)? {
-            Condition::Holds => {}
-            Condition::Missing => {
-                self.counters.bump(miss);
-                return Ok(self.refused(out, b"NF", meta, shard));
-            }
-            Condition::Changed => return Ok(self.refused(out, b"EX", meta, shard)),
-        }
-        let delta = if meta.incr {
-            Delta::Incr(meta.delta)
-        } else {
-            Delta::Decr(meta.delta)
-        };
-        let changed = store.borrow_mut().delta(key, delta);
-        let (number, mut lsn) = match changed.map_err(|error| self.refuse(shard, error))? {
-            Some((number, written)) => {
-                self.counters.bump(hit);
-                let mut lsn = written.lsn;
+        let current = store.borrow_mut().get(key).ok().flatten();
+        let (number, mut lsn) = match current {
+            Some(item) => {
+                if meta
+                    .compare_cas
+                    .is_some_and(|cas| cas != 0 && cas != item.cas())
+                {
+                    return Ok(self.refused(out, b"EX", meta, shard));
+                }
+                // Checked before the touch, so that a refused change changes nothing.
+                if number::parse_u64(item.value()).is_none() {
+                    return Err(self.refuse(shard, StoreError::NonNumeric));
+                }
+                drop(item);
+                // The touch first: if the increment then failed (the log full), a retry
+                // would touch again, which is harmless; the other way round it would count
+                // twice.
+                let mut lsn = 0;
                 if let Some(ttl) = meta.ttl {
                     let touched = store.borrow_mut().touch(key, ttl);
                     if let Some(touched) = touched.map_err(|error| self.refuse(shard, error))? {
                         lsn = touched.lsn;
                     }
                 }
-                (number, lsn)
+                let delta = if meta.incr {
+                    Delta::Incr(meta.delta)
+                } else {
+                    Delta::Decr(meta.delta)
+                };
+                let changed = store.borrow_mut().delta(key, delta);
+                match changed.map_err(|error| self.refuse(shard, error))? {
+                    Some((number, written)) => {
+                        self.counters.bump(hit);
+                        (number, lsn.max(written.lsn))
+                    }
+                    // Not reached: the item was found above, in the same step.
+                    None => {
+                        self.counters.bump(miss);
+                        return Ok(self.refused(out, b"NF", meta, shard));
+                    }
+                }
             }
             None => {
                 self.counters.bump(miss);
