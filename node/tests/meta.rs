@@ -263,6 +263,14 @@ fn script() -> Vec<Vec<u8>> {
     large.extend_from_slice(b"\r\n");
     steps.push(large);
     steps.push(b"mg big v\r\n".to_vec());
+    // Values large enough to be sent from the mapping, with the flags around them.
+    for (i, len) in [16_383usize, 16_384, 200_000].into_iter().enumerate() {
+        let mut set = format!("ms large{i} {len} F{i}\r\n").into_bytes();
+        set.extend((0..len).map(|n| b'a' + (n % 26) as u8));
+        set.extend_from_slice(b"\r\n");
+        steps.push(set);
+        steps.push(format!("mg large{i} s v f k\r\nmg large{i} v q\r\n").into_bytes());
+    }
     // ... in every mode of `ms`.
     steps.push(b"ms big 1\r\nx\r\n".to_vec());
     let mut large = b"ms big 1100000 MA\r\n".to_vec();

@@ -560,18 +560,26 @@ impl Connection {
             Command::Meta(meta) => {
                 let mut key_buf = [0u8; KEY_LEN_MAX_BYTES];
                 let key = meta.key(&mut key_buf);
-                // Another executor parses the request again from its bytes (it was parsed
-                // here: it parses the same way).
-                self.keyed(
-                    key,
-                    false,
-                    replies,
-                    |shards, out| shards.meta(&meta, out),
-                    || Op::Meta {
+                let owner = self.executor.topology.owner_of_key(key);
+                if owner != self.me() {
+                    // That executor parses the request again from its bytes (it was parsed
+                    // here: it parses the same way).
+                    let op = Op::Meta {
                         request: raw.to_vec(),
-                    },
-                )
-                .await;
+                    };
+                    return self.remote(owner, op, false, replies).await;
+                }
+                // As `get`: a large value of an `mg` is sent from its mapping.
+                let before = replies.mapped.len();
+                let mapped = (before < MAPPED_VALUES_PER_REPLY_MAX).then_some(&mut replies.mapped);
+                match self.executor.shards.meta(&meta, &mut replies.out, mapped) {
+                    Ok(wait) => replies.wait_for(wait),
+                    Err(mut refusal) => {
+                        replies.wait_for(refusal.wait.take());
+                        replies.out.extend_from_slice(&refusal_bytes(refusal));
+                    }
+                }
+                replies.count_mapped(before);
             }
             Command::MetaNoop => replies.out.extend_from_slice(reply::MN),
             Command::Version => {

@@ -7,7 +7,7 @@
 //! is checked against the item and the operation run in one step: a shard's store is used
 //! by one task at a time, so nothing can change the item in between.
 
-use super::{Durable, LocalShards, Refusal};
+use super::{Durable, LocalShards, MAPPED_VALUE_MIN_BYTES, MappedItem, Refusal};
 use crate::protocol::{Meta, MetaKind, reply};
 use crate::stats::Stat;
 use terrace_wal::constants::KEY_LEN_MAX_BYTES;
@@ -46,12 +46,19 @@ enum Condition {
 }
 
 impl LocalShards {
-    /// Runs a meta request on this executor's shard of its key.
-    pub fn meta(&self, meta: &Meta<'_>, out: &mut Vec<u8>) -> MetaResult {
+    /// Runs a meta request on this executor's shard of its key. `mapped` as for
+    /// [`LocalShards::get`]: where an `mg` may leave a large value to be sent from its
+    /// mapping.
+    pub fn meta(
+        &self,
+        meta: &Meta<'_>,
+        out: &mut Vec<u8>,
+        mapped: Option<&mut Vec<(usize, MappedItem)>>,
+    ) -> MetaResult {
         let mut key_buf = [0u8; KEY_LEN_MAX_BYTES];
         let key = meta.key(&mut key_buf);
         match meta.kind {
-            MetaKind::Get => self.meta_get(meta, key, out),
+            MetaKind::Get => self.meta_get(meta, key, out, mapped),
             MetaKind::Set => self.meta_set(meta, key, out),
             MetaKind::Delete => self.meta_delete(meta, key, out),
             MetaKind::Arithmetic => self.meta_arithmetic(meta, key, out),
@@ -60,7 +67,13 @@ impl LocalShards {
 
     /// `mg`: `VA <size> <flags>` and the value with `v`, else `HD <flags>`; `EN` on a miss.
     /// With `T`, the item is touched as `gat` does.
-    fn meta_get(&self, meta: &Meta<'_>, key: &[u8], out: &mut Vec<u8>) -> MetaResult {
+    fn meta_get(
+        &self,
+        meta: &Meta<'_>,
+        key: &[u8],
+        out: &mut Vec<u8>,
+        mapped: Option<&mut Vec<(usize, MappedItem)>>,
+    ) -> MetaResult {
         let (shard, store) = self.store_of(key);
         self.counters.bump(Stat::cmd_get);
         let found = match meta.ttl {
@@ -105,7 +118,12 @@ impl LocalShards {
             out.extend_from_slice(b"VA ");
             reply::number(out, value.len() as u64);
             self.flags(out, meta, Some(&shown), GET_HIT, shard);
-            out.extend_from_slice(value);
+            match mapped {
+                Some(mapped) if value.len() >= MAPPED_VALUE_MIN_BYTES => {
+                    mapped.push((out.len(), item));
+                }
+                _ => out.extend_from_slice(value),
+            }
             out.extend_from_slice(b"\r\n");
         } else {
             self.head(out, b"HD", meta, Some(&shown), GET_HIT, shard);

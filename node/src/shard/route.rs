@@ -350,7 +350,7 @@ pub(super) async fn execute(shards: &LocalShards, op: Op) -> Answer {
         Op::Delta { key, delta } => one(&mut waits, |out| shards.delta(&key, delta, out)),
         Op::Touch { key, exptime } => one(&mut waits, |out| shards.touch(&key, exptime, out)),
         Op::Meta { request } => match parse_meta(&request) {
-            Some(meta) => one(&mut waits, |out| shards.meta(&meta, out)),
+            Some(meta) => one(&mut waits, |out| shards.meta(&meta, out, None)),
             None => {
                 let mut bytes = Vec::new();
                 reply::server_error(&mut bytes, "a forwarded meta request did not parse");
