@@ -264,6 +264,83 @@ fn files_of(data: &Path) -> BTreeMap<String, Vec<u8>> {
     files
 }
 
+/// A delayed `flush_all` whose time has passed, on a shard that saw no request since (so
+/// it is not logged as in effect yet), is in effect: the items written after it on other
+/// shards are kept, not flushed by a copy of it.
+#[test]
+fn a_flush_already_due_is_not_carried_over() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let data = root.path().join("data");
+    let cfg = config_with_shards(root.path(), 2);
+    let mut server = Server::start(&cfg, &["--cores", "2"]);
+    let mut client = server.connect();
+    client.set("before", "flushed");
+    assert_eq!(client.call("flush_all 2\r\n"), "OK\r\n");
+    // The flush's time passes (the tool reads the real clock), then keys are written to
+    // the other shard only (keys hash by crc32).
+    std::thread::sleep(Duration::from_millis(3100));
+    let shard_of = |key: &str| crc32fast::hash(key.as_bytes()) % 2;
+    let quiet_shard = shard_of("before");
+    let keys: Vec<String> = (0..200)
+        .map(|i| format!("after:{i}"))
+        .filter(|key| shard_of(key) != quiet_shard)
+        .collect();
+    for key in &keys {
+        client.set(key, "kept");
+    }
+    drop(client);
+    assert!(server.terminate().success());
+    let report = reshard(&data, 3);
+    assert!(report["pending_flush_at"].is_null(), "{report}");
+    assert_eq!(report["items"], keys.len() as u64, "{report}");
+    let mut server = Server::start(&config_with_shards(root.path(), 3), &["--cores", "1"]);
+    let mut client = server.connect();
+    assert_eq!(client.get("before"), None);
+    for key in &keys {
+        assert_eq!(client.get(key).as_deref(), Some("kept"), "{key}");
+    }
+    drop(client);
+    assert!(server.terminate().success());
+}
+
+/// A data dir reached through a symbolic link is resharded where it is (the link keeps
+/// pointing at it); `--segment-size` sets the new segments' size.
+#[test]
+fn a_linked_data_dir_stays_where_it_is() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let real = root.path().join("disk").join("data");
+    std::fs::create_dir_all(real.parent().unwrap()).unwrap();
+    let cfg = config_with_shards(root.path(), 2);
+    let mut server = Server::start(&cfg, &["--cores", "1"]);
+    server.connect().set("k", "v");
+    assert!(server.terminate().success());
+    std::fs::rename(root.path().join("data"), &real).unwrap();
+    std::os::unix::fs::symlink(&real, root.path().join("data")).unwrap();
+    let out = backup_data(&[
+        &"reshard",
+        &"--data-dir",
+        &root.path().join("data"),
+        &"--shards",
+        &"3",
+        &"--segment-size",
+        &"1MiB",
+        &"--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["segment_size_bytes"], 1 << 20, "{report}");
+    assert!(
+        std::fs::symlink_metadata(root.path().join("data"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(shards_in_meta(&real), "shards = 3");
+    let mut server = Server::start(&config_with_shards(root.path(), 3), &["--cores", "1"]);
+    assert_eq!(server.connect().get("k").as_deref(), Some("v"));
+    assert!(server.terminate().success());
+}
+
 #[test]
 fn a_killed_reshard_leaves_the_old_data_dir_or_the_new_one() {
     let rounds = env_count("TERRACE_RESHARD_KILL_ROUNDS", 3);

@@ -178,6 +178,23 @@ pub fn sync_dir(dir: &Path) -> Result<(), BackupError> {
         .map_err(BackupError::io("fsync directory", dir))
 }
 
+/// Bytes that the files under `dir` take on disk (allocated blocks), recursively; what
+/// cannot be read counts as 0.
+pub fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => disk_usage(&entry.path()),
+            Ok(meta) => meta.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 /// Fsyncs the directory that holds `path`.
 pub fn sync_parent(path: &Path) -> Result<(), BackupError> {
     match path.parent() {

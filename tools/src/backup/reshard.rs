@@ -20,12 +20,16 @@
 use super::error::BackupError;
 use super::files;
 use super::progress::Progress;
-use super::restore::{COMPLETE_MARKER, INCOMPLETE_MARKER, clean_leftovers, swap_into_place};
+use super::restore::{
+    COMPLETE_MARKER, INCOMPLETE_MARKER, clean_leftovers, discard, refuse_mount_point,
+    swap_into_place,
+};
 use super::source::LockedDataDir;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-use terrace_node::cluster::state::GROUP_FILE;
+use terrace_node::cluster::dirty_db::DIRTY_DB_DIR;
+use terrace_node::cluster::state::{GROUP_FILE, Terms};
 use terrace_node::constants::SHARDS_MAX;
 use terrace_node::data_dir::{self, Meta};
 use terrace_node::shard::Topology;
@@ -58,6 +62,13 @@ pub struct ReshardReport {
     pub pending_flush_at: Option<u32>,
     /// Where the old contents went.
     pub previous_contents: Option<PathBuf>,
+    /// The dirty db (data a passive set aside) among the old contents, if there is one: it
+    /// is not copied, and stays there.
+    pub old_dirty_db: Option<PathBuf>,
+    /// The new segments' size.
+    pub segment_size_bytes: usize,
+    /// What the new shards take on disk (segments are preallocated).
+    pub bytes_on_disk: u64,
     /// Copies left by interrupted reshards, removed.
     pub removed_leftovers: Vec<PathBuf>,
     /// Old contents an interrupted reshard had swapped out, moved aside.
@@ -66,15 +77,23 @@ pub struct ReshardReport {
     pub duration: Duration,
 }
 
-/// Rewrites the data dir `data` with `shards` shards.
+/// Rewrites the data dir `data` with `shards` shards, in segments of `segment_size_bytes`
+/// (`None`: as large as the largest old segment file).
 pub fn reshard(
     data: &Path,
     shards: u32,
+    segment_size_bytes: Option<usize>,
     show_progress: bool,
 ) -> Result<ReshardReport, BackupError> {
     let started = Instant::now();
+    // A symbolic link is followed: the new data dir is made beside the real one, on its
+    // filesystem, and the link keeps pointing at it.
+    let data = std::fs::canonicalize(data).unwrap_or_else(|_| data.to_path_buf());
     // Locked (no server runs on it or can start) until the new data dir is in place.
-    let source = LockedDataDir::open(data)?;
+    let source = LockedDataDir::open_for(
+        &data,
+        "stop the server first: a reshard rewrites a stopped server's data dir",
+    )?;
     let target = source.path.clone();
     let from_shards = source.meta.shards;
     let refuse = |problem: String, fix: &str| BackupError::Refused {
@@ -91,6 +110,7 @@ pub fn reshard(
             ));
         }
     };
+    refuse_mount_point(&target, RESHARD)?;
     // First, whatever an interrupted reshard left (also when there is nothing else to do).
     let (removed_leftovers, recovered_contents) =
         clean_leftovers(&target, &parent, &name, RESHARD)?;
@@ -116,18 +136,19 @@ pub fn reshard(
 
     // Each old shard's segment size: new segments are made as large as the largest, so
     // that every item fits as it did.
-    let mut segment_size_bytes = 0u64;
+    let mut largest_segment = 0u64;
     let mut total_bytes = 0u64;
     for shard in 0..from_shards {
         for (_, _, len) in source.segments(shard)? {
-            segment_size_bytes = segment_size_bytes.max(len);
+            largest_segment = largest_segment.max(len);
             total_bytes += len;
         }
     }
-    let segment_size_bytes = match usize::try_from(segment_size_bytes) {
-        Ok(0) => SEGMENT_SIZE_DEFAULT_BYTES,
-        Ok(len) => len,
-        Err(_) => return Err(refuse("has segments too large for this machine".into(), "")),
+    let largest_segment = usize::try_from(largest_segment).unwrap_or(usize::MAX);
+    let segment_size_bytes = match segment_size_bytes {
+        Some(size) => size,
+        None if largest_segment == 0 => SEGMENT_SIZE_DEFAULT_BYTES,
+        None => largest_segment,
     };
 
     let tmp = parent.join(format!(".{name}.{RESHARD}-{}", std::process::id()));
@@ -139,8 +160,13 @@ pub fn reshard(
     files::sync_dir(&tmp)?;
     files::sync_dir(&parent)?;
 
+    // The new records carry the term of the data, as the server stamps its own.
+    let data_term = Terms::load(&target)
+        .map_err(|problem| refuse(problem, "the data dir was not changed"))?
+        .data_term;
     let job = Job {
         source: target.clone(),
+        data_term,
         tmp: tmp.clone(),
         from_shards,
         to_shards: shards,
@@ -155,22 +181,42 @@ pub fn reshard(
         Ok(copied) => copied,
         Err(e) => {
             // Our own partial copy; the data dir was not touched.
-            let _ = std::fs::remove_dir_all(&tmp);
-            let _ = files::sync_dir(&parent);
+            discard(&tmp, &parent, &name);
             return Err(e);
         }
     };
-    std::fs::rename(tmp.join(INCOMPLETE_MARKER), tmp.join(COMPLETE_MARKER))
-        .map_err(BackupError::io("mark complete", &tmp))?;
-    files::sync_dir(&tmp)?;
-
-    let previous_contents = swap_into_place(&tmp, &target, &parent, &name, RESHARD)?;
+    let marked = std::fs::rename(tmp.join(INCOMPLETE_MARKER), tmp.join(COMPLETE_MARKER))
+        .map_err(BackupError::io("mark complete", &tmp))
+        .and_then(|()| files::sync_dir(&tmp));
+    if let Err(e) = marked {
+        discard(&tmp, &parent, &name);
+        return Err(e);
+    }
+    let previous_contents = match swap_into_place(&tmp, &target, &parent, &name, RESHARD) {
+        Ok(previous) => previous,
+        Err(e) => {
+            // Still marked complete: the swap did not happen, and the copy is ours to remove.
+            // Otherwise it holds the old contents, which the next run moves aside.
+            if tmp.join(COMPLETE_MARKER).exists() {
+                discard(&tmp, &parent, &name);
+            }
+            return Err(e);
+        }
+    };
     files::sync_dir(&parent)?;
     drop(source);
     files::remove_if_exists(&target.join(COMPLETE_MARKER))?;
     files::sync_dir(&target)?;
+    let old_dirty_db = previous_contents
+        .as_ref()
+        .map(|old| old.join(DIRTY_DB_DIR))
+        .filter(|dir| dir.exists());
+    let bytes_on_disk = files::disk_usage(&target.join(data_dir::SHARDS_DIR));
     Ok(ReshardReport {
         data_dir: target,
+        segment_size_bytes,
+        bytes_on_disk,
+        old_dirty_db,
         from_shards,
         to_shards: shards,
         items: copied.items,
@@ -210,6 +256,7 @@ struct Copied {
 /// The copy itself, on a glommio executor (the stores' I/O runs on io_uring).
 struct Job {
     source: PathBuf,
+    data_term: u64,
     tmp: PathBuf,
     from_shards: u32,
     to_shards: u32,
@@ -277,8 +324,11 @@ impl Job {
                     .map_err(|e| damaged(&dir, &e))?;
             store.for_each_live(|item| largest_value = largest_value.max(item.value().len()));
             next_lsn = next_lsn.max(store.last_lsn() + 1);
-            // A delayed flush_all still to come: the latest one wins, as in one store.
-            if let Some(at) = store.pending_flush_at() {
+            // A delayed flush_all still to come: the latest one wins, as in one store. One
+            // whose time has passed (not yet logged as in effect: the shard saw no
+            // operation since) is in effect already: `for_each_live` leaves out what it
+            // flushed, and carried over it would flush the copies.
+            if let Some(at) = store.pending_flush_at().filter(|&at| at > clock.now_secs()) {
                 pending_flush_at = Some(pending_flush_at.map_or(at, |other| other.max(at)));
             }
             old.push(store);
@@ -311,6 +361,7 @@ impl Job {
             .map_err(|e| failed(&e))?;
             // Above every old LSN: CAS values are never reused.
             store.skip_to(next_lsn).map_err(|e| failed(&e))?;
+            store.set_term(self.data_term);
             new.push((dir, store));
         }
 

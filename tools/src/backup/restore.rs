@@ -26,6 +26,7 @@ use super::manifest::{Manifest, utc_string};
 use super::parallel::per_shard;
 use super::progress::Progress;
 use super::verify::{VerifyReport, check_segment, check_shape, read_manifest};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use terrace_node::data_dir::{self, DATA_DIR_FORMAT, LOCK_FILE, Meta};
@@ -125,8 +126,7 @@ pub fn restore(
         Ok(contents) => contents,
         Err(e) => {
             // Our own partial copy; the target was not touched.
-            let _ = std::fs::remove_dir_all(&tmp);
-            let _ = files::sync_dir(&parent);
+            discard(&tmp, &parent, &name);
             drop(lock);
             if created {
                 remove_created(&target);
@@ -189,8 +189,13 @@ fn check_target(target: &Path, force: bool) -> Result<(data_dir::DataDirLock, bo
         problem: super::source::held_by(&e),
         fix: "stop that server (or that restore) before restoring over its data".into(),
     })?;
-    // The new data dir is written beside the target and renamed into place: that cannot
-    // cross filesystems.
+    refuse_mount_point(target, RESTORE)?;
+    Ok((lock, created))
+}
+
+/// Refuses a target that is a mount point: `word` (restore, reshard) writes the new data dir
+/// beside it and renames it into place, which cannot cross filesystems.
+pub(super) fn refuse_mount_point(target: &Path, word: &str) -> Result<(), BackupError> {
     let device = |path: &Path| {
         std::fs::metadata(path)
             .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
@@ -201,15 +206,30 @@ fn check_target(target: &Path, force: bool) -> Result<(data_dir::DataDirLock, bo
     {
         return Err(BackupError::Refused {
             path: target.to_path_buf(),
-            problem: "is a mount point: a restore writes beside it and renames the result into \
-                      place, which cannot cross filesystems"
-                .into(),
-            fix: "restore into a directory below the mount point (and point the server's data \
-                  there)"
-                .into(),
+            problem: format!(
+                "is a mount point: a {word} writes beside it and renames the result into place, \
+                 which cannot cross filesystems"
+            ),
+            fix: format!(
+                "{word} a directory below the mount point (and point the server's data there)"
+            ),
         });
     }
-    Ok((lock, created))
+    Ok(())
+}
+
+/// Removes a temporary copy this run made, after a failure: renamed to a `.discard-` name
+/// first, so that a crash while removing it (its marker may go first) cannot leave it
+/// looking like a data dir's old contents to the next run's cleanup.
+pub(super) fn discard(tmp: &Path, parent: &Path, name: &str) {
+    let doomed = parent.join(format!(".{name}.discard-{}", std::process::id()));
+    let gone = std::fs::rename(tmp, &doomed)
+        .and_then(|()| File::open(parent)?.sync_all())
+        .and_then(|()| std::fs::remove_dir_all(&doomed));
+    if gone.is_err() {
+        let _ = std::fs::remove_dir_all(tmp);
+    }
+    let _ = files::sync_dir(parent);
 }
 
 /// Removes a target this restore created (holding only its lock file) after a failure.
@@ -362,6 +382,8 @@ pub(super) fn swap_into_place(
         std::fs::rename(tmp, target).map_err(BackupError::io("rename into place", target))?;
         return Ok(None);
     }
+    // Chosen before the swap: a failure to find a name must come while nothing has moved.
+    let aside = aside_path(parent, name, word)?;
     rustix::fs::renameat_with(
         rustix::fs::CWD,
         tmp,
@@ -384,7 +406,6 @@ pub(super) fn swap_into_place(
         std::fs::remove_dir(tmp).map_err(BackupError::io("remove", tmp))?;
         return Ok(None);
     }
-    let aside = aside_path(parent, name, word)?;
     std::fs::rename(tmp, &aside).map_err(BackupError::io("move aside to", &aside))?;
     Ok(Some(aside))
 }

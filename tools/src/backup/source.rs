@@ -20,9 +20,18 @@ pub struct LockedDataDir {
 }
 
 impl LockedDataDir {
-    /// Locks `path` and reads its meta file. Refuses a data dir a server holds, and a
-    /// directory that is not a Terrace data dir.
+    /// Locks `path` and reads its meta file, to snapshot it. Refuses a data dir a server
+    /// holds, and a directory that is not a Terrace data dir.
     pub fn open(path: &Path) -> Result<Self, BackupError> {
+        Self::open_for(
+            path,
+            "stop the server first, or take the snapshot online: backup-data create --server \
+             HOST:PORT --out DIR (it does not stop client traffic)",
+        )
+    }
+
+    /// As [`LockedDataDir::open`]; `fix_when_held`: what to tell when a server holds it.
+    pub fn open_for(path: &Path, fix_when_held: &str) -> Result<Self, BackupError> {
         let path = std::path::absolute(path).map_err(BackupError::io("resolve", path))?;
         if !path.is_dir() {
             return Err(BackupError::Refused {
@@ -41,9 +50,7 @@ impl LockedDataDir {
         let lock = data_dir::lock(&path).map_err(|e| BackupError::Refused {
             path: path.clone(),
             problem: super::source::held_by(&e),
-            fix: "stop the server first, or take the snapshot online: backup-data create \
-                  --server HOST:PORT --out DIR (it does not stop client traffic)"
-                .into(),
+            fix: fix_when_held.into(),
         })?;
         // Read again under the lock: a server may have rewritten it before we held the lock.
         let meta = data_dir::read_meta(&path)?.ok_or_else(|| BackupError::Refused {

@@ -19,7 +19,8 @@ pub struct Options {
     /// give it several times to compare servers in one run.
     #[arg(long = "server", default_value = "127.0.0.1:11211")]
     pub servers: Vec<String>,
-    /// Protocol the servers speak: memcache (Terrace, memcached) or resp (Redis: SET/GET).
+    /// Protocol the servers speak: memcache (Terrace, memcached), meta (their meta commands:
+    /// `ms`/`mg`) or resp (Redis: SET/GET).
     #[arg(long, value_enum, default_value = "memcache")]
     pub protocol: Protocol,
     /// Connections to each server, spread over the threads.

@@ -13,6 +13,8 @@ use std::io::Write as _;
 pub enum Protocol {
     /// The memcached text protocol (Terrace, memcached, proxies).
     Memcache,
+    /// memcached's meta commands: `ms <key> <len>` and `mg <key> v` (Terrace, memcached 1.6+).
+    Meta,
     /// Redis's RESP2 (SET and GET only).
     Resp,
 }
@@ -62,6 +64,17 @@ pub fn encode(protocol: Protocol, op: Op, key: &[u8], value: &[u8], out: &mut Ve
             out.extend_from_slice(b"\r\n");
             return;
         }
+        (Protocol::Meta, Op::Set) => {
+            out.extend_from_slice(b"ms ");
+            out.extend_from_slice(key);
+            write!(out, " {}\r\n", value.len())
+        }
+        (Protocol::Meta, Op::Get) => {
+            out.extend_from_slice(b"mg ");
+            out.extend_from_slice(key);
+            out.extend_from_slice(b" v\r\n");
+            return;
+        }
         (Protocol::Resp, Op::Set) => {
             let _ = write!(out, "*3\r\n$3\r\nSET\r\n${}\r\n", key.len());
             out.extend_from_slice(key);
@@ -95,6 +108,7 @@ pub fn parse_reply(protocol: Protocol, buf: &[u8]) -> Result<Option<(usize, Outc
     let after_line = line_end + 2;
     match protocol {
         Protocol::Memcache => parse_memcache(buf, line, after_line),
+        Protocol::Meta => parse_meta(buf, line, after_line),
         Protocol::Resp => parse_resp(buf, line, after_line),
     }
 }
@@ -142,6 +156,31 @@ fn parse_memcache(
             let mut fields = line.split(|&b| b == b' ');
             let len = fields.nth(3).ok_or_else(|| Garbage(text(line)))?;
             return Ok(data_block(buf, after_line, len, b"END\r\n")?.map(|n| (n, Outcome::Hit)));
+        }
+        _ => return Err(Garbage(text(line))),
+    };
+    Ok(Some((after_line, outcome)))
+}
+
+fn parse_meta(
+    buf: &[u8],
+    line: &[u8],
+    after_line: usize,
+) -> Result<Option<(usize, Outcome)>, Garbage> {
+    let outcome = match line {
+        b"HD" => Outcome::Stored,
+        b"EN" => Outcome::Miss,
+        b"NS" | b"EX" | b"NF" | b"ERROR" => Outcome::Error(text(line)),
+        _ if line.starts_with(b"CLIENT_ERROR ") || line.starts_with(b"SERVER_ERROR ") => {
+            Outcome::Error(text(line))
+        }
+        _ if line.starts_with(b"VA ") => {
+            // VA <bytes> <flags>*
+            let len = line[3..]
+                .split(|&b| b == b' ')
+                .next()
+                .ok_or_else(|| Garbage(text(line)))?;
+            return Ok(data_block(buf, after_line, len, b"")?.map(|n| (n, Outcome::Hit)));
         }
         _ => return Err(Garbage(text(line))),
     };
@@ -198,6 +237,34 @@ mod tests {
                 Outcome::Error("ERROR".into()),
             ]
         );
+    }
+
+    #[test]
+    fn meta_requests_and_replies() {
+        let mut out = Vec::new();
+        encode(Protocol::Meta, Op::Set, b"k1", b"abc", &mut out);
+        encode(Protocol::Meta, Op::Get, b"k1", b"", &mut out);
+        assert_eq!(out, b"ms k1 3\r\nabc\r\nmg k1 v\r\n");
+        let replies =
+            b"HD\r\nVA 3\r\nabc\r\nEN\r\nVA 0 f5\r\n\r\nNS\r\nCLIENT_ERROR bad data chunk\r\n";
+        assert_eq!(
+            all(Protocol::Meta, replies),
+            vec![
+                Outcome::Stored,
+                Outcome::Hit,
+                Outcome::Miss,
+                Outcome::Hit,
+                Outcome::Error("NS".into()),
+                Outcome::Error("CLIENT_ERROR bad data chunk".into()),
+            ]
+        );
+        for cut in 0..b"VA 5\r\nhello\r\n".len() {
+            assert_eq!(
+                parse_reply(Protocol::Meta, &b"VA 5\r\nhello\r\n"[..cut]),
+                Ok(None)
+            );
+        }
+        assert!(parse_reply(Protocol::Meta, b"VA 1\r\nab\r\n").is_err());
     }
 
     #[test]

@@ -107,6 +107,11 @@ enum Command {
         /// The new shard count.
         #[arg(long, value_name = "N")]
         shards: u32,
+        /// Size of the new shards' segment files, as storage.segment_size (e.g. 64MiB; give
+        /// the server's). Default: as large as the largest old segment file, so that every
+        /// item fits as before. Each new shard preallocates a segment or two of this size.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        segment_size: Option<usize>,
     },
     /// List a snapshot's segment files: shard, segment, LSNs, records, bytes, checksum.
     List {
@@ -154,9 +159,12 @@ fn main() -> ExitCode {
             force,
         } => restore(&snapshot, &data_dir, force, show_progress)
             .map(|r| print_restore(&r, &snapshot, cli.json)),
-        Command::Reshard { data_dir, shards } => {
-            reshard(&data_dir, shards, show_progress).map(|r| print_reshard(&r, cli.json))
-        }
+        Command::Reshard {
+            data_dir,
+            shards,
+            segment_size,
+        } => reshard(&data_dir, shards, segment_size, show_progress)
+            .map(|r| print_reshard(&r, cli.json)),
         Command::List { snapshot } => {
             read_checked_manifest(&snapshot).map(|m| print_list(&m, cli.json))
         }
@@ -310,6 +318,14 @@ fn print_verify(m: &Manifest, r: &VerifyReport, dir: &std::path::Path, as_json: 
     println!("  took {:.2} s", r.duration.as_secs_f64());
 }
 
+/// A size as the config takes it: `64MiB`, `4096`, ...
+fn parse_size(text: &str) -> Result<usize, String> {
+    terrace_node::config::Size::parse(text)
+        .and_then(|size| usize::try_from(size.0).ok())
+        .filter(|&size| size > 0)
+        .ok_or_else(|| format!("{text:?} is not a size (examples: 64MiB, 2MiB, 1048576)"))
+}
+
 fn print_reshard(r: &ReshardReport, as_json: bool) {
     if as_json {
         println!(
@@ -323,7 +339,10 @@ fn print_reshard(r: &ReshardReport, as_json: bool) {
                 "bytes": r.bytes,
                 "items_per_shard": r.items_per_shard,
                 "pending_flush_at": r.pending_flush_at,
+                "segment_size_bytes": r.segment_size_bytes,
+                "bytes_on_disk": r.bytes_on_disk,
                 "previous_contents_moved_to": r.previous_contents,
+                "old_dirty_db": r.old_dirty_db,
                 "removed_interrupted_reshards": r.removed_leftovers,
                 "recovered_contents_moved_to": r.recovered_contents,
                 "seconds": r.duration.as_secs_f64(),
@@ -359,6 +378,11 @@ fn print_reshard(r: &ReshardReport, as_json: bool) {
             .collect::<Vec<_>>()
             .join(" ")
     );
+    println!(
+        "  {} on disk in segments of {} bytes",
+        bytes(r.bytes_on_disk),
+        r.segment_size_bytes
+    );
     if let Some(at) = r.pending_flush_at {
         println!("  a delayed flush_all pending for unix time {at} was carried over");
     }
@@ -366,6 +390,13 @@ fn print_reshard(r: &ReshardReport, as_json: bool) {
         println!(
             "  the old contents are in {} (remove it once the server runs on the new data)",
             previous.display()
+        );
+    }
+    if let Some(dirty) = &r.old_dirty_db {
+        println!(
+            "  {} stays there: data a passive set aside, not copied; keep it as long as you \
+             may need it",
+            dirty.display()
         );
     }
     println!(
