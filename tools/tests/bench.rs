@@ -122,14 +122,23 @@ fn result(json: &serde_json::Value) -> &serde_json::Value {
     &json["results"][0]
 }
 
+/// In both memcached protocols: the classic commands and the meta ones (`ms`/`mg`).
 #[test]
 fn exact_request_counts_with_hits_and_misses_from_the_preloaded_keys() {
+    for protocol in ["memcache", "meta"] {
+        exact_counts(protocol);
+    }
+}
+
+fn exact_counts(protocol: &str) {
     let server = Server::start();
     let addr = format!("127.0.0.1:{}", server.port);
     // Preload keys 0..100, in order, each once.
     let (status, json, stderr) = bench(&[
         "--server",
         &addr,
+        "--protocol",
+        protocol,
         "--requests",
         "100",
         "--keys",
@@ -143,7 +152,7 @@ fn exact_request_counts_with_hits_and_misses_from_the_preloaded_keys() {
         "--pipeline",
         "5",
     ]);
-    assert!(status.success(), "{stderr}");
+    assert!(status.success(), "{protocol}: {stderr}");
     let r = result(&json);
     assert_eq!(
         (r["requests"].as_u64(), r["stored"].as_u64()),
@@ -158,6 +167,8 @@ fn exact_request_counts_with_hits_and_misses_from_the_preloaded_keys() {
     let (status, json, stderr) = bench(&[
         "--server",
         &addr,
+        "--protocol",
+        protocol,
         "--requests",
         "1000",
         "--keys",
@@ -171,7 +182,7 @@ fn exact_request_counts_with_hits_and_misses_from_the_preloaded_keys() {
         "--pipeline",
         "7",
     ]);
-    assert!(status.success(), "{stderr}");
+    assert!(status.success(), "{protocol}: {stderr}");
     let r = result(&json);
     assert_eq!(r["requests"], 1000, "{r}");
     assert_eq!(
