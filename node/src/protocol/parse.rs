@@ -269,16 +269,17 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<'a> {
 /// Whether the request starting `buf` is a get (which may be long: many keys), after up to
 /// `GET_LEADING_SPACES_MAX` leading spaces as memcached allows.
 /// The key a request at the front of `buf` will look up first, if the bytes there look like
-/// one of the one-key commands or a `get`, for warming the caches ahead of it (see
-/// `LocalShards::prefetch`). A guess: it needs only the line's first two tokens, checks
-/// nothing else, and a wrong answer costs a wasted prefetch, not a wrong reply.
+/// one of the one-key commands (meta ones too) or a `get`, for warming the caches ahead of
+/// it (see `LocalShards::prefetch`). A guess: it needs only the line's first two tokens,
+/// checks nothing else (a base64 meta key is warmed as it is spelled: a miss), and a wrong
+/// answer costs a wasted prefetch, not a wrong reply.
 pub fn first_key(buf: &[u8]) -> Option<&[u8]> {
     // The command word and the key: at most a word, a space and a longest key.
     let line = &buf[..buf.len().min(16 + KEY_LEN_MAX_BYTES)];
     let space = line.iter().position(|&b| b == b' ')?;
     match &line[..space] {
         b"get" | b"gets" | b"set" | b"add" | b"replace" | b"append" | b"prepend" | b"cas"
-        | b"delete" | b"incr" | b"decr" | b"touch" => {}
+        | b"delete" | b"incr" | b"decr" | b"touch" | b"mg" | b"ms" | b"md" | b"ma" => {}
         _ => return None,
     }
     let rest = &line[space..];
@@ -304,7 +305,12 @@ pub fn request_len(buf: &[u8]) -> Option<usize> {
             let bytes = parse_u64(words.nth(3)?)?;
             usize::try_from(bytes).ok()?.checked_add(2)?
         }
-        b"get" | b"gets" | b"delete" | b"incr" | b"decr" | b"touch" => 0,
+        // ms <key> <datalen> <flags>*
+        b"ms" => {
+            let bytes = parse_u64(words.nth(1)?)?;
+            usize::try_from(bytes).ok()?.checked_add(2)?
+        }
+        b"get" | b"gets" | b"delete" | b"incr" | b"decr" | b"touch" | b"mg" | b"md" | b"ma" => 0,
         _ => return None,
     };
     let len = line_len.checked_add(data_len)?;

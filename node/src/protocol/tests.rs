@@ -516,7 +516,11 @@ fn any_split_of_any_stream_parses_the_same() {
 fn first_key_is_the_key_a_request_looks_up_first() {
     // What the connection prefetches for the next request of a burst: it must name the key
     // `parse` would give for the one-key commands and `get`, and nothing for the others.
-    let requests: [&[u8]; 12] = [
+    let requests: [&[u8]; 16] = [
+        b"mg m1 v\r\n",
+        b"ms m2 1 T0\r\nv\r\n",
+        b"md  m3 q\r\n",
+        b"ma m4\n",
         b"set k1 0 0 1\r\nv\r\n",
         b"add k2 0 0 1\r\nv\r\n",
         b"replace k3 0 0 1\r\nv\r\n",
@@ -538,6 +542,7 @@ fn first_key_is_the_key_a_request_looks_up_first() {
                 | Command::Delta { key, .. }
                 | Command::Touch { key, .. } => key.to_vec(),
                 Command::Get { keys, .. } => keys.iter().next().unwrap().to_vec(),
+                Command::Meta(meta) => meta.key_token.to_vec(),
                 other => panic!("{other:?}"),
             },
             other => panic!("{other:?}"),
@@ -563,7 +568,12 @@ fn request_len_is_where_parse_ends_the_request() {
     // How the connection finds the request after the next one, to warm its lookup two
     // requests ahead: for every command `first_key` reads it must end the request where
     // `parse` does, and say nothing while the request is incomplete.
-    let requests: [&[u8]; 13] = [
+    let requests: [&[u8]; 18] = [
+        b"mg m1 v\r\n",
+        b"ms m2 3 T0 q\r\nabc\r\n",
+        b"ms  m3 0\r\n\r\n",
+        b"md m4 q\r\n",
+        b"ma m5 D2\n",
         b"set k1 0 0 1\r\nv\r\n",
         b"add k2 5 10 3\r\nabc\r\n",
         b"replace k3 0 0 0\r\n\r\n",
@@ -603,6 +613,9 @@ fn request_len_is_where_parse_ends_the_request() {
         b"set k 0 0 -1\r\n\r\n",
         b"set k 0 0\r\n",
         b"set k 0 0 99999999999999999999\r\n",
+        b"ms k x\r\n",
+        b"ms k\r\n",
+        b"mn\r\n",
         b"",
     ] {
         assert_eq!(request_len(other), None, "{other:?}");
