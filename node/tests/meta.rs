@@ -255,30 +255,27 @@ fn script() -> Vec<Vec<u8>> {
         "get meta\r\n",
     ];
     let mut steps: Vec<Vec<u8>> = text.iter().map(|s| s.as_bytes().to_vec()).collect();
-    // A value over the item size limit (1 MiB in both): refused, its data skipped, and a
-    // plain set drops the key's old value.
-    steps.push(b"ms big 1\r\nx\r\n".to_vec());
-    let mut large = b"ms big 1100000 T0\r\n".to_vec();
-    large.extend(std::iter::repeat_n(b'a', 1_100_000));
-    large.extend_from_slice(b"\r\n");
-    steps.push(large);
-    steps.push(b"mg big v\r\n".to_vec());
+    // A value over the item size limit (1 MiB in both): refused, its data skipped, and the
+    // key's old value dropped, in every mode of `ms`.
+    for mode in ["T0", "MA"] {
+        steps.push(b"ms big 1\r\nx\r\n".to_vec());
+        steps.push(ms_with_data(&format!("ms big 1100000 {mode}"), 1_100_000));
+        steps.push(b"mg big v\r\n".to_vec());
+    }
     // Values large enough to be sent from the mapping, with the flags around them.
     for (i, len) in [16_383usize, 16_384, 200_000].into_iter().enumerate() {
-        let mut set = format!("ms large{i} {len} F{i}\r\n").into_bytes();
-        set.extend((0..len).map(|n| b'a' + (n % 26) as u8));
-        set.extend_from_slice(b"\r\n");
-        steps.push(set);
+        steps.push(ms_with_data(&format!("ms large{i} {len} F{i}"), len));
         steps.push(format!("mg large{i} s v f k\r\nmg large{i} v q\r\n").into_bytes());
     }
-    // ... in every mode of `ms`.
-    steps.push(b"ms big 1\r\nx\r\n".to_vec());
-    let mut large = b"ms big 1100000 MA\r\n".to_vec();
-    large.extend(std::iter::repeat_n(b'a', 1_100_000));
-    large.extend_from_slice(b"\r\n");
-    steps.push(large);
-    steps.push(b"mg big v\r\n".to_vec());
     steps
+}
+
+/// `line` and a data block of `len` letters.
+fn ms_with_data(line: &str, len: usize) -> Vec<u8> {
+    let mut request = format!("{line}\r\n").into_bytes();
+    request.extend((0..len).map(|n| b'a' + (n % 26) as u8));
+    request.extend_from_slice(b"\r\n");
+    request
 }
 
 /// Plays the script on `port`: each request and its reply.

@@ -8,48 +8,19 @@
 //! `TERRACE_BACKUP_KILL_ROUNDS` sets the interrupted-restore rounds (default 3).
 #![allow(clippy::expect_used, clippy::unwrap_used, reason = "tests")]
 
+mod cli;
 #[path = "../../node/tests/common/mod.rs"]
 mod common;
 
+use cli::{TOOL_TIMEOUT, backup_data, json_of, text};
 use common::{Client, Server, env_count, output_within, write_config};
 use rand::{Rng as _, SeedableRng as _};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-
-const TOOL_TIMEOUT: Duration = Duration::from_secs(300);
-
-fn backup_data(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_backup-data"));
-    for arg in args {
-        command.arg(arg);
-    }
-    output_within(&mut command, TOOL_TIMEOUT)
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-/// Runs `backup-data args --json`, which must succeed, and parses its output.
-fn json_of(args: &[&dyn AsRef<std::ffi::OsStr>]) -> serde_json::Value {
-    let mut all: Vec<&dyn AsRef<std::ffi::OsStr>> = args.to_vec();
-    all.push(&"--json");
-    json(&backup_data(&all))
-}
-
-fn json(output: &Output) -> serde_json::Value {
-    assert!(output.status.success(), "{}", text(output));
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(output)))
-}
 
 /// A config in `dir` (data in `dir/data`) with small segments, so that shards span several.
 fn config(dir: &Path) -> PathBuf {

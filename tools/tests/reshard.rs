@@ -8,34 +8,17 @@
 //! new one. `TERRACE_RESHARD_KILL_ROUNDS` sets the kill rounds (default 3).
 #![allow(clippy::expect_used, clippy::unwrap_used, reason = "tests")]
 
+mod cli;
 #[path = "../../node/tests/common/mod.rs"]
 mod common;
 
-use common::{Client, Server, env_count, output_within, write_config};
+use cli::{backup_data, text};
+use common::{Client, Server, env_count, write_config};
 use rand::{Rng as _, SeedableRng as _};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-const TOOL_TIMEOUT: Duration = Duration::from_secs(300);
-
-fn backup_data(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_backup-data"));
-    for arg in args {
-        command.arg(arg);
-    }
-    output_within(&mut command, TOOL_TIMEOUT)
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
 
 /// `backup-data reshard --json`, which must succeed.
 fn reshard(data: &Path, shards: u32) -> serde_json::Value {

@@ -198,8 +198,8 @@ impl LocalShards {
         meta: &Meta<'_>,
         shard: u32,
     ) -> Option<Durable> {
-        self.head(out, code, meta, Some(&Shown::default()), SET_DONE, shard);
-        self.absence(shard)
+        let nothing = Shown::default();
+        self.unchanged(out, (code, Some(&nothing), SET_DONE), meta, shard)
     }
 
     /// `md`: `HD` deleted, `NF` no such item, `EX` the CAS differs.
@@ -337,8 +337,8 @@ impl LocalShards {
         })
     }
 
-    /// A reply that reports nothing was changed (`NS`, `EX`, `NF`): shown in quiet mode too,
-    /// and, as every absence, it waits for the shard's last record (see `absence`).
+    /// A reply that reports nothing was changed (`NS`, `EX`, `NF`), with the flags a miss
+    /// shows.
     fn refused(
         &self,
         out: &mut Vec<u8>,
@@ -346,7 +346,20 @@ impl LocalShards {
         meta: &Meta<'_>,
         shard: u32,
     ) -> Option<Durable> {
-        self.head(out, code, meta, None, ON_MISS, shard);
+        self.unchanged(out, (code, None, ON_MISS), meta, shard)
+    }
+
+    /// A reply that reports nothing was changed: `code` with the return flags `letters` of
+    /// `shown`. Shown in quiet mode too, and, as every absence, it waits for the shard's last
+    /// record (see `absence`).
+    fn unchanged(
+        &self,
+        out: &mut Vec<u8>,
+        (code, shown, letters): (&[u8], Option<&Shown>, &[u8]),
+        meta: &Meta<'_>,
+        shard: u32,
+    ) -> Option<Durable> {
+        self.head(out, code, meta, shown, letters, shard);
         self.absence(shard)
     }
 
