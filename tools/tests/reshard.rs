@@ -320,8 +320,24 @@ fn a_linked_data_dir_stays_where_it_is() {
     );
     assert_eq!(shards_in_meta(&real), "shards = 3");
     let mut server = Server::start(&config_with_shards(root.path(), 3), &["--cores", "1"]);
-    assert_eq!(server.connect().get("k").as_deref(), Some("v"));
+    let mut client = server.connect();
+    assert_eq!(client.get("k").as_deref(), Some("v"));
+    client.set("big", &"b".repeat(100_000));
+    drop(client);
     assert!(server.terminate().success());
+    // Segments too small for the largest value are refused, naming the fix.
+    let out = backup_data(&[
+        &"reshard",
+        &"--data-dir",
+        &real,
+        &"--shards",
+        &"4",
+        &"--segment-size",
+        &"64KiB",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("--segment-size"), "{}", text(&out));
+    assert_eq!(shards_in_meta(&real), "shards = 3");
 }
 
 #[test]

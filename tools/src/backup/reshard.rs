@@ -151,6 +151,11 @@ pub fn reshard(
         None => largest_segment,
     };
 
+    // The new records carry the term of the data, as the server stamps its own.
+    let data_term = Terms::load(&target)
+        .map_err(|problem| refuse(problem, "the data dir was not changed"))?
+        .data_term;
+
     let tmp = parent.join(format!(".{name}.{RESHARD}-{}", std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(BackupError::io("remove", &tmp))?;
@@ -160,10 +165,6 @@ pub fn reshard(
     files::sync_dir(&tmp)?;
     files::sync_dir(&parent)?;
 
-    // The new records carry the term of the data, as the server stamps its own.
-    let data_term = Terms::load(&target)
-        .map_err(|problem| refuse(problem, "the data dir was not changed"))?
-        .data_term;
     let job = Job {
         source: target.clone(),
         data_term,
@@ -338,6 +339,23 @@ impl Job {
             shards: self.to_shards,
             executors: 1,
         };
+        // The largest item must fit in a segment of the size asked for.
+        if let Err(e) = self
+            .store_config(Durability::Fsync, largest_value)
+            .validate()
+        {
+            return Err(BackupError::Refused {
+                path: self.source.clone(),
+                problem: format!(
+                    "its largest value ({largest_value} bytes) does not fit in segments of {} \
+                     bytes: {e}",
+                    self.segment_size_bytes
+                ),
+                fix: "give a larger --segment-size, or leave it out (as large as the largest \
+                      old segment)"
+                    .into(),
+            });
+        }
         let shards_dir = self.tmp.join(data_dir::SHARDS_DIR);
         files::create_dirs(&shards_dir)?;
         let mut new = Vec::new();
