@@ -137,11 +137,9 @@ pub fn reshard(
     // Each old shard's segment size: new segments are made as large as the largest, so
     // that every item fits as it did.
     let mut largest_segment = 0u64;
-    let mut total_bytes = 0u64;
     for shard in 0..from_shards {
         for (_, _, len) in source.segments(shard)? {
             largest_segment = largest_segment.max(len);
-            total_bytes += len;
         }
     }
     let largest_segment = usize::try_from(largest_segment).unwrap_or(usize::MAX);
@@ -172,7 +170,6 @@ pub fn reshard(
         from_shards,
         to_shards: shards,
         segment_size_bytes,
-        total_bytes,
         show_progress,
     };
     let copied = match job.run().and_then(|copied| {
@@ -262,7 +259,6 @@ struct Job {
     from_shards: u32,
     to_shards: u32,
     segment_size_bytes: usize,
-    total_bytes: u64,
     show_progress: bool,
 }
 
@@ -312,6 +308,8 @@ impl Job {
         // Every old shard, opened as a backup reads it: nothing in it is changed.
         let mut old = Vec::new();
         let mut largest_value = 1usize;
+        // What the copy will write, for its progress bar.
+        let mut live_bytes = 0u64;
         let mut next_lsn = 1u64;
         let mut pending_flush_at: Option<u32> = None;
         for shard in 0..self.from_shards {
@@ -323,7 +321,10 @@ impl Job {
                 Store::open(storage, config, Rc::clone(&clock), RecoveryPolicy::Strict)
                     .await
                     .map_err(|e| damaged(&dir, &e))?;
-            store.for_each_live(|item| largest_value = largest_value.max(item.value().len()));
+            store.for_each_live(|item| {
+                largest_value = largest_value.max(item.value().len());
+                live_bytes += (item.key().len() + item.value().len()) as u64;
+            });
             next_lsn = next_lsn.max(store.last_lsn() + 1);
             // A delayed flush_all still to come: the latest one wins, as in one store. One
             // whose time has passed (not yet logged as in effect: the shard saw no
@@ -383,7 +384,7 @@ impl Job {
             new.push((dir, store));
         }
 
-        let progress = Progress::bytes(self.show_progress, "reshard", self.total_bytes);
+        let progress = Progress::bytes(self.show_progress, "reshard", live_bytes);
         let mut copied = Copied {
             items_per_shard: vec![0; self.to_shards as usize],
             pending_flush_at,
