@@ -572,7 +572,11 @@ impl Connection {
                 // As `get`: a large value of an `mg` is sent from its mapping.
                 let before = replies.mapped.len();
                 let mapped = (before < MAPPED_VALUES_PER_REPLY_MAX).then_some(&mut replies.mapped);
-                match self.executor.shards.meta(&meta, &mut replies.out, mapped) {
+                match self
+                    .executor
+                    .shards
+                    .meta(&meta, key, &mut replies.out, mapped)
+                {
                     Ok(wait) => replies.wait_for(wait),
                     Err(mut refusal) => {
                         replies.wait_for(refusal.wait.take());

@@ -10,7 +10,6 @@
 use super::{Durable, LocalShards, MAPPED_VALUE_MIN_BYTES, MappedItem, Refusal};
 use crate::protocol::{Meta, MetaKind, reply};
 use crate::stats::Stat;
-use terrace_wal::constants::KEY_LEN_MAX_BYTES;
 use terrace_wal::error::StoreError;
 use terrace_wal::store::{Delta, SetMode, StoreOutcome, number};
 
@@ -46,17 +45,16 @@ enum Condition {
 }
 
 impl LocalShards {
-    /// Runs a meta request on this executor's shard of its key. `mapped` as for
-    /// [`LocalShards::get`]: where an `mg` may leave a large value to be sent from its
-    /// mapping.
+    /// Runs a meta request on this executor's shard of `key` (`meta.key`, decoded by the
+    /// caller, which routed by it). `mapped` as for [`LocalShards::get`]: where an `mg` may
+    /// leave a large value to be sent from its mapping.
     pub fn meta(
         &self,
         meta: &Meta<'_>,
+        key: &[u8],
         out: &mut Vec<u8>,
         mapped: Option<&mut Vec<(usize, MappedItem)>>,
     ) -> MetaResult {
-        let mut key_buf = [0u8; KEY_LEN_MAX_BYTES];
-        let key = meta.key(&mut key_buf);
         match meta.kind {
             MetaKind::Get => self.meta_get(meta, key, out, mapped),
             MetaKind::Set => self.meta_set(meta, key, out),
@@ -158,7 +156,7 @@ impl LocalShards {
             let current = store.borrow_mut().get(key).ok().flatten().map(|i| i.cas());
             if current.is_some_and(|current| current != cas) {
                 self.counters.bump(Stat::cas_badval);
-                return Ok(self.set_refused(out, b"EX", meta, shard));
+                return Ok(self.refused(out, b"EX", meta, shard));
             }
         }
         let outcome = store
@@ -178,28 +176,16 @@ impl LocalShards {
                 }
                 Ok(self.written(shard, written.lsn))
             }
-            StoreOutcome::NotStored => Ok(self.set_refused(out, b"NS", meta, shard)),
+            StoreOutcome::NotStored => Ok(self.refused(out, b"NS", meta, shard)),
             StoreOutcome::Exists => {
                 self.counters.bump(Stat::cas_badval);
-                Ok(self.set_refused(out, b"EX", meta, shard))
+                Ok(self.refused(out, b"EX", meta, shard))
             }
             StoreOutcome::NotFound => {
                 self.counters.bump(Stat::cas_misses);
-                Ok(self.set_refused(out, b"NF", meta, shard))
+                Ok(self.refused(out, b"NF", meta, shard))
             }
         }
-    }
-
-    /// An `ms` that stored nothing: as memcached, its `c` shows 0.
-    fn set_refused(
-        &self,
-        out: &mut Vec<u8>,
-        code: &[u8],
-        meta: &Meta<'_>,
-        shard: u32,
-    ) -> Option<Durable> {
-        let nothing = Shown::default();
-        self.unchanged(out, (code, Some(&nothing), SET_DONE), meta, shard)
     }
 
     /// `md`: `HD` deleted, `NF` no such item, `EX` the CAS differs.
@@ -337,8 +323,9 @@ impl LocalShards {
         })
     }
 
-    /// A reply that reports nothing was changed (`NS`, `EX`, `NF`), with the flags a miss
-    /// shows.
+    /// A reply that reports nothing was changed (`NS`, `EX`, `NF`), with the return flags a
+    /// miss shows (an `ms` also its `c`, as 0, as memcached). Shown in quiet mode too, and,
+    /// as every absence, it waits for the shard's last record (see `absence`).
     fn refused(
         &self,
         out: &mut Vec<u8>,
@@ -346,19 +333,11 @@ impl LocalShards {
         meta: &Meta<'_>,
         shard: u32,
     ) -> Option<Durable> {
-        self.unchanged(out, (code, None, ON_MISS), meta, shard)
-    }
-
-    /// A reply that reports nothing was changed: `code` with the return flags `letters` of
-    /// `shown`. Shown in quiet mode too, and, as every absence, it waits for the shard's last
-    /// record (see `absence`).
-    fn unchanged(
-        &self,
-        out: &mut Vec<u8>,
-        (code, shown, letters): (&[u8], Option<&Shown>, &[u8]),
-        meta: &Meta<'_>,
-        shard: u32,
-    ) -> Option<Durable> {
+        let nothing = Shown::default();
+        let (shown, letters) = match meta.kind {
+            MetaKind::Set => (Some(&nothing), SET_DONE),
+            _ => (None, ON_MISS),
+        };
         self.head(out, code, meta, shown, letters, shard);
         self.absence(shard)
     }

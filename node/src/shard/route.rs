@@ -16,6 +16,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
+use terrace_wal::constants::KEY_LEN_MAX_BYTES;
 use terrace_wal::store::{Delta, SetMode};
 
 /// An operation sent to the executor that owns its shard(s). Owns its bytes.
@@ -350,7 +351,11 @@ pub(super) async fn execute(shards: &LocalShards, op: Op) -> Answer {
         Op::Delta { key, delta } => one(&mut waits, |out| shards.delta(&key, delta, out)),
         Op::Touch { key, exptime } => one(&mut waits, |out| shards.touch(&key, exptime, out)),
         Op::Meta { request } => match parse_meta(&request) {
-            Some(meta) => one(&mut waits, |out| shards.meta(&meta, out, None)),
+            Some(meta) => {
+                let mut key_buf = [0u8; KEY_LEN_MAX_BYTES];
+                let key = meta.key(&mut key_buf);
+                one(&mut waits, |out| shards.meta(&meta, key, out, None))
+            }
             None => {
                 let mut bytes = Vec::new();
                 reply::server_error(&mut bytes, "a forwarded meta request did not parse");
