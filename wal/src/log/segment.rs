@@ -41,6 +41,10 @@ pub struct Segment<F> {
     /// Bytes of records that are still needed (live items and, conservatively, tombstones and
     /// flushes). Maintained by the store.
     live_bytes: Cell<u64>,
+    /// The part of `live_bytes` that is tombstones and flushes: counted live until a
+    /// compaction (or a passive's reclaim, for tombstones) finds them no longer needed, never
+    /// retired one by one. Maintained by the store.
+    held_bytes: Cell<u64>,
     /// Latest expiry of any item stored here (`u32::MAX` if one never expires): once the clock
     /// passes it, every item of this segment is dead. Maintained by the store.
     expiry_max: Cell<u32>,
@@ -99,6 +103,7 @@ impl<F: SegmentFile> Segment<F> {
             header_pending: Cell::new(header_pending),
             sealed: Cell::new(false),
             live_bytes: Cell::new(0),
+            held_bytes: Cell::new(0),
             expiry_max: Cell::new(0),
             pins: Cell::new(0),
             retired: Cell::new(false),
@@ -305,6 +310,17 @@ impl<F: SegmentFile> Segment<F> {
 
     pub(crate) fn add_live(&self, bytes: usize) {
         self.live_bytes.set(self.live_bytes.get() + bytes as u64);
+    }
+
+    /// Tombstones and flushes (see `held_bytes`).
+    pub fn held_bytes(&self) -> u64 {
+        self.held_bytes.get()
+    }
+
+    /// A tombstone or flush of `bytes`: live, and held (see `held_bytes`).
+    pub(crate) fn add_held(&self, bytes: usize) {
+        self.add_live(bytes);
+        self.held_bytes.set(self.held_bytes.get() + bytes as u64);
     }
 
     pub(crate) fn sub_live(&self, bytes: usize) {

@@ -106,6 +106,35 @@ pub enum CompactionMode {
     Paused,
 }
 
+/// How long a record that a passive's reclaim found needed stays so, and its segment with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refused {
+    /// While a segment from this one up to the refused one exists: a tombstone, or a dead
+    /// item, of a key whose older records may lie there.
+    WhileOlderFrom(u32),
+    /// While the compaction mode stays: a live item or its touch (the live-byte count was
+    /// wrong, or the clock went back), a flush.
+    WhileModeStays,
+}
+
+/// A record of a segment a passive's reclaim walked that is still needed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Needed {
+    /// Where it is.
+    pub offset: usize,
+    refused: Refused,
+}
+
+/// What a passive's reclaim found in the records of its victim that it walked so far: what
+/// goes with the segment.
+#[derive(Debug, Default)]
+pub struct ReclaimWalk {
+    /// Offsets of dead items the index still points at (dropped from it with the segment).
+    dead: Vec<usize>,
+    /// Key hashes of its tombstones (their covers lose one with the segment).
+    tombstones: Vec<u64>,
+}
+
 /// How far a call to [`Store::compact_some`] got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CompactionProgress {
@@ -147,9 +176,10 @@ impl<S: Storage> Store<S> {
     }
 
     /// The oldest segment a passive may be able to remove: sealed, durable, not retired, not
-    /// refused before, and holding no live record by the live-byte count (no current item or
-    /// touch; tombstones and flushes always count) or only dead items (all expired, or all
-    /// older than a flush in effect). Returns it with whether its live-byte count was zero.
+    /// refused for a reason that still holds, and holding by the live-byte count no live
+    /// record but tombstones and flushes (no current item or touch), or only dead items (all
+    /// expired, or all older than a flush in effect). Returns it with whether its live-byte
+    /// count was zero.
     pub fn reclaim_victim(&self) -> Option<(SegmentId, bool)> {
         let durable = self.log.commit().durable_lsn();
         let now = self.clock.now_secs();
@@ -160,26 +190,38 @@ impl<S: Storage> Store<S> {
                     && !s.is_retired()
                     && !s.header_pending()
                     && s.last_lsn() <= durable
-                    && !self.reclaim_refused.contains(&s.id())
-                    && self.effective_live_bytes(s, now) == 0
+                    && !self.still_refused(s.id())
+                    && (self.effective_live_bytes(s, now) == 0 || s.live_bytes() == s.held_bytes())
             })
             .map(|s| (s.id(), s.live_bytes() == 0))
+    }
+
+    /// Whether the reclaim refused `segment` for a reason that still holds.
+    fn still_refused(&self, segment: SegmentId) -> bool {
+        match self.reclaim_refused.get(&segment) {
+            None => false,
+            Some(Refused::WhileModeStays) => true,
+            Some(Refused::WhileOlderFrom(since)) => {
+                self.log.any_segment_in(u64::from(*since), segment)
+            }
+        }
     }
 
     /// Checks the records of `victim` from `from_offset` on, about `budget_bytes` of them,
     /// for one that is still needed: a live item the index points at, a dead one of a key
     /// with older records left (compaction would write a tombstone for it), the touch that
-    /// set an item's expiry, any tombstone or flush. The offsets of dead items the index
-    /// still points at go to `dead` (to be dropped from the index with the segment).
-    /// `Ok(next offset)`, `None` at the end; or `Err(offset)` of a needed record. What is
-    /// unneeded stays so: later records only supersede, and a dead item stays dead.
+    /// set an item's expiry, a tombstone of a key with older records left (by its cover), any
+    /// flush. What goes with the segment is noted in `walk`. `Ok(next offset)`, `None` at
+    /// the end; or `Err` with a needed record. What is unneeded stays so: later records only
+    /// supersede, a dead item stays dead, and segments only go (a key's older records with
+    /// them).
     pub fn reclaim_check(
         &self,
         victim: SegmentId,
         from_offset: usize,
         budget_bytes: usize,
-        dead: &mut Vec<usize>,
-    ) -> Result<Option<usize>, usize> {
+        walk: &mut ReclaimWalk,
+    ) -> Result<Option<usize>, Needed> {
         let Some(segment) = self.log.segment(victim) else {
             return Ok(None);
         };
@@ -190,19 +232,23 @@ impl<S: Storage> Store<S> {
         let mut checked = 0;
         while offset < end && checked < budget_bytes {
             let record = segment.record(offset);
+            // Needed while a segment from `since` up to this one is left.
+            let older_from = |since: u32| {
+                self.log
+                    .any_segment_in(u64::from(since), segment.id())
+                    .then_some(Refused::WhileOlderFrom(since))
+            };
             // SAFETY: the record was validated when recovered or written.
             let needed = match unsafe { record.body_unchecked() } {
                 Body::Put(put) => {
                     let hash = self.state.index.hash(put.key.as_ref());
                     match self.state.index.get_at(hash, segment.id32(), offset) {
-                        None => false,
-                        Some(entry) if self.is_live(&entry, now) => true,
+                        None => None,
+                        Some(entry) if self.is_live(&entry, now) => Some(Refused::WhileModeStays),
                         Some(entry) => {
-                            let older = self
-                                .log
-                                .any_segment_in(u64::from(entry.since), segment.id());
-                            if !older {
-                                dead.push(offset);
+                            let older = older_from(entry.since);
+                            if older.is_none() {
+                                walk.dead.push(offset);
                             }
                             older
                         }
@@ -215,11 +261,20 @@ impl<S: Storage> Store<S> {
                         .index
                         .get(&self.log, hash, key)
                         .is_some_and(|entry| entry.touch_segment == segment.id32())
+                        .then_some(Refused::WhileModeStays)
                 }
-                Body::Delete(_) | Body::Flush(_) => true,
+                Body::Delete(delete) => {
+                    let hash = self.state.index.hash(delete.key.as_ref());
+                    let older = older_from(self.state.covers.since(hash));
+                    if older.is_none() {
+                        walk.tombstones.push(hash);
+                    }
+                    older
+                }
+                Body::Flush(_) => Some(Refused::WhileModeStays),
             };
-            if needed {
-                return Err(offset);
+            if let Some(refused) = needed {
+                return Err(Needed { offset, refused });
             }
             offset += record.total_len;
             checked += record.total_len;
@@ -465,19 +520,20 @@ impl<S: Storage> Store<S> {
         Ok(())
     }
 
-    /// Drops from the index the dead items at `dead` offsets of `victim` it still points at
-    /// (their keys have no older record left), as compaction drops them, and retires the
-    /// segment: a passive's reclaim, after [`Store::reclaim_check`] found nothing needed.
-    /// Returns false, changing nothing, if one of those items is live again (the clock was
-    /// set back since the check).
-    fn reclaim_segment(&mut self, victim: SegmentId, dead: &[usize]) -> bool {
+    /// Drops from the index the dead items of `victim` it still points at (their keys have
+    /// no older record left), as compaction drops them, and from the tombstones' covers the
+    /// segment's tombstones, and retires the segment: a passive's reclaim, after
+    /// [`Store::reclaim_check`] walked it all and found nothing needed. Returns false,
+    /// changing nothing, if one of those items is live again (the clock was set back since
+    /// the check).
+    fn reclaim_segment(&mut self, victim: SegmentId, walk: &ReclaimWalk) -> bool {
         let Some(segment) = self.log.segment(victim).map(Rc::clone) else {
             return false;
         };
         let now = self.clock.now_secs();
         // (hash, key) of every dead item the index still points at.
-        let mut drop = Vec::with_capacity(dead.len());
-        for &offset in dead {
+        let mut drop = Vec::with_capacity(walk.dead.len());
+        for &offset in &walk.dead {
             let record = segment.record(offset);
             // SAFETY: the record was validated when recovered or written.
             let Body::Put(put) = (unsafe { record.body_unchecked() }) else {
@@ -496,6 +552,9 @@ impl<S: Storage> Store<S> {
                 super::State::retire_entry(&self.log, &removed, key.len());
                 self.counters.items_reclaimed += 1;
             }
+        }
+        for &hash in &walk.tombstones {
+            self.state.covers.remove(hash);
         }
         segment.retire();
         self.counters.segments_reclaimed += 1;
@@ -533,6 +592,14 @@ impl<S: Storage> Store<S> {
         };
         let mut evicted = 0u64;
         for (offset, record) in victim.records() {
+            if record.kind == RecordKind::Delete {
+                // SAFETY: the record was validated when written.
+                if let Body::Delete(delete) = unsafe { record.body_unchecked() } {
+                    let hash = self.state.index.hash(delete.key.as_ref());
+                    self.state.covers.remove(hash);
+                }
+                continue;
+            }
             if record.kind != RecordKind::Put {
                 continue;
             }
@@ -626,18 +693,58 @@ async fn reclaim_once<S: Storage>(
     store: &Rc<RefCell<Store<S>>>,
     still: impl Fn(&Rc<RefCell<Store<S>>>) -> bool,
 ) -> Result<bool, StoreError> {
-    let Some((victim, counted_empty)) = store.borrow().reclaim_victim() else {
-        return Ok(false);
+    // A segment found to hold a needed record is noted as refused (not a candidate again
+    // while that holds), and the next candidate walked in the same round.
+    let (victim, walk) = loop {
+        let Some((victim, counted_empty)) = store.borrow().reclaim_victim() else {
+            return Ok(false);
+        };
+        match walk_victim(store, victim, counted_empty, &still).await {
+            Walked::Unneeded(walk) => break (victim, walk),
+            Walked::Refused => {}
+            Walked::Stopped => return Ok(false),
+        }
     };
+    // What superseded its records must be durable before its file goes.
+    if !appended_durable(store, &still).await? {
+        return Ok(false);
+    }
+    if !store.borrow_mut().reclaim_segment(victim, &walk) {
+        return Ok(false);
+    }
+    remove_retired(store).await?;
+    Ok(true)
+}
+
+/// What a passive's reclaim found walking a candidate.
+enum Walked {
+    /// Nothing in it is needed: it can go, with what the walk noted.
+    Unneeded(ReclaimWalk),
+    /// A needed record: noted as refused.
+    Refused,
+    /// The round stopped (`still`) before the end.
+    Stopped,
+}
+
+/// Walks the records of `victim`, a batch at a time, for one still needed.
+async fn walk_victim<S: Storage>(
+    store: &Rc<RefCell<Store<S>>>,
+    victim: SegmentId,
+    counted_empty: bool,
+    still: &impl Fn(&Rc<RefCell<Store<S>>>) -> bool,
+) -> Walked {
     let mut offset = Some(SEGMENT_HEADER_LEN_BYTES);
-    let mut dead = Vec::new();
+    let mut walk = ReclaimWalk::default();
     while let Some(from) = offset {
         let checked = store
             .borrow()
-            .reclaim_check(victim, from, COMPACTION_BATCH_BYTES, &mut dead);
+            .reclaim_check(victim, from, COMPACTION_BATCH_BYTES, &mut walk);
         match checked {
             Ok(next) => offset = next,
-            Err(at) => {
+            Err(Needed {
+                offset: at,
+                refused,
+            }) => {
                 if counted_empty {
                     // The live-byte count said nothing here is needed, the index says
                     // otherwise: the count is wrong (a bug), and the segment stays.
@@ -651,27 +758,20 @@ async fn reclaim_once<S: Storage>(
                         "segment {victim} offset {at}: live bytes undercounted"
                     );
                 }
-                // Otherwise its items are dead, but it also holds a record a passive cannot
-                // drop (only a compaction, which writes records, could): it stays until this
-                // server compacts.
-                store.borrow_mut().reclaim_refused.insert(victim);
-                return Ok(false);
+                // Otherwise it holds a record a passive cannot drop yet: a tombstone or dead
+                // item of a key with older records left (until those go), or a flush (only
+                // a compaction, which writes records, could drop it: it stays until this
+                // server compacts).
+                store.borrow_mut().reclaim_refused.insert(victim, refused);
+                return Walked::Refused;
             }
         }
         cooperate::pause(COMPACTION_BATCH_PAUSE).await;
         if !still(store) {
-            return Ok(false);
+            return Walked::Stopped;
         }
     }
-    // What superseded its records must be durable before its file goes.
-    if !appended_durable(store, &still).await? {
-        return Ok(false);
-    }
-    if !store.borrow_mut().reclaim_segment(victim, &dead) {
-        return Ok(false);
-    }
-    remove_retired(store).await?;
-    Ok(true)
+    Walked::Unneeded(walk)
 }
 
 /// Waits until every record appended so far is durable; returns whether the round still

@@ -20,9 +20,11 @@ mod compaction;
 pub mod expiry;
 mod index;
 pub mod number;
+mod tombstones;
 
 pub use compaction::{
-    CompactionConfig, CompactionMode, CompactionProgress, compact_once, spawn_compactor,
+    CompactionConfig, CompactionMode, CompactionProgress, Needed, ReclaimWalk, compact_once,
+    spawn_compactor,
 };
 pub use expiry::{Clock, ManualClock, SystemClock};
 
@@ -40,6 +42,7 @@ use crate::storage::{SegmentId, Storage};
 use expiry::{expiry_from_exptime, is_expired};
 use index::{Entry, Index, KeyHasher, SegmentLookup, put_of, segment_of};
 use std::rc::Rc;
+use tombstones::TombstoneCovers;
 
 /// memcached's default item size limit.
 pub const ITEM_SIZE_MAX_DEFAULT_BYTES: usize = 1 << 20;
@@ -306,6 +309,8 @@ pub fn check_key(key: &[u8]) -> Result<(), StoreError> {
 struct State {
     index: Index,
     flush: FlushState,
+    /// What a passive's reclaim needs to know about the tombstones in its log.
+    covers: TombstoneCovers,
 }
 
 impl State {
@@ -382,11 +387,15 @@ impl State {
         key: &[u8],
     ) {
         let hash = self.index.hash(key);
-        if let Some(previous) = self.index.remove(segments, hash, key) {
-            Self::retire_entry(segments, &previous, key.len());
+        let removed = self.index.remove(segments, hash, key);
+        self.covers
+            .add(hash, segment.id32(), removed.as_ref().map(|e| e.since));
+        if let Some(previous) = &removed {
+            Self::retire_entry(segments, previous, key.len());
         }
-        // Tombstones count as live: compaction decides whether they are still needed.
-        segment.add_live(record_len);
+        // Tombstones count as live: compaction (a passive's reclaim) decides whether they are
+        // still needed.
+        segment.add_held(record_len);
     }
 
     /// A touch record for `key`'s item with CAS `cas`.
@@ -428,7 +437,7 @@ impl State {
         boundary_lsn: u64,
         at: u32,
     ) {
-        segment.add_live(record_len);
+        segment.add_held(record_len);
         if boundary_lsn == 0 {
             self.flush.pending = Some(PendingFlush {
                 at,
@@ -669,11 +678,10 @@ pub struct Store<S: Storage> {
     counters: StoreCounters,
     /// What the compactor may do (see [`CompactionMode`]).
     compaction_mode: CompactionMode,
-    /// Segments the reclaim of a passive walked and found a needed record in (a tombstone or
-    /// flush beside dead items, a dead item whose key has an older record left, or a wrong
-    /// live-byte count): not walked again while the mode stays (see
+    /// Segments the reclaim of a passive walked and found a needed record in, with how long
+    /// that record stays needed: not walked again until then (see
     /// `compaction::reclaim_once`).
-    reclaim_refused: std::collections::HashSet<SegmentId>,
+    reclaim_refused: std::collections::HashMap<SegmentId, compaction::Refused>,
     /// Unique per opened store in this process: a compaction round that awaited while the
     /// store behind its `RefCell` was replaced (a passive resetting a shard) notices.
     instance: u64,
@@ -704,6 +712,9 @@ impl<S: Storage> Store<S> {
         let mut state = State {
             index: Index::new(),
             flush: FlushState::default(),
+            // Kept through replay, whatever the store turns out to be (see
+            // `set_compaction_mode`): a passive's covers must be complete.
+            covers: TombstoneCovers::new(),
         };
         let mut seen = ReplaySegments {
             segments: Vec::new(),
@@ -754,7 +765,7 @@ impl<S: Storage> Store<S> {
                 config,
                 counters: StoreCounters::default(),
                 compaction_mode: CompactionMode::Compact,
-                reclaim_refused: std::collections::HashSet::new(),
+                reclaim_refused: std::collections::HashMap::new(),
                 instance: STORES_OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             },
             report,
@@ -783,6 +794,11 @@ impl<S: Storage> Store<S> {
             // What a passive could not drop, a later one may (the records that kept it may
             // have gone meanwhile); nor are removed segments' ids kept forever.
             self.reclaim_refused.clear();
+        }
+        match mode {
+            // An active's compaction reads the tombstones' own `since_segment`.
+            CompactionMode::Compact => self.state.covers.stop(),
+            CompactionMode::ReclaimOnly | CompactionMode::Paused => self.state.covers.resume(),
         }
         self.compaction_mode = mode;
     }
