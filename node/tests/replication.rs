@@ -102,16 +102,19 @@ fn segment_files(data: &std::path::Path) -> usize {
         .sum()
 }
 
-/// Under overwrites a passive removes the segments nothing needs any more (the active's
-/// compaction copies and newer writes, which reach it as records, supersede what they
-/// held), so its disk use stays near the active's instead of growing with every byte the
-/// active was ever sent; and it takes over with every latest value.
+/// Under overwrites and deletes a passive removes the segments nothing needs any more (the
+/// active's compaction copies and newer writes, which reach it as records, supersede what
+/// they held; a tombstone goes once no older segment of the passive may hold a record of
+/// its key), so its disk use stays near the active's instead of growing with every byte the
+/// active was ever sent; and it takes over with every latest value, and every delete.
 #[test]
-fn a_passive_reclaims_what_overwrites_left_behind_and_takes_over_whole() {
-    // 40 MB of overwrites of 1 MB of data, into 4 shards of 2 MiB segments: each shard keeps
-    // its tail and a spare, and a segment or two that compaction has not reached yet.
-    // Without reclaiming, the passive held 28 segment files here, the active 8.
+fn a_passive_reclaims_what_overwrites_and_deletes_left_behind_and_takes_over_whole() {
+    // 40 MB of overwrites of 1 MB of data, a tenth of it deleted after each round, into 4
+    // shards of 2 MiB segments: each shard keeps its tail and a spare, and a segment or two
+    // that compaction has not reached yet. Without reclaiming, the passive held 28 segment
+    // files here, the active 8; reclaiming, but keeping every segment with a tombstone, 28.
     let (rounds, keys) = (40, 1000);
+    let deleted_in = |round: u64| (round % 10) * 100..(round % 10) * 100 + 100;
     let value = |round: u64, key: u64| format!("{round}-{key}-{}", "x".repeat(990));
     let dir = tempfile::tempdir().expect("temp dir");
     let [g1, g2, c1, c2] = free_ports();
@@ -136,6 +139,15 @@ fn a_passive_reclaims_what_overwrites_left_behind_and_takes_over_whole() {
                 expected
             );
         }
+        let deletes: String = deleted_in(round)
+            .map(|key| format!("delete hot{key}\r\n"))
+            .collect();
+        c.send(deletes.as_bytes());
+        let expected = "DELETED\r\n".repeat(100);
+        assert_eq!(
+            String::from_utf8_lossy(&c.read_exact_n(expected.len())),
+            expected
+        );
     }
     let (s1_data, s2_data) = (dir.path().join("s1"), dir.path().join("s2"));
     let deadline = Instant::now() + std::time::Duration::from_secs(60);
@@ -165,10 +177,8 @@ fn a_passive_reclaims_what_overwrites_left_behind_and_takes_over_whole() {
     let mut c = Client::connect(c2);
     for key in 0..keys {
         let expected = value(rounds - 1, key);
-        assert_eq!(
-            c.get(&format!("hot{key}")).as_deref(),
-            Some(expected.as_str())
-        );
+        let expected = (!deleted_in(rounds - 1).contains(&key)).then_some(expected.as_str());
+        assert_eq!(c.get(&format!("hot{key}")).as_deref(), expected, "hot{key}");
     }
     drop(s1);
     drop(s2);
