@@ -112,8 +112,10 @@ pub(super) enum Refused {
     /// While a segment from this one up to the refused one exists: a tombstone, or a dead
     /// item, of a key whose older records may lie there.
     WhileOlderFrom(u32),
+    /// While the delayed flush logged at this LSN is still to come.
+    WhileFlushPending(u64),
     /// While the compaction mode stays: a live item or its touch (the live-byte count was
-    /// wrong, or the clock went back), a flush.
+    /// wrong, or the clock went back).
     WhileModeStays,
 }
 
@@ -204,6 +206,9 @@ impl<S: Storage> Store<S> {
             Some(Refused::WhileOlderFrom(since)) => {
                 self.log.any_segment_in(u64::from(*since), segment)
             }
+            Some(Refused::WhileFlushPending(lsn)) => {
+                self.state.flush.pending.is_some_and(|p| p.lsn == *lsn)
+            }
         }
     }
 
@@ -271,7 +276,7 @@ impl<S: Storage> Store<S> {
                     }
                     older
                 }
-                Body::Flush(_) => Some(Refused::WhileModeStays),
+                Body::Flush(flush) => self.flush_needed(segment, record.lsn, flush),
             };
             if let Some(refused) = needed {
                 return Err(Needed { offset, refused });
@@ -497,16 +502,7 @@ impl<S: Storage> Store<S> {
     ) -> Result<(), StoreError> {
         let boundary = flush.boundary_lsn.to_native();
         let at = flush.at.to_native();
-        let needed = if boundary == 0 {
-            self.state.flush.pending.is_some_and(|p| p.lsn == lsn)
-        } else {
-            boundary == self.state.flush.flushed_below
-                && self
-                    .log
-                    .segments()
-                    .any(|s| s.id() != segment.id() && s.first_lsn() < boundary)
-        };
-        if !needed {
+        if self.flush_needed(segment, lsn, flush).is_none() {
             return Ok(());
         }
         let body = Flush {
@@ -518,6 +514,29 @@ impl<S: Storage> Store<S> {
             .append(&body, small_record_len_max(0), AppendClass::Compaction)?;
         self.after_flush_append(&appended, boundary, at);
         Ok(())
+    }
+
+    /// Whether the flush record at `lsn` of `segment` is still needed, and how long: a
+    /// delayed one until it comes into effect (the record of its boundary replaces it then);
+    /// the one in effect while a segment that may hold an item it flushed is left (older
+    /// than its own: items stored later are in later segments), unless a later flush has
+    /// replaced it.
+    fn flush_needed(
+        &self,
+        segment: &Segment<S::File>,
+        lsn: u64,
+        flush: &ArchivedFlush,
+    ) -> Option<Refused> {
+        let boundary = flush.boundary_lsn.to_native();
+        if boundary == 0 {
+            let pending = self.state.flush.pending.is_some_and(|p| p.lsn == lsn);
+            return pending.then_some(Refused::WhileFlushPending(lsn));
+        }
+        let older = self
+            .log
+            .segments()
+            .any(|s| s.id() != segment.id() && s.first_lsn() < boundary);
+        (boundary == self.state.flush.flushed_below && older).then_some(Refused::WhileOlderFrom(0))
     }
 
     /// Drops from the index the dead items of `victim` it still points at (their keys have
