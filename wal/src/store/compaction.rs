@@ -108,15 +108,15 @@ pub enum CompactionMode {
 
 /// How long a record that a passive's reclaim found needed stays so, and its segment with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Refused {
-    /// While a segment from this one up to the refused one exists: a tombstone, or a dead
-    /// item, of a key whose older records may lie there.
-    WhileOlderFrom(u32),
-    /// While the delayed flush logged at this LSN is still to come.
-    WhileFlushPending(u64),
-    /// While the compaction mode stays: a live item or its touch (the live-byte count was
-    /// wrong, or the clock went back).
-    WhileModeStays,
+pub(super) enum KeptWhile {
+    /// A segment from this one up to the refused one exists: a tombstone, or a dead item, of
+    /// a key whose older records may lie there; a flush in effect (from 0: any older one).
+    OlderFrom(u32),
+    /// The delayed flush logged at this LSN is still to come.
+    FlushPending(u64),
+    /// The compaction mode stays: a live item or its touch (the live-byte count was wrong,
+    /// or the clock went back).
+    ModeStays,
 }
 
 /// A record of a segment a passive's reclaim walked that is still needed.
@@ -124,7 +124,7 @@ pub(super) enum Refused {
 pub struct Needed {
     /// Where it is.
     pub offset: usize,
-    refused: Refused,
+    refused: KeptWhile,
 }
 
 /// What a passive's reclaim found in the records of its victim that it walked so far: what
@@ -202,11 +202,11 @@ impl<S: Storage> Store<S> {
     fn still_refused(&self, segment: SegmentId) -> bool {
         match self.reclaim_refused.get(&segment) {
             None => false,
-            Some(Refused::WhileModeStays) => true,
-            Some(Refused::WhileOlderFrom(since)) => {
+            Some(KeptWhile::ModeStays) => true,
+            Some(KeptWhile::OlderFrom(since)) => {
                 self.log.any_segment_in(u64::from(*since), segment)
             }
-            Some(Refused::WhileFlushPending(lsn)) => {
+            Some(KeptWhile::FlushPending(lsn)) => {
                 self.state.flush.pending.is_some_and(|p| p.lsn == *lsn)
             }
         }
@@ -241,7 +241,7 @@ impl<S: Storage> Store<S> {
             let older_from = |since: u32| {
                 self.log
                     .any_segment_in(u64::from(since), segment.id())
-                    .then_some(Refused::WhileOlderFrom(since))
+                    .then_some(KeptWhile::OlderFrom(since))
             };
             // SAFETY: the record was validated when recovered or written.
             let needed = match unsafe { record.body_unchecked() } {
@@ -249,7 +249,7 @@ impl<S: Storage> Store<S> {
                     let hash = self.state.index.hash(put.key.as_ref());
                     match self.state.index.get_at(hash, segment.id32(), offset) {
                         None => None,
-                        Some(entry) if self.is_live(&entry, now) => Some(Refused::WhileModeStays),
+                        Some(entry) if self.is_live(&entry, now) => Some(KeptWhile::ModeStays),
                         Some(entry) => {
                             let older = older_from(entry.since);
                             if older.is_none() {
@@ -266,7 +266,7 @@ impl<S: Storage> Store<S> {
                         .index
                         .get(&self.log, hash, key)
                         .is_some_and(|entry| entry.touch_segment == segment.id32())
-                        .then_some(Refused::WhileModeStays)
+                        .then_some(KeptWhile::ModeStays)
                 }
                 Body::Delete(delete) => {
                     let hash = self.state.index.hash(delete.key.as_ref());
@@ -526,17 +526,17 @@ impl<S: Storage> Store<S> {
         segment: &Segment<S::File>,
         lsn: u64,
         flush: &ArchivedFlush,
-    ) -> Option<Refused> {
+    ) -> Option<KeptWhile> {
         let boundary = flush.boundary_lsn.to_native();
         if boundary == 0 {
             let pending = self.state.flush.pending.is_some_and(|p| p.lsn == lsn);
-            return pending.then_some(Refused::WhileFlushPending(lsn));
+            return pending.then_some(KeptWhile::FlushPending(lsn));
         }
         let older = self
             .log
             .segments()
             .any(|s| s.id() != segment.id() && s.first_lsn() < boundary);
-        (boundary == self.state.flush.flushed_below && older).then_some(Refused::WhileOlderFrom(0))
+        (boundary == self.state.flush.flushed_below && older).then_some(KeptWhile::OlderFrom(0))
     }
 
     /// Drops from the index the dead items of `victim` it still points at (their keys have

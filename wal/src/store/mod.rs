@@ -681,7 +681,7 @@ pub struct Store<S: Storage> {
     /// Segments the reclaim of a passive walked and found a needed record in, with how long
     /// that record stays needed: not walked again until then (see
     /// `compaction::reclaim_once`).
-    reclaim_refused: std::collections::HashMap<SegmentId, compaction::Refused>,
+    reclaim_refused: std::collections::HashMap<SegmentId, compaction::KeptWhile>,
     /// Unique per opened store in this process: a compaction round that awaited while the
     /// store behind its `RefCell` was replaced (a passive resetting a shard) notices.
     instance: u64,
