@@ -24,10 +24,13 @@
 //! its sealed segments, that segment is removed, as the active removed its own; so is one
 //! whose items are all dead (expired or flushed), dropped from the index as compaction drops
 //! them, unless a key of one has an older record left (compaction writes a tombstone then).
-//! Segments with tombstones or flushes never qualify (those count as live until a
-//! compaction rewrites or drops them, and a passive does neither), and each candidate is
-//! walked record by record against the index before it goes, so a wrong live-byte count
-//! keeps data rather than losing it.
+//! Tombstones and flushes go with their segment once compaction would drop them: a
+//! tombstone once no segment is left that may hold an older record of its key (known by
+//! its cover, see `tombstones`: the record's own `since_segment` names the active's
+//! segments), a flush once it has come into effect and no older segment is left. Each
+//! candidate is walked record by record against the index before it goes, so a wrong
+//! live-byte count keeps data rather than losing it; one found to hold a needed record is
+//! not walked again until what keeps that record needed has gone ([`KeptWhile`]).
 
 use super::{Previous, Store, StoreError, index::put_of};
 use crate::constants::{
