@@ -248,6 +248,43 @@ fn script() -> Vec<Vec<u8>> {
         "mg foo E5\r\n",
         "ms foo 1 E5\r\nx\r\n",
         "md foo E5\r\n",
+        // Win tokens: a miss with N creates an empty item and wins (W); every later mg of
+        // that item says another client has (Z), quiet or not, until it is replaced. (No
+        // `t` on the first: memcached shows that one's TTL as -1.)
+        "mg viv N30 v c\r\n",
+        "mg viv N30 v c t\r\n",
+        "mg viv v\r\n",
+        "mg viv k s f q\r\n",
+        "mg vq N30 q k O5\r\n",
+        "mg vq N30 q v\r\n",
+        "mg viv3 N0 v c\r\n",
+        "mg viv3 t v\r\n",
+        "mg viv4 N30 T90 v\r\n",
+        "mg viv4 t\r\n",
+        "ms viv 2 T60\r\nhi\r\n",
+        "mg viv N30 v\r\n",
+        // R: less time left than asked wins once; an item that never expires, or has more
+        // time left, does not (before a T in the same request touches it).
+        "mg viv R100 v t\r\n",
+        "mg viv R100 v\r\n",
+        "mg viv R30 c\r\n",
+        "ms rc 1 T0\r\nx\r\n",
+        "mg rc R100 v t\r\n",
+        "ms rc2 1 T500\r\nx\r\n",
+        "mg rc2 R100 v\r\n",
+        "mg rc2 R100 T50 v\r\n",
+        "mg rc2 R100 v\r\n",
+        // Deleted and created again: a new item, a new token.
+        "md viv\r\n",
+        "mg viv N30 s\r\n",
+        "mg viv N30 s\r\n",
+        // A vivified item is an ordinary empty one to other commands.
+        "get vq\r\n",
+        "ma vq\r\n",
+        "mg viv Nabc v\r\n",
+        "mg viv R v\r\n",
+        "mg viv N30 N30\r\n",
+        "mg viv R-5 v\r\n",
         // Classic commands see what meta commands wrote, and the other way round.
         "set classic 7 0 3\r\nabc\r\n",
         "mg classic v f s\r\n",
@@ -400,8 +437,6 @@ fn unimplemented_meta_flags_are_refused() {
     let refused = "CLIENT_ERROR flag not supported by this server (Terrace)\r\n";
     assert_eq!(step(&mut c, b"ms k 1\r\nx\r\n"), "HD\r\n");
     for request in [
-        "mg k N30 v\r\n",
-        "mg k R30 v\r\n",
         "ms k 1 I\r\ny\r\n",
         "ms k 1 N30 MA\r\ny\r\n",
         "md k I\r\n",

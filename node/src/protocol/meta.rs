@@ -7,8 +7,7 @@
 //! order it asked for them. Letters, errors, quiet mode and the return flags each command
 //! gives follow memcached 1.6 as it answers (checked against memcached 1.6.18 by
 //! `tests/meta.rs`). Flags that would change what an operation does and that Terrace does
-//! not implement (stale items and invalidation, vivify-on-miss and recache for `mg`) are
-//! refused with [`ProtocolError::FlagNotSupported`] rather than ignored, so a client never
+//! not implement (stale items and invalidation: `I`, `md`'s `T`, `ms`'s `N`) are refused with [`ProtocolError::FlagNotSupported`] rather than ignored, so a client never
 //! reads an answer that means something it did not ask for; the access-time return flags
 //! `h` and `l` are accepted and left out of the reply (see [`GET`]).
 
@@ -67,8 +66,12 @@ pub struct Meta<'a> {
     pub incr: bool,
     /// `D<delta>` of `ma` (default 1).
     pub delta: u64,
-    /// `N<ttl>` of `ma`: on a miss, create the counter with this expiry.
+    /// `N<ttl>`: on a miss, `ma` creates the counter with this expiry, `mg` an empty item
+    /// (and hands its client the win token).
     pub vivify: Option<i64>,
+    /// `R<ttl>` of `mg`: an item with less time than this left hands its first client the
+    /// win token (to recache it).
+    pub recache: Option<i64>,
     /// `J<initial>` of `ma`: the value a created counter starts at (default 0).
     pub initial: u64,
     /// The data block of `ms`.
@@ -138,9 +141,9 @@ struct Grammar {
 /// in the LRU) is accepted: Terrace has no LRU to bump; `C` is accepted and means nothing
 /// to `mg`, as in memcached.
 const GET: Grammar = Grammar {
-    allowed: b"bcfkOqstvT",
+    allowed: b"bcfkNOqRstvT",
     ignored: b"hluC",
-    unsupported: b"NR",
+    unsupported: b"",
     invalid: ProtocolError::InvalidFlag,
     duplicate: ProtocolError::DuplicateFlag,
     bad_token: ProtocolError::BadToken,
@@ -225,6 +228,7 @@ pub(super) fn parse<'a>(
         incr: true,
         delta: 1,
         vivify: None,
+        recache: None,
         initial: 0,
         data: &[],
     };
@@ -328,6 +332,7 @@ fn read_flags<'a>(
             b'c' | b'f' | b'k' | b's' | b't' => meta.returns.push(letter),
             b'T' => meta.ttl = Some(signed(arg).ok_or(bad)?),
             b'N' => meta.vivify = Some(signed(arg).ok_or(bad)?),
+            b'R' => meta.recache = Some(signed(arg).ok_or(bad)?),
             b'C' => meta.compare_cas = Some(unsigned(arg).ok_or(bad)?),
             b'D' => meta.delta = unsigned(arg).ok_or(bad)?,
             b'J' => meta.initial = unsigned(arg).ok_or(bad)?,

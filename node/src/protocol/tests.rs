@@ -693,6 +693,14 @@ fn meta_requests_borrow_their_key_and_data_and_read_every_flag() {
         (meta.vivify, meta.initial, meta.delta, meta.incr),
         (Some(30), 5, 2, false)
     );
+    let Parsed::Request {
+        command: Command::Meta(meta),
+        ..
+    } = one(b"mg k N30 R-5 v\r\n")
+    else {
+        panic!("mg with N and R");
+    };
+    assert_eq!((meta.vivify, meta.recache), (Some(30), Some(-5)));
     assert_eq!(
         one(b"mn\r\n"),
         Parsed::Request {

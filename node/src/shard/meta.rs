@@ -21,6 +21,21 @@ struct Shown {
     size: usize,
     /// Absolute expiry in unix seconds, 0 never.
     expiry: u32,
+    /// `mg`'s win token (see `win_tokens`): shown after the return flags, whatever was
+    /// asked.
+    token: Token,
+}
+
+/// What an `mg` tells of its item's win token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Token {
+    /// Nothing.
+    #[default]
+    None,
+    /// `W`: this client won it.
+    Won,
+    /// `Z`: another client has.
+    Sent,
 }
 
 /// Return flags each outcome may carry (memcached 1.6's choice per command); others asked
@@ -74,6 +89,16 @@ impl LocalShards {
     ) -> MetaResult {
         let (shard, store) = self.store_of(key);
         self.counters.bump(Stat::cmd_get);
+        // `R` looks at the time the item had left before a `T` touches it, as memcached.
+        let expiry_before_touch = match (meta.recache, meta.ttl) {
+            (Some(_), Some(_)) => store
+                .borrow_mut()
+                .get(key)
+                .ok()
+                .flatten()
+                .map(|i| i.expiry()),
+            _ => None,
+        };
         let found = match meta.ttl {
             None => store
                 .borrow_mut()
@@ -99,6 +124,9 @@ impl LocalShards {
         };
         let Some((lsn, item)) = found else {
             self.counters.bump(Stat::get_misses);
+            if let Some(ttl) = meta.vivify {
+                return self.meta_vivify(meta, key, out, ttl);
+            }
             if !meta.quiet {
                 self.head(out, b"EN", meta, None, ON_MISS, shard);
             }
@@ -106,11 +134,29 @@ impl LocalShards {
         };
         self.counters.bump(Stat::get_hits);
         let value = item.value();
+        let (cas, expiry) = (item.cas(), item.expiry());
+        let token = if self.win_tokens.sent(key, cas) {
+            Token::Sent
+        } else {
+            // `R`: less time left than asked (an item that never expires has all the time).
+            let now = i64::from(self.now_secs(shard));
+            let expiry_seen = expiry_before_touch.unwrap_or(expiry);
+            let recache = meta
+                .recache
+                .is_some_and(|ttl| expiry_seen != 0 && i64::from(expiry_seen) - now < ttl);
+            if recache {
+                self.hand_out_token(key, cas);
+                Token::Won
+            } else {
+                Token::None
+            }
+        };
         let shown = Shown {
-            cas: item.cas(),
+            cas,
             flags: item.flags(),
             size: value.len(),
-            expiry: item.expiry(),
+            expiry,
+            token,
         };
         if meta.value {
             out.extend_from_slice(b"VA ");
@@ -132,6 +178,47 @@ impl LocalShards {
             self.durable(shard, lsn)
         };
         Ok(wait)
+    }
+
+    /// `mg` with `N<ttl>` of a missing item: an empty one is stored (flags 0, expiry `ttl`,
+    /// or `T`'s if given) and shown as a hit, with the win token (`W`). A write: the reply
+    /// waits for it as for any.
+    fn meta_vivify(&self, meta: &Meta<'_>, key: &[u8], out: &mut Vec<u8>, ttl: i64) -> MetaResult {
+        let (shard, store) = self.store_of(key);
+        self.stamp(store);
+        let exptime = meta.ttl.unwrap_or(ttl);
+        let stored = store.borrow_mut().set(SetMode::Add, key, b"", 0, exptime);
+        let written = match stored.map_err(|error| self.refuse(shard, error))? {
+            StoreOutcome::Stored(written) => written,
+            // Not reached: the miss above and the add run in one step.
+            _ => return Ok(self.refused(out, b"NS", meta, shard)),
+        };
+        self.counters.bump(Stat::cmd_set);
+        self.hand_out_token(key, written.cas);
+        let now = self.now_secs(shard);
+        let shown = Shown {
+            cas: written.cas,
+            expiry: terrace_wal::store::expiry::expiry_from_exptime(exptime, now),
+            token: Token::Won,
+            ..Shown::default()
+        };
+        if meta.value {
+            out.extend_from_slice(b"VA 0");
+            self.flags(out, meta, Some(&shown), GET_HIT, shard);
+            out.extend_from_slice(b"\r\n");
+        } else {
+            self.head(out, b"HD", meta, Some(&shown), GET_HIT, shard);
+        }
+        Ok(self.written(shard, written.lsn))
+    }
+
+    /// Marks the item of `key` with `cas` as having handed out its win token.
+    fn hand_out_token(&self, key: &[u8], cas: u64) {
+        self.win_tokens.hand_out(key, cas, |key| {
+            let (_, store) = self.store_of(key);
+            let item = store.borrow_mut().get(key).ok().flatten();
+            item.map(|item| item.cas())
+        });
     }
 
     /// `ms`: `HD` stored, `NS` not stored (the mode's condition), `EX` the CAS differs, `NF`
@@ -293,6 +380,7 @@ impl LocalShards {
                 flags: item.flags(),
                 size: item.value().len(),
                 expiry: item.expiry(),
+                token: Token::None,
             }
         });
         if !meta.quiet {
@@ -402,6 +490,11 @@ impl LocalShards {
                 }
                 _ => {}
             }
+        }
+        match shown.map(|shown| shown.token) {
+            Some(Token::Won) => out.extend_from_slice(b" W"),
+            Some(Token::Sent) => out.extend_from_slice(b" Z"),
+            Some(Token::None) | None => {}
         }
         out.extend_from_slice(b"\r\n");
     }

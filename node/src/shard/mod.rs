@@ -8,6 +8,7 @@
 pub mod clock;
 mod meta;
 pub mod route;
+mod win_tokens;
 
 use crate::cluster::replication::sync_set::ShardReplicas;
 use crate::protocol::reply;
@@ -111,6 +112,9 @@ pub struct LocalShards {
     backup_pins: RefCell<HashMap<u64, Vec<LogPin<FsSegment>>>>,
     /// Cuts this executor has handed out (for unique cut ids).
     cuts_issued: Cell<u64>,
+    /// Items of this executor's shards that have handed out their win token (`mg`'s `N`
+    /// and `R`).
+    win_tokens: win_tokens::WinTokens,
 }
 
 /// One shard's part of an online-backup cut: every record up to `last_lsn`, in these
@@ -155,6 +159,7 @@ impl LocalShards {
             counters: Counters::default(),
             backup_pins: RefCell::default(),
             cuts_issued: Cell::new(0),
+            win_tokens: win_tokens::WinTokens::default(),
         }
     }
 

@@ -5,7 +5,14 @@ failure, naming it."""
 
 import sys
 
-from meta_memcache import CacheClient, Key, ServerAddress, connection_pool_factory_builder
+from meta_memcache import (
+    CacheClient,
+    Key,
+    LeasePolicy,
+    RecachePolicy,
+    ServerAddress,
+    connection_pool_factory_builder,
+)
 
 port = int(sys.argv[1])
 client = CacheClient.cache_client_from_servers(
@@ -46,4 +53,24 @@ check("get unicode key", client.get(key=Key("ключ")), b"\x00\x01\xff")
 large = "x" * 200_000
 check("set large", client.set(key=Key("large"), value=large, ttl=0), True)
 check("get large", client.get(key=Key("large")), large)
+# Herd control with win tokens (mg's N and R). A lease on a missing key: the first caller
+# wins (it reads a miss and fills the key), a second one loses, waits and retries, and reads
+# a miss once out of retries; after the fill, the value.
+lease = LeasePolicy(ttl=30, miss_retries=2, miss_retry_wait=0.01, miss_max_retry_wait=0.02)
+value, cas = client.get_or_lease_cas(key=Key("leased"), lease_policy=lease)
+check("get_or_lease of a missing key wins (a miss)", value, None)
+waits = []
+value = client.get_or_lease(key=Key("leased"), lease_policy=lease, lease_wait_fn=waits.append)
+check("a second get_or_lease loses and runs out of retries (a miss)", value, None)
+check("the loser retried once (miss_retries=2)", len(waits), 1)
+check("the winner fills the key with the lease's CAS", client.set(key=Key("leased"), value="filled", ttl=100, cas_token=cas), True)
+check("get_or_lease after the fill", client.get_or_lease(key=Key("leased"), lease_policy=lease), "filled")
+# Recache: an item with less time left than the policy's TTL is a miss for the first caller
+# (it recomputes the value), the others keep reading it.
+check("set soon to expire", client.set(key=Key("hot"), value="v", ttl=10), True)
+recache = RecachePolicy(ttl=30)
+check("the first recache caller wins (a miss)", client.get(key=Key("hot"), recache_policy=recache), None)
+check("the next one reads the value", client.get(key=Key("hot"), recache_policy=recache), "v")
+check("set far from expiring", client.set(key=Key("cold"), value="c", ttl=1000), True)
+check("no recache with time to spare", client.get(key=Key("cold"), recache_policy=recache), "c")
 print("meta-memcache: all checks passed")

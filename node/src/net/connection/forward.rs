@@ -198,7 +198,9 @@ fn repeatable(command: &Command<'_>) -> bool {
         Command::Version | Command::Verbosity { .. } => true,
         Command::Store { mode, .. } => matches!(mode, SetMode::Set | SetMode::Replace),
         Command::Meta(meta) => match meta.kind {
-            MetaKind::Get => meta.ttl.is_none(),
+            // A second `N` or `R` would tell another client has won the token (`Z`) when
+            // this one did.
+            MetaKind::Get => meta.ttl.is_none() && meta.vivify.is_none() && meta.recache.is_none(),
             MetaKind::Set => {
                 meta.compare_cas.is_none()
                     && matches!(meta.set_mode, SetMode::Set | SetMode::Replace)
