@@ -956,3 +956,409 @@ fn records_carry_their_term() {
         assert_eq!(items(&reopened).len(), 1);
     });
 }
+
+/// An active that becomes a passive of the same log (Compact -> ReclaimOnly on one store, as
+/// the server does when it stops serving) wrote tombstones while it kept no covers. They
+/// count as covering every older segment: a later tombstone of the same key, in the same
+/// segment, whose cover is recent, must not let the segment go while the key's older value
+/// is left in an older one. (Found by review: it came back after a restart.)
+#[test]
+fn a_demoted_active_keeps_the_tombstones_it_wrote_while_older_records_remain() {
+    run(|| async {
+        let clock = ManualClock::new(START);
+        let config = small_config(SEGMENT, Durability::Fsync);
+        let a_disk = SimDisk::new();
+        let a = Rc::new(RefCell::new(
+            open_sim(&a_disk, config.clone(), &clock).await.0,
+        ));
+        let b = Rc::new(RefCell::new(
+            open_sim(&SimDisk::new(), config.clone(), &clock).await.0,
+        ));
+        // A serves (term 1), B follows.
+        a.borrow_mut().set_compaction_mode(CompactionMode::Compact);
+        a.borrow_mut().set_term(1);
+        b.borrow_mut()
+            .set_compaction_mode(CompactionMode::ReclaimOnly);
+        let filler = vec![b'f'; 400];
+        let set = |s: &Rc<RefCell<Store<SimStorage>>>, key: &str| {
+            s.borrow_mut()
+                .set(SetMode::Set, key.as_bytes(), &filler, 0, 0)
+                .expect("set");
+        };
+        // Segment 1: the key's old value and an item that keeps the segment.
+        a.borrow_mut()
+            .set(SetMode::Set, b"key", b"OLD", 0, 0)
+            .expect("set");
+        a.borrow_mut()
+            .set(SetMode::Set, b"keeper", b"1", 0, 0)
+            .expect("set");
+        let mut n = 0;
+        while a.borrow().log().tail().id() == 1 {
+            set(&a, &format!("a{n}"));
+            n += 1;
+        }
+        // Segment 2: A deletes the key (its own tombstone, no cover: covers are stopped).
+        a.borrow_mut().delete(b"key").expect("delete");
+        catch_up(&a.borrow(), &mut b.borrow_mut());
+        let synced = sync_all(&a.borrow());
+        synced.await;
+        // Handover: B serves (term 2), A follows B, reclaiming.
+        a.borrow_mut()
+            .set_compaction_mode(CompactionMode::ReclaimOnly);
+        b.borrow_mut().set_term(2);
+        b.borrow_mut().set_compaction_mode(CompactionMode::Compact);
+        // The key stored and deleted again, landing in A's segment 2 too.
+        b.borrow_mut()
+            .set(SetMode::Set, b"key", b"NEW", 0, 0)
+            .expect("set");
+        b.borrow_mut().delete(b"key").expect("delete");
+        // Everything else in segment 2 and after overwritten.
+        for _ in 0..3 {
+            for i in 0..60 {
+                set(&b, &format!("b{i}"));
+            }
+        }
+        for i in 0..n {
+            set(&b, &format!("a{i}"));
+        }
+        for i in 0..60 {
+            set(&b, &format!("b{i}"));
+        }
+        catch_up(&b.borrow(), &mut a.borrow_mut());
+        let reclaimed = reclaim(&a).await;
+        let expected = items(&b.borrow());
+        assert!(!expected.contains_key(b"key".as_slice()));
+        assert!(reclaimed > 0);
+        assert!(!items(&a.borrow()).contains_key(b"key".as_slice()));
+        let a = Rc::into_inner(a).expect("one owner").into_inner();
+        sync_all(&a).await;
+        drop(a);
+        let (reopened, _) = open_sim(&a_disk, config, &clock).await;
+        assert!(
+            !items(&reopened).contains_key(b"key".as_slice()),
+            "the deleted key came back: {:?}",
+            items(&reopened)
+                .get(b"key".as_slice())
+                .map(|i| String::from_utf8_lossy(&i.0).into_owned())
+        );
+    });
+}
+
+/// Stops `store` (synced) and opens it again from `disk`, or from a power cut's image of it
+/// with `crash_seed`, in `mode` (with `term` if it compacts).
+async fn reopen_in(
+    store: Rc<RefCell<Store<SimStorage>>>,
+    disk: &SimDisk,
+    clock: &ManualClock,
+    mode: CompactionMode,
+    term: u64,
+    crash_seed: Option<u64>,
+) -> Rc<RefCell<Store<SimStorage>>> {
+    let store = Rc::into_inner(store).expect("one owner").into_inner();
+    store.check_invariants();
+    sync_all(&store).await;
+    drop(store);
+    let disk = match crash_seed {
+        Some(seed) => disk.crash(SimCrashOptions::with_seed(seed)),
+        None => disk.clone(),
+    };
+    let config = small_config(SEGMENT, Durability::Fsync);
+    let (mut reopened, _) = open_sim(&disk, config, clock).await;
+    reopened.set_compaction_mode(CompactionMode::Paused);
+    reopened.set_compaction_mode(mode);
+    if mode == CompactionMode::Compact {
+        reopened.set_term(term);
+    }
+    Rc::new(RefCell::new(reopened))
+}
+
+/// What differs between two item sets, by key.
+fn diff(a: &Items, b: &Items) -> String {
+    let mut out = String::new();
+    for (k, v) in a {
+        match b.get(k) {
+            None => {
+                out += &format!(
+                    "only left {}: cas {} exp {}; ",
+                    String::from_utf8_lossy(k),
+                    v.2,
+                    v.3
+                )
+            }
+            Some(w) if w != v => {
+                out += &format!(
+                    "differs {}: cas {} exp {} vs cas {} exp {}; ",
+                    String::from_utf8_lossy(k),
+                    v.2,
+                    v.3,
+                    w.2,
+                    w.3
+                )
+            }
+            _ => {}
+        }
+    }
+    for (k, w) in b {
+        if !a.contains_key(k) {
+            out += &format!(
+                "only right {}: cas {} exp {}; ",
+                String::from_utf8_lossy(k),
+                w.2,
+                w.3
+            );
+        }
+    }
+    out
+}
+
+/// Random operations with few keys and many deletes, touches, flushes and clock moves on an
+/// active, copied to a passive that reclaims; now and then the active compacts, the passive
+/// restarts (after a power cut, half the time), and with `failovers` the two swap roles on
+/// their own logs (the old active goes on as a passive). The passive always holds what the
+/// active holds, also after each restart. Returns the segments the passives reclaimed.
+fn follow_with_failovers(seed: u64, failovers: bool) -> u64 {
+    run(move || async move {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let clock = ManualClock::new(START);
+        let config = small_config(SEGMENT, Durability::Fsync);
+        let (mut active_disk, mut passive_disk) = (SimDisk::new(), SimDisk::new());
+        let mut active = Rc::new(RefCell::new(
+            open_sim(&active_disk, config.clone(), &clock).await.0,
+        ));
+        let mut passive = Rc::new(RefCell::new(
+            open_sim(&passive_disk, config.clone(), &clock).await.0,
+        ));
+        let mut term = 1;
+        active
+            .borrow_mut()
+            .set_compaction_mode(CompactionMode::Paused);
+        active
+            .borrow_mut()
+            .set_compaction_mode(CompactionMode::Compact);
+        active.borrow_mut().set_term(term);
+        passive
+            .borrow_mut()
+            .set_compaction_mode(CompactionMode::Paused);
+        passive
+            .borrow_mut()
+            .set_compaction_mode(CompactionMode::ReclaimOnly);
+        let mut reclaimed = 0;
+        for step in 0..1500 {
+            let nkeys = 6;
+            let key = format!("k{}", rng.random_range(0..nkeys)).into_bytes();
+            {
+                let mut s = active.borrow_mut();
+                let value = vec![b'a' + (step % 26) as u8; rng.random_range(0..500)];
+                let r: Result<(), StoreError> = match rng.random_range(0..100) {
+                    0..30 => s
+                        .set(
+                            SetMode::Set,
+                            &key,
+                            &value,
+                            step,
+                            if rng.random_bool(0.2) {
+                                rng.random_range(1..100)
+                            } else {
+                                0
+                            },
+                        )
+                        .map(drop),
+                    30..55 => s.delete(&key).map(drop),
+                    55..60 => s.touch(&key, rng.random_range(1..300)).map(drop),
+                    60..62 => s.flush_all(rng.random_range(0..3)).map(drop),
+                    62..70 => {
+                        clock.advance(rng.random_range(0..40));
+                        Ok(())
+                    }
+                    70..72 => {
+                        let k = format!("keep{}", rng.random_range(0..3));
+                        s.set(SetMode::Set, k.as_bytes(), b"kept", 0, 0).map(drop)
+                    }
+                    _ => {
+                        // filler that dies at once
+                        let k = format!("fill{}", rng.random_range(0..4));
+                        s.set(SetMode::Set, k.as_bytes(), &vec![b'z'; 600], 0, 0)
+                            .map(drop)
+                    }
+                };
+                if let Err(error) = r {
+                    assert!(
+                        matches!(error, StoreError::NonNumeric | StoreError::TooLarge { .. }),
+                        "{error}"
+                    );
+                }
+            }
+            if rng.random_bool(0.1) {
+                catch_up(&active.borrow(), &mut passive.borrow_mut());
+                reclaimed += reclaim(&passive).await;
+                {
+                    let (e, g) = (items(&active.borrow()), items(&passive.borrow()));
+                    assert!(e == g, "seed {seed} step {step}: {}", diff(&e, &g));
+                }
+            }
+            if rng.random_bool(0.03) {
+                catch_up(&active.borrow(), &mut passive.borrow_mut());
+                loop {
+                    catch_up(&active.borrow(), &mut passive.borrow_mut());
+                    let synced = sync_all(&active.borrow());
+                    synced.await;
+                    if !compact_once(&active).await.expect("compaction") {
+                        break;
+                    }
+                }
+            }
+            if rng.random_bool(0.01) {
+                // The passive restarts (maybe after a power cut: it synced what it applied).
+                catch_up(&active.borrow(), &mut passive.borrow_mut());
+                reclaimed += reclaim(&passive).await;
+                let expected = items(&active.borrow());
+                let crash = rng.random_bool(0.5).then(|| rng.random());
+                passive = reopen_in(
+                    passive,
+                    &passive_disk,
+                    &clock,
+                    CompactionMode::ReclaimOnly,
+                    0,
+                    crash,
+                )
+                .await;
+                if crash.is_some() {
+                    // the crash made a new disk: keep using it
+                    passive_disk = passive.borrow().log().storage().disk().clone();
+                }
+                {
+                    let got = items(&passive.borrow());
+                    assert!(
+                        expected == got,
+                        "seed {seed} step {step} crash {crash:?}: passive restarted: {}",
+                        diff(&expected, &got)
+                    );
+                }
+                reclaimed += reclaim(&passive).await;
+                assert_eq!(
+                    expected,
+                    items(&passive.borrow()),
+                    "seed {seed} step {step}: passive restarted, reclaimed"
+                );
+            }
+            if failovers && rng.random_bool(0.01) {
+                catch_up(&active.borrow(), &mut passive.borrow_mut());
+                let synced = sync_all(&active.borrow());
+                synced.await;
+                let synced = sync_all(&passive.borrow());
+                synced.await;
+                term += 1;
+                std::mem::swap(&mut active, &mut passive);
+                std::mem::swap(&mut active_disk, &mut passive_disk);
+                active.borrow_mut().set_term(term);
+                active
+                    .borrow_mut()
+                    .set_compaction_mode(CompactionMode::Compact);
+                passive
+                    .borrow_mut()
+                    .set_compaction_mode(CompactionMode::ReclaimOnly);
+                if rng.random_bool(0.3) {
+                    active = reopen_in(
+                        active,
+                        &active_disk,
+                        &clock,
+                        CompactionMode::Compact,
+                        term,
+                        None,
+                    )
+                    .await;
+                }
+            }
+        }
+        catch_up(&active.borrow(), &mut passive.borrow_mut());
+        reclaimed += reclaim(&passive).await;
+        let expected = items(&active.borrow());
+        let passive = reopen_in(
+            passive,
+            &passive_disk,
+            &clock,
+            CompactionMode::ReclaimOnly,
+            0,
+            None,
+        )
+        .await;
+        let got = items(&passive.borrow());
+        assert!(
+            expected == got,
+            "seed {seed} end: after recovery: {}",
+            diff(&expected, &got)
+        );
+        reclaimed
+    })
+}
+
+#[test]
+fn a_reclaiming_passive_that_restarts_and_fails_over_loses_nothing() {
+    let seeds = env_count("TERRACE_REPLICA_SEEDS", 20);
+    for failovers in [false, true] {
+        let reclaimed: u64 = (0..seeds)
+            .map(|seed| follow_with_failovers(seed, failovers))
+            .sum();
+        assert!(
+            reclaimed >= seeds,
+            "failovers {failovers}: {reclaimed} reclaimed"
+        );
+    }
+}
+
+/// A key stored and deleted over and over, with a segment of long-lived items older than
+/// all of it: each tombstone covers only back to the item it removed, so the passive drops
+/// them as the active does. (Found by review: with one cover per key, as oldest as any of
+/// its tombstones, every segment holding one stayed: 201 segments against the source's 2.)
+#[test]
+fn a_reclaiming_replica_drops_the_tombstones_of_a_key_deleted_again_and_again() {
+    run(|| async {
+        let clock = ManualClock::new(START);
+        let (source, (replica, _disk)) = pair(&clock, CompactionMode::ReclaimOnly).await;
+        let filler = vec![b'f'; 400];
+        // Segment 1: the hot key's first value, and items that live forever.
+        source
+            .borrow_mut()
+            .set(SetMode::Set, b"hot", b"v0", 0, 0)
+            .expect("set");
+        let mut i = 0;
+        while source.borrow().log().tail().id() == 1 {
+            let key = format!("forever{i}");
+            source
+                .borrow_mut()
+                .set(SetMode::Set, key.as_bytes(), &filler, 0, 0)
+                .expect("set");
+            i += 1;
+        }
+        for round in 0..200u32 {
+            // The hot key stored and deleted; the rest overwritten.
+            source
+                .borrow_mut()
+                .set(SetMode::Set, b"hot", b"v", 0, 0)
+                .expect("set");
+            source.borrow_mut().delete(b"hot").expect("delete");
+            for k in 0..20 {
+                let key = format!("k{k}");
+                source
+                    .borrow_mut()
+                    .set(SetMode::Set, key.as_bytes(), &filler, round, 0)
+                    .expect("set");
+            }
+            loop {
+                catch_up(&source.borrow(), &mut replica.borrow_mut());
+                let synced = sync_all(&source.borrow());
+                synced.await;
+                if !compact_once(&source).await.expect("compaction") {
+                    break;
+                }
+            }
+            catch_up(&source.borrow(), &mut replica.borrow_mut());
+            reclaim(&replica).await;
+        }
+        let (s, r) = (
+            source.borrow().log().segments().count(),
+            replica.borrow().log().segments().count(),
+        );
+        assert!(r <= s + 3, "source {s} segments, replica {r}");
+    });
+}

@@ -394,7 +394,8 @@ impl<S: Storage> Log<S> {
 
     /// Whether any segment with an id in `[from, to)` exists.
     pub fn any_segment_in(&self, from: SegmentId, to: SegmentId) -> bool {
-        (from..to).any(|id| self.segments.get(id).is_some())
+        // None below the oldest: ids there need no look.
+        (from.max(self.segments.base)..to).any(|id| self.segments.get(id).is_some())
     }
 
     /// Counters.

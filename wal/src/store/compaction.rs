@@ -113,12 +113,17 @@ pub enum CompactionMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum KeptWhile {
     /// A segment from this one up to the refused one exists: a tombstone, or a dead item, of
-    /// a key whose older records may lie there; a flush in effect (from 0: any older one).
+    /// a key whose older records may lie there.
     OlderFrom(u32),
     /// The delayed flush logged at this LSN is still to come.
     FlushPending(u64),
-    /// The compaction mode stays: a live item or its touch (the live-byte count was wrong,
-    /// or the clock went back).
+    /// The flush with this boundary is the one in effect, and another segment holds records
+    /// from before it.
+    FlushInEffect(u64),
+    /// This segment is left: the put of an item whose expiry a touch set.
+    SegmentLeft(u32),
+    /// The compaction mode stays: a live item (the live-byte count was wrong, or the clock
+    /// went back).
     ModeStays,
 }
 
@@ -127,7 +132,7 @@ pub(super) enum KeptWhile {
 pub struct Needed {
     /// Where it is.
     pub offset: usize,
-    refused: KeptWhile,
+    kept_while: KeptWhile,
 }
 
 /// What a passive's reclaim found in the records of its victim that it walked so far: what
@@ -212,14 +217,16 @@ impl<S: Storage> Store<S> {
             Some(KeptWhile::FlushPending(lsn)) => {
                 self.state.flush.pending.is_some_and(|p| p.lsn == *lsn)
             }
+            Some(KeptWhile::FlushInEffect(boundary)) => self.flush_in_effect(segment, *boundary),
+            Some(KeptWhile::SegmentLeft(id)) => self.log.segment(u64::from(*id)).is_some(),
         }
     }
 
     /// Checks the records of `victim` from `from_offset` on, about `budget_bytes` of them,
     /// for one that is still needed: a live item the index points at, a dead one of a key
     /// with older records left (compaction would write a tombstone for it), the touch that
-    /// set an item's expiry, a tombstone of a key with older records left (by its cover), any
-    /// flush. What goes with the segment is noted in `walk`. `Ok(next offset)`, `None` at
+    /// set an item's expiry, a tombstone of a key with older records left (by its cover), a
+    /// flush still in effect or to come. What goes with the segment is noted in `walk`. `Ok(next offset)`, `None` at
     /// the end; or `Err` with a needed record. What is unneeded stays so: later records only
     /// supersede, a dead item stays dead, and segments only go (a key's older records with
     /// them).
@@ -265,15 +272,17 @@ impl<S: Storage> Store<S> {
                 Body::Touch(touch) => {
                     let key = touch.key.as_ref();
                     let hash = self.state.index.hash(key);
+                    // Needed while its item's put is: without it, recovery would give the put
+                    // its own expiry back (a later one, or none).
                     self.state
                         .index
                         .get(&self.log, hash, key)
-                        .is_some_and(|entry| entry.touch_segment == segment.id32())
-                        .then_some(KeptWhile::ModeStays)
+                        .filter(|entry| entry.touch_segment == segment.id32())
+                        .map(|entry| KeptWhile::SegmentLeft(entry.segment))
                 }
                 Body::Delete(delete) => {
                     let hash = self.state.index.hash(delete.key.as_ref());
-                    let older = older_from(self.state.covers.since(hash));
+                    let older = older_from(self.state.covers.since(hash, segment.id32()));
                     if older.is_none() {
                         walk.tombstones.push(hash);
                     }
@@ -281,8 +290,8 @@ impl<S: Storage> Store<S> {
                 }
                 Body::Flush(flush) => self.flush_needed(segment, record.lsn, flush),
             };
-            if let Some(refused) = needed {
-                return Err(Needed { offset, refused });
+            if let Some(kept_while) = needed {
+                return Err(Needed { offset, kept_while });
             }
             offset += record.total_len;
             checked += record.total_len;
@@ -535,11 +544,18 @@ impl<S: Storage> Store<S> {
             let pending = self.state.flush.pending.is_some_and(|p| p.lsn == lsn);
             return pending.then_some(KeptWhile::FlushPending(lsn));
         }
-        let older = self
-            .log
-            .segments()
-            .any(|s| s.id() != segment.id() && s.first_lsn() < boundary);
-        (boundary == self.state.flush.flushed_below && older).then_some(KeptWhile::OlderFrom(0))
+        self.flush_in_effect(segment.id(), boundary)
+            .then_some(KeptWhile::FlushInEffect(boundary))
+    }
+
+    /// Whether a flush record in `segment` with `boundary` is still needed: it is the one in
+    /// effect, and a segment other than its own holds records from before it.
+    fn flush_in_effect(&self, segment: SegmentId, boundary: u64) -> bool {
+        boundary == self.state.flush.flushed_below
+            && self
+                .log
+                .segments()
+                .any(|s| s.id() != segment && s.first_lsn() < boundary)
     }
 
     /// Drops from the index the dead items of `victim` it still points at (their keys have
@@ -576,8 +592,9 @@ impl<S: Storage> Store<S> {
             }
         }
         for &hash in &walk.tombstones {
-            self.state.covers.remove(hash);
+            self.state.covers.remove(hash, segment.id32());
         }
+        self.reclaim_refused.remove(&victim);
         segment.retire();
         self.counters.segments_reclaimed += 1;
         true
@@ -618,7 +635,7 @@ impl<S: Storage> Store<S> {
                 // SAFETY: the record was validated when written.
                 if let Body::Delete(delete) = unsafe { record.body_unchecked() } {
                     let hash = self.state.index.hash(delete.key.as_ref());
-                    self.state.covers.remove(hash);
+                    self.state.covers.remove(hash, victim.id32());
                 }
                 continue;
             }
@@ -679,6 +696,11 @@ pub async fn compact_once<S: Storage>(store: &Rc<RefCell<Store<S>>>) -> Result<b
     }
     if mode == CompactionMode::ReclaimOnly {
         return reclaim_once(store, still).await;
+    }
+    if store.borrow().state.covers.tracking() {
+        // Kept through replay for a passive (see `Store::open`); a store that compacts
+        // (an active, or a library user that never set a mode) has no use for them.
+        store.borrow_mut().state.covers.stop();
     }
     let Some(victim) = store.borrow().compaction_victim() else {
         return Ok(false);
@@ -765,7 +787,7 @@ async fn walk_victim<S: Storage>(
             Ok(next) => offset = next,
             Err(Needed {
                 offset: at,
-                refused,
+                kept_while,
             }) => {
                 if counted_empty {
                     // The live-byte count said nothing here is needed, the index says
@@ -781,10 +803,12 @@ async fn walk_victim<S: Storage>(
                     );
                 }
                 // Otherwise it holds a record a passive cannot drop yet: a tombstone or dead
-                // item of a key with older records left (until those go), or a flush (only
-                // a compaction, which writes records, could drop it: it stays until this
-                // server compacts).
-                store.borrow_mut().reclaim_refused.insert(victim, refused);
+                // item of a key with older records left, a flush still in effect or to come.
+                // It is not walked again until that has gone.
+                store
+                    .borrow_mut()
+                    .reclaim_refused
+                    .insert(victim, kept_while);
                 return Walked::Refused;
             }
         }

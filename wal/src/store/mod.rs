@@ -798,7 +798,9 @@ impl<S: Storage> Store<S> {
         match mode {
             // An active's compaction reads the tombstones' own `since_segment`.
             CompactionMode::Compact => self.state.covers.stop(),
-            CompactionMode::ReclaimOnly | CompactionMode::Paused => self.state.covers.resume(),
+            CompactionMode::ReclaimOnly | CompactionMode::Paused => {
+                self.state.covers.resume(self.log.tail().id32());
+            }
         }
         self.compaction_mode = mode;
     }
