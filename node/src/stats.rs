@@ -114,8 +114,11 @@ pub struct Snapshot {
     pub compaction_bytes_rewritten: u64,
     /// Expired or flushed items compaction dropped since start.
     pub items_reclaimed: u64,
-    /// Tombstones compaction dropped since start (no older record of their key was left).
+    /// Tombstones compaction dropped since start (no older record of their key was left),
+    /// or a passive with a segment it reclaimed.
     pub tombstones_dropped: u64,
+    /// Tombstones whose reach a passive keeps in memory now (0 on the active).
+    pub tombstone_covers: u64,
 }
 
 impl Snapshot {
@@ -143,6 +146,7 @@ impl Snapshot {
         self.compaction_bytes_rewritten += other.compaction_bytes_rewritten;
         self.items_reclaimed += other.items_reclaimed;
         self.tombstones_dropped += other.tombstones_dropped;
+        self.tombstone_covers += other.tombstone_covers;
     }
 
     /// A counter's value.
@@ -215,6 +219,7 @@ pub fn general(out: &mut Vec<u8>, shared: &crate::net::Shared, total: &Snapshot)
     );
     stat(out, "terrace_items_reclaimed", total.items_reclaimed);
     stat(out, "terrace_tombstones_dropped", total.tombstones_dropped);
+    stat(out, "terrace_tombstone_covers", total.tombstone_covers);
     stat(out, "terrace_major_faults", usage.major_faults);
     out.extend_from_slice(crate::protocol::reply::END);
 }

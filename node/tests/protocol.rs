@@ -99,6 +99,7 @@ fn every_command_answers_like_memcached() {
         "terrace_compaction_bytes_rewritten",
         "terrace_items_reclaimed",
         "terrace_tombstones_dropped",
+        "terrace_tombstone_covers",
     ] {
         assert!(stats.contains(&format!("STAT {name} ")), "{name}: {stats}");
     }

@@ -571,6 +571,7 @@ impl LocalShards {
             snapshot.compaction_bytes_rewritten += compaction.compaction_bytes_rewritten;
             snapshot.items_reclaimed += compaction.items_reclaimed;
             snapshot.tombstones_dropped += compaction.tombstones_dropped;
+            snapshot.tombstone_covers += store.tombstone_covers() as u64;
         }
         snapshot
     }

@@ -594,6 +594,7 @@ impl<S: Storage> Store<S> {
         for &hash in &walk.tombstones {
             self.state.covers.remove(hash, segment.id32());
         }
+        self.counters.tombstones_dropped += walk.tombstones.len() as u64;
         self.reclaim_refused.remove(&victim);
         segment.retire();
         self.counters.segments_reclaimed += 1;

@@ -195,7 +195,8 @@ pub struct StoreCounters {
     pub compaction_bytes_rewritten: u64,
     /// Expired or flushed items dropped by compaction.
     pub items_reclaimed: u64,
-    /// Tombstones dropped because no older record of their key remained.
+    /// Tombstones dropped because no older record of their key remained (by compaction, or
+    /// with a segment a passive reclaimed).
     pub tombstones_dropped: u64,
 }
 
@@ -840,6 +841,12 @@ impl<S: Storage> Store<S> {
     /// Counters.
     pub fn counters(&self) -> StoreCounters {
         self.counters
+    }
+
+    /// Tombstones whose reach a passive keeps in memory, by key hash and segment (see
+    /// `tombstones`; 0 on a store that compacts).
+    pub fn tombstone_covers(&self) -> usize {
+        self.state.covers.len()
     }
 
     /// Keys in the index (including expired and flushed items not yet reclaimed).

@@ -96,8 +96,7 @@ impl TombstoneCovers {
     }
 
     /// Covers kept.
-    #[cfg(test)]
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.covers.len()
     }
 }
