@@ -231,6 +231,11 @@ fn a_passive_forwards_data_requests_to_the_active() {
         ),
         ("md m q\r\nmd m q\r\n", "NF\r\n"),
         ("ms q 1 q C1\r\nx\r\n", "NF\r\n"),
+        // Win tokens are the active's: the first vivify wins, the next is told another did.
+        (
+            "mg lease N30 v q\r\nmg lease N30 v q\r\n",
+            "VA 0 W\r\n\r\nVA 0 Z\r\n\r\n",
+        ),
     ];
     for (request, expected) in steps {
         c.send(request.as_bytes());
