@@ -247,3 +247,62 @@ fn a_passive_forwards_data_requests_to_the_active() {
     let gets = c.call_end("gets a\r\n");
     assert!(gets.starts_with("VALUE a 5 3 "), "{gets}");
 }
+
+/// A burst of pipelined requests written to a passive in one go is forwarded together (each
+/// request's followers are sent ahead with it) and answered exactly as the active answers the
+/// same burst: every command kind, `noreply`, quiet meta requests, multi-key gets, errors,
+/// and requests the passive answers itself in between.
+#[test]
+fn a_pipelined_burst_through_a_passive_answers_as_the_active() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let [g1, g2, c1, c2] = free_ports();
+    let config = pair_config(dir.path(), "pair.toml", (g1, g2, c1, c2), "");
+    let s1 = Server::start_at(&config, c1, &["-n", "s1", "--cores", "2"]);
+    wait_for(&s1, "s1:state", "ACTIVE-COORDINATOR");
+    let s2 = Server::start_at(&config, c2, &["-n", "s2", "--cores", "2"]);
+    wait_for(&s2, "s2:state", "PASSIVE-STANDBY");
+
+    let mut burst = String::new();
+    for i in 0..600 {
+        let k = format!("k{}", i % 37);
+        let value = "v".repeat(i % 50 + 1);
+        burst.push_str(&match i % 15 {
+            0 => format!("set {k} {i} 0 {}\r\n{value}\r\n", value.len()),
+            1 => format!("set {k} 1 0 {} noreply\r\n{value}\r\n", value.len()),
+            2 => format!("get {k} k{} nokey\r\n", (i + 5) % 37),
+            3 => format!("add {k} 0 0 1\r\nx\r\n"),
+            4 => format!("append {k} 0 0 2\r\n++\r\n"),
+            5 => format!("delete {k}\r\n"),
+            6 => format!("set n{k} 0 0 1\r\n7\r\nincr n{k} 5\r\ndecr n{k} 100\r\n"),
+            7 => format!("touch {k} 100\r\n"),
+            8 => format!("ms {k} {} T0 q\r\n{value}\r\nmg {k} v f s\r\n", value.len()),
+            9 => format!("mg missing{i} v q\r\nmd {k} q\r\nmd {k}\r\n"),
+            10 => format!("ma c{k} N0 J3 v\r\nma c{k} q\r\n"),
+            // Answered by the passive itself, between forwarded ones.
+            11 => "version\r\n".to_string(),
+            12 => format!("incr {k} 1\r\n"),
+            13 => format!("gat 100 {k} nokey\r\n"),
+            _ => format!("prepend {k} 0 0 1 noreply\r\n<\r\n"),
+        });
+    }
+    burst.push_str("mn\r\n");
+    let play = |port: u16| {
+        let mut c = common::Client::connect(port);
+        c.send(b"flush_all\r\n");
+        assert_eq!(c.read_until(b"OK\r\n"), b"OK\r\n");
+        let started = Instant::now();
+        c.send(burst.as_bytes());
+        let reply = String::from_utf8_lossy(&c.read_until(b"MN\r\n")).into_owned();
+        (reply, started.elapsed())
+    };
+    let (through_passive, passive_took) = play(c2);
+    let (from_active, active_took) = play(c1);
+    println!(
+        "{} bytes of requests: through the passive {passive_took:?}, to the active {active_took:?}",
+        burst.len()
+    );
+    assert_eq!(through_passive.len(), from_active.len());
+    for (n, (a, b)) in through_passive.lines().zip(from_active.lines()).enumerate() {
+        assert_eq!(a, b, "reply line {n}");
+    }
+}

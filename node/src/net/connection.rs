@@ -108,6 +108,8 @@ pub async fn serve(stream: TcpStream, executor: Rc<Executor>, id: u64) {
         id,
         cuts: Vec::new(),
         upstream: None,
+        upstreams_opened: 0,
+        ahead: std::collections::VecDeque::new(),
     };
     if let Err(reason) = connection.run().await {
         tracing::debug!(connection = id, %reason, "connection closed");
@@ -129,6 +131,11 @@ struct Connection {
     cuts: Vec<u64>,
     /// On a passive: the connection to the active its data requests are forwarded to.
     upstream: Option<forward::Upstream>,
+    /// Upstreams opened so far (each is numbered).
+    upstreams_opened: u64,
+    /// Requests of the current burst already sent to the active, oldest first (see
+    /// `forward`).
+    ahead: std::collections::VecDeque<forward::SentAhead>,
 }
 
 impl Connection {
@@ -188,7 +195,7 @@ impl Connection {
                                 // client's: the refused set answers for itself below.
                                 let mut unheard = Replies::default();
                                 matches!(
-                                    self.forward(&delete, &raw, &mut unheard).await,
+                                    self.forward(&delete, &raw, None, &mut unheard).await,
                                     forward::Forwarded::ServeHere
                                 )
                             }
@@ -231,13 +238,19 @@ impl Connection {
                                 self.executor.shards.prefetch_table(after);
                             }
                         }
-                        let forwarded =
-                            if command.forwardable() && !self.executor.shared.group.serving() {
-                                let raw = &buf[command_start..start];
-                                self.forward(&command, raw, &mut replies).await
-                            } else {
-                                forward::Forwarded::ServeHere
-                            };
+                        // A request sent ahead to the active is answered from there, even if this
+                        // server has become the active since.
+                        let forwarded = if (command.forwardable()
+                            && !self.executor.shared.group.serving())
+                            || self.sent_ahead(command_start)
+                        {
+                            let raw = &buf[command_start..start];
+                            let following = (command_start, &buf[start..filled]);
+                            self.forward(&command, raw, Some(following), &mut replies)
+                                .await
+                        } else {
+                            forward::Forwarded::ServeHere
+                        };
                         if let forward::Forwarded::ServeHere = forwarded {
                             let raw = &buf[command_start..start];
                             self.execute(command, raw, &mut replies).await;
@@ -255,6 +268,17 @@ impl Connection {
             }
             if !replies.is_empty() {
                 self.flush(&mut replies).await?;
+            }
+            // Requests sent ahead are complete requests of this burst: each has had its turn.
+            // (Were one left, its offset would name another request after the buffer moves.)
+            if !self.ahead.is_empty() {
+                debug_assert!(
+                    false,
+                    "{} requests sent ahead were not answered",
+                    self.ahead.len()
+                );
+                self.ahead.clear();
+                self.upstream = None;
             }
 
             // Make room for the next read.

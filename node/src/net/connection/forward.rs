@@ -1,7 +1,12 @@
 //! A passive forwards data requests to its group's active (Terracotta's clients wait rather
 //! than fail; seed 000). One upstream connection per client connection, opened when first
-//! needed, one request at a time, in order with the connection's other replies.
+//! needed; replies in order with the connection's other replies.
 //!
+//! - Pipelined requests go together: when a request is sent, the forwardable requests that
+//!   follow it in the client's burst are sent with it (up to [`AHEAD_REQUESTS_MAX`] and
+//!   [`AHEAD_BYTES_MAX`], small enough to sit in the socket's buffer whatever the active
+//!   answers meanwhile), and each reads its own reply when its turn comes. One round trip
+//!   for a burst, not one per request.
 //! - A request is sent as the client wrote it, except that `noreply` is dropped: the active
 //!   always answers, so that its replies can be framed, and the answer is discarded here for
 //!   a client that asked for none.
@@ -14,13 +19,14 @@
 //!   next active, within the same bounds, and is sent again when that is safe: it was never
 //!   sent (the connection could not be opened, or an idle one was found closed), or sending it
 //!   twice gives the same state and the same reply (reads, `set`, `replace`, `touch`, `gat`).
+//!   Requests sent ahead on a connection that failed count as sent.
 //!   Otherwise (`add`, `cas`, `append`, `prepend`, `incr`, `decr`, `delete`, and `flush_all`,
 //!   which would erase writes made since) its outcome cannot be known: the client gets a
 //!   `SERVER_ERROR` that says so. (A resent `set` lands after writes other clients made to the
 //!   same key during the failover, as if it had been sent last.)
 
 use super::{Connection, Replies};
-use crate::protocol::{Command, MetaKind, reply};
+use crate::protocol::{Command, MetaKind, Parsed, parse, reply};
 use futures_lite::{AsyncReadExt as _, AsyncWriteExt as _};
 use glommio::net::TcpStream;
 use std::net::SocketAddr;
@@ -38,6 +44,12 @@ const FORWARD_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 const HOLD_POLL: Duration = Duration::from_millis(20);
 /// Longest reply line accepted from the active.
 const REPLY_LINE_MAX_BYTES: usize = 64 << 10;
+/// Most requests sent ahead of their turn with one.
+pub const AHEAD_REQUESTS_MAX: usize = 64;
+/// Most bytes of requests sent ahead with one: they must fit in the socket's send buffer
+/// (16 KiB by default) even while the active, answering the first ones, waits for us to
+/// read, or both sides would wait on each other.
+pub const AHEAD_BYTES_MAX: usize = 12 << 10;
 
 /// The connection to the active that this client connection's requests go through.
 pub(super) struct Upstream {
@@ -45,6 +57,18 @@ pub(super) struct Upstream {
     stream: TcpStream,
     buf: Vec<u8>,
     start: usize,
+    /// Which of this client connection's upstreams it is (requests sent ahead name it).
+    serial: u64,
+}
+
+/// A request of the current burst sent to the active ahead of its turn.
+pub(super) struct SentAhead {
+    /// Where it starts in the connection's receive buffer.
+    at: usize,
+    /// The upstream it went on: if that one has failed since, its outcome is unknown.
+    serial: u64,
+    /// The active it was sent to.
+    active: (String, SocketAddr),
 }
 
 /// What to do with a request on a server that does not serve data.
@@ -56,11 +80,20 @@ pub(super) enum Forwarded {
 }
 
 impl Connection {
-    /// Forwards one data request (`raw`: its bytes as received) to the active.
+    /// Whether the request at `at` in the receive buffer was sent to the active ahead of
+    /// its turn: it must be answered by [`Connection::forward`], whatever happens since.
+    pub(super) fn sent_ahead(&self, at: usize) -> bool {
+        self.ahead.front().is_some_and(|a| a.at == at)
+    }
+
+    /// Forwards one data request (`raw`: its bytes as received, at `at` in the receive
+    /// buffer, `following` the rest of the burst after it; `None` for a request of the
+    /// server's own) to the active.
     pub(super) async fn forward(
         &mut self,
         command: &Command<'_>,
         raw: &[u8],
+        at: Option<(usize, &[u8])>,
         replies: &mut Replies,
     ) -> Forwarded {
         let group = std::sync::Arc::clone(&self.executor.shared.group);
@@ -82,6 +115,38 @@ impl Connection {
         };
         let values = matches!(command, Command::Get { .. } | Command::GetAndTouch { .. });
         let repeatable = repeatable(command);
+        let deliver = |answer: Vec<u8>, replies: &mut Replies| {
+            let silenced = quiet.is_some_and(|kind| quiet_drops(kind, &answer));
+            if !noreply && !silenced {
+                replies.out.extend_from_slice(&answer);
+            }
+        };
+        if let Some(ahead) = at
+            .filter(|(at, _)| self.sent_ahead(*at))
+            .and_then(|_| self.ahead.pop_front())
+        {
+            let failure = match self.answer_ahead(&ahead, values).await {
+                Ok(answer) => {
+                    deliver(answer, replies);
+                    return Forwarded::Done;
+                }
+                Err(failure) => failure,
+            };
+            self.upstream = None;
+            if !repeatable {
+                let (name, addr) = &ahead.active;
+                let message = format!(
+                    "forwarding to the active {name} ({addr}) failed: {}; the request's \
+                     outcome is unknown",
+                    failure.error
+                );
+                reply::server_error(&mut replies.out, &message);
+                return Forwarded::Done;
+            }
+            // Safe to send again: on to the active there is now.
+        }
+        // Requests of the burst to send with this one, when it goes out.
+        let following = at.map(|(at, following)| (at + raw.len(), following));
         loop {
             let (name, addr) = loop {
                 if group.serving() {
@@ -96,12 +161,12 @@ impl Connection {
                 }
                 glommio::timer::sleep(HOLD_POLL).await;
             };
-            let failure = match self.exchange((&name, addr), &request, values).await {
+            let failure = match self
+                .exchange((&name, addr), &request, values, following)
+                .await
+            {
                 Ok(answer) => {
-                    let silenced = quiet.is_some_and(|kind| quiet_drops(kind, &answer));
-                    if !noreply && !silenced {
-                        replies.out.extend_from_slice(&answer);
-                    }
+                    deliver(answer, replies);
                     return Forwarded::Done;
                 }
                 Err(failure) => failure,
@@ -130,12 +195,63 @@ impl Connection {
         }
     }
 
-    /// Sends `request` to the active at `addr` and reads its whole reply.
+    /// Reads the reply of a request sent ahead (see [`SentAhead`]).
+    async fn answer_ahead(&mut self, ahead: &SentAhead, values: bool) -> Result<Vec<u8>, Failure> {
+        let lost = Failure {
+            error: std::io::Error::other("the connection it was sent on failed"),
+            sent: true,
+        };
+        let Some(upstream) = self.upstream.as_mut().filter(|u| u.serial == ahead.serial) else {
+            return Err(lost);
+        };
+        let group = std::sync::Arc::clone(&self.executor.shared.group);
+        let became_active = became_active(&group, &ahead.active.0);
+        futures_lite::future::or(upstream.answer(values), became_active)
+            .await
+            .map_err(|error| Failure { error, sent: true })
+    }
+
+    /// The forwardable requests at the start of `following` (at `at` in the receive
+    /// buffer), as they are sent to the active, within the bounds for sending ahead; each
+    /// noted as sent ahead on upstream `serial` to `active`.
+    fn take_ahead(
+        &mut self,
+        (mut at, mut following): (usize, &[u8]),
+        serial: u64,
+        active: (&str, SocketAddr),
+    ) -> Vec<u8> {
+        let mut batch = Vec::new();
+        while self.ahead.len() < AHEAD_REQUESTS_MAX {
+            let Parsed::Request { command, len } = parse(following, &self.executor.limits) else {
+                break;
+            };
+            if !command.forwardable() || batch.len() + len > AHEAD_BYTES_MAX {
+                break;
+            }
+            let raw = &following[..len];
+            match &command {
+                Command::Meta(meta) if meta.quiet => batch.extend(without_quiet(raw)),
+                _ => batch.extend(without_noreply(raw, command.noreply())),
+            }
+            self.ahead.push_back(SentAhead {
+                at,
+                serial,
+                active: (active.0.to_string(), active.1),
+            });
+            at += len;
+            following = &following[len..];
+        }
+        batch
+    }
+
+    /// Sends `request` to the active at `addr`, with the requests of `following` that may go
+    /// ahead with it (see [`Connection::take_ahead`]), and reads its whole reply.
     async fn exchange(
         &mut self,
         (name, addr): (&str, SocketAddr),
         request: &[u8],
         values: bool,
+        following: Option<(usize, &[u8])>,
     ) -> Result<Vec<u8>, Failure> {
         let not_sent = |error| Failure { error, sent: false };
         if self
@@ -154,13 +270,24 @@ impl Connection {
                 .and_then(|()| stream.set_read_timeout(Some(FORWARD_REPLY_TIMEOUT)))
                 .and_then(|()| stream.set_write_timeout(Some(FORWARD_REPLY_TIMEOUT)));
             ready.map_err(|e| not_sent(e.into()))?;
+            self.upstreams_opened += 1;
             self.upstream = Some(Upstream {
                 addr,
                 stream,
                 buf: Vec::new(),
                 start: 0,
+                serial: self.upstreams_opened,
             });
         }
+        let serial = self.upstreams_opened;
+        // Sent ahead only when none are waiting: those that are are the requests that follow
+        // (sent on a connection since failed, they are answered for in their turn).
+        let ahead = match following {
+            Some(following) if self.ahead.is_empty() => {
+                self.take_ahead(following, serial, (name, addr))
+            }
+            _ => Vec::new(),
+        };
         let Some(upstream) = self.upstream.as_mut() else {
             unreachable!("opened above");
         };
@@ -170,17 +297,23 @@ impl Connection {
         // (A planned failover is different: the old active, still joined, answers or
         // forwards the request here.)
         let group = std::sync::Arc::clone(&self.executor.shared.group);
-        let name = name.to_string();
-        let became_active = async {
-            while !group.serving() || group.is_joined(&name) {
-                glommio::timer::sleep(HOLD_POLL).await;
-            }
-            Err(std::io::Error::other("this server became the active"))
-        };
-        futures_lite::future::or(upstream.exchange(request, values), became_active)
+        let became_active = became_active(&group, name);
+        futures_lite::future::or(upstream.exchange(request, &ahead, values), became_active)
             .await
             .map_err(|error| Failure { error, sent: true })
     }
+}
+
+/// Fails once this server has become the active while `active` is no longer in the group
+/// (see `exchange`).
+async fn became_active(
+    group: &crate::cluster::group::Group,
+    active: &str,
+) -> std::io::Result<Vec<u8>> {
+    while !group.serving() || group.is_joined(active) {
+        glommio::timer::sleep(HOLD_POLL).await;
+    }
+    Err(std::io::Error::other("this server became the active"))
 }
 
 /// Why a forwarded request failed.
@@ -231,10 +364,28 @@ impl Upstream {
         }
     }
 
-    /// Sends one request and reads its whole reply.
-    async fn exchange(&mut self, request: &[u8], values: bool) -> std::io::Result<Vec<u8>> {
+    /// Sends a request, and `ahead` after it in the same write, and reads the request's
+    /// whole reply.
+    async fn exchange(
+        &mut self,
+        request: &[u8],
+        ahead: &[u8],
+        values: bool,
+    ) -> std::io::Result<Vec<u8>> {
+        if ahead.is_empty() {
+            self.stream.write_all(request).await?;
+        } else {
+            let mut both = Vec::with_capacity(request.len() + ahead.len());
+            both.extend_from_slice(request);
+            both.extend_from_slice(ahead);
+            self.stream.write_all(&both).await?;
+        }
+        self.answer(values).await
+    }
+
+    /// Reads the next reply, whole: for the get family (`values`) up to its `END`.
+    async fn answer(&mut self, values: bool) -> std::io::Result<Vec<u8>> {
         let upstream = self;
-        upstream.stream.write_all(request).await?;
         let mut answer = Vec::new();
         loop {
             let line = upstream.line().await?;
