@@ -255,12 +255,7 @@ fn a_passive_forwards_data_requests_to_the_active() {
 #[test]
 fn a_pipelined_burst_through_a_passive_answers_as_the_active() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let [g1, g2, c1, c2] = free_ports();
-    let config = pair_config(dir.path(), "pair.toml", (g1, g2, c1, c2), "");
-    let s1 = Server::start_at(&config, c1, &["-n", "s1", "--cores", "2"]);
-    wait_for(&s1, "s1:state", "ACTIVE-COORDINATOR");
-    let s2 = Server::start_at(&config, c2, &["-n", "s2", "--cores", "2"]);
-    wait_for(&s2, "s2:state", "PASSIVE-STANDBY");
+    let (_s1, _s2, (c1, c2)) = common::start_pair(dir.path(), "2");
 
     let mut burst = String::new();
     for i in 0..600 {

@@ -251,12 +251,7 @@ fn pipelined_increments_through_the_passive_are_never_applied_twice_across_a_fai
 
 fn pipelined_increments_across_a_failover(round: u64) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let [g1, g2, c1, c2] = free_ports();
-    let config = pair_config(dir.path(), "pair.toml", (g1, g2, c1, c2), "");
-    let mut s1 = Server::start_at(&config, c1, &["-n", "s1", "--cores", "1"]);
-    wait_for(&s1, "s1:state", "ACTIVE-COORDINATOR");
-    let s2 = Server::start_at(&config, c2, &["-n", "s2", "--cores", "1"]);
-    wait_for(&s2, "s2:state", "PASSIVE-STANDBY");
+    let (mut s1, s2, (_, c2)) = common::start_pair(dir.path(), "1");
     assert_eq!(s2.connect().set("ctr", "0"), "STORED\r\n");
 
     let stop = Arc::new(AtomicBool::new(false));

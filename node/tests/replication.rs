@@ -117,12 +117,7 @@ fn a_passive_reclaims_what_overwrites_and_deletes_left_behind_and_takes_over_who
     let deleted_in = |round: u64| (round % 10) * 100..(round % 10) * 100 + 100;
     let value = |round: u64, key: u64| format!("{round}-{key}-{}", "x".repeat(990));
     let dir = tempfile::tempdir().expect("temp dir");
-    let [g1, g2, c1, c2] = free_ports();
-    let config = pair_config(dir.path(), "pair.toml", (g1, g2, c1, c2), "");
-    let mut s1 = Server::start_at(&config, c1, &["-n", "s1", "--cores", "1"]);
-    wait_for(&s1, "s1:state", "ACTIVE-COORDINATOR");
-    let s2 = Server::start_at(&config, c2, &["-n", "s2", "--cores", "1"]);
-    wait_for(&s2, "s2:state", "PASSIVE-STANDBY");
+    let (mut s1, s2, (c1, c2)) = common::start_pair(dir.path(), "1");
 
     let mut c = Client::connect(c1);
     for round in 0..rounds {

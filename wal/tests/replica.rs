@@ -102,27 +102,14 @@ fn a_replica_that_reclaims_writes_nothing_and_equals_its_source() {
 #[test]
 fn a_reclaiming_replica_of_overwrites_stays_bounded() {
     run(|| async {
-        let clock = ManualClock::new(START);
-        let (source, (replica, replica_disk)) = pair(&clock, CompactionMode::ReclaimOnly).await;
-        let mut reclaimed = 0;
-        let mut most_segments = 0;
-        for round in 0..40u32 {
-            overwrite(&mut source.borrow_mut(), round);
-            compact_once(&source).await.expect("compaction");
-            catch_up(&source.borrow(), &mut replica.borrow_mut());
-            reclaimed += reclaim(&replica).await;
-            most_segments = most_segments.max(replica.borrow().log().segments().count());
-        }
+        let (reclaimed, _, most_replica) = overwrite_rounds(40, 0).await;
         // 40 rounds of 20 x ~450 bytes is ~22 segments of 16 KiB written; 20 live items
         // fit in one.
         assert!(reclaimed >= 10, "reclaimed {reclaimed}");
         assert!(
-            most_segments <= 8,
-            "the replica held {most_segments} segments"
+            most_replica <= 8,
+            "the replica held {most_replica} segments"
         );
-        let expected = items(&source.borrow());
-        assert_eq!(expected.len(), 20);
-        holds_and_recovers(replica, &replica_disk, &clock, &expected, "overwrites").await;
     });
 }
 
@@ -133,32 +120,42 @@ fn a_reclaiming_replica_of_overwrites_stays_bounded() {
 #[test]
 fn a_reclaiming_replica_of_overwrites_and_deletes_stays_bounded() {
     run(|| async {
-        let clock = ManualClock::new(START);
-        let (source, (replica, replica_disk)) = pair(&clock, CompactionMode::ReclaimOnly).await;
-        let mut reclaimed = 0;
-        let (mut most_source, mut most_replica) = (0, 0);
-        for round in 0..60u32 {
-            overwrite(&mut source.borrow_mut(), round);
-            for key in 0..5 {
-                let key = format!("k{}", (round * 5 + key) % 20);
-                source.borrow_mut().delete(key.as_bytes()).expect("delete");
-            }
-            while compact_once(&source).await.expect("compaction") {}
-            catch_up(&source.borrow(), &mut replica.borrow_mut());
-            reclaimed += reclaim(&replica).await;
-            most_source = most_source.max(source.borrow().log().segments().count());
-            most_replica = most_replica.max(replica.borrow().log().segments().count());
-        }
+        let (reclaimed, most_source, most_replica) = overwrite_rounds(60, 5).await;
         // 60 rounds of ~9 KB is ~33 segments of 16 KiB written.
         assert!(reclaimed >= 20, "reclaimed {reclaimed}");
         assert!(
             most_replica <= most_source + 3,
             "the replica held {most_replica} segments, its source at most {most_source}"
         );
-        let expected = items(&source.borrow());
-        assert_eq!(expected.len(), 15);
-        holds_and_recovers(replica, &replica_disk, &clock, &expected, "deletes").await;
     });
+}
+
+/// `rounds` of [`overwrite`], each followed by deletes of `deletes` of its keys, the source
+/// compacting and a reclaiming replica following; checks that the replica then holds and
+/// recovers the source's items. Returns the segments the replica reclaimed and the most
+/// segments the source and the replica held.
+async fn overwrite_rounds(rounds: u32, deletes: u32) -> (u64, usize, usize) {
+    let clock = ManualClock::new(START);
+    let (source, (replica, replica_disk)) = pair(&clock, CompactionMode::ReclaimOnly).await;
+    let mut reclaimed = 0;
+    let (mut most_source, mut most_replica) = (0, 0);
+    for round in 0..rounds {
+        overwrite(&mut source.borrow_mut(), round);
+        for key in 0..deletes {
+            let key = format!("k{}", (round * deletes + key) % 20);
+            source.borrow_mut().delete(key.as_bytes()).expect("delete");
+        }
+        while compact_once(&source).await.expect("compaction") {}
+        catch_up(&source.borrow(), &mut replica.borrow_mut());
+        reclaimed += reclaim(&replica).await;
+        most_source = most_source.max(source.borrow().log().segments().count());
+        most_replica = most_replica.max(replica.borrow().log().segments().count());
+    }
+    let expected = items(&source.borrow());
+    assert_eq!(expected.len(), 20 - deletes as usize);
+    let context = format!("{rounds} rounds, {deletes} deletes each");
+    holds_and_recovers(replica, &replica_disk, &clock, &expected, &context).await;
+    (reclaimed, most_source, most_replica)
 }
 
 /// A passive keeps a tombstone while a segment that may hold an older record of its key is

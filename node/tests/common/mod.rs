@@ -534,6 +534,19 @@ pub fn stat(server: &Server, name: &str) -> Option<String> {
         .map(|(_, v)| v)
 }
 
+/// A pair of `pair_config` in `dir`, each server on `cores` cores: s1 the active, s2 its
+/// PASSIVE-STANDBY; and their client ports.
+#[allow(dead_code, reason = "not every test binary starts a pair")]
+pub fn start_pair(dir: &Path, cores: &str) -> (Server, Server, (u16, u16)) {
+    let [g1, g2, c1, c2] = free_ports();
+    let config = pair_config(dir, "pair.toml", (g1, g2, c1, c2), "");
+    let s1 = Server::start_at(&config, c1, &["-n", "s1", "--cores", cores]);
+    wait_for(&s1, "s1:state", "ACTIVE-COORDINATOR");
+    let s2 = Server::start_at(&config, c2, &["-n", "s2", "--cores", cores]);
+    wait_for(&s2, "s2:state", "PASSIVE-STANDBY");
+    (s1, s2, (c1, c2))
+}
+
 /// Waits (at most 30 s) until `server`'s `stats cluster` says `name` is `value`.
 pub fn wait_for(server: &Server, name: &str, value: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
