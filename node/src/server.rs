@@ -6,6 +6,7 @@
 //! still route requests to this one's shards, so it keeps serving those until then), each
 //! syncs its shards and exits. The process exits 0.
 
+use crate::cluster::group::ShardSync;
 use crate::config::{Persistence, Settings};
 use crate::constants::{EXECUTOR_IO_MEMORY_BYTES, MESH_CHANNEL_CAPACITY, SHUTDOWN_POLL_MILLIS};
 use crate::data_dir::DataDir;
@@ -474,8 +475,10 @@ fn store_config(settings: &Settings, shards: u32) -> StoreConfig {
 const LSN_PUBLISH_MILLIS: u64 = 50;
 
 /// Publishes the shards' last LSNs, and sets what compaction may do: compact while this
-/// server is the active, only reclaim unneeded segments while it is not (a passive's log
-/// holds its active's records and none of its own).
+/// server is the active, only reclaim unneeded segments while it is a passive in sync with
+/// it (a passive's log holds its active's records and none of its own; one that is behind
+/// could drop an item that expired by its clock while the active's touch of it is still to
+/// come), nothing otherwise.
 fn publish_lsns(shards: &LocalShards, shared: &Shared) {
     let serving = shared.group.serving();
     for (shard, store) in shards.owned() {
@@ -488,8 +491,10 @@ fn publish_lsns(shards: &LocalShards, shared: &Shared) {
         shared.group.publish_lsn(shard, last);
         let mode = if serving {
             CompactionMode::Compact
-        } else {
+        } else if shared.group.shard_sync(shard) == ShardSync::InSync {
             CompactionMode::ReclaimOnly
+        } else {
+            CompactionMode::Paused
         };
         if store.compaction_mode() != mode {
             store.set_compaction_mode(mode);

@@ -79,6 +79,11 @@ pub const CAPACITY_DEFAULT_BYTES: u64 = u64::MAX;
 pub const COMPACTION_LIVE_PERCENT_DEFAULT: u8 = 50;
 /// Compaction processes at most this many bytes of a victim between yields to client work.
 pub const COMPACTION_BATCH_BYTES: usize = 256 << 10;
+/// A passive takes an item for expired, when it reclaims, only this long after its expiry:
+/// a touch the active made before the expiry may still be on its way (replication lag, the
+/// two clocks' skew), and once the item is dropped a late touch finds nothing to extend. A
+/// passive reclaims at all only while in sync with its active (the node's choice).
+pub const RECLAIM_EXPIRY_GRACE_SECS: u32 = 60;
 /// Compaction sleeps at least this long after each batch, so that the executor polls for I/O
 /// in between (see `compact_once`).
 pub const COMPACTION_BATCH_PAUSE: std::time::Duration = std::time::Duration::from_micros(50);

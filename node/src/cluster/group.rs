@@ -265,6 +265,15 @@ impl Group {
     }
 
     /// Passive: where a shard stands.
+    pub fn shard_sync(&self, shard: u32) -> ShardSync {
+        self.shard_sync
+            .get(shard as usize)
+            .map_or(ShardSync::Idle, |slot| {
+                ShardSync::from_u8(slot.load(Ordering::SeqCst))
+            })
+    }
+
+    /// Passive: sets where a shard stands.
     pub fn set_shard_sync(&self, shard: u32, sync: ShardSync) {
         if let Some(slot) = self.shard_sync.get(shard as usize) {
             slot.store(sync as u8, Ordering::SeqCst);

@@ -35,7 +35,7 @@
 use super::{Previous, Store, StoreError, index::put_of};
 use crate::constants::{
     COMPACTION_BATCH_BYTES, COMPACTION_BATCH_PAUSE, COMPACTION_BYTES_PER_SEC_DEFAULT,
-    COMPACTION_LIVE_PERCENT_DEFAULT, SEGMENT_HEADER_LEN_BYTES,
+    COMPACTION_LIVE_PERCENT_DEFAULT, RECLAIM_EXPIRY_GRACE_SECS, SEGMENT_HEADER_LEN_BYTES,
 };
 use crate::cooperate;
 use crate::error::WalError;
@@ -120,8 +120,9 @@ pub(super) enum KeptWhile {
     /// The flush with this boundary is the one in effect, and another segment holds records
     /// from before it.
     FlushInEffect(u64),
-    /// This segment is left: the put of an item whose expiry a touch set.
-    SegmentLeft(u32),
+    /// The item of this key hash whose put is at this (segment, offset) still has its
+    /// expiry from a touch in the refused segment.
+    Touch(u64, u32, usize),
     /// The compaction mode stays: a live item (the live-byte count was wrong, or the clock
     /// went back).
     ModeStays,
@@ -192,7 +193,7 @@ impl<S: Storage> Store<S> {
     /// count was zero.
     pub fn reclaim_victim(&self) -> Option<(SegmentId, bool)> {
         let durable = self.log.commit().durable_lsn();
-        let now = self.clock.now_secs();
+        let now = self.reclaim_now();
         self.log
             .segments()
             .find(|s| {
@@ -204,6 +205,13 @@ impl<S: Storage> Store<S> {
                     && (self.effective_live_bytes(s, now) == 0 || s.live_bytes() == s.held_bytes())
             })
             .map(|s| (s.id(), s.live_bytes() == 0))
+    }
+
+    /// The time a passive's reclaim judges expiry by: [`RECLAIM_EXPIRY_GRACE_SECS`] ago.
+    fn reclaim_now(&self) -> u32 {
+        self.clock
+            .now_secs()
+            .saturating_sub(RECLAIM_EXPIRY_GRACE_SECS)
     }
 
     /// Whether the reclaim refused `segment` for a reason that still holds.
@@ -218,7 +226,11 @@ impl<S: Storage> Store<S> {
                 self.state.flush.pending.is_some_and(|p| p.lsn == *lsn)
             }
             Some(KeptWhile::FlushInEffect(boundary)) => self.flush_in_effect(segment, *boundary),
-            Some(KeptWhile::SegmentLeft(id)) => self.log.segment(u64::from(*id)).is_some(),
+            Some(KeptWhile::Touch(hash, put_segment, put_offset)) => self
+                .state
+                .index
+                .get_at(*hash, *put_segment, *put_offset)
+                .is_some_and(|entry| u64::from(entry.touch_segment) == segment),
         }
     }
 
@@ -241,7 +253,7 @@ impl<S: Storage> Store<S> {
             return Ok(None);
         };
         assert!(segment.is_sealed(), "reclaiming the tail segment {victim}");
-        let now = self.clock.now_secs();
+        let now = self.reclaim_now();
         let end = segment.written_bytes();
         let mut offset = from_offset.max(SEGMENT_HEADER_LEN_BYTES);
         let mut checked = 0;
@@ -272,13 +284,17 @@ impl<S: Storage> Store<S> {
                 Body::Touch(touch) => {
                     let key = touch.key.as_ref();
                     let hash = self.state.index.hash(key);
-                    // Needed while its item's put is: without it, recovery would give the put
-                    // its own expiry back (a later one, or none).
+                    // Needed while it holds its item's expiry, and its item's put is not here
+                    // (a put here is dead, or the walk would have stopped at it: it goes with
+                    // the segment). Without it, recovery would give the put its own expiry
+                    // back (a later one, or none).
                     self.state
                         .index
                         .get(&self.log, hash, key)
-                        .filter(|entry| entry.touch_segment == segment.id32())
-                        .map(|entry| KeptWhile::SegmentLeft(entry.segment))
+                        .filter(|e| {
+                            e.touch_segment == segment.id32() && e.segment != segment.id32()
+                        })
+                        .map(|e| KeptWhile::Touch(hash, e.segment, e.offset()))
                 }
                 Body::Delete(delete) => {
                     let hash = self.state.index.hash(delete.key.as_ref());
@@ -568,7 +584,7 @@ impl<S: Storage> Store<S> {
         let Some(segment) = self.log.segment(victim).map(Rc::clone) else {
             return false;
         };
-        let now = self.clock.now_secs();
+        let now = self.reclaim_now();
         // (hash, key) of every dead item the index still points at.
         let mut drop = Vec::with_capacity(walk.dead.len());
         for &offset in &walk.dead {
