@@ -10,8 +10,12 @@
 //! - A request is sent as the client wrote it, except that `noreply` is dropped: the active
 //!   always answers, so that its replies can be framed, and the answer is discarded here for
 //!   a client that asked for none.
-//! - A reply is framed by what was asked: the get family reads `VALUE` blocks (skipping their
-//!   data by length) and error parts up to `END`; everything else is one line.
+//! - A reply is framed by what was asked: a get family request is sent followed by `mn`,
+//!   and its reply is everything before the `MN` (`VALUE` blocks, their data skipped by
+//!   length, error parts and `END`; or a lone error line from a server that could not
+//!   forward it, such as the active of a moment ago during a planned failover: without the
+//!   fence that line could not be told from the start of a longer reply); `VA` is followed
+//!   by its data; everything else is one line.
 //! - With no active known (an election under way), a request waits, at most
 //!   `client_reconnect_window` and [`FORWARD_HOLD_MAX`]; if this server becomes the active
 //!   meanwhile, it serves the request itself.
@@ -109,11 +113,8 @@ impl Connection {
             Command::Meta(meta) if meta.quiet => Some(meta.kind),
             _ => None,
         };
-        let request = match quiet {
-            Some(_) => without_quiet(raw),
-            None => without_noreply(raw, noreply),
-        };
-        let values = matches!(command, Command::Get { .. } | Command::GetAndTouch { .. });
+        let request = as_sent(command, raw);
+        let values = fenced(command);
         let repeatable = repeatable(command);
         let deliver = |answer: Vec<u8>, replies: &mut Replies| {
             let silenced = quiet.is_some_and(|kind| quiet_drops(kind, &answer));
@@ -228,11 +229,7 @@ impl Connection {
             if !command.forwardable() || batch.len() + len > AHEAD_BYTES_MAX {
                 break;
             }
-            let raw = &following[..len];
-            match &command {
-                Command::Meta(meta) if meta.quiet => batch.extend(without_quiet(raw)),
-                _ => batch.extend(without_noreply(raw, command.noreply())),
-            }
+            batch.extend(as_sent(&command, &following[..len]));
             self.ahead.push_back(SentAhead {
                 at,
                 serial,
@@ -383,12 +380,16 @@ impl Upstream {
         self.answer(values).await
     }
 
-    /// Reads the next reply, whole: for the get family (`values`) up to its `END`.
-    async fn answer(&mut self, values: bool) -> std::io::Result<Vec<u8>> {
+    /// Reads the next reply, whole: for the get family (`fenced`) up to the `MN` after it,
+    /// which is left out.
+    async fn answer(&mut self, fenced: bool) -> std::io::Result<Vec<u8>> {
         let upstream = self;
         let mut answer = Vec::new();
         loop {
             let line = upstream.line().await?;
+            if fenced && line == b"MN\r\n" {
+                break;
+            }
             answer.extend_from_slice(&line);
             if let Some(rest) = line.strip_prefix(b"VA ") {
                 // A meta reply with a value: `VA <bytes> <flags>*`, the data and \r\n.
@@ -401,13 +402,12 @@ impl Upstream {
                 answer.extend_from_slice(&data);
                 break;
             }
-            if !values || line.starts_with(b"END") {
+            if !fenced {
                 break;
             }
-            // An error inside a multi-key reply (a `gat` refused for one key) is one of its
-            // parts: `END` still follows. (Requests reach here parsed and valid, so the active
-            // never answers a get family request with a lone error line.)
-            if is_error(&line) {
+            // `END`, an error part of a multi-key reply (a `gat` refused for one key), or a
+            // lone error: the fence says where the reply ends.
+            if line.starts_with(b"END") || is_error(&line) {
                 continue;
             }
             // `VALUE <key> <flags> <bytes> [<cas>]`, then the data and \r\n.
@@ -475,6 +475,25 @@ fn is_error(line: &[u8]) -> bool {
     line.starts_with(b"ERROR")
         || line.starts_with(b"CLIENT_ERROR")
         || line.starts_with(b"SERVER_ERROR")
+}
+
+/// Whether a request's reply is read up to a fence (see the module's notes): the get family.
+fn fenced(command: &Command<'_>) -> bool {
+    matches!(command, Command::Get { .. } | Command::GetAndTouch { .. })
+}
+
+/// A request (`raw`: its bytes as received) as it is sent to the active: without `noreply`
+/// or a meta `q` (the active always answers, so that its replies can be framed), and
+/// followed by `mn` when its reply is [`fenced`].
+fn as_sent(command: &Command<'_>, raw: &[u8]) -> Vec<u8> {
+    let mut request = match command {
+        Command::Meta(meta) if meta.quiet => without_quiet(raw),
+        _ => without_noreply(raw, command.noreply()),
+    };
+    if fenced(command) {
+        request.extend_from_slice(b"mn\r\n");
+    }
+    request
 }
 
 /// The request with its command line's trailing `noreply` token removed (when it has one).
@@ -553,6 +572,76 @@ mod tests {
             b"delete k\r\n"
         );
         assert_eq!(without_noreply(b"get k\r\n", false), b"get k\r\n");
+    }
+
+    /// A get answered by a lone error line (a server that could not forward it) ends at
+    /// its fence: the reply of the request sent after it is that request's own. (Found by
+    /// review: without the fence, the get's reply took in the next one's.)
+    #[test]
+    fn a_lone_error_for_a_get_ends_at_its_fence() {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let active = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut asked = Vec::new();
+            let mut chunk = [0u8; 256];
+            while !asked.ends_with(b"get c\r\nmn\r\n") {
+                let n = s.read(&mut chunk).expect("read");
+                asked.extend_from_slice(&chunk[..n]);
+            }
+            s.write_all(
+                b"SERVER_ERROR not serving\r\nMN\r\nVALUE b 0 2\r\nMN\r\nEND\r\nMN\r\n\
+                  SERVER_ERROR out of memory storing object\r\nEND\r\nMN\r\n",
+            )
+            .expect("write");
+            asked
+        });
+        let answers = glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let stream = TcpStream::connect(addr).await.expect("connect");
+                let mut upstream = Upstream {
+                    addr,
+                    stream,
+                    buf: Vec::new(),
+                    start: 0,
+                    serial: 1,
+                };
+                let get = |key: &str| {
+                    let raw = format!("get {key}\r\n");
+                    let limits = crate::protocol::Limits {
+                        item_size_max_bytes: 1 << 20,
+                    };
+                    let Parsed::Request { command, .. } = parse(raw.as_bytes(), &limits) else {
+                        panic!("a get");
+                    };
+                    as_sent(&command, raw.as_bytes())
+                };
+                let mut ahead = get("b");
+                ahead.extend(get("c"));
+                let mut answers = vec![upstream.exchange(&get("a"), &ahead, true).await];
+                answers.push(upstream.answer(true).await);
+                answers.push(upstream.answer(true).await);
+                answers
+            })
+            .expect("executor")
+            .join()
+            .expect("join");
+        let asked = active.join().expect("active");
+        assert_eq!(asked, b"get a\r\nmn\r\nget b\r\nmn\r\nget c\r\nmn\r\n");
+        let answers: Vec<String> = answers
+            .into_iter()
+            .map(|a| String::from_utf8_lossy(&a.expect("answer")).into_owned())
+            .collect();
+        assert_eq!(
+            answers,
+            [
+                "SERVER_ERROR not serving\r\n",
+                // A value that holds "MN" is read by its length, not taken for the fence.
+                "VALUE b 0 2\r\nMN\r\nEND\r\n",
+                "SERVER_ERROR out of memory storing object\r\nEND\r\n",
+            ]
+        );
     }
 
     #[test]
