@@ -31,6 +31,9 @@ counters! {
     touch_hits, touch_misses,
     bytes_read, bytes_written,
     total_connections, rejected_connections,
+    // Terrace's own, printed with its other lines: requests a passive forwarded to its
+    // active and had answered, and how many of them went ahead of their turn.
+    terrace_forwarded, terrace_forwarded_ahead,
 }
 
 /// One executor's counters.
@@ -183,7 +186,9 @@ pub fn general(out: &mut Vec<u8>, shared: &crate::net::Shared, total: &Snapshot)
     stat(out, "rusage_system", usage.system_secs());
     stat(out, "max_connections", settings.max_connections);
     stat(out, "curr_connections", total.curr_connections);
-    for &counter in &Stat::ALL[Stat::total_connections as usize..] {
+    for &counter in
+        &Stat::ALL[Stat::total_connections as usize..=Stat::rejected_connections as usize]
+    {
         stat(out, counter.name(), total.get(counter));
     }
     stat(out, "connection_structures", total.curr_connections);
@@ -220,6 +225,9 @@ pub fn general(out: &mut Vec<u8>, shared: &crate::net::Shared, total: &Snapshot)
     stat(out, "terrace_items_reclaimed", total.items_reclaimed);
     stat(out, "terrace_tombstones_dropped", total.tombstones_dropped);
     stat(out, "terrace_tombstone_covers", total.tombstone_covers);
+    for counter in [Stat::terrace_forwarded, Stat::terrace_forwarded_ahead] {
+        stat(out, counter.name(), total.get(counter));
+    }
     stat(out, "terrace_major_faults", usage.major_faults);
     out.extend_from_slice(crate::protocol::reply::END);
 }

@@ -35,6 +35,7 @@ use futures_lite::{AsyncReadExt as _, AsyncWriteExt as _};
 use glommio::net::TcpStream;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd as _, BorrowedFd};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 use terrace_wal::store::SetMode;
 
@@ -116,7 +117,10 @@ impl Connection {
         let request = as_sent(command, raw);
         let values = fenced(command);
         let repeatable = repeatable(command);
+        let executor = Rc::clone(&self.executor);
+        let counters = &executor.shards.counters;
         let deliver = |answer: Vec<u8>, replies: &mut Replies| {
+            counters.bump(crate::stats::Stat::terrace_forwarded);
             let silenced = quiet.is_some_and(|kind| quiet_drops(kind, &answer));
             if !noreply && !silenced {
                 replies.out.extend_from_slice(&answer);
@@ -230,6 +234,10 @@ impl Connection {
                 break;
             }
             batch.extend(as_sent(&command, &following[..len]));
+            self.executor
+                .shards
+                .counters
+                .bump(crate::stats::Stat::terrace_forwarded_ahead);
             self.ahead.push_back(SentAhead {
                 at,
                 serial,
