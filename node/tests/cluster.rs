@@ -303,13 +303,7 @@ fn a_pipelined_burst_through_a_passive_answers_as_the_active() {
     // The passive counts what it forwarded, and what went ahead of its turn: 20 requests
     // every 15 steps (`version` is its own), and the flush_all; most of them ahead.
     let stats = common::Client::connect(c2).call_end("stats\r\n");
-    let stat = |name: &str| -> u64 {
-        stats
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("STAT {name} ")))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in {stats}"))
-    };
+    let stat = |name: &str| common::number_stat(&stats, name);
     let (forwarded, ahead) = (stat("terrace_forwarded"), stat("terrace_forwarded_ahead"));
     assert_eq!(forwarded, 600 / 15 * 20 + 1);
     assert!(

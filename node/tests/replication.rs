@@ -160,19 +160,8 @@ fn a_passive_reclaims_what_overwrites_and_deletes_left_behind_and_takes_over_who
 
     // The passive answers `stats` itself, with what it reclaimed.
     let stats = Client::connect(c2).call_end("stats\r\n");
-    let reclaimed: u64 = stats
-        .lines()
-        .find_map(|l| l.strip_prefix("STAT terrace_segments_reclaimed "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no terrace_segments_reclaimed in {stats}"));
-    assert!(reclaimed >= 4, "{stats}");
-    let stat = |name: &str| -> u64 {
-        stats
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("STAT {name} ")))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in {stats}"))
-    };
+    let stat = |name: &str| common::number_stat(&stats, name);
+    assert!(stat("terrace_segments_reclaimed") >= 4, "{stats}");
     // It dropped tombstones with the segments, and keeps the reach of those it holds.
     assert!(stat("terrace_tombstones_dropped") >= 100, "{stats}");
     assert!(stat("terrace_tombstone_covers") >= 100, "{stats}");

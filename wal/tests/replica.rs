@@ -183,25 +183,11 @@ fn a_reclaiming_replica_keeps_a_tombstone_while_an_older_record_of_its_key_is_le
         run(move || async move {
             let clock = ManualClock::new(START);
             let (source, (replica, replica_disk)) = pair(&clock, CompactionMode::ReclaimOnly).await;
-            let filler = vec![b'f'; 400];
-            // Sets `prefix0` .. `prefix{n - 1}`.
-            let set_n = |prefix: &str, n: usize| {
-                for i in 0..n {
-                    let key = format!("{prefix}{i}");
-                    source
-                        .borrow_mut()
-                        .set(SetMode::Set, key.as_bytes(), &filler, 0, 0)
-                        .expect("set");
-                }
-            };
+            let set_n = |prefix: &str, n: usize| set_n(&source, prefix, n);
             // A segment of items that stay: older than anything of the key, it must not keep
             // the key's tombstones (it does when the passive does not know how far back they
             // reach, e.g. had it not rebuilt their covers on restart).
-            let mut z_items = 0;
-            while source.borrow().log().tail().id() == 1 {
-                set_n(&format!("z{z_items}-"), 1);
-                z_items += 1;
-            }
+            let z_items = fill_segment(&source, "z", 0);
             // A segment with the key's value and an item that keeps the segment live.
             source
                 .borrow_mut()
@@ -211,12 +197,7 @@ fn a_reclaiming_replica_keeps_a_tombstone_while_an_older_record_of_its_key_is_le
                 .borrow_mut()
                 .set(SetMode::Set, b"keeper", b"1", 0, 0)
                 .expect("set");
-            let first = source.borrow().log().tail().id();
-            let mut a_items = 0;
-            while source.borrow().log().tail().id() == first {
-                set_n(&format!("a{a_items}-"), 1);
-                a_items += 1;
-            }
+            let a_items = fill_segment(&source, "a", 0);
             // The next one: the tombstone among items overwritten right after (60 of them
             // take about two segments).
             source.borrow_mut().delete(b"key").expect("delete");
@@ -224,7 +205,7 @@ fn a_reclaiming_replica_keeps_a_tombstone_while_an_older_record_of_its_key_is_le
                 set_n("b", 60);
             }
             // The `a` item that started the tombstone's segment, stored again further on.
-            set_n(&format!("a{}-", a_items - 1), 1);
+            set_filler(&source, &format!("a{}", a_items - 1), 0);
             if copied_forward {
                 // (The replica follows as it goes: the source's compaction removes segments.)
                 catch_up(&source.borrow(), &mut replica.borrow_mut());
@@ -238,7 +219,7 @@ fn a_reclaiming_replica_keeps_a_tombstone_while_an_older_record_of_its_key_is_le
             for _ in 0..2 {
                 set_n("b", 60);
             }
-            set_n(&format!("a{}-", a_items - 1), 1);
+            set_filler(&source, &format!("a{}", a_items - 1), 0);
             catch_up(&source.borrow(), &mut replica.borrow_mut());
             reclaim(&replica).await;
             let expected = items(&source.borrow());
@@ -253,10 +234,8 @@ fn a_reclaiming_replica_keeps_a_tombstone_while_an_older_record_of_its_key_is_le
                 .borrow_mut()
                 .set(SetMode::Set, b"keeper", b"2", 0, 0)
                 .expect("set");
-            for i in 0..a_items {
-                set_n(&format!("a{i}-"), 1);
-            }
-            set_n(&format!("z{}-", z_items - 1), 1);
+            set_n("a", a_items);
+            set_filler(&source, &format!("z{}", z_items - 1), 0);
             set_n("b", 60);
             catch_up(&source.borrow(), &mut replica.borrow_mut());
             let synced = sync_all(&source.borrow());
@@ -285,24 +264,10 @@ fn a_reclaiming_replica_keeps_a_delayed_flush_until_it_comes_into_effect() {
     run(|| async {
         let clock = ManualClock::new(START);
         let (source, (replica, replica_disk)) = pair(&clock, CompactionMode::ReclaimOnly).await;
-        let filler = vec![b'f'; 400];
-        let set_n = |prefix: &str, n: usize| {
-            for i in 0..n {
-                let key = format!("{prefix}{i}");
-                source
-                    .borrow_mut()
-                    .set(SetMode::Set, key.as_bytes(), &filler, 0, 0)
-                    .expect("set");
-            }
-        };
+        let set_n = |prefix: &str, n: usize| set_n(&source, prefix, n);
         set_n("old", 20);
         // The flush starts a segment (but for the item that started it, stored again below).
-        let first = source.borrow().log().tail().id();
-        let mut pads = 0;
-        while source.borrow().log().tail().id() == first {
-            set_n(&format!("pad{pads}-"), 1);
-            pads += 1;
-        }
+        let pads = fill_segment(&source, "pad", 0);
         let pending_lsn = source.borrow_mut().flush_all(100).expect("flush_all").lsn;
         // Whether the replica has a segment holding `lsn`.
         let holds = |replica: &Rc<RefCell<Store<SimStorage>>>, lsn: u64| {
@@ -314,7 +279,7 @@ fn a_reclaiming_replica_keeps_a_delayed_flush_until_it_comes_into_effect() {
         for _ in 0..3 {
             set_n("b", 60);
         }
-        set_n(&format!("pad{}-", pads - 1), 1);
+        set_filler(&source, &format!("pad{}", pads - 1), 0);
         catch_up(&source.borrow(), &mut replica.borrow_mut());
         let reclaimed = reclaim(&replica).await;
         assert!(reclaimed >= 1, "{reclaimed} reclaimed");
@@ -991,12 +956,7 @@ fn a_demoted_active_keeps_the_tombstones_it_wrote_while_older_records_remain() {
         a.borrow_mut().set_term(1);
         b.borrow_mut()
             .set_compaction_mode(CompactionMode::ReclaimOnly);
-        let filler = vec![b'f'; 400];
-        let set = |s: &Rc<RefCell<Store<SimStorage>>>, key: &str| {
-            s.borrow_mut()
-                .set(SetMode::Set, key.as_bytes(), &filler, 0, 0)
-                .expect("set");
-        };
+        let set = |s: &Rc<RefCell<Store<SimStorage>>>, key: &str| set_filler(s, key, 0);
         // Segment 1: the key's old value and an item that keeps the segment.
         a.borrow_mut()
             .set(SetMode::Set, b"key", b"OLD", 0, 0)
@@ -1004,11 +964,7 @@ fn a_demoted_active_keeps_the_tombstones_it_wrote_while_older_records_remain() {
         a.borrow_mut()
             .set(SetMode::Set, b"keeper", b"1", 0, 0)
             .expect("set");
-        let mut n = 0;
-        while a.borrow().log().tail().id() == 1 {
-            set(&a, &format!("a{n}"));
-            n += 1;
-        }
+        let n = fill_segment(&a, "a", 0);
         // Segment 2: A deletes the key (its own tombstone, no cover: covers are stopped).
         a.borrow_mut().delete(b"key").expect("delete");
         catch_up(&a.borrow(), &mut b.borrow_mut());
@@ -1333,15 +1289,7 @@ fn a_reclaiming_replica_drops_the_tombstones_of_a_key_deleted_again_and_again() 
             .borrow_mut()
             .set(SetMode::Set, b"hot", b"v0", 0, 0)
             .expect("set");
-        let mut i = 0;
-        while source.borrow().log().tail().id() == 1 {
-            let key = format!("forever{i}");
-            source
-                .borrow_mut()
-                .set(SetMode::Set, key.as_bytes(), &filler, 0, 0)
-                .expect("set");
-            i += 1;
-        }
+        fill_segment(&source, "forever", 0);
         for round in 0..200u32 {
             // The hot key stored and deleted; the rest overwritten.
             source
@@ -1383,7 +1331,6 @@ fn a_touch_beside_its_put_goes_with_it() {
     run(|| async {
         let clock = ManualClock::new(START);
         let (source, (replica, replica_disk)) = pair(&clock, CompactionMode::ReclaimOnly).await;
-        let filler = vec![b'f'; 400];
         // Segment 1: an item touched right after it was stored, and items, all expiring.
         source
             .borrow_mut()
@@ -1394,15 +1341,7 @@ fn a_touch_beside_its_put_goes_with_it() {
             .touch(b"touched", 20)
             .expect("touch")
             .expect("touched");
-        let mut i = 0;
-        while source.borrow().log().tail().id() == 1 {
-            let key = format!("a{i}");
-            source
-                .borrow_mut()
-                .set(SetMode::Set, key.as_bytes(), &filler, 0, 10)
-                .expect("set");
-            i += 1;
-        }
+        fill_segment(&source, "a", 10);
         // Everything in segment 1 expires; more segments follow.
         clock.advance(100);
         for round in 0..4 {
@@ -1437,21 +1376,12 @@ fn a_passive_does_not_drop_an_item_whose_touch_is_in_flight() {
     run(|| async {
         let clock = ManualClock::new(START);
         let (source, (replica, _replica_disk)) = pair(&clock, CompactionMode::ReclaimOnly).await;
-        let filler = vec![b'f'; 400];
         // Segment 1: items expiring in 10 s, the session among them.
         source
             .borrow_mut()
             .set(SetMode::Set, b"session", b"v", 0, 10)
             .expect("set");
-        let mut i = 0;
-        while source.borrow().log().tail().id() == 1 {
-            let key = format!("a{i}");
-            source
-                .borrow_mut()
-                .set(SetMode::Set, key.as_bytes(), &filler, 0, 10)
-                .expect("set");
-            i += 1;
-        }
+        fill_segment(&source, "a", 10);
         overwrite(&mut source.borrow_mut(), 0);
         catch_up(&source.borrow(), &mut replica.borrow_mut());
         let synced = sync_all(&replica.borrow());
@@ -1482,23 +1412,7 @@ fn a_segment_kept_for_a_touch_is_walked_again_once_its_key_is_stored_again() {
     run(|| async {
         let clock = ManualClock::new(START);
         let (source, (replica, _disk)) = pair(&clock, CompactionMode::ReclaimOnly).await;
-        let filler = vec![b'f'; 400];
-        let fill = |prefix: &str, exptime: i64| {
-            let first = source.borrow().log().tail().id();
-            let mut i = 0;
-            loop {
-                let key = format!("{prefix}{i}");
-                source
-                    .borrow_mut()
-                    .set(SetMode::Set, key.as_bytes(), &filler, 0, exptime)
-                    .expect("set");
-                if source.borrow().log().tail().id() != first {
-                    // (this one started the next segment)
-                    return key;
-                }
-                i += 1;
-            }
-        };
+        let fill = |prefix: &str, exptime: i64| fill_segment(&source, prefix, exptime);
         // Segment 1: the key, and an item that lives forever (with others that expire).
         source
             .borrow_mut()
@@ -1540,4 +1454,32 @@ fn a_segment_kept_for_a_touch_is_walked_again_once_its_key_is_stored_again() {
             "segment 2 (expired items, a superseded touch) still refused"
         );
     });
+}
+
+/// Sets `key` to a 400-byte value, with `exptime`.
+fn set_filler(store: &Rc<RefCell<Store<SimStorage>>>, key: &str, exptime: i64) {
+    let value = [b'f'; 400];
+    let stored = store
+        .borrow_mut()
+        .set(SetMode::Set, key.as_bytes(), &value, 0, exptime);
+    stored.expect("set");
+}
+
+/// Sets `{prefix}0` .. `{prefix}{n - 1}` to 400-byte values that never expire.
+fn set_n(store: &Rc<RefCell<Store<SimStorage>>>, prefix: &str, n: usize) {
+    for i in 0..n {
+        set_filler(store, &format!("{prefix}{i}"), 0);
+    }
+}
+
+/// Sets `{prefix}0`, `{prefix}1`, ... to 400-byte values with `exptime` until one starts a
+/// new segment; returns how many (the last of them is in the new segment).
+fn fill_segment(store: &Rc<RefCell<Store<SimStorage>>>, prefix: &str, exptime: i64) -> usize {
+    let first = store.borrow().log().tail().id();
+    let mut n = 0;
+    while store.borrow().log().tail().id() == first {
+        set_filler(store, &format!("{prefix}{n}"), exptime);
+        n += 1;
+    }
+    n
 }

@@ -534,6 +534,16 @@ pub fn stat(server: &Server, name: &str) -> Option<String> {
         .map(|(_, v)| v)
 }
 
+/// The number a `stats` reply gives for `name`.
+#[allow(dead_code, reason = "not every test binary reads stats")]
+pub fn number_stat(stats: &str, name: &str) -> u64 {
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("STAT {name} ")))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {stats}"))
+}
+
 /// A pair of `pair_config` in `dir`, each server on `cores` cores: s1 the active, s2 its
 /// PASSIVE-STANDBY; and their client ports.
 #[allow(dead_code, reason = "not every test binary starts a pair")]
