@@ -592,10 +592,13 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let active = std::thread::spawn(move || {
             let (mut s, _) = listener.accept().expect("accept");
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
             let mut asked = Vec::new();
             let mut chunk = [0u8; 256];
             while !asked.ends_with(b"get c\r\nmn\r\n") {
-                let n = s.read(&mut chunk).expect("read");
+                let n = s.read(&mut chunk).expect("read (timed out?)");
+                assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&asked));
                 asked.extend_from_slice(&chunk[..n]);
             }
             s.write_all(
