@@ -4,8 +4,13 @@
 //! at compile time at the bottom of this file. The byte layout is drawn in `wal/FORMAT.md`;
 //! a change here is a change of the on-disk format and needs a `FORMAT_VERSION` bump.
 
-/// Version of the on-disk format written into every segment header.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the on-disk format written into every new segment's header. Version 2 added
+/// the record flags byte (`RECORD_FLAGS_OFFSET`), reserved and zero in version 1.
+pub const FORMAT_VERSION: u32 = 2;
+/// Oldest format version this build reads. A version-1 segment holds no record flags; the log
+/// never appends to one (a recovered version-1 tail is sealed), so that a build that reads
+/// only version 1 refuses a log with flags in it instead of taking them for a torn tail.
+pub const FORMAT_VERSION_OLDEST_READ: u32 = 1;
 
 /// Magic bytes at the start of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"TRRCSEG\0";
@@ -62,8 +67,23 @@ pub const RECORD_LEN_OFFSET: usize = 4;
 pub const RECORD_LSN_OFFSET: usize = 8;
 /// `u8` record kind (see `format::RecordKind`).
 pub const RECORD_KIND_OFFSET: usize = 16;
-/// `[u8; 7]` reserved, zero.
-pub const RECORD_RESERVED_OFFSET: usize = 17;
+/// `u8` record flags (format version 2): `RECORD_FLAG_STALE` on a put,
+/// `RECORD_FLAG_ITEM_FOLLOWS` on a tombstone, nothing else.
+pub const RECORD_FLAGS_OFFSET: usize = 17;
+/// `[u8; 6]` reserved, zero.
+pub const RECORD_RESERVED_OFFSET: usize = 18;
+/// Record flag: the put's item is stale (memcached's meta invalidation: `md ... I`, or an
+/// `ms ... I` with an older CAS); `mg` shows it with `X`.
+pub const RECORD_FLAG_STALE: u8 = 1;
+/// Record flag: a tombstone that compaction copied while its key held an item, written
+/// together with a copy of that item as the next record (same segment, next LSN). Recovery
+/// takes the tombstone only with that item: alone (a power cut kept one and not the other)
+/// it would delete the item, so it is part of the torn tail.
+pub const RECORD_FLAG_ITEM_FOLLOWS: u8 = 2;
+/// Every record flag a put may carry.
+pub const RECORD_FLAGS_PUT: u8 = RECORD_FLAG_STALE;
+/// Every record flag a tombstone may carry. Touches and flushes carry none.
+pub const RECORD_FLAGS_DELETE: u8 = RECORD_FLAG_ITEM_FOLLOWS;
 /// `u64` LE the mirror group term in which the record was written (0: none, or written
 /// before terms were stamped). Covered by the CRC, so records written by different actives
 /// at the same LSN differ even when their contents are the same.
@@ -99,7 +119,10 @@ const _: () = assert!(RECORD_ALIGN_BYTES.is_power_of_two());
 const _: () = assert!(SEGMENT_HEADER_LEN_BYTES <= SECTOR_SIZE_BYTES);
 const _: () = assert!(SEGMENT_HEADER_CRC_OFFSET + 4 == SEGMENT_HEADER_LEN_BYTES);
 const _: () = assert!(SEGMENT_HEADER_RESERVED_OFFSET + 20 == SEGMENT_HEADER_CRC_OFFSET);
-const _: () = assert!(RECORD_RESERVED_OFFSET + 7 == RECORD_TERM_OFFSET);
+const _: () = assert!(RECORD_KIND_OFFSET + 1 == RECORD_FLAGS_OFFSET);
+const _: () = assert!(RECORD_FLAGS_OFFSET + 1 == RECORD_RESERVED_OFFSET);
+const _: () = assert!(RECORD_RESERVED_OFFSET + 6 == RECORD_TERM_OFFSET);
+const _: () = assert!(FORMAT_VERSION_OLDEST_READ <= FORMAT_VERSION);
 const _: () = assert!(RECORD_TERM_OFFSET + 8 == RECORD_HEADER_LEN_BYTES);
 const _: () = assert!(SEGMENT_SIZE_DEFAULT_BYTES.is_multiple_of(PAGE_SIZE_BYTES));
 const _: () = assert!(SEGMENT_SIZE_MIN_BYTES.is_multiple_of(PAGE_SIZE_BYTES));

@@ -10,7 +10,7 @@
 mod common;
 
 use common::recovery::live_items;
-use common::{open_sim, run, small_config};
+use common::{open_sim, run, small_config, sync_all};
 use rand::rngs::SmallRng;
 use rand::{Rng as _, SeedableRng as _};
 use std::cell::RefCell;
@@ -530,5 +530,52 @@ fn the_background_compactor_reclaims_while_a_writer_runs() {
         compactor.cancel().await;
         assert!(store.borrow().log().used_bytes() < 8 * SEGMENT as u64);
         store.borrow().check_invariants();
+    });
+}
+
+/// Compaction copies a stale item with its mark (and its CAS), and the copy is stale after a
+/// restart too.
+#[test]
+fn a_stale_item_stays_stale_when_compaction_copies_it() {
+    run(|| async {
+        let disk = SimDisk::new();
+        let clock = ManualClock::new(1_700_000_000);
+        let (store, _) = open_sim(&disk, config(), &clock).await;
+        let store: Shared = Rc::new(RefCell::new(store));
+        set(&store, b"stale", b"value", 0).await;
+        let marked = store
+            .borrow_mut()
+            .invalidate(b"stale", None)
+            .expect("invalidate");
+        let cas = marked.expect("marked").cas;
+        let first = store
+            .borrow()
+            .log()
+            .segments()
+            .next()
+            .expect("a segment")
+            .id();
+        // Overwrite another key until the first segment is mostly dead, then compact.
+        while store.borrow().log().segments().count() < 4 {
+            set(&store, b"filler", &[b'f'; 900], 0).await;
+        }
+        assert!(compact_all(&store).await > 0);
+        assert!(
+            store.borrow().log().segment(first).is_none(),
+            "the stale item's segment was compacted away"
+        );
+        let check = |store: &mut Store<SimStorage>| {
+            let item = store.get(b"stale").expect("get").expect("kept");
+            assert_eq!(
+                (item.value(), item.flags(), item.cas(), item.is_stale()),
+                (&b"value"[..], 7, cas, true)
+            );
+        };
+        check(&mut store.borrow_mut());
+        let store = Rc::into_inner(store).expect("one owner").into_inner();
+        sync_all(&store).await;
+        drop(store);
+        let (mut reopened, _) = open_sim(&disk, config(), &clock).await;
+        check(&mut reopened);
     });
 }

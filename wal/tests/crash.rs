@@ -282,3 +282,154 @@ fn a_second_power_cut_after_recovery() {
         }
     });
 }
+
+/// Compaction copies a tombstone whose key was stored again together with the key's item
+/// after it (`compact_delete`): a power cut during the sync that covers the two may keep the
+/// tombstone and not the item. Recovery must not take the tombstone alone (it would delete
+/// the acknowledged item). Found by a review, 2026-12-08.
+mod tombstone_and_item_pair {
+    use super::SEGMENT;
+    use super::common::recovery::log_records;
+    use super::common::{open_sim, run, small_config, sync_all};
+    use terrace_wal::constants::SECTOR_SIZE_BYTES;
+    use terrace_wal::format::RecordKind;
+    use terrace_wal::log::Durability;
+    use terrace_wal::storage::{SimCrashOptions, SimDisk};
+    use terrace_wal::store::{ManualClock, SetMode, Store, StoreConfig, StoreOutcome};
+
+    fn pair_config() -> StoreConfig {
+        let mut config = small_config(SEGMENT, Durability::Fsync);
+        config.compaction.bytes_per_sec = 1 << 40;
+        config
+    }
+
+    fn set_one<S: terrace_wal::storage::Storage>(store: &mut Store<S>, key: &[u8], value: &[u8]) {
+        let out = store.set(SetMode::Set, key, value, 7, 0).expect("set");
+        assert!(matches!(out, StoreOutcome::Stored(_)), "{out:?}");
+    }
+
+    /// Builds: K=A in segment 1; K deleted (tombstone T, since = 1) at the start of segment 2;
+    /// K=P (acknowledged) in segment 2; segment 2 sealed; everything durable. Then compacts
+    /// segment 2 by hand (not synced yet). Returns the disk, the store, P, and the tail records
+    /// written by compaction.
+    async fn scenario() -> (SimDisk, Store<terrace_wal::storage::SimStorage>, Vec<u8>) {
+        let disk = SimDisk::new();
+        let clock = ManualClock::new(1_700_000_000);
+        let (mut store, _) = open_sim(&disk, pair_config(), &clock).await;
+        set_one(&mut store, b"K", b"A-old-value");
+        // Fill segment 1 until the next record rolls over.
+        let mut i = 0;
+        while store.log().tail().id() == 1 {
+            let free = store.log().tail().free_bytes();
+            let len = if free > 1200 { 1000 } else { 10 };
+            set_one(&mut store, format!("fill-{i}").as_bytes(), &vec![b'f'; len]);
+            i += 1;
+        }
+        let deleted = store.delete(b"K").expect("delete").expect("present");
+        let victim = store
+            .log()
+            .segments()
+            .find(|s| s.first_lsn() <= deleted.lsn && deleted.lsn <= s.last_lsn())
+            .unwrap()
+            .id();
+        assert_eq!(victim, 2);
+        let p = vec![b'P'; 3000];
+        set_one(&mut store, b"K", &p);
+        while store.log().tail().id() == victim {
+            set_one(&mut store, b"roll", &vec![b'r'; 1000]);
+        }
+        sync_all(&store).await; // everything so far acknowledged
+        assert_eq!(store.get(b"K").unwrap().unwrap().value(), &p[..]);
+        // One compaction batch over the victim (what compact_once does before it waits for
+        // durability): T is rewritten at the tail, then K's item P after it.
+        let progress = store.compact_some(victim, 0, usize::MAX).expect("compact");
+        assert_eq!(progress.next_offset, None);
+        (disk, store, p)
+    }
+
+    /// Deterministic: the power cut persists the sectors up to the end of the tombstone copy
+    /// and none after (a state the simulated disk's own `crash` can produce: every unsynced
+    /// sector persists or not independently).
+    #[test]
+    fn a_power_cut_between_a_tombstone_copy_and_its_item_keeps_the_item() {
+        run(|| async {
+            let (disk, store, p) = scenario().await;
+            let tail = store.log().tail().id();
+            let records = log_records(store.log());
+            let durable_end = {
+                let t = store.log().tail();
+                // durable part of the tail: everything before the compaction's first record
+                let first_copy_lsn = store.commit().durable_lsn() + 1;
+                records
+                    .iter()
+                    .find(|r| r.segment == t.id() && r.lsn == first_copy_lsn)
+                    .map(|r| r.offset)
+                    .unwrap()
+            };
+            let tomb = records
+                .iter()
+                .filter(|r| r.segment == tail && r.offset >= durable_end)
+                .find(|r| r.kind == RecordKind::Delete)
+                .expect("tombstone copy at the tail")
+                .clone();
+            let item = records
+                .iter()
+                .find(|r| r.segment == tail && r.lsn == tomb.lsn + 1)
+                .expect("item copy right after it")
+                .clone();
+            assert_eq!(item.kind, RecordKind::Put);
+            eprintln!(
+                "tail {tail}: tombstone copy LSN {} at {}..{}, item copy LSN {} at {}..{}",
+                tomb.lsn,
+                tomb.offset,
+                tomb.end(),
+                item.lsn,
+                item.offset,
+                item.end()
+            );
+            // Power cut: sectors up to the one holding the end of the tombstone copy reached the
+            // disk, later ones did not.
+            let mut image = disk.durable_image();
+            let visible = disk.visible_image();
+            let cut = tomb.end().div_ceil(SECTOR_SIZE_BYTES) * SECTOR_SIZE_BYTES;
+            assert!(cut < item.end(), "the item copy spans past the cut sector");
+            image.get_mut(&tail).unwrap()[..cut].copy_from_slice(&visible[&tail][..cut]);
+            drop(store);
+            let crashed = SimDisk::from_image(&image);
+            let clock = ManualClock::new(1_700_000_000);
+            let (mut reopened, report) = open_sim(&crashed, pair_config(), &clock).await;
+            eprintln!("recovery: {report:?}");
+            let got = reopened.get(b"K").unwrap().map(|i| i.value().to_vec());
+            assert!(
+                got.as_deref() == Some(&p[..]),
+                "acknowledged K=P (3000 bytes) lost: got {:?} bytes; the tombstone copy survived \
+                 without the item copy",
+                got.map(|v| v.len())
+            );
+        });
+    }
+
+    /// The same with the simulated disk's own random power cuts (50% of unsynced sectors
+    /// persist): some seeds lose the acknowledged item.
+    #[test]
+    fn random_power_cuts_during_compaction_keep_acknowledged_item() {
+        run(|| async {
+            let mut lost = Vec::new();
+            for seed in 0..200u64 {
+                let (disk, store, p) = scenario().await;
+                let crashed = disk.crash(SimCrashOptions::with_seed(seed));
+                drop(store);
+                let clock = ManualClock::new(1_700_000_000);
+                let (mut reopened, _) = open_sim(&crashed, pair_config(), &clock).await;
+                let got = reopened.get(b"K").unwrap().map(|i| i.value().to_vec());
+                if got.as_deref() != Some(&p[..]) {
+                    lost.push(seed);
+                }
+            }
+            assert!(
+                lost.is_empty(),
+                "acknowledged K=P lost after power cuts with seeds {lost:?}"
+            );
+        });
+    }
+}

@@ -1483,3 +1483,49 @@ fn fill_segment(store: &Rc<RefCell<Store<SimStorage>>>, prefix: &str, exptime: i
     }
     n
 }
+
+/// Compaction writes a tombstone whose key was stored again with the key's item right after
+/// it, in one segment; the tombstone counts only with that item (a power cut may keep one
+/// and not the other). A passive applying the pair must keep it in one segment too, also
+/// where its tail has room for the tombstone and not for the item: split across segments,
+/// its own recovery would find a tombstone without its item at the end of an older segment,
+/// which is damage. (Before the passive made room for the pair, it split them here.)
+#[test]
+fn a_passive_keeps_a_tombstone_and_its_item_in_one_segment() {
+    run(|| async {
+        let clock = ManualClock::new(START);
+        let (source, (replica, replica_disk)) = pair(&clock, CompactionMode::Paused).await;
+        let item = vec![b'P'; 3000];
+        // K in segment 1, its tombstone (needed: segment 1 stays) in segment 2, K stored
+        // again after it.
+        set_filler(&source, "K", 0);
+        fill_segment(&source, "a", 0);
+        source
+            .borrow_mut()
+            .delete(b"K")
+            .expect("delete")
+            .expect("deleted");
+        let victim = source.borrow().log().tail().id();
+        let stored = source.borrow_mut().set(SetMode::Set, b"K", &item, 0, 0);
+        stored.expect("set");
+        fill_segment(&source, "b", 0);
+        // The tail with room for the tombstone and not for the item after it.
+        while source.borrow().log().tail().free_bytes() > 3000 {
+            set_filler(&source, "c", 0);
+        }
+        let free = source.borrow().log().tail().free_bytes();
+        assert!(free > 200, "room for a tombstone: {free} bytes");
+        catch_up(&source.borrow(), &mut replica.borrow_mut());
+        let progress = source
+            .borrow_mut()
+            .compact_some(victim, 0, usize::MAX)
+            .expect("compact");
+        assert_eq!(progress.next_offset, None);
+        let synced = sync_all(&source.borrow());
+        synced.await;
+        catch_up(&source.borrow(), &mut replica.borrow_mut());
+        let expected = items(&source.borrow());
+        assert_eq!(expected.get(&b"K"[..]).map(|i| &i.0), Some(&item));
+        holds_and_recovers(replica, &replica_disk, &clock, &expected, "pair").await;
+    });
+}

@@ -649,3 +649,102 @@ fn get_reads_every_item_wherever_its_record_lies() {
         }
     });
 }
+
+/// The stale state of `key`'s item: `None` if there is none.
+fn stale_of(store: &mut Store<SimStorage>, key: &[u8]) -> Option<bool> {
+    store.get(key).expect("get").map(|item| item.is_stale())
+}
+
+#[test]
+fn invalidate_marks_the_item_stale_with_a_new_cas_and_keeps_it_across_a_restart() {
+    run(|| async {
+        let mut f = fixture().await;
+        assert_eq!(
+            f.store.invalidate(b"missing", None).expect("invalidate"),
+            None
+        );
+        f.stored(b"k", b"value", 5, 100);
+        let cas = f.cas(b"k");
+        assert_eq!(stale_of(&mut f.store, b"k"), Some(false));
+        let marked = f.store.invalidate(b"k", None).expect("invalidate");
+        let marked = marked.expect("the item is there");
+        assert!(marked.cas > cas, "a new CAS: {} after {cas}", marked.cas);
+        let item = f.store.get(b"k").expect("get").expect("kept");
+        assert_eq!(
+            (
+                item.value(),
+                item.flags(),
+                item.cas(),
+                item.expiry(),
+                item.is_stale()
+            ),
+            (&b"value"[..], 5, marked.cas, NOW + 100, true)
+        );
+        drop(item);
+        // A new expiry with the mark; a touch keeps the mark.
+        f.store.invalidate(b"k", Some(30)).expect("invalidate");
+        assert!(f.store.touch(b"k", 50).expect("touch").is_some());
+        f.reopen().await;
+        let item = f.store.get(b"k").expect("get").expect("survives");
+        assert_eq!((item.expiry(), item.is_stale()), (NOW + 50, true));
+        drop(item);
+        // Any new value is fresh again.
+        f.stored(b"k", b"new", 0, 0);
+        assert_eq!(stale_of(&mut f.store, b"k"), Some(false));
+        f.store.invalidate(b"k", None).expect("invalidate");
+        let incremented = f.set(SetMode::Set, b"n", b"1", 0, 0);
+        assert!(matches!(incremented, StoreOutcome::Stored(_)));
+        f.store.invalidate(b"n", None).expect("invalidate");
+        f.store.delta(b"n", Delta::Incr(1)).expect("incr");
+        assert_eq!(stale_of(&mut f.store, b"n"), Some(false));
+        let appended = f.set(SetMode::Append, b"k", b"+", 0, 0);
+        assert!(matches!(appended, StoreOutcome::Stored(_)));
+        assert_eq!(stale_of(&mut f.store, b"k"), Some(false));
+    });
+}
+
+#[test]
+fn a_cas_older_than_the_items_stores_the_value_stale_with_the_items_expiry() {
+    run(|| async {
+        let mut f = fixture().await;
+        assert_eq!(
+            f.set(SetMode::CasOrStale(1), b"missing", b"v", 0, 0),
+            StoreOutcome::NotFound
+        );
+        let first = f.stored(b"k", b"one", 0, 100).cas;
+        let second = f.stored(b"k", b"two", 0, 200).cas;
+        // The item's own CAS: an ordinary cas, fresh, with the new expiry.
+        let StoreOutcome::Stored(third) =
+            f.set(SetMode::CasOrStale(second), b"k", b"three", 1, 300)
+        else {
+            panic!("a matching CAS stores");
+        };
+        let item = f.store.get(b"k").expect("get").expect("stored");
+        assert_eq!((item.expiry(), item.is_stale()), (NOW + 300, false));
+        drop(item);
+        // An older one: stored, stale, with the item's expiry (not the one asked for).
+        let StoreOutcome::Stored(late) = f.set(SetMode::CasOrStale(first), b"k", b"late", 2, 999)
+        else {
+            panic!("an older CAS stores, stale");
+        };
+        assert!(late.cas > third.cas);
+        let item = f.store.get(b"k").expect("get").expect("stored");
+        assert_eq!(
+            (item.value(), item.flags(), item.expiry(), item.is_stale()),
+            (&b"late"[..], 2, NOW + 300, true)
+        );
+        drop(item);
+        // A newer one, and 0, are refused.
+        let current = f.cas(b"k");
+        assert_eq!(
+            f.set(SetMode::CasOrStale(current + 1), b"k", b"x", 0, 0),
+            StoreOutcome::Exists
+        );
+        assert_eq!(
+            f.set(SetMode::CasOrStale(0), b"k", b"x", 0, 0),
+            StoreOutcome::Exists
+        );
+        f.reopen().await;
+        assert_eq!(stale_of(&mut f.store, b"k"), Some(true));
+    });
+}

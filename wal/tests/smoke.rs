@@ -43,3 +43,57 @@ fn set_get_reopen() {
         store.check_invariants();
     });
 }
+
+/// A log written in format version 1 (no record flags) is read, and takes no more records
+/// in its version-1 tail: they go to a new segment of the current version, so that a build
+/// that reads only version 1 refuses the log (by its header) instead of taking a record
+/// flag for a torn tail and cutting acknowledged records.
+#[test]
+fn a_version_1_log_is_read_and_its_tail_takes_no_more_records() {
+    use terrace_wal::constants::{FORMAT_VERSION, SEGMENT_HEADER_LEN_BYTES};
+    use terrace_wal::format::{SegmentHeader, SegmentHeaderCheck};
+    run(|| async {
+        let disk = SimDisk::new();
+        let clock = ManualClock::new(1_700_000_000);
+        let config = small_config(64 << 10, Durability::Fsync);
+        let (mut store, _) = open_sim(&disk, config.clone(), &clock).await;
+        store
+            .set(SetMode::Set, b"old", b"written in version 1", 0, 0)
+            .expect("set");
+        sync_all(&store).await;
+        drop(store);
+        let mut image = disk.durable_image();
+        let first = image.get_mut(&1).expect("segment 1");
+        let SegmentHeaderCheck::Valid(mut header) = SegmentHeader::check(first) else {
+            panic!("a valid header");
+        };
+        assert_eq!(header.version, FORMAT_VERSION);
+        header.version = 1;
+        first[..SEGMENT_HEADER_LEN_BYTES].copy_from_slice(&header.encode());
+        let disk = SimDisk::from_image(&image);
+        let (mut store, _) = open_sim(&disk, config.clone(), &clock).await;
+        let item = store
+            .get(b"old")
+            .expect("get")
+            .expect("read from version 1");
+        assert_eq!(item.value(), b"written in version 1");
+        drop(item);
+        store.invalidate(b"old", None).expect("invalidate");
+        assert_eq!(
+            store.log().tail().id(),
+            2,
+            "a new segment for the new record"
+        );
+        sync_all(&store).await;
+        drop(store);
+        let image = disk.durable_image();
+        let version = |id| match SegmentHeader::check(&image[&id]) {
+            SegmentHeaderCheck::Valid(header) => header.version,
+            other => panic!("segment {id}: {other:?}"),
+        };
+        assert_eq!((version(1), version(2)), (1, FORMAT_VERSION));
+        let (mut store, _) = open_sim(&SimDisk::from_image(&image), config, &clock).await;
+        let item = store.get(b"old").expect("get").expect("still there");
+        assert!(item.is_stale());
+    });
+}

@@ -11,6 +11,6 @@ pub use payload::{
 };
 pub use record::{
     Body, InvalidRecord, RecordBody, RecordCheck, RecordKind, RecordRef, check_record,
-    record_at_unchecked, record_len, write_record, write_record_in_term,
+    record_at_unchecked, record_len, write_record, write_record_flagged, write_record_in_term,
 };
 pub use segment_header::{SegmentHeader, SegmentHeaderCheck};

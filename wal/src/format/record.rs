@@ -5,7 +5,9 @@
 //!        4   len      u32 LE   exact payload length
 //!        8   lsn      u64 LE   log sequence number
 //!        16  kind     u8       RecordKind
-//!        17  reserved [u8; 15] zero
+//!        17  flags    u8       RECORD_FLAG_STALE on a put; 0 otherwise (format version 2)
+//!        18  reserved [u8; 6]  zero
+//!        24  term     u64 LE   mirror group term
 //!        32  payload  rkyv archive, `len` bytes, root at its end
 //!        32+len       zero padding up to the next multiple of 16
 //! ```
@@ -14,9 +16,10 @@
 //! is never a record (a record's `len` is never 0) and marks the end of a segment's records.
 
 use crate::constants::{
-    KEY_LEN_MAX_BYTES, RECORD_ALIGN_BYTES, RECORD_CRC_OFFSET, RECORD_HEADER_LEN_BYTES,
-    RECORD_KIND_OFFSET, RECORD_LEN_OFFSET, RECORD_LSN_OFFSET, RECORD_RESERVED_OFFSET,
-    RECORD_TERM_OFFSET,
+    KEY_LEN_MAX_BYTES, RECORD_ALIGN_BYTES, RECORD_CRC_OFFSET, RECORD_FLAG_ITEM_FOLLOWS,
+    RECORD_FLAG_STALE, RECORD_FLAGS_DELETE, RECORD_FLAGS_OFFSET, RECORD_FLAGS_PUT,
+    RECORD_HEADER_LEN_BYTES, RECORD_KIND_OFFSET, RECORD_LEN_OFFSET, RECORD_LSN_OFFSET,
+    RECORD_RESERVED_OFFSET, RECORD_TERM_OFFSET,
 };
 use crate::format::payload::{ArchivedDelete, ArchivedFlush, ArchivedPut, ArchivedTouch};
 use rkyv::{
@@ -123,6 +126,23 @@ pub fn write_record_in_term<T: RecordBody>(
     term: u64,
     body: &T,
 ) -> Option<usize> {
+    write_record_flagged(dst, lsn, term, 0, body)
+}
+
+/// Like [`write_record_in_term`], with record `flags` (only a put carries any:
+/// `RECORD_FLAGS_PUT`).
+pub fn write_record_flagged<T: RecordBody>(
+    dst: &mut [u8],
+    lsn: u64,
+    term: u64,
+    flags: u8,
+    body: &T,
+) -> Option<usize> {
+    assert!(
+        flags & !flags_allowed(T::KIND) == 0,
+        "record flags {flags:#x} on a {:?}",
+        T::KIND
+    );
     debug_assert_eq!(
         dst.as_ptr() as usize % RECORD_ALIGN_BYTES,
         0,
@@ -149,11 +169,21 @@ pub fn write_record_in_term<T: RecordBody>(
     header[RECORD_LEN_OFFSET..RECORD_LSN_OFFSET].copy_from_slice(&len_u32.to_le_bytes());
     header[RECORD_LSN_OFFSET..RECORD_KIND_OFFSET].copy_from_slice(&lsn.to_le_bytes());
     header[RECORD_KIND_OFFSET] = T::KIND as u8;
+    header[RECORD_FLAGS_OFFSET] = flags;
     header[RECORD_RESERVED_OFFSET..RECORD_TERM_OFFSET].fill(0);
     header[RECORD_TERM_OFFSET..].copy_from_slice(&term.to_le_bytes());
     let crc = record_crc(header, &rest[..payload_len]);
     header[RECORD_CRC_OFFSET..RECORD_LEN_OFFSET].copy_from_slice(&crc.to_le_bytes());
     Some(RECORD_HEADER_LEN_BYTES + padded_len)
+}
+
+/// The record flags a record of `kind` may carry.
+const fn flags_allowed(kind: RecordKind) -> u8 {
+    match kind {
+        RecordKind::Put => RECORD_FLAGS_PUT,
+        RecordKind::Delete => RECORD_FLAGS_DELETE,
+        RecordKind::Touch | RecordKind::Flush => 0,
+    }
 }
 
 fn record_crc(header: &[u8], payload: &[u8]) -> u32 {
@@ -192,6 +222,13 @@ pub enum InvalidRecord {
     },
     /// Reserved header bytes are not zero.
     ReservedNotZero,
+    /// The flags byte holds a flag this kind of record never carries.
+    UnknownFlags {
+        /// The record kind.
+        kind: RecordKind,
+        /// The stored flags byte.
+        flags: u8,
+    },
     /// The checksum does not match the bytes.
     CrcMismatch {
         /// Checksum stored in the header.
@@ -203,6 +240,12 @@ pub enum InvalidRecord {
     BadPayload {
         /// The record kind.
         kind: RecordKind,
+    },
+    /// A tombstone written with the item after it (`RECORD_FLAG_ITEM_FOLLOWS`), without that
+    /// item: the pair was cut short (in the newest segment, a torn tail).
+    ItemMissing {
+        /// The tombstone's LSN.
+        lsn: u64,
     },
     /// A whole record, but not the one that comes next: stale bytes or damage.
     LsnOutOfSequence {
@@ -220,11 +263,21 @@ impl fmt::Display for InvalidRecord {
             Self::BadLength { len } => write!(f, "payload length {len} is out of bounds"),
             Self::UnknownKind { kind } => write!(f, "unknown record kind {kind}"),
             Self::ReservedNotZero => write!(f, "reserved header bytes are not zero"),
+            Self::UnknownFlags { kind, flags } => {
+                write!(
+                    f,
+                    "record flags {flags:#04x} are not valid on a {kind:?} record"
+                )
+            }
             Self::CrcMismatch { stored, computed } => write!(
                 f,
                 "checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
             ),
             Self::BadPayload { kind } => write!(f, "invalid {kind:?} payload"),
+            Self::ItemMissing { lsn } => write!(
+                f,
+                "tombstone at LSN {lsn} was written with the key's item after it, which is missing"
+            ),
             Self::LsnOutOfSequence { found, expected } => {
                 write!(f, "record LSN {found} where {expected} was expected")
             }
@@ -241,6 +294,8 @@ pub struct RecordRef<'a> {
     pub term: u64,
     /// What the record says.
     pub kind: RecordKind,
+    /// Record flags (`RECORD_FLAG_STALE`; 0 on all but puts).
+    pub flags: u8,
     /// The payload, exactly `len` bytes, 16-aligned.
     pub payload: &'a [u8],
     /// Bytes the record occupies, padding included.
@@ -290,6 +345,17 @@ impl fmt::Debug for Body<'_> {
 }
 
 impl<'a> RecordRef<'a> {
+    /// Whether the record is a put of a stale item (memcached's meta invalidation).
+    pub fn is_stale(&self) -> bool {
+        self.flags & RECORD_FLAG_STALE != 0
+    }
+
+    /// Whether the record is a tombstone that counts only with the put after it
+    /// (`RECORD_FLAG_ITEM_FOLLOWS`).
+    pub fn item_follows(&self) -> bool {
+        self.flags & RECORD_FLAG_ITEM_FOLLOWS != 0
+    }
+
     /// The payload accessed in place, without validation.
     ///
     /// # Safety
@@ -336,6 +402,7 @@ pub unsafe fn record_at_unchecked(segment: &[u8], offset: usize) -> RecordRef<'_
         lsn: u64_at(header, RECORD_LSN_OFFSET),
         term: u64_at(header, RECORD_TERM_OFFSET),
         kind,
+        flags: header[RECORD_FLAGS_OFFSET],
         payload: &segment[start..start + len],
         total_len: record_len(len),
     }
@@ -373,6 +440,10 @@ pub fn check_record(segment: &[u8], offset: usize) -> RecordCheck<'_> {
     {
         return RecordCheck::Invalid(InvalidRecord::ReservedNotZero);
     }
+    let flags = header[RECORD_FLAGS_OFFSET];
+    if flags & !flags_allowed(kind) != 0 {
+        return RecordCheck::Invalid(InvalidRecord::UnknownFlags { kind, flags });
+    }
     let payload = &segment[start..start + len as usize];
     let stored = u32_at(header, RECORD_CRC_OFFSET);
     let computed = record_crc(header, payload);
@@ -386,6 +457,7 @@ pub fn check_record(segment: &[u8], offset: usize) -> RecordCheck<'_> {
         lsn: u64_at(header, RECORD_LSN_OFFSET),
         term: u64_at(header, RECORD_TERM_OFFSET),
         kind,
+        flags,
         payload,
         total_len: record_len(len as usize),
     })
@@ -614,6 +686,53 @@ mod tests {
         };
         let len = write_record(bytes_mut(&mut buf), 1, &flush).expect("fits");
         assert!(len <= small_record_len_max(0));
+    }
+
+    #[test]
+    fn a_stale_put_keeps_its_flag_and_no_other_kind_or_flag_is_valid() {
+        let mut buf = aligned(256);
+        let dst = bytes_mut(&mut buf);
+        let put = Put {
+            key: b"k",
+            value: ValueParts::whole(b"v"),
+            flags: 0,
+            expiry: 0,
+            cas: 1,
+        };
+        write_record_flagged(dst, 1, 0, RECORD_FLAG_STALE, &put).expect("fits");
+        let RecordCheck::Valid(record) = check_record(dst, 0) else {
+            panic!("a stale put is valid");
+        };
+        assert!(record.is_stale());
+        // Flags a put never carries, with a checksum that matches them.
+        let payload_len = u32_at(dst, RECORD_LEN_OFFSET) as usize;
+        for flags in [2u8, 0x80, RECORD_FLAG_STALE | 4] {
+            dst[RECORD_FLAGS_OFFSET] = flags;
+            let crc = record_crc(dst, &dst[RECORD_HEADER_LEN_BYTES..][..payload_len]);
+            dst[..4].copy_from_slice(&crc.to_le_bytes());
+            assert!(
+                matches!(
+                    check_record(dst, 0),
+                    RecordCheck::Invalid(InvalidRecord::UnknownFlags { .. })
+                ),
+                "flags {flags:#x}"
+            );
+        }
+        // The stale flag on a tombstone.
+        dst.fill(0);
+        let delete = Delete {
+            key: b"k",
+            since_segment: 1,
+        };
+        write_record(dst, 1, &delete).expect("fits");
+        let payload_len = u32_at(dst, RECORD_LEN_OFFSET) as usize;
+        dst[RECORD_FLAGS_OFFSET] = RECORD_FLAG_STALE;
+        let crc = record_crc(dst, &dst[RECORD_HEADER_LEN_BYTES..][..payload_len]);
+        dst[..4].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            check_record(dst, 0),
+            RecordCheck::Invalid(InvalidRecord::UnknownFlags { .. })
+        ));
     }
 
     #[test]

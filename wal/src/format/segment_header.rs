@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! offset 0   magic       [u8; 8] "TRRCSEG\0"
-//!        8   version     u32 LE  FORMAT_VERSION
+//!        8   version     u32 LE  FORMAT_VERSION (1 is read too)
 //!        12  header_len  u32 LE  64
 //!        16  segment_id  u64 LE  same as in the file name
 //!        24  size        u64 LE  file size in bytes
@@ -15,10 +15,10 @@
 //! a segment whose header is all zeros never held an acknowledged record.
 
 use crate::constants::{
-    FORMAT_VERSION, SEGMENT_HEADER_CRC_OFFSET, SEGMENT_HEADER_FIRST_LSN_OFFSET,
-    SEGMENT_HEADER_ID_OFFSET, SEGMENT_HEADER_LEN_BYTES, SEGMENT_HEADER_LEN_OFFSET,
-    SEGMENT_HEADER_MAGIC_OFFSET, SEGMENT_HEADER_RESERVED_OFFSET, SEGMENT_HEADER_SIZE_OFFSET,
-    SEGMENT_HEADER_VERSION_OFFSET, SEGMENT_MAGIC,
+    FORMAT_VERSION, FORMAT_VERSION_OLDEST_READ, SEGMENT_HEADER_CRC_OFFSET,
+    SEGMENT_HEADER_FIRST_LSN_OFFSET, SEGMENT_HEADER_ID_OFFSET, SEGMENT_HEADER_LEN_BYTES,
+    SEGMENT_HEADER_LEN_OFFSET, SEGMENT_HEADER_MAGIC_OFFSET, SEGMENT_HEADER_RESERVED_OFFSET,
+    SEGMENT_HEADER_SIZE_OFFSET, SEGMENT_HEADER_VERSION_OFFSET, SEGMENT_MAGIC,
 };
 
 /// The decoded fields of a segment header.
@@ -30,6 +30,8 @@ pub struct SegmentHeader {
     pub size_bytes: u64,
     /// LSN of the first record written into the segment.
     pub first_lsn: u64,
+    /// Format version the segment was written in (`FORMAT_VERSION` for new segments).
+    pub version: u32,
 }
 
 /// What the first bytes of a segment file hold.
@@ -50,7 +52,7 @@ impl SegmentHeader {
         out[SEGMENT_HEADER_MAGIC_OFFSET..SEGMENT_HEADER_VERSION_OFFSET]
             .copy_from_slice(&SEGMENT_MAGIC);
         out[SEGMENT_HEADER_VERSION_OFFSET..SEGMENT_HEADER_LEN_OFFSET]
-            .copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+            .copy_from_slice(&self.version.to_le_bytes());
         out[SEGMENT_HEADER_LEN_OFFSET..SEGMENT_HEADER_ID_OFFSET]
             .copy_from_slice(&(SEGMENT_HEADER_LEN_BYTES as u32).to_le_bytes());
         out[SEGMENT_HEADER_ID_OFFSET..SEGMENT_HEADER_SIZE_OFFSET]
@@ -97,9 +99,10 @@ impl SegmentHeader {
             ));
         }
         let version = word32(SEGMENT_HEADER_VERSION_OFFSET);
-        if version != FORMAT_VERSION {
+        if !(FORMAT_VERSION_OLDEST_READ..=FORMAT_VERSION).contains(&version) {
             return SegmentHeaderCheck::Invalid(format!(
-                "format version {version}, this build reads version {FORMAT_VERSION}"
+                "format version {version}, this build reads versions \
+                 {FORMAT_VERSION_OLDEST_READ} to {FORMAT_VERSION}"
             ));
         }
         let header_len = word32(SEGMENT_HEADER_LEN_OFFSET);
@@ -129,6 +132,7 @@ impl SegmentHeader {
             segment_id,
             size_bytes: word64(SEGMENT_HEADER_SIZE_OFFSET),
             first_lsn,
+            version,
         })
     }
 }
@@ -143,6 +147,7 @@ mod tests {
             segment_id: 7,
             size_bytes: 1 << 20,
             first_lsn: 12345,
+            version: FORMAT_VERSION,
         };
         let bytes = header.encode();
         assert_eq!(
@@ -176,6 +181,7 @@ mod tests {
                 segment_id,
                 size_bytes: 1 << 20,
                 first_lsn,
+                version: FORMAT_VERSION,
             };
             assert!(
                 matches!(
@@ -183,6 +189,31 @@ mod tests {
                     SegmentHeaderCheck::Invalid(_)
                 ),
                 "id {segment_id}, first LSN {first_lsn}"
+            );
+        }
+    }
+
+    #[test]
+    fn versions_from_the_oldest_read_to_the_current_are_read_and_no_others() {
+        let header = |version| SegmentHeader {
+            segment_id: 3,
+            size_bytes: 1 << 20,
+            first_lsn: 9,
+            version,
+        };
+        for version in FORMAT_VERSION_OLDEST_READ..=FORMAT_VERSION {
+            assert_eq!(
+                SegmentHeader::check(&header(version).encode()),
+                SegmentHeaderCheck::Valid(header(version))
+            );
+        }
+        for version in [0, FORMAT_VERSION + 1, u32::MAX] {
+            assert!(
+                matches!(
+                    SegmentHeader::check(&header(version).encode()),
+                    SegmentHeaderCheck::Invalid(_)
+                ),
+                "version {version}"
             );
         }
     }

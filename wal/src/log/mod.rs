@@ -29,7 +29,7 @@ use crate::constants::{
     SEGMENT_SIZE_MAX_BYTES, SEGMENT_SIZE_MIN_BYTES,
 };
 use crate::error::WalError;
-use crate::format::{RecordBody, record_at_unchecked, write_record_in_term};
+use crate::format::{RecordBody, record_at_unchecked, write_record_flagged};
 use crate::storage::{Preparation, SegmentFile as _, SegmentId, Storage};
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -426,11 +426,22 @@ impl<S: Storage> Log<S> {
         len_max: usize,
         class: AppendClass,
     ) -> Result<Appended, WalError> {
+        self.append_flagged(body, 0, len_max, class)
+    }
+
+    /// Like [`Log::append`], with record `flags` (`RECORD_FLAG_STALE` on a put).
+    pub fn append_flagged<T: RecordBody>(
+        &mut self,
+        body: &T,
+        flags: u8,
+        len_max: usize,
+        class: AppendClass,
+    ) -> Result<Appended, WalError> {
         self.reserve(len_max, class)?;
         let (lsn, term) = (self.next_lsn, self.term);
         let tail = Rc::clone(self.tail());
         let Some(offset) = tail.append_with(lsn, |dst| {
-            write_record_in_term(&mut dst[..len_max], lsn, term, body)
+            write_record_flagged(&mut dst[..len_max], lsn, term, flags, body)
         }) else {
             // The bound given was wrong: a bug, but not one worth losing the shard over.
             panic!("record larger than its bound {len_max}");
@@ -484,7 +495,14 @@ impl<S: Storage> Log<S> {
     /// (a passive applying its active's log keeps the active's LSNs). `record` must be one
     /// whole, valid record, padding included, and its LSN must be this log's next. It is
     /// checked where it lands, in the mapping; an invalid copy is zeroed again and refused.
-    pub fn append_copy(&mut self, record: &[u8], class: AppendClass) -> Result<Appended, WalError> {
+    /// `room`: the bytes the tail must have free for it, at least its length (a tombstone
+    /// whose item follows it asks for room for the item too, see `Store::apply_copy`).
+    pub fn append_copy(
+        &mut self,
+        record: &[u8],
+        room: usize,
+        class: AppendClass,
+    ) -> Result<Appended, WalError> {
         self.check_poisoned()?;
         let bad = |reason: String| WalError::BadCopy { reason };
         let len = record.len();
@@ -508,7 +526,7 @@ impl<S: Storage> Log<S> {
         if found != lsn {
             return Err(bad(format!("its LSN is {found}, the log's next is {lsn}")));
         }
-        if self.tail().is_sealed() || self.tail().free_bytes() < len {
+        if self.tail().is_sealed() || self.tail().free_bytes() < room.max(len) {
             self.create_tail(class)?;
         }
         let tail = Rc::clone(self.tail());
@@ -719,11 +737,17 @@ impl<S: Storage> Log<S> {
         };
         assert!(segment.is_sealed(), "removing the tail segment {id}");
         assert!(!segment.is_pinned(), "removing pinned segment {id}");
-        self.storage.remove(id).map_err(|source| WalError::Io {
-            op: "remove segment",
-            path: self.storage.segment_path(id),
-            source,
-        })
+        match self.storage.remove(id) {
+            // Removed by an earlier round that failed after it (another file's removal):
+            // the name is gone, and the directory sync that follows makes that durable.
+            // Refusing here would stop every later round at the same id.
+            Err(source) if source.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            removed => removed.map_err(|source| WalError::Io {
+                op: "remove segment",
+                path: self.storage.segment_path(id),
+                source,
+            }),
+        }
     }
 
     /// Forgets a segment whose file was removed durably (for a log that never syncs: removed;

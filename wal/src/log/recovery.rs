@@ -141,6 +141,16 @@ pub(crate) async fn recover<S: Storage, P: Send>(
         reason,
     };
 
+    // Only the newest activated segment can hold bytes that never reached the disk (every
+    // segment before it was synced whole before its header was written), and after it come
+    // at most the spare and a segment whose creation was cut short: read those from the
+    // disk, not from what the OS kept of them (see `Storage::drop_cached`).
+    for &id in ids.iter().rev().take(UNCACHED_NEWEST_SEGMENTS) {
+        storage
+            .drop_cached(id)
+            .map_err(|source| io_error("drop cached pages of segment", id, source))?;
+    }
+
     // Headers first: find the activated segments and the never-activated ones after them.
     let mut files = Vec::with_capacity(ids.len());
     // Empty files: segments whose creation was cut short (a spare is allocated in the
@@ -211,6 +221,9 @@ pub(crate) async fn recover<S: Storage, P: Send>(
     // in order, as each segment is accepted (`LogScanner::accept`), so the first damage in
     // log order is the one reported, as in a single pass.
     let newest_index = activated.len().checked_sub(1);
+    // A version-1 tail takes no more appends (see `FORMAT_VERSION_OLDEST_READ`): the next
+    // record starts a segment of the current version.
+    let newest_version = activated.last().map(|(header, _)| header.version);
     let built: Vec<(SegmentHeader, Rc<Segment<S::File>>)> = activated
         .into_iter()
         .map(|(header, file)| {
@@ -460,6 +473,11 @@ pub(crate) async fn recover<S: Storage, P: Send>(
     for segment in segments.iter().rev().skip(1) {
         segment.seal();
     }
+    if let Some(newest) = segments.last()
+        && newest_version.is_some_and(|version| version < crate::constants::FORMAT_VERSION)
+    {
+        newest.seal();
+    }
     report.segments = segments.len();
     report.last_lsn = last_lsn;
     report.duration = started.elapsed();
@@ -469,6 +487,11 @@ pub(crate) async fn recover<S: Storage, P: Send>(
         report,
     })
 }
+
+/// Newest segment files whose cached pages recovery drops before reading them: the newest
+/// activated segment, the spare after it, one whose creation a crash cut short, and one more
+/// for a crash while the spare was being activated.
+const UNCACHED_NEWEST_SEGMENTS: usize = 4;
 
 /// Segments checked ahead of the one being replayed, at most: each holds its prepared records
 /// (~48 bytes a record: 19 MB for a 64 MiB segment of 100-byte values) until it is replayed,

@@ -17,7 +17,7 @@ use crate::constants::{
     PAGE_SIZE_BYTES, SEGMENT_HEADER_FIRST_LSN_OFFSET, SEGMENT_HEADER_LEN_BYTES,
 };
 use crate::format::{
-    InvalidRecord, RecordCheck, RecordRef, SegmentHeader, SegmentHeaderCheck, check_record,
+    Body, InvalidRecord, RecordCheck, RecordRef, SegmentHeader, SegmentHeaderCheck, check_record,
 };
 use crate::storage::SegmentId;
 
@@ -273,17 +273,19 @@ fn finish_segment(
     let stop = match check_record(bytes, offset) {
         RecordCheck::End => None,
         RecordCheck::Invalid(reason) => Some(reason),
-        // `advance` stops at a valid record only when its LSN is not the next one.
-        RecordCheck::Valid(record) => {
-            assert_ne!(
-                record.lsn, expected_lsn,
+        // `advance` stops at a valid record only when its LSN is not the next one, or when
+        // it is a tombstone whose item does not follow it.
+        RecordCheck::Valid(record) if record.lsn == expected_lsn => {
+            assert!(
+                record.item_follows(),
                 "segment {id}: end_segment before the cursor advanced over all bytes"
             );
-            Some(InvalidRecord::LsnOutOfSequence {
-                found: record.lsn,
-                expected: expected_lsn,
-            })
+            Some(InvalidRecord::ItemMissing { lsn: record.lsn })
         }
+        RecordCheck::Valid(record) => Some(InvalidRecord::LsnOutOfSequence {
+            found: record.lsn,
+            expected: expected_lsn,
+        }),
     };
     // After the last whole record, a segment holds only zeros, unless it is the newest and
     // a sync was cut short.
@@ -360,12 +362,42 @@ impl SegmentCursor {
             if record.lsn != self.expected_lsn {
                 return;
             }
-            visit(self.offset, record);
-            self.records += 1;
-            self.expected_lsn += 1;
-            self.offset += record.total_len;
+            // A tombstone written with the item after it counts only with that item: alone
+            // (a power cut kept one and not the other) it would delete the item.
+            let partner = if record.item_follows() {
+                match partner_of(available, self.offset, &record) {
+                    Some(partner) => Some(partner),
+                    None => return,
+                }
+            } else {
+                None
+            };
+            for record in std::iter::once(record).chain(partner) {
+                visit(self.offset, record);
+                self.records += 1;
+                self.expected_lsn += 1;
+                self.offset += record.total_len;
+            }
         }
     }
+}
+
+/// The put that must follow the tombstone `record` at `offset` (`RECORD_FLAG_ITEM_FOLLOWS`):
+/// the next record, valid, with the next LSN, of the same key.
+fn partner_of<'b>(
+    available: &'b [u8],
+    offset: usize,
+    record: &RecordRef<'b>,
+) -> Option<RecordRef<'b>> {
+    let RecordCheck::Valid(next) = check_record(available, offset + record.total_len) else {
+        return None;
+    };
+    // SAFETY: both records passed `check_record` just now, on these bytes.
+    let same_key = match unsafe { (record.body_unchecked(), next.body_unchecked()) } {
+        (Body::Delete(delete), Body::Put(put)) => delete.key.as_ref() == put.key.as_ref(),
+        _ => false,
+    };
+    (next.lsn == record.lsn + 1 && same_key).then_some(next)
 }
 
 /// Offset of the last non-zero byte of `bytes`, if any. Scans page by page from the end.
@@ -413,6 +445,7 @@ mod tests {
             segment_id: 1,
             size_bytes: size as u64,
             first_lsn: 10,
+            version: crate::constants::FORMAT_VERSION,
         };
         bytes[..SEGMENT_HEADER_LEN_BYTES].copy_from_slice(&header.encode());
         let mut offset = SEGMENT_HEADER_LEN_BYTES;

@@ -171,6 +171,7 @@ impl<F: SegmentFile> Segment<F> {
             segment_id: self.id,
             size_bytes: self.file.len() as u64,
             first_lsn: self.first_lsn,
+            version: crate::constants::FORMAT_VERSION,
         }
         .encode();
         // SAFETY: the header region is inside the mapping, only written here, once, and no

@@ -124,6 +124,13 @@ impl Storage for FsStorage {
         FsSegment::map(file, len, id, Allocation::Done).map(Some)
     }
 
+    fn drop_cached(&self, id: SegmentId) -> io::Result<()> {
+        // Pages still dirty, or mapped by a process, stay: only clean, unmapped ones go.
+        let file = OpenOptions::new().read(true).open(self.segment_path(id))?;
+        rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed)?;
+        Ok(())
+    }
+
     fn remove(&self, id: SegmentId) -> io::Result<()> {
         std::fs::remove_file(self.segment_path(id))
     }

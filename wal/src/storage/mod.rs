@@ -115,6 +115,18 @@ pub trait Storage: 'static {
     /// record.
     fn open(&self, id: SegmentId) -> io::Result<Option<Self::File>>;
 
+    /// Drops what the OS caches of a segment file and does not hold as dirty, so that the
+    /// next read of it comes from the disk. Recovery calls it for the newest segments before
+    /// it opens them: after a failed writeback Linux keeps the page cached and marks it clean,
+    /// and reports the error once, to the process that saw it fail; a server restarted
+    /// without a reboot would read bytes that never reached the disk, build on them, and lose
+    /// what it acknowledged after them at the next power cut. A no-op where there is no such
+    /// cache.
+    fn drop_cached(&self, id: SegmentId) -> io::Result<()> {
+        let _ = id;
+        Ok(())
+    }
+
     /// Removes a segment file. The removal is durable after the next [`Storage::sync_dir`].
     fn remove(&self, id: SegmentId) -> io::Result<()>;
 

@@ -32,10 +32,14 @@
 //! live-byte count keeps data rather than losing it; one found to hold a needed record is
 //! not walked again until what keeps that record needed has gone ([`KeptWhile`]).
 
-use super::{Previous, Store, StoreError, index::put_of};
+use super::{
+    Previous, Store, StoreError,
+    index::{is_stale, put_of},
+};
 use crate::constants::{
     COMPACTION_BATCH_BYTES, COMPACTION_BATCH_PAUSE, COMPACTION_BYTES_PER_SEC_DEFAULT,
-    COMPACTION_LIVE_PERCENT_DEFAULT, RECLAIM_EXPIRY_GRACE_SECS, SEGMENT_HEADER_LEN_BYTES,
+    COMPACTION_LIVE_PERCENT_DEFAULT, RECLAIM_EXPIRY_GRACE_SECS, RECORD_FLAG_ITEM_FOLLOWS,
+    SEGMENT_HEADER_LEN_BYTES,
 };
 use crate::cooperate;
 use crate::error::WalError;
@@ -395,12 +399,14 @@ impl<S: Storage> Store<S> {
         let now = self.clock.now_secs();
         if self.is_live(&entry, now) {
             let value = put.value.as_ref();
+            let stale = segment.record(offset).is_stale();
             self.write_put(
                 key,
                 ValueParts::whole(value),
                 put.flags.to_native(),
                 entry.expiry,
                 Some(put.cas.to_native()),
+                stale,
                 AppendClass::Compaction,
                 Previous::Known(Some(entry)),
             )?;
@@ -459,34 +465,43 @@ impl<S: Storage> Store<S> {
         let stored_again = self.state.index.get(&self.log, hash, key).map(|entry| {
             let put = put_of(&self.log, &entry);
             let live = self.is_live(&entry, self.clock.now_secs());
-            let item = live.then(|| (put.value.as_ref().to_vec(), put.flags.to_native()));
+            let item = live.then(|| {
+                let stale = is_stale(&self.log, &entry);
+                (put.value.as_ref().to_vec(), put.flags.to_native(), stale)
+            });
             (entry, put.cas.to_native(), item)
         });
         let body = Delete {
             key,
             since_segment: since,
         };
-        if let Some((_, _, Some((value, _)))) = &stored_again {
-            // Both or neither: a tombstone written without the item after it would delete
-            // an acknowledged item.
+        // Both or neither: a tombstone written without the item after it would delete an
+        // acknowledged item. The pair goes into one segment, and the tombstone says that the
+        // item follows it: recovery takes it only with the item (a power cut during the sync
+        // that covers them may keep the one and not the other).
+        let mut flags = 0;
+        if let Some((_, _, Some((value, _, _)))) = &stored_again {
             let pair = small_record_len_max(key.len()) + put_record_len_max(key.len(), value.len());
             self.log.reserve(pair, AppendClass::Compaction)?;
+            flags = RECORD_FLAG_ITEM_FOLLOWS;
         }
-        let appended = self.log.append(
+        let appended = self.log.append_flagged(
             &body,
+            flags,
             small_record_len_max(key.len()),
             AppendClass::Compaction,
         )?;
         let tail = Rc::clone(self.appended_segment(&appended));
         // Removes the item's entry, if any, as replay will.
         self.state.apply_delete(&self.log, &tail, appended.len, key);
-        if let Some((entry, cas, Some((value, flags)))) = stored_again {
+        if let Some((entry, cas, Some((value, flags, stale)))) = stored_again {
             self.write_put(
                 key,
                 ValueParts::whole(&value),
                 flags,
                 entry.expiry,
                 Some(cas),
+                stale,
                 AppendClass::Compaction,
                 Previous::Known(None),
             )?;

@@ -88,6 +88,13 @@ pub(crate) fn put_of<'a, F: SegmentFile>(
     }
 }
 
+/// Whether the put record an entry points to is of a stale item (`RECORD_FLAG_STALE`).
+pub(crate) fn is_stale<F: SegmentFile>(segments: &impl SegmentLookup<F>, entry: &Entry) -> bool {
+    segment_of(segments, entry)
+        .record(entry.offset())
+        .is_stale()
+}
+
 /// The key of the put record an entry points to: the first `key_len` bytes of its payload
 /// (checked for every put when it is validated, see `format::check_payload`).
 pub(crate) fn key_of<'a, F: SegmentFile>(

@@ -28,7 +28,10 @@ pub use compaction::{
 };
 pub use expiry::{Clock, ManualClock, SystemClock};
 
-use crate::constants::KEY_LEN_MAX_BYTES;
+use crate::constants::{
+    KEY_LEN_MAX_BYTES, RECORD_FLAG_ITEM_FOLLOWS, RECORD_FLAG_STALE, RECORD_FLAGS_OFFSET,
+    RECORD_KIND_OFFSET,
+};
 use crate::error::{KeyProblem, StoreError, WalError};
 use crate::format::{
     Body, Delete, Flush, Put, RecordKind, RecordRef, Touch, ValueParts, record::put_record_len_max,
@@ -151,6 +154,10 @@ pub enum SetMode {
     Prepend,
     /// Store only if the item's CAS is still this one.
     Cas(u64),
+    /// memcached's meta `ms ... C<cas> I`: as `Cas`, but a CAS older (lower) than the item's
+    /// stores the value all the same, marked stale, with the item's expiry: a late writer's
+    /// value is kept, and readers are told it is stale (see [`Item::is_stale`]).
+    CasOrStale(u64),
 }
 
 /// The outcome of a set-family command.
@@ -277,6 +284,13 @@ impl<F: crate::storage::SegmentFile> Item<F> {
     /// Absolute expiry in unix seconds, 0 never.
     pub fn expiry(&self) -> u32 {
         self.expiry
+    }
+
+    /// Whether the item is stale: marked so by [`Store::invalidate`], or stored by
+    /// [`SetMode::CasOrStale`] with an older CAS. Replacing it (any set, append, `incr`)
+    /// stores a fresh one; a touch keeps the mark.
+    pub fn is_stale(&self) -> bool {
+        self.segment.record(self.offset).is_stale()
     }
 
     /// The LSN that must be durable before the item is shown to a client: its value's
@@ -1000,6 +1014,7 @@ impl<S: Storage> Store<S> {
         flags: u32,
         expiry: u32,
         cas: Option<u64>,
+        stale: bool,
         class: AppendClass,
         previous: Previous,
     ) -> Result<Written, WalError> {
@@ -1012,9 +1027,13 @@ impl<S: Storage> Store<S> {
             expiry,
             cas,
         };
-        let appended = self
-            .log
-            .append(&body, put_record_len_max(key.len(), value.len()), class)?;
+        let record_flags = if stale { RECORD_FLAG_STALE } else { 0 };
+        let appended = self.log.append_flagged(
+            &body,
+            record_flags,
+            put_record_len_max(key.len(), value.len()),
+            class,
+        )?;
         assert_eq!(appended.lsn, lsn);
         let segment = Rc::clone(self.appended_segment(&appended));
         if let Previous::Known(previous) = previous {
@@ -1052,7 +1071,24 @@ impl<S: Storage> Store<S> {
     /// appends it byte for byte, with its LSN (see [`Log::append_copy`]), and changes the
     /// index as recovery would. The result equals the source's store up to that LSN.
     pub fn apply_copy(&mut self, record: &[u8]) -> Result<Written, StoreError> {
-        let appended = self.log.append_copy(record, AppendClass::Compaction)?;
+        // A tombstone that counts only with the item after it (`RECORD_FLAG_ITEM_FOLLOWS`)
+        // goes where the item will fit after it, in the same segment, as in the log it came
+        // from: room for the largest item, or, if that is more than a segment holds, a whole
+        // segment (which holds any pair the source, with segments of the same size, wrote).
+        let item_follows = record.get(RECORD_KIND_OFFSET) == Some(&(RecordKind::Delete as u8))
+            && record
+                .get(RECORD_FLAGS_OFFSET)
+                .is_some_and(|flags| flags & RECORD_FLAG_ITEM_FOLLOWS != 0);
+        let room = if item_follows {
+            let pair = record.len()
+                + put_record_len_max(KEY_LEN_MAX_BYTES, self.config.item_size_max_bytes);
+            pair.min(self.config.log.record_len_max())
+        } else {
+            record.len()
+        };
+        let appended = self
+            .log
+            .append_copy(record, room, AppendClass::Compaction)?;
         let segment = Rc::clone(self.appended_segment(&appended));
         let copied = segment.record(appended.offset);
         // SAFETY: `append_copy` validated the record where it landed.
@@ -1128,6 +1164,8 @@ impl<S: Storage> Store<S> {
             }
             _ => self.live_entry(hash, key, now),
         };
+        // `CasOrStale` with an older CAS stores the value marked stale.
+        let mut stale = false;
         let (stored_len, flags, expiry) = match mode {
             SetMode::Set => (value.len(), flags, expiry_from_exptime(exptime, now)),
             SetMode::Add if live.is_some() => return Ok(StoreOutcome::NotStored),
@@ -1140,6 +1178,20 @@ impl<S: Storage> Store<S> {
                     return Ok(StoreOutcome::Exists);
                 }
                 Some(_) => (value.len(), flags, expiry_from_exptime(exptime, now)),
+            },
+            SetMode::CasOrStale(cas) => match &live {
+                None => return Ok(StoreOutcome::NotFound),
+                Some(e) => {
+                    let current = put_of(&self.log, e).cas.to_native();
+                    if cas == current {
+                        (value.len(), flags, expiry_from_exptime(exptime, now))
+                    } else if cas != 0 && cas < current {
+                        stale = true;
+                        (value.len(), flags, e.expiry)
+                    } else {
+                        return Ok(StoreOutcome::Exists);
+                    }
+                }
             },
             SetMode::Append | SetMode::Prepend => match &live {
                 None => return Ok(StoreOutcome::NotStored),
@@ -1180,6 +1232,7 @@ impl<S: Storage> Store<S> {
                     flags,
                     expiry,
                     None,
+                    false,
                     AppendClass::Client,
                     Previous::Known(Some(entry)),
                 )?
@@ -1193,6 +1246,7 @@ impl<S: Storage> Store<S> {
                 flags,
                 expiry,
                 None,
+                stale,
                 AppendClass::Client,
                 Previous::NotLooked,
             )?,
@@ -1287,6 +1341,40 @@ impl<S: Storage> Store<S> {
         }))
     }
 
+    /// memcached's meta `md <key> I [T<ttl>]`: the live item is kept but marked stale, with a
+    /// new CAS (so a later `ms ... C<old cas>` sees the item changed), and with `exptime`,
+    /// if given, as its new expiry (memcached's rules). One put record: the item's value,
+    /// flags and the stale mark, so that the mark survives a restart.
+    pub fn invalidate(&mut self, key: &[u8], exptime: Option<i64>) -> Result<Changed, StoreError> {
+        check_key(key)?;
+        let now = self.clock.now_secs();
+        self.tick(now);
+        let hash = self.state.index.hash(key);
+        let Some(entry) = self.live_entry(hash, key, now) else {
+            return Ok(None);
+        };
+        let value_len = put_of(&self.log, &entry).value.len();
+        self.make_room(put_record_len_max(key.len(), value_len))?;
+        // make_room may have evicted the key's segment: look again.
+        let Some(entry) = self.live_entry(hash, key, now) else {
+            return Ok(None);
+        };
+        // Keeps the value's segment mapped while its copy is written.
+        let old = self.item(&entry);
+        let expiry = exptime.map_or(entry.expiry, |exptime| expiry_from_exptime(exptime, now));
+        let written = self.write_put(
+            key,
+            ValueParts::whole(old.value()),
+            old.flags(),
+            expiry,
+            None,
+            true,
+            AppendClass::Client,
+            Previous::Known(Some(entry)),
+        )?;
+        Ok(Some(written))
+    }
+
     /// memcached's gat/gats: touch, then get. One record.
     pub fn get_and_touch(
         &mut self,
@@ -1340,6 +1428,7 @@ impl<S: Storage> Store<S> {
             flags,
             entry.expiry,
             None,
+            false,
             AppendClass::Client,
             Previous::Known(Some(entry)),
         )?;
