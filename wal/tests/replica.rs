@@ -1529,3 +1529,28 @@ fn a_passive_keeps_a_tombstone_and_its_item_in_one_segment() {
         holds_and_recovers(replica, &replica_disk, &clock, &expected, "pair").await;
     });
 }
+
+/// A stale item (its put's record flag) is stale in a replica too, and after the replica
+/// recovers.
+#[test]
+fn a_replica_copies_the_stale_mark() {
+    run(|| async {
+        let clock = ManualClock::new(START);
+        let (source, (replica, replica_disk)) = pair(&clock, CompactionMode::Paused).await;
+        set_filler(&source, "k", 0);
+        let marked = source.borrow_mut().invalidate(b"k", Some(100));
+        marked.expect("invalidate").expect("marked");
+        catch_up(&source.borrow(), &mut replica.borrow_mut());
+        let stale = |store: &mut Store<SimStorage>| {
+            let item = store.get(b"k").expect("get").expect("there");
+            item.is_stale()
+        };
+        assert!(stale(&mut replica.borrow_mut()));
+        let replica = Rc::into_inner(replica).expect("one owner").into_inner();
+        sync_all(&replica).await;
+        drop(replica);
+        let config = small_config(SEGMENT, Durability::Fsync);
+        let (mut reopened, _) = open_sim(&replica_disk, config, &clock).await;
+        assert!(stale(&mut reopened));
+    });
+}

@@ -6,10 +6,14 @@
 //! `NS`, `EX`, `NF`, `MN`) followed by the *return flags* the request asked for, in the
 //! order it asked for them. Letters, errors, quiet mode and the return flags each command
 //! gives follow memcached 1.6 as it answers (checked against memcached 1.6.18 by
-//! `tests/meta.rs`). Flags that would change what an operation does and that Terrace does
-//! not implement (stale items and invalidation: `I`, `md`'s `T`, `ms`'s `N`) are refused with [`ProtocolError::FlagNotSupported`] rather than ignored, so a client never
-//! reads an answer that means something it did not ask for; the access-time return flags
-//! `h` and `l` are accepted and left out of the reply (see [`GET`]).
+//! `tests/meta.rs`). Stale items (invalidation) are built: `md`'s `I` (with `T`) marks an
+//! item stale instead of removing it, `ms`'s `I` stores a value whose CAS is older than the
+//! item's as stale, and `mg` shows a stale item with `X` (and the win token, `W`, to its
+//! first client). A flag that would change what an operation does and that Terrace does
+//! not implement (`ms`'s `N`) is refused with [`ProtocolError::FlagNotSupported`] rather
+//! than ignored, so a client never reads an answer that means something it did not ask
+//! for; the access-time return flags `h` and `l` are accepted and left out of the reply
+//! (see [`GET`]).
 
 use super::ProtocolError;
 use super::parse::{Parsed, key_ok, tokens};
@@ -74,6 +78,10 @@ pub struct Meta<'a> {
     pub recache: Option<i64>,
     /// `J<initial>` of `ma`: the value a created counter starts at (default 0).
     pub initial: u64,
+    /// `I` (invalidate): `md` marks the item stale (and sets its expiry to `T`'s, if
+    /// given) instead of removing it; `ms` with a `C` older than the item's CAS stores the
+    /// value marked stale instead of failing.
+    pub invalidate: bool,
     /// The data block of `ms`.
     pub data: &'a [u8],
 }
@@ -150,18 +158,20 @@ const GET: Grammar = Grammar {
 };
 
 const SET: Grammar = Grammar {
-    allowed: b"bcCFkOqTM",
+    allowed: b"bcCFIkOqTM",
     ignored: b"fst",
-    unsupported: b"IN",
+    unsupported: b"N",
     invalid: ProtocolError::InvalidFlag,
     duplicate: ProtocolError::DuplicateFlag,
     bad_token: ProtocolError::BadToken,
 };
 
+/// `md`: `T` changes only an item that `I` marks stale (memcached accepts it without `I`
+/// and does nothing with it).
 const DELETE: Grammar = Grammar {
-    allowed: b"bCkOq",
+    allowed: b"bCIkOqT",
     ignored: b"cfstv",
-    unsupported: b"IT",
+    unsupported: b"",
     invalid: ProtocolError::InvalidOrDuplicateFlag,
     duplicate: ProtocolError::InvalidOrDuplicateFlag,
     bad_token: ProtocolError::InvalidOrDuplicateFlag,
@@ -230,6 +240,7 @@ pub(super) fn parse<'a>(
         vivify: None,
         recache: None,
         initial: 0,
+        invalidate: false,
         data: &[],
     };
     if let Err(error) = read_flags(&mut meta, words) {
@@ -320,6 +331,7 @@ fn read_flags<'a>(
         let bad = grammar.bad_token;
         match letter {
             b'b' => meta.base64 = true,
+            b'I' => meta.invalidate = true,
             b'q' => meta.quiet = true,
             b'v' => meta.value = true,
             b'O' => {

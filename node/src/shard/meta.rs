@@ -24,6 +24,9 @@ struct Shown {
     /// `mg`'s win token (see `win_tokens`): shown after the return flags, whatever was
     /// asked.
     token: Token,
+    /// `mg` of a stale item (marked by `md ... I`, or stored by `ms ... I` with an older
+    /// CAS): `X` after the return flags, between a `Z` and a `W` as memcached writes them.
+    stale: bool,
 }
 
 /// What an `mg` tells of its item's win token.
@@ -134,7 +137,7 @@ impl LocalShards {
         };
         self.counters.bump(Stat::get_hits);
         let value = item.value();
-        let (cas, expiry) = (item.cas(), item.expiry());
+        let (cas, expiry, stale) = (item.cas(), item.expiry(), item.is_stale());
         let token = if self.win_tokens.sent(key, cas) {
             Token::Sent
         } else {
@@ -144,7 +147,8 @@ impl LocalShards {
             let recache = meta
                 .recache
                 .is_some_and(|ttl| expiry_seen != 0 && i64::from(expiry_seen) - now < ttl);
-            if recache {
+            // A stale item's first reader is told to fetch the value anew, as memcached.
+            if recache || stale {
                 self.hand_out_token(key, cas);
                 Token::Won
             } else {
@@ -157,6 +161,7 @@ impl LocalShards {
             size: value.len(),
             expiry,
             token,
+            stale,
         };
         if meta.value {
             out.extend_from_slice(b"VA ");
@@ -232,7 +237,12 @@ impl LocalShards {
         // changed; `C0` too compares); an append or a prepend with a CAS other than 0 answers
         // `EX` when the item changed (`NS` when it is missing, as without a CAS), with `C0`
         // it compares nothing; an add ignores the CAS.
+        // With `I`, a CAS older than the item's stores the value marked stale (it keeps the
+        // item's expiry, and a win token it handed out), as memcached.
         let (mode, condition) = match (meta.set_mode, meta.compare_cas) {
+            (SetMode::Set | SetMode::Replace, Some(cas)) if meta.invalidate => {
+                (SetMode::CasOrStale(cas), None)
+            }
             (SetMode::Set | SetMode::Replace, Some(cas)) => (SetMode::Cas(cas), None),
             (mode @ (SetMode::Append | SetMode::Prepend), Some(cas)) if cas != 0 => {
                 (mode, Some(cas))
@@ -246,13 +256,27 @@ impl LocalShards {
                 return Ok(self.refused(out, b"EX", meta, shard));
             }
         }
+        // The item replaced by a stale store, if it had handed out its win token.
+        let token_sent = match mode {
+            SetMode::CasOrStale(_) => {
+                let current = store.borrow_mut().get(key).ok().flatten().map(|i| i.cas());
+                current.filter(|&cas| self.win_tokens.sent(key, cas))
+            }
+            _ => None,
+        };
         let outcome = store
             .borrow_mut()
             .set(mode, key, meta.data, meta.client_flags, exptime);
         match outcome.map_err(|error| self.refuse(shard, error))? {
             StoreOutcome::Stored(written) => {
-                if matches!(mode, SetMode::Cas(_)) || condition.is_some() {
+                if matches!(mode, SetMode::Cas(_) | SetMode::CasOrStale(_)) || condition.is_some() {
                     self.counters.bump(Stat::cas_hits);
+                }
+                // Stored stale (an older CAS): the new version keeps the token as handed out.
+                if let (SetMode::CasOrStale(cas), Some(current)) = (mode, token_sent)
+                    && cas != current
+                {
+                    self.hand_out_token(key, written.cas);
                 }
                 if !meta.quiet {
                     let shown = Shown {
@@ -275,7 +299,8 @@ impl LocalShards {
         }
     }
 
-    /// `md`: `HD` deleted, `NF` no such item, `EX` the CAS differs.
+    /// `md`: `HD` deleted (with `I`: marked stale, see `invalidate`), `NF` no such item,
+    /// `EX` the CAS differs.
     fn meta_delete(&self, meta: &Meta<'_>, key: &[u8], out: &mut Vec<u8>) -> MetaResult {
         let (shard, store) = self.store_of(key);
         self.stamp(store);
@@ -287,10 +312,33 @@ impl LocalShards {
             }
             Condition::Changed => return Ok(self.refused(out, b"EX", meta, shard)),
         }
+        if meta.invalidate {
+            return self.meta_invalidate(meta, key, out);
+        }
         let deleted = store.borrow_mut().delete(key);
         match deleted.map_err(|error| self.refuse(shard, error))? {
             Some(written) => {
                 self.counters.bump(Stat::delete_hits);
+                if !meta.quiet {
+                    self.head(out, b"HD", meta, None, DELETE_DONE, shard);
+                }
+                Ok(self.written(shard, written.lsn))
+            }
+            None => {
+                self.counters.bump(Stat::delete_misses);
+                Ok(self.refused(out, b"NF", meta, shard))
+            }
+        }
+    }
+
+    /// `md <key> I [T<ttl>]`: the item stays, marked stale, with a new CAS and `T`'s expiry
+    /// if given; its new version has a win token to hand out (the next `mg` says `X W`).
+    /// memcached counts this in no delete statistic.
+    fn meta_invalidate(&self, meta: &Meta<'_>, key: &[u8], out: &mut Vec<u8>) -> MetaResult {
+        let (shard, store) = self.store_of(key);
+        let marked = store.borrow_mut().invalidate(key, meta.ttl);
+        match marked.map_err(|error| self.refuse(shard, error))? {
+            Some(written) => {
                 if !meta.quiet {
                     self.head(out, b"HD", meta, None, DELETE_DONE, shard);
                 }
@@ -381,6 +429,7 @@ impl LocalShards {
                 size: item.value().len(),
                 expiry: item.expiry(),
                 token: Token::None,
+                stale: false,
             }
         });
         if !meta.quiet {
@@ -491,10 +540,16 @@ impl LocalShards {
                 _ => {}
             }
         }
-        match shown.map(|shown| shown.token) {
-            Some(Token::Won) => out.extend_from_slice(b" W"),
-            Some(Token::Sent) => out.extend_from_slice(b" Z"),
-            Some(Token::None) | None => {}
+        if let Some(shown) = shown {
+            if shown.token == Token::Sent {
+                out.extend_from_slice(b" Z");
+            }
+            if shown.stale {
+                out.extend_from_slice(b" X");
+            }
+            if shown.token == Token::Won {
+                out.extend_from_slice(b" W");
+            }
         }
         out.extend_from_slice(b"\r\n");
     }
