@@ -326,6 +326,37 @@ fn script() -> Vec<Vec<u8>> {
         "md st2 T30\r\n",
         "mg st2 v\r\n",
         "ms st3 1 I C5\r\nx\r\n",
+        // An opaque token is at most 32 bytes with its `O`; too many flags on md and ma are
+        // worded without "are" (mg's with it).
+        "mg foo O1234567890123456789012345678901\r\n",
+        "mg foo O12345678901234567890123456789012\r\n",
+        "ms foo 2 O12345678901234567890123456789012\r\nhi\r\n",
+        "md foo a b c d e f g h i j k l m n o p q r\r\n",
+        "ma foo a b c d e f g h i j k l m n o p q r\r\n",
+        "mg foo a b c d e f g h i j k l m n o p q r\r\n",
+        // A length whose data block and its end do not fit in an i32: refused, nothing
+        // skipped.
+        "set huge 0 0 2147483647\r\n",
+        "set huge 0 0 2147483646\r\n",
+        "ms huge 2147483646 T0\r\n",
+        // Flags are read in order: `R` after `T` sees the touched TTL, and of `N` and `T` the
+        // later sets a created item's TTL.
+        "ms rt 3\r\n007\r\n",
+        "mg rt k T100 R1000 c\r\n",
+        "ms rt2 3 T100\r\n007\r\n",
+        "mg rt2 T0 R1000 v\r\n",
+        "mg rt3 T100 N1000 t\r\n",
+        "mg rt3 t\r\n",
+        "mg rt4 N1000 T100 t\r\n",
+        "mg rt4 t\r\n",
+        "ma rt5 N100 T0 t\r\n",
+        "mg rt5 t\r\n",
+        "ma rt6 T0 N100\r\n",
+        "mg rt6 t\r\n",
+        // A counter given a negative TTL changes, then expires.
+        "set cnt 0 0 1\r\n5\r\n",
+        "ma cnt T-1\r\n",
+        "mg cnt v\r\n",
         "set st4 0 0 1\r\n1\r\n",
         "md st4 I T-1\r\n",
         "mg st4 v\r\n",

@@ -25,7 +25,7 @@ use terrace_wal::store::number;
 /// Most flags a meta request may carry (memcached refuses more with "options flags are too
 /// long").
 pub const META_FLAGS_MAX: usize = 17;
-/// Longest opaque token (`O`), as memcached.
+/// Longest opaque token, its `O` included, as memcached.
 pub const OPAQUE_LEN_MAX_BYTES: usize = 32;
 
 /// Which meta command.
@@ -76,6 +76,12 @@ pub struct Meta<'a> {
     /// `R<ttl>` of `mg`: an item with less time than this left hands its first client the
     /// win token (to recache it).
     pub recache: Option<i64>,
+    /// `R` came after `T` in the request: it looks at the time left after the touch.
+    /// memcached reads the flags in order.
+    pub recache_after_touch: bool,
+    /// `N` came after `T` in the request: an item it creates gets `N`'s TTL, not `T`'s (the
+    /// later one wins, as memcached applies them in order).
+    pub vivify_after_touch: bool,
     /// `J<initial>` of `ma`: the value a created counter starts at (default 0).
     pub initial: u64,
     /// `I` (invalidate): `md` marks the item stale (and sets its expiry to `T`'s, if
@@ -107,6 +113,14 @@ impl ReturnFlags {
 }
 
 impl Meta<'_> {
+    /// The TTL of an item `N<vivify>` creates: `N`'s, or `T`'s when `T` came after it.
+    pub fn created_ttl(&self, vivify: i64) -> i64 {
+        match self.ttl {
+            Some(ttl) if !self.vivify_after_touch => ttl,
+            _ => vivify,
+        }
+    }
+
     /// The key: the token as sent, or its base64 decoding in `buf` (checked at parse time:
     /// it decodes, to 1 to 250 bytes).
     pub fn key<'b>(&'b self, buf: &'b mut [u8; KEY_LEN_MAX_BYTES]) -> &'b [u8] {
@@ -141,6 +155,8 @@ struct Grammar {
     duplicate: ProtocolError,
     /// The error for a bad numeric token.
     bad_token: ProtocolError,
+    /// The error for more than `META_FLAGS_MAX` flags.
+    too_many: ProtocolError,
 }
 
 /// `mg`: `h` (hit before) and `l` (seconds since the last access) are accepted and not
@@ -155,6 +171,7 @@ const GET: Grammar = Grammar {
     invalid: ProtocolError::InvalidFlag,
     duplicate: ProtocolError::DuplicateFlag,
     bad_token: ProtocolError::BadToken,
+    too_many: ProtocolError::FlagsTooLong,
 };
 
 const SET: Grammar = Grammar {
@@ -164,6 +181,7 @@ const SET: Grammar = Grammar {
     invalid: ProtocolError::InvalidFlag,
     duplicate: ProtocolError::DuplicateFlag,
     bad_token: ProtocolError::BadToken,
+    too_many: ProtocolError::OptionsTooLong,
 };
 
 /// `md`: `T` changes only an item that `I` marks stale (memcached accepts it without `I`
@@ -175,6 +193,7 @@ const DELETE: Grammar = Grammar {
     invalid: ProtocolError::InvalidOrDuplicateFlag,
     duplicate: ProtocolError::InvalidOrDuplicateFlag,
     bad_token: ProtocolError::InvalidOrDuplicateFlag,
+    too_many: ProtocolError::OptionsTooLong,
 };
 
 const ARITHMETIC: Grammar = Grammar {
@@ -184,6 +203,7 @@ const ARITHMETIC: Grammar = Grammar {
     invalid: ProtocolError::InvalidOrDuplicateFlag,
     duplicate: ProtocolError::InvalidOrDuplicateFlag,
     bad_token: ProtocolError::InvalidOrDuplicateFlag,
+    too_many: ProtocolError::OptionsTooLong,
 };
 
 /// Parses `mg`/`ms`/`md`/`ma` (`rest`: the line after the command name; `buf`: the receive
@@ -205,6 +225,7 @@ pub(super) fn parse<'a>(
         match words
             .next()
             .and_then(number::parse_i32)
+            .filter(|&n| i64::from(n) <= super::parse::DATA_LEN_MAX)
             .and_then(|n| usize::try_from(n).ok())
         {
             Some(len) => Some(len),
@@ -239,6 +260,8 @@ pub(super) fn parse<'a>(
         delta: 1,
         vivify: None,
         recache: None,
+        recache_after_touch: false,
+        vivify_after_touch: false,
         initial: 0,
         invalidate: false,
         data: &[],
@@ -300,16 +323,16 @@ fn read_flags<'a>(
     meta: &mut Meta<'a>,
     words: impl Iterator<Item = &'a [u8]> + Clone,
 ) -> Result<(), ProtocolError> {
-    // Counted before any flag is looked at, as memcached does.
-    if words.clone().count() > META_FLAGS_MAX {
-        return Err(ProtocolError::FlagsTooLong);
-    }
     let grammar = match meta.kind {
         MetaKind::Get => &GET,
         MetaKind::Set => &SET,
         MetaKind::Delete => &DELETE,
         MetaKind::Arithmetic => &ARITHMETIC,
     };
+    // Counted before any flag is looked at, as memcached does.
+    if words.clone().count() > META_FLAGS_MAX {
+        return Err(grammar.too_many);
+    }
     let mut seen = [false; 128];
     for word in words {
         let (letter, arg) = (word[0], &word[1..]);
@@ -335,7 +358,7 @@ fn read_flags<'a>(
             b'q' => meta.quiet = true,
             b'v' => meta.value = true,
             b'O' => {
-                if arg.len() > OPAQUE_LEN_MAX_BYTES {
+                if word.len() > OPAQUE_LEN_MAX_BYTES {
                     return Err(ProtocolError::OpaqueTooLong);
                 }
                 meta.opaque = Some(arg);
@@ -343,8 +366,14 @@ fn read_flags<'a>(
             }
             b'c' | b'f' | b'k' | b's' | b't' => meta.returns.push(letter),
             b'T' => meta.ttl = Some(signed(arg).ok_or(bad)?),
-            b'N' => meta.vivify = Some(signed(arg).ok_or(bad)?),
-            b'R' => meta.recache = Some(signed(arg).ok_or(bad)?),
+            b'N' => {
+                meta.vivify = Some(signed(arg).ok_or(bad)?);
+                meta.vivify_after_touch = meta.ttl.is_some();
+            }
+            b'R' => {
+                meta.recache = Some(signed(arg).ok_or(bad)?);
+                meta.recache_after_touch = meta.ttl.is_some();
+            }
             b'C' => meta.compare_cas = Some(unsigned(arg).ok_or(bad)?),
             b'D' => meta.delta = unsigned(arg).ok_or(bad)?,
             b'J' => meta.initial = unsigned(arg).ok_or(bad)?,

@@ -49,6 +49,8 @@ pub enum ProtocolError {
     ModeLength,
     /// More meta flags than memcached accepts.
     FlagsTooLong,
+    /// Too many flags on `ms`, `md` or `ma` (memcached words it without "are").
+    OptionsTooLong,
     /// A meta flag memcached has and Terrace does not implement.
     FlagNotSupported,
 }
@@ -76,6 +78,7 @@ impl ProtocolError {
             Self::InvalidArithmeticMode => b"CLIENT_ERROR invalid mode for ma M token\r\n",
             Self::ModeLength => b"CLIENT_ERROR incorrect length for M token\r\n",
             Self::FlagsTooLong => b"CLIENT_ERROR options flags are too long\r\n",
+            Self::OptionsTooLong => b"CLIENT_ERROR options flags too long\r\n",
             Self::FlagNotSupported => {
                 b"CLIENT_ERROR flag not supported by this server (Terrace)\r\n"
             }

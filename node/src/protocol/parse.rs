@@ -401,6 +401,10 @@ pub(super) fn key_ok(key: &[u8]) -> bool {
 
 /// A signed decimal that fits memcached's 32-bit `exptime`/`vlen` (its `safe_strtol`: a
 /// leading `+` is fine, as in `set k 0 0 +1`).
+/// The longest data block memcached takes the length of (`INT_MAX - 2`): with its `\r\n` it
+/// fits in an i32.
+pub(super) const DATA_LEN_MAX: i64 = i32::MAX as i64 - 2;
+
 fn parse_i32(token: &[u8]) -> Option<i64> {
     number::parse_i32(token).map(i64::from)
 }
@@ -486,7 +490,12 @@ fn parse_store<'a>(
     let (key, flags, exptime, vlen) = (args[0], parse_u32(args[1]), parse_i32(args[2]), args[3]);
     // Without a length we cannot know where the data block ends: answer and read on, as
     // memcached does (the data line will then get its own error).
-    let Some(vlen) = parse_i32(vlen).and_then(|v| usize::try_from(v).ok()) else {
+    // memcached refuses a length whose data block with its `\r\n` would not fit in an i32
+    // (2147483646 and up) the same way, and skips nothing.
+    let Some(vlen) = parse_i32(vlen)
+        .filter(|&v| v <= DATA_LEN_MAX)
+        .and_then(|v| usize::try_from(v).ok())
+    else {
         return invalid_noreply(ProtocolError::BadCommandLine, line_len, noreply);
     };
     let skip_bytes = vlen.saturating_add(2);

@@ -11,6 +11,7 @@ use super::{Durable, LocalShards, MAPPED_VALUE_MIN_BYTES, MappedItem, Refusal};
 use crate::protocol::{Meta, MetaKind, reply};
 use crate::stats::Stat;
 use terrace_wal::error::StoreError;
+use terrace_wal::store::expiry::{expiry_from_exptime, is_expired};
 use terrace_wal::store::{Delta, SetMode, StoreOutcome, number};
 
 /// What the return flags may show of an item.
@@ -92,9 +93,10 @@ impl LocalShards {
     ) -> MetaResult {
         let (shard, store) = self.store_of(key);
         self.counters.bump(Stat::cmd_get);
-        // `R` looks at the time the item had left before a `T` touches it, as memcached.
+        // `R` before `T` looks at the time the item had left before the touch; after it, at
+        // the time the touch gave it (memcached reads the flags in order).
         let expiry_before_touch = match (meta.recache, meta.ttl) {
-            (Some(_), Some(_)) => store
+            (Some(_), Some(_)) if !meta.recache_after_touch => store
                 .borrow_mut()
                 .get(key)
                 .ok()
@@ -191,7 +193,7 @@ impl LocalShards {
     fn meta_vivify(&self, meta: &Meta<'_>, key: &[u8], out: &mut Vec<u8>, ttl: i64) -> MetaResult {
         let (shard, store) = self.store_of(key);
         self.stamp(store);
-        let exptime = meta.ttl.unwrap_or(ttl);
+        let exptime = meta.created_ttl(ttl);
         let stored = store.borrow_mut().set(SetMode::Add, key, b"", 0, exptime);
         let written = match stored.map_err(|error| self.refuse(shard, error))? {
             StoreOutcome::Stored(written) => written,
@@ -380,13 +382,24 @@ impl LocalShards {
                 drop(item);
                 // The touch first: if the increment then failed (the log full), a retry
                 // would touch again, which is harmless; the other way round it would count
-                // twice.
+                // twice. Not a touch that expires the counter at once (a negative TTL): as
+                // in memcached, the counter changes first, and then expires.
+                let now = self.now_secs(shard);
+                let expires_at_once = meta
+                    .ttl
+                    .is_some_and(|ttl| is_expired(expiry_from_exptime(ttl, now), now));
                 let mut lsn = 0;
-                if let Some(ttl) = meta.ttl {
-                    let touched = store.borrow_mut().touch(key, ttl);
-                    if let Some(touched) = touched.map_err(|error| self.refuse(shard, error))? {
-                        lsn = touched.lsn;
+                let touch = |lsn: &mut u64| -> Result<(), Refusal> {
+                    if let Some(ttl) = meta.ttl {
+                        let touched = store.borrow_mut().touch(key, ttl);
+                        if let Some(touched) = touched.map_err(|error| self.refuse(shard, error))? {
+                            *lsn = touched.lsn;
+                        }
                     }
+                    Ok(())
+                };
+                if !expires_at_once {
+                    touch(&mut lsn)?;
                 }
                 let delta = if meta.incr {
                     Delta::Incr(meta.delta)
@@ -394,17 +407,22 @@ impl LocalShards {
                     Delta::Decr(meta.delta)
                 };
                 let changed = store.borrow_mut().delta(key, delta);
-                match changed.map_err(|error| self.refuse(shard, error))? {
+                let number = match changed.map_err(|error| self.refuse(shard, error))? {
                     Some((number, written)) => {
                         self.counters.bump(hit);
-                        (number, lsn.max(written.lsn))
+                        lsn = lsn.max(written.lsn);
+                        number
                     }
                     // Not reached: the item was found above, in the same step.
                     None => {
                         self.counters.bump(miss);
                         return Ok(self.refused(out, b"NF", meta, shard));
                     }
+                };
+                if expires_at_once {
+                    touch(&mut lsn)?;
                 }
+                (number, lsn)
             }
             None => {
                 self.counters.bump(miss);
@@ -412,7 +430,10 @@ impl LocalShards {
                     return Ok(self.refused(out, b"NF", meta, shard));
                 };
                 let initial = itoa::Buffer::new().format(meta.initial).as_bytes().to_vec();
-                let created = store.borrow_mut().set(SetMode::Add, key, &initial, 0, ttl);
+                let exptime = meta.created_ttl(ttl);
+                let created = store
+                    .borrow_mut()
+                    .set(SetMode::Add, key, &initial, 0, exptime);
                 match created.map_err(|error| self.refuse(shard, error))? {
                     StoreOutcome::Stored(written) => (meta.initial, written.lsn),
                     // Not reached: the miss above and the add run in one step.
