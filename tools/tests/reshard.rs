@@ -85,6 +85,10 @@ fn load(client: &mut Client) -> Vec<String> {
     for i in (1..3000).step_by(7) {
         client.call(&format!("touch key:{i} 7200\r\n"));
     }
+    // Marked stale (meta invalidation): they stay stale.
+    for i in (1..3000).step_by(11).filter(|i| i % 10 != 0) {
+        assert_eq!(client.call(&format!("md key:{i} I\r\n")), "HD\r\n");
+    }
     assert_eq!(client.call("set counter 3 0 2\r\n40\r\n"), "STORED\r\n");
     assert_eq!(client.call("incr counter 2\r\n"), "42\r\n");
     assert_eq!(client.call("set gone 0 -1 1\r\nx\r\n"), "STORED\r\n");
@@ -93,9 +97,9 @@ fn load(client: &mut Client) -> Vec<String> {
     keys
 }
 
-/// Every key's value line and data (`VALUE key flags len` + data), TTL left (`t` of `mg`)
-/// and CAS; absent keys map to `None`.
-type Contents = BTreeMap<String, Option<(String, i64, u64)>>;
+/// Every key's value line and data (`VALUE key flags len` + data), TTL left (`t` of `mg`),
+/// CAS, and whether it is stale (`X` from `mg`); absent keys map to `None`.
+type Contents = BTreeMap<String, Option<(String, i64, u64, bool)>>;
 
 fn contents(client: &mut Client, keys: &[String]) -> Contents {
     keys.iter()
@@ -108,14 +112,18 @@ fn contents(client: &mut Client, keys: &[String]) -> Contents {
             let mut words: Vec<&str> = line.split(' ').collect();
             let cas: u64 = words.pop().unwrap().parse().unwrap();
             let value = format!("{} {}", words.join(" "), rest.trim_end_matches("END\r\n"));
-            let ttl = client.call(&format!("mg {key} t\r\n"));
-            let ttl: i64 = ttl
-                .trim_end()
-                .strip_prefix("HD t")
+            let reply = client.call(&format!("mg {key} t\r\n"));
+            let mut flags = reply.trim_end().split(' ');
+            assert_eq!(flags.next(), Some("HD"), "{reply:?}");
+            let ttl: i64 = flags
+                .next()
+                .unwrap()
+                .strip_prefix('t')
                 .unwrap()
                 .parse()
                 .unwrap();
-            (key.clone(), Some((value, ttl, cas)))
+            let stale = flags.any(|flag| flag == "X");
+            (key.clone(), Some((value, ttl, cas, stale)))
         })
         .collect()
 }
@@ -133,6 +141,8 @@ fn reshard_keeps_every_live_item_and_the_old_data_aside() {
     // A delayed flush_all, due in a day: it must still come after the reshard.
     assert_eq!(client.call("flush_all 86400\r\n"), "OK\r\n");
     let before = contents(&mut client, &keys);
+    let stale = before.values().flatten().filter(|item| item.3).count();
+    assert!(stale > 200, "{stale} stale items");
     drop(client);
 
     // A running server's data dir is refused.
@@ -173,14 +183,15 @@ fn reshard_keeps_every_live_item_and_the_old_data_aside() {
     let old_cas_max = before
         .values()
         .flatten()
-        .map(|(_, _, cas)| *cas)
+        .map(|(_, _, cas, _)| *cas)
         .max()
         .unwrap();
     for key in &keys {
         match (&before[key], &after[key]) {
             (None, None) => {}
-            (Some((value, ttl, _)), Some((new_value, new_ttl, cas))) => {
+            (Some((value, ttl, _, stale)), Some((new_value, new_ttl, cas, new_stale))) => {
                 assert_eq!(value, new_value, "{key}");
+                assert_eq!(stale, new_stale, "{key}: stale");
                 // The same absolute expiry, read a little later.
                 assert!(
                     *ttl == -1 && *new_ttl == -1 || (ttl - new_ttl).abs() <= 5,

@@ -401,13 +401,21 @@ impl Job {
                 // An absolute expiry (0: never) is a valid exptime: past 30 days it is read
                 // as a unix time.
                 let exptime = i64::from(item.expiry());
-                let written = target.set(
-                    SetMode::Set,
-                    item.key(),
-                    item.value(),
-                    item.flags(),
-                    exptime,
-                );
+                let written = target
+                    .set(
+                        SetMode::Set,
+                        item.key(),
+                        item.value(),
+                        item.flags(),
+                        exptime,
+                    )
+                    // A stale item stays stale (meta invalidation): marked again.
+                    .and_then(|stored| {
+                        if item.is_stale() {
+                            target.invalidate(item.key(), None)?;
+                        }
+                        Ok(stored)
+                    });
                 match written {
                     Ok(_) => {
                         let bytes = (item.key().len() + item.value().len()) as u64;
