@@ -11,6 +11,7 @@ from meta_memcache import (
     LeasePolicy,
     RecachePolicy,
     ServerAddress,
+    StalePolicy,
     connection_pool_factory_builder,
 )
 
@@ -73,4 +74,22 @@ check("the first recache caller wins (a miss)", client.get(key=Key("hot"), recac
 check("the next one reads the value", client.get(key=Key("hot"), recache_policy=recache), "v")
 check("set far from expiring", client.set(key=Key("cold"), value="c", ttl=1000), True)
 check("no recache with time to spare", client.get(key=Key("cold"), recache_policy=recache), "c")
+# Stale items: a delete that marks the item stale (md I T), then the first reader is told to
+# recompute (a miss, it won the token), the next ones read the stale value; a write with an
+# outdated CAS is kept as stale instead of failing (ms I); a fresh write ends it.
+stale = StalePolicy(mark_stale_on_deletion_ttl=30, mark_stale_on_cas_mismatch=True)
+check("set before invalidation", client.set(key=Key("page"), value="v1", ttl=100), True)
+_, old_cas = client.get_cas(key=Key("page"))
+check("delete marking stale", client.delete(key=Key("page"), stale_policy=stale), True)
+check("the first reader of a stale item wins (a miss)", client.get(key=Key("page")), None)
+check("the next reader gets the stale value", client.get(key=Key("page")), "v1")
+check(
+    "a write with an outdated CAS is stored as stale",
+    client.set(key=Key("page"), value="late", ttl=100, cas_token=old_cas, stale_policy=stale),
+    True,
+)
+check("the stale write is served to the token's losers", client.get(key=Key("page")), "late")
+check("a fresh write", client.set(key=Key("page"), value="v2", ttl=100), True)
+check("read after the fresh write", client.get(key=Key("page")), "v2")
+check("delete marking stale a missing key", client.delete(key=Key("nope"), stale_policy=stale), False)
 print("meta-memcache: all checks passed")
