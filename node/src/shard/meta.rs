@@ -301,7 +301,7 @@ impl LocalShards {
         }
     }
 
-    /// `md`: `HD` deleted (with `I`: marked stale, see `invalidate`), `NF` no such item,
+    /// `md`: `HD` deleted (with `I`: marked stale), `NF` no such item,
     /// `EX` the CAS differs.
     fn meta_delete(&self, meta: &Meta<'_>, key: &[u8], out: &mut Vec<u8>) -> MetaResult {
         let (shard, store) = self.store_of(key);
@@ -314,33 +314,19 @@ impl LocalShards {
             }
             Condition::Changed => return Ok(self.refused(out, b"EX", meta, shard)),
         }
-        if meta.invalidate {
-            return self.meta_invalidate(meta, key, out);
-        }
-        let deleted = store.borrow_mut().delete(key);
-        match deleted.map_err(|error| self.refuse(shard, error))? {
+        // With `I` the item stays, marked stale, with a new CAS and `T`'s expiry if given;
+        // its new version has a win token to hand out (the next `mg` says `X W`). memcached
+        // counts that in no delete statistic.
+        let changed = if meta.invalidate {
+            store.borrow_mut().invalidate(key, meta.ttl)
+        } else {
+            store.borrow_mut().delete(key)
+        };
+        match changed.map_err(|error| self.refuse(shard, error))? {
             Some(written) => {
-                self.counters.bump(Stat::delete_hits);
-                if !meta.quiet {
-                    self.head(out, b"HD", meta, None, DELETE_DONE, shard);
+                if !meta.invalidate {
+                    self.counters.bump(Stat::delete_hits);
                 }
-                Ok(self.written(shard, written.lsn))
-            }
-            None => {
-                self.counters.bump(Stat::delete_misses);
-                Ok(self.refused(out, b"NF", meta, shard))
-            }
-        }
-    }
-
-    /// `md <key> I [T<ttl>]`: the item stays, marked stale, with a new CAS and `T`'s expiry
-    /// if given; its new version has a win token to hand out (the next `mg` says `X W`).
-    /// memcached counts this in no delete statistic.
-    fn meta_invalidate(&self, meta: &Meta<'_>, key: &[u8], out: &mut Vec<u8>) -> MetaResult {
-        let (shard, store) = self.store_of(key);
-        let marked = store.borrow_mut().invalidate(key, meta.ttl);
-        match marked.map_err(|error| self.refuse(shard, error))? {
-            Some(written) => {
                 if !meta.quiet {
                     self.head(out, b"HD", meta, None, DELETE_DONE, shard);
                 }
