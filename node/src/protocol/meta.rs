@@ -76,12 +76,10 @@ pub struct Meta<'a> {
     /// `R<ttl>` of `mg`: an item with less time than this left hands its first client the
     /// win token (to recache it).
     pub recache: Option<i64>,
-    /// `R` came after `T` in the request: it looks at the time left after the touch.
-    /// memcached reads the flags in order.
-    pub recache_after_touch: bool,
-    /// `N` came after `T` in the request: an item it creates gets `N`'s TTL, not `T`'s (the
-    /// later one wins, as memcached applies them in order).
-    pub vivify_after_touch: bool,
+    /// Where `T`, `N`, `R` and `t` stand among the flags: memcached reads them in order, so
+    /// an `R` after a `T` looks at the time the touch gave, `t` shows the TTL as the flags
+    /// before it left it, and of `T` and `N` the later one sets a created item's TTL.
+    pub order: FlagOrder,
     /// `J<initial>` of `ma`: the value a created counter starts at (default 0).
     pub initial: u64,
     /// `I` (invalidate): `md` marks the item stale (and sets its expiry to `T`'s, if
@@ -90,6 +88,20 @@ pub struct Meta<'a> {
     pub invalidate: bool,
     /// The data block of `ms`.
     pub data: &'a [u8],
+}
+
+/// Positions among a request's flags (0 the first flag) of those whose order changes what
+/// they do; `None` if absent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FlagOrder {
+    /// `T`.
+    pub touch: Option<u8>,
+    /// `N`.
+    pub vivify: Option<u8>,
+    /// `R`.
+    pub recache: Option<u8>,
+    /// `t`.
+    pub ttl_shown: Option<u8>,
 }
 
 /// The return flags of a request, in the order asked.
@@ -115,10 +127,30 @@ impl ReturnFlags {
 impl Meta<'_> {
     /// The TTL of an item `N<vivify>` creates: `N`'s, or `T`'s when `T` came after it.
     pub fn created_ttl(&self, vivify: i64) -> i64 {
-        match self.ttl {
-            Some(ttl) if !self.vivify_after_touch => ttl,
-            _ => vivify,
+        self.created_ttl_before(u8::MAX).unwrap_or(vivify)
+    }
+
+    /// The TTL that the flags before `position` gave an item `N` created (the later of `T`
+    /// and `N`), if any did.
+    pub fn created_ttl_before(&self, position: u8) -> Option<i64> {
+        let touch = self.order.touch.filter(|&at| at < position);
+        let vivify = self.order.vivify.filter(|&at| at < position);
+        match (touch, vivify) {
+            (Some(t), Some(n)) if n > t => self.vivify,
+            (Some(_), _) => self.ttl,
+            (None, Some(_)) => self.vivify,
+            (None, None) => None,
         }
+    }
+
+    /// Whether `R` looks at the time left after the touch (it comes after `T`).
+    pub fn recache_after_touch(&self) -> bool {
+        matches!((self.order.touch, self.order.recache), (Some(t), Some(r)) if t < r)
+    }
+
+    /// Whether `t` shows the TTL before the touch (it comes before `T`).
+    pub fn ttl_shown_before_touch(&self) -> bool {
+        matches!((self.order.touch, self.order.ttl_shown), (Some(t), Some(shown)) if shown < t)
     }
 
     /// The key: the token as sent, or its base64 decoding in `buf` (checked at parse time:
@@ -260,8 +292,7 @@ pub(super) fn parse<'a>(
         delta: 1,
         vivify: None,
         recache: None,
-        recache_after_touch: false,
-        vivify_after_touch: false,
+        order: FlagOrder::default(),
         initial: 0,
         invalidate: false,
         data: &[],
@@ -334,7 +365,7 @@ fn read_flags<'a>(
         return Err(grammar.too_many);
     }
     let mut seen = [false; 128];
-    for word in words {
+    for (position, word) in words.enumerate() {
         let (letter, arg) = (word[0], &word[1..]);
         if grammar.unsupported.contains(&letter) {
             return Err(ProtocolError::FlagNotSupported);
@@ -351,6 +382,15 @@ fn read_flags<'a>(
         if grammar.ignored.contains(&letter) {
             continue;
         }
+        // Fewer than `META_FLAGS_MAX` flags: checked above.
+        let at = u8::try_from(position).ok();
+        match letter {
+            b'T' => meta.order.touch = at,
+            b'N' => meta.order.vivify = at,
+            b'R' => meta.order.recache = at,
+            b't' => meta.order.ttl_shown = at,
+            _ => {}
+        }
         let bad = grammar.bad_token;
         match letter {
             b'b' => meta.base64 = true,
@@ -366,14 +406,8 @@ fn read_flags<'a>(
             }
             b'c' | b'f' | b'k' | b's' | b't' => meta.returns.push(letter),
             b'T' => meta.ttl = Some(signed(arg).ok_or(bad)?),
-            b'N' => {
-                meta.vivify = Some(signed(arg).ok_or(bad)?);
-                meta.vivify_after_touch = meta.ttl.is_some();
-            }
-            b'R' => {
-                meta.recache = Some(signed(arg).ok_or(bad)?);
-                meta.recache_after_touch = meta.ttl.is_some();
-            }
+            b'N' => meta.vivify = Some(signed(arg).ok_or(bad)?),
+            b'R' => meta.recache = Some(signed(arg).ok_or(bad)?),
             b'C' => meta.compare_cas = Some(unsigned(arg).ok_or(bad)?),
             b'D' => meta.delta = unsigned(arg).ok_or(bad)?,
             b'J' => meta.initial = unsigned(arg).ok_or(bad)?,

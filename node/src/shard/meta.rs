@@ -93,17 +93,16 @@ impl LocalShards {
     ) -> MetaResult {
         let (shard, store) = self.store_of(key);
         self.counters.bump(Stat::cmd_get);
-        // `R` before `T` looks at the time the item had left before the touch; after it, at
-        // the time the touch gave it (memcached reads the flags in order).
-        let expiry_before_touch = match (meta.recache, meta.ttl) {
-            (Some(_), Some(_)) if !meta.recache_after_touch => store
-                .borrow_mut()
-                .get(key)
-                .ok()
-                .flatten()
-                .map(|i| i.expiry()),
-            _ => None,
-        };
+        // `R` and `t` before `T` look at the time the item had left before the touch; after
+        // it, at the time the touch gave it (memcached reads the flags in order).
+        let recache_before_touch = meta.recache.is_some() && !meta.recache_after_touch();
+        let expiry_before_touch =
+            if meta.ttl.is_some() && (recache_before_touch || meta.ttl_shown_before_touch()) {
+                let item = store.borrow_mut().get(key).ok().flatten();
+                item.map(|i| i.expiry())
+            } else {
+                None
+            };
         let found = match meta.ttl {
             None => store
                 .borrow_mut()
@@ -145,7 +144,10 @@ impl LocalShards {
         } else {
             // `R`: less time left than asked (an item that never expires has all the time).
             let now = i64::from(self.now_secs(shard));
-            let expiry_seen = expiry_before_touch.unwrap_or(expiry);
+            let expiry_seen = match expiry_before_touch {
+                Some(before) if recache_before_touch => before,
+                _ => expiry,
+            };
             let recache = meta
                 .recache
                 .is_some_and(|ttl| expiry_seen != 0 && i64::from(expiry_seen) - now < ttl);
@@ -157,11 +159,12 @@ impl LocalShards {
                 Token::None
             }
         };
+        let now = self.now_secs(shard);
         let shown = Shown {
             cas,
             flags: item.flags(),
             size: value.len(),
-            expiry,
+            expiry: shown_expiry(meta, false, expiry_before_touch, expiry, now),
             token,
             stale,
         };
@@ -203,9 +206,10 @@ impl LocalShards {
         self.counters.bump(Stat::cmd_set);
         self.hand_out_token(key, written.cas);
         let now = self.now_secs(shard);
+        let expiry = expiry_from_exptime(exptime, now);
         let shown = Shown {
             cas: written.cas,
-            expiry: terrace_wal::store::expiry::expiry_from_exptime(exptime, now),
+            expiry: shown_expiry(meta, true, None, expiry, now),
             token: Token::Won,
             ..Shown::default()
         };
@@ -353,6 +357,8 @@ impl LocalShards {
             (Stat::decr_hits, Stat::decr_misses)
         };
         let current = store.borrow_mut().get(key).ok().flatten();
+        // For `t` before `T`; `None`: the counter is created.
+        let mut expiry_before_touch = None;
         let (number, mut lsn) = match current {
             Some(item) => {
                 if meta
@@ -365,6 +371,7 @@ impl LocalShards {
                 if number::parse_u64(item.value()).is_none() {
                     return Err(self.refuse(shard, StoreError::NonNumeric));
                 }
+                expiry_before_touch = Some(item.expiry());
                 drop(item);
                 // The touch first: if the increment then failed (the log full), a retry
                 // would touch again, which is harmless; the other way round it would count
@@ -428,13 +435,15 @@ impl LocalShards {
             }
         };
         // The item as it is now, for `c` and `t`.
+        let now = self.now_secs(shard);
+        let created = expiry_before_touch.is_none();
         let shown = store.borrow_mut().get(key).ok().flatten().map(|item| {
             lsn = lsn.max(item.lsn());
             Shown {
                 cas: item.cas(),
                 flags: item.flags(),
                 size: item.value().len(),
-                expiry: item.expiry(),
+                expiry: shown_expiry(meta, created, expiry_before_touch, item.expiry(), now),
                 token: Token::None,
                 stale: false,
             }
@@ -566,5 +575,26 @@ impl LocalShards {
         self.stores[shard as usize]
             .as_ref()
             .map_or(0, |store| store.borrow().now_secs())
+    }
+}
+
+/// The expiry `t` shows: as the flags before it left it, since memcached reads them in order.
+/// `created`: `N` (`mg`, `ma`) created the item, which had no expiry before a `T` or `N`;
+/// `before_touch`: an existing item's expiry before a `T`; `after`: the item's expiry once
+/// every flag is applied.
+fn shown_expiry(
+    meta: &Meta<'_>,
+    created: bool,
+    before_touch: Option<u32>,
+    after: u32,
+    now: u32,
+) -> u32 {
+    match meta.order.ttl_shown {
+        None => after,
+        Some(position) if created => meta
+            .created_ttl_before(position)
+            .map_or(0, |ttl| expiry_from_exptime(ttl, now)),
+        Some(_) if meta.ttl_shown_before_touch() => before_touch.unwrap_or(after),
+        Some(_) => after,
     }
 }
