@@ -579,3 +579,44 @@ fn a_stale_item_stays_stale_when_compaction_copies_it() {
         check(&mut reopened);
     });
 }
+
+/// The largest item a config takes fits in a segment with a tombstone before it: compaction
+/// that copies a needed tombstone whose key holds such an item writes the two into one
+/// segment. (A config once took an item that fit alone, and compaction then failed on that
+/// segment every round. Found by a review.)
+#[test]
+fn a_needed_tombstone_before_a_largest_item_can_be_compacted() {
+    run(|| async {
+        let disk = SimDisk::new();
+        let mut config = config();
+        let key = vec![b'k'; 250];
+        while {
+            config.item_size_max_bytes += 1;
+            config.validate().is_ok()
+        } {}
+        config.item_size_max_bytes -= 1;
+        config.validate().expect("the largest item it takes");
+        let item_max = config.item_size_max_bytes;
+        let clock = ManualClock::new(1_700_000_000);
+        let (store, _) = open_sim(&disk, config, &clock).await;
+        let store: Shared = Rc::new(RefCell::new(store));
+        set(&store, &key, b"first", 0).await;
+        let first = store.borrow().log().tail().id();
+        let mut i = 0;
+        while store.borrow().log().tail().id() == first {
+            set(&store, format!("f{i}").as_bytes(), &[b'f'; 400], 0).await;
+            i += 1;
+        }
+        delete(&store, &key).await;
+        let victim = store.borrow().log().tail().id();
+        set(&store, &key, &vec![b'P'; item_max], 0).await;
+        set(&store, b"after", b"x", 0).await;
+        assert!(store.borrow().log().segment(victim).expect("there").is_sealed());
+        let compacted = store.borrow_mut().compact_some(victim, 0, usize::MAX);
+        assert!(compacted.is_ok(), "{compacted:?}");
+        assert_eq!(
+            store.borrow_mut().get(&key).expect("get").map(|i| i.value().len()),
+            Some(item_max)
+        );
+    });
+}

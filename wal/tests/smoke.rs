@@ -50,7 +50,7 @@ fn set_get_reopen() {
 /// flag for a torn tail and cutting acknowledged records.
 #[test]
 fn a_version_1_log_is_read_and_its_tail_takes_no_more_records() {
-    use terrace_wal::constants::{FORMAT_VERSION, SEGMENT_HEADER_LEN_BYTES};
+    use terrace_wal::constants::FORMAT_VERSION;
     use terrace_wal::format::{SegmentHeader, SegmentHeaderCheck};
     run(|| async {
         let disk = SimDisk::new();
@@ -62,15 +62,7 @@ fn a_version_1_log_is_read_and_its_tail_takes_no_more_records() {
             .expect("set");
         sync_all(&store).await;
         drop(store);
-        let mut image = disk.durable_image();
-        let first = image.get_mut(&1).expect("segment 1");
-        let SegmentHeaderCheck::Valid(mut header) = SegmentHeader::check(first) else {
-            panic!("a valid header");
-        };
-        assert_eq!(header.version, FORMAT_VERSION);
-        header.version = 1;
-        first[..SEGMENT_HEADER_LEN_BYTES].copy_from_slice(&header.encode());
-        let disk = SimDisk::from_image(&image);
+        let disk = as_version_1(&disk, &[1]);
         let (mut store, _) = open_sim(&disk, config.clone(), &clock).await;
         let item = store
             .get(b"old")
@@ -95,5 +87,81 @@ fn a_version_1_log_is_read_and_its_tail_takes_no_more_records() {
         let (mut store, _) = open_sim(&SimDisk::from_image(&image), config, &clock).await;
         let item = store.get(b"old").expect("get").expect("still there");
         assert!(item.is_stale());
+    });
+}
+
+/// Sets the version of the given segments of `disk`'s durable image to 1 (a log written by
+/// an older build, which had no record flags), and returns a disk holding that image.
+fn as_version_1(disk: &SimDisk, ids: &[u64]) -> SimDisk {
+    use terrace_wal::constants::{FORMAT_VERSION, SEGMENT_HEADER_LEN_BYTES};
+    use terrace_wal::format::{SegmentHeader, SegmentHeaderCheck};
+    let mut image = disk.durable_image();
+    for id in ids {
+        let segment = image.get_mut(id).expect("segment");
+        let SegmentHeaderCheck::Valid(mut header) = SegmentHeader::check(segment) else {
+            panic!("a valid header");
+        };
+        assert_eq!(header.version, FORMAT_VERSION);
+        header.version = 1;
+        segment[..SEGMENT_HEADER_LEN_BYTES].copy_from_slice(&header.encode());
+    }
+    SimDisk::from_image(&image)
+}
+
+/// A recovered version-1 tail takes no more records, and it is still the newest segment:
+/// compaction leaves it alone even when nothing in it is live (it was once compacted away,
+/// and the next write found no segment, or a restart handed out its LSNs again). (Found by
+/// a review.)
+#[test]
+fn a_sealed_version_1_tail_is_not_compacted_away() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use terrace_wal::store::compact_once;
+    run(|| async {
+        let disk = SimDisk::new();
+        let clock = ManualClock::new(1_700_000_000);
+        let config = small_config(16 << 10, Durability::Fsync);
+        let (mut store, _) = open_sim(&disk, config.clone(), &clock).await;
+        store
+            .set(SetMode::Set, b"keep", b"lasting", 0, 0)
+            .expect("set");
+        let mut i = 0;
+        while store.log().tail().id() == 1 {
+            let key = format!("t{i}");
+            store
+                .set(SetMode::Set, key.as_bytes(), &[b't'; 400], 0, 100)
+                .expect("set");
+            i += 1;
+        }
+        store
+            .set(SetMode::Set, b"expires", b"soon", 0, 100)
+            .expect("set");
+        let last_lsn = store.log().next_lsn() - 1;
+        sync_all(&store).await;
+        let tail = store.log().tail().id();
+        drop(store);
+        let disk = as_version_1(&disk, &[1, tail]);
+        // Upgraded after a quiet hour: everything but `keep` expired.
+        clock.advance(3600);
+        let (store, _) = open_sim(&disk, config.clone(), &clock).await;
+        let store = Rc::new(RefCell::new(store));
+        while compact_once(&store).await.expect("compaction") {}
+        assert!(
+            store.borrow().log().segment(tail).is_some(),
+            "the tail stays"
+        );
+        let stored = store.borrow_mut().set(SetMode::Set, b"new", b"after", 0, 0);
+        let Ok(StoreOutcome::Stored(written)) = stored else {
+            panic!("set after compaction: {stored:?}");
+        };
+        assert!(written.lsn > last_lsn);
+        let synced = sync_all(&store.borrow());
+        synced.await;
+        drop(Rc::into_inner(store).expect("one owner").into_inner());
+        let (mut reopened, _) = open_sim(&disk, config, &clock).await;
+        assert!(reopened.log().next_lsn() > written.lsn);
+        let item = reopened.get(b"new").expect("get").expect("acknowledged");
+        assert_eq!(item.cas(), written.cas);
+        assert!(reopened.get(b"keep").expect("get").is_some());
     });
 }

@@ -11,6 +11,7 @@ pub use payload::{
 };
 pub use record::{
     Body, InvalidRecord, RecordBody, RecordCheck, RecordKind, RecordRef, check_record,
-    record_at_unchecked, record_len, write_record, write_record_flagged, write_record_in_term,
+    is_item_follows, record_at_unchecked, record_len, write_record, write_record_flagged,
+    write_record_in_term,
 };
 pub use segment_header::{SegmentHeader, SegmentHeaderCheck};

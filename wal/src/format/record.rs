@@ -177,6 +177,16 @@ pub fn write_record_flagged<T: RecordBody>(
     Some(RECORD_HEADER_LEN_BYTES + padded_len)
 }
 
+/// Whether the record whose bytes start `record` (not checked) is a tombstone that counts
+/// only with the put after it (`RECORD_FLAG_ITEM_FOLLOWS`): who moves records between logs
+/// (a replication stream, a passive applying it) keeps the two together.
+pub fn is_item_follows(record: &[u8]) -> bool {
+    record.get(RECORD_KIND_OFFSET) == Some(&(RecordKind::Delete as u8))
+        && record
+            .get(RECORD_FLAGS_OFFSET)
+            .is_some_and(|flags| flags & RECORD_FLAG_ITEM_FOLLOWS != 0)
+}
+
 /// The record flags a record of `kind` may carry.
 const fn flags_allowed(kind: RecordKind) -> u8 {
     match kind {

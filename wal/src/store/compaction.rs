@@ -173,17 +173,15 @@ impl<S: Storage> Store<S> {
         }
     }
 
-    /// The segment most worth compacting now: sealed, durable, not retired, with the least
-    /// live data, below the threshold.
+    /// The segment most worth compacting now: sealed, durable, not retired, not the tail,
+    /// with the least live data, below the threshold.
     pub fn compaction_victim(&self) -> Option<SegmentId> {
         let now = self.clock.now_secs();
         let durable = self.log.commit().durable_lsn();
         let percent = u64::from(self.config.compaction.live_percent_max);
         self.log
             .segments()
-            .filter(|s| {
-                s.is_sealed() && !s.is_retired() && !s.header_pending() && s.last_lsn() <= durable
-            })
+            .filter(|s| self.may_remove(s, durable))
             .map(|s| (self.effective_live_bytes(s, now), s))
             .filter(|(live, s)| live * 100 < percent * s.size_bytes() as u64)
             .min_by_key(|(live, s)| (*live, s.id()))
@@ -201,14 +199,23 @@ impl<S: Storage> Store<S> {
         self.log
             .segments()
             .find(|s| {
-                s.is_sealed()
-                    && !s.is_retired()
-                    && !s.header_pending()
-                    && s.last_lsn() <= durable
+                self.may_remove(s, durable)
                     && !self.still_refused(s.id())
                     && (self.effective_live_bytes(s, now) == 0 || s.live_bytes() == s.held_bytes())
             })
             .map(|s| (s.id(), s.live_bytes() == 0))
+    }
+
+    /// Whether a segment may go, were nothing in it needed: sealed, durable, not retired, and
+    /// not the log's tail. A tail is sealed only as a recovered version-1 segment (it takes
+    /// no more records, see `FORMAT_VERSION_OLDEST_READ`); it is the newest segment, whose
+    /// last LSN the next one follows after a restart, so it stays until a newer one exists.
+    fn may_remove(&self, segment: &Segment<S::File>, durable: u64) -> bool {
+        segment.is_sealed()
+            && !segment.is_retired()
+            && !segment.header_pending()
+            && segment.last_lsn() <= durable
+            && segment.id() != self.log.tail().id()
     }
 
     /// The time a passive's reclaim judges expiry by: [`RECLAIM_EXPIRY_GRACE_SECS`] ago.

@@ -28,14 +28,12 @@ pub use compaction::{
 };
 pub use expiry::{Clock, ManualClock, SystemClock};
 
-use crate::constants::{
-    KEY_LEN_MAX_BYTES, RECORD_FLAG_ITEM_FOLLOWS, RECORD_FLAG_STALE, RECORD_FLAGS_OFFSET,
-    RECORD_KIND_OFFSET,
-};
+use crate::constants::{KEY_LEN_MAX_BYTES, RECORD_FLAG_STALE};
 use crate::error::{KeyProblem, StoreError, WalError};
 use crate::format::{
-    Body, Delete, Flush, Put, RecordKind, RecordRef, Touch, ValueParts, record::put_record_len_max,
-    record::small_record_len_max, record::touch_record_len,
+    Body, Delete, Flush, Put, RecordCheck, RecordKind, RecordRef, Touch, ValueParts, check_record,
+    is_item_follows, record::put_record_len_max, record::small_record_len_max,
+    record::touch_record_len,
 };
 use crate::log::{
     AppendClass, Appended, Durability, GroupCommit, Log, LogConfig, RecoveredRecord,
@@ -105,14 +103,18 @@ impl StoreConfig {
     /// Checks the settings and how they fit together.
     pub fn validate(&self) -> Result<(), WalError> {
         self.log.validate()?;
-        let needed = put_record_len_max(KEY_LEN_MAX_BYTES, self.item_size_max_bytes);
+        // The largest item, and a tombstone before it: compaction writes the two into one
+        // segment when it copies a tombstone whose key holds an item.
+        let needed = put_record_len_max(KEY_LEN_MAX_BYTES, self.item_size_max_bytes)
+            + small_record_len_max(KEY_LEN_MAX_BYTES);
         if needed > self.log.record_len_max() {
             return Err(WalError::Config {
                 field: "item_size_max_bytes",
                 value: self.item_size_max_bytes.to_string(),
                 fix: format!(
-                    "an item of that size needs a {needed}-byte record, more than a \
-                     {}-byte segment holds; lower it or raise segment_size_bytes",
+                    "an item of that size needs a {needed}-byte record with a tombstone \
+                     before it, more than a {}-byte segment holds; lower it or raise \
+                     segment_size_bytes",
                     self.log.segment_size_bytes
                 ),
             });
@@ -1069,23 +1071,75 @@ impl<S: Storage> Store<S> {
 
     /// Applies a record copied from another store's log (a passive following its active):
     /// appends it byte for byte, with its LSN (see [`Log::append_copy`]), and changes the
-    /// index as recovery would. The result equals the source's store up to that LSN.
+    /// index as recovery would. The result equals the source's store up to that LSN. A
+    /// tombstone that counts only with the item after it (`RECORD_FLAG_ITEM_FOLLOWS`) is
+    /// refused here: it goes with that item, through [`Store::apply_copy_pair`].
     pub fn apply_copy(&mut self, record: &[u8]) -> Result<Written, StoreError> {
-        // A tombstone that counts only with the item after it (`RECORD_FLAG_ITEM_FOLLOWS`)
-        // goes where the item will fit after it, in the same segment, as in the log it came
-        // from: room for the largest item, or, if that is more than a segment holds, a whole
-        // segment (which holds any pair the source, with segments of the same size, wrote).
-        let item_follows = record.get(RECORD_KIND_OFFSET) == Some(&(RecordKind::Delete as u8))
-            && record
-                .get(RECORD_FLAGS_OFFSET)
-                .is_some_and(|flags| flags & RECORD_FLAG_ITEM_FOLLOWS != 0);
-        let room = if item_follows {
-            let pair = record.len()
-                + put_record_len_max(KEY_LEN_MAX_BYTES, self.config.item_size_max_bytes);
-            pair.min(self.config.log.record_len_max())
-        } else {
-            record.len()
+        if is_item_follows(record) {
+            return Err(WalError::BadCopy {
+                reason: "a tombstone whose item follows it is applied only with that item".into(),
+            }
+            .into());
+        }
+        self.apply_one(record, record.len())
+    }
+
+    /// Applies a tombstone that counts only with the item after it (`RECORD_FLAG_ITEM_FOLLOWS`)
+    /// and that item, copied from another store's log, as [`Store::apply_copy`] applies one
+    /// record: both or neither, in one segment, as in the log they came from. Applied one at
+    /// a time, a stream cut between them (the active lost) would leave the tombstone alone:
+    /// the key's item deleted here, and the tombstone cut by this log's recovery as a torn
+    /// tail, taking the records appended after it along. Returns the item's `Written`.
+    pub fn apply_copy_pair(
+        &mut self,
+        tombstone: &[u8],
+        item: &[u8],
+    ) -> Result<Written, StoreError> {
+        let bad = |reason: &str| -> StoreError {
+            WalError::BadCopy {
+                reason: format!("a tombstone and the item after it: {reason}"),
+            }
+            .into()
         };
+        if !is_item_follows(tombstone) {
+            return Err(bad("the first is not a tombstone whose item follows it"));
+        }
+        // Both are checked before either is appended: an item refused after its tombstone
+        // went in would leave the tombstone alone. In an aligned copy: the archive is read
+        // in place.
+        let pair_len = tombstone.len() + item.len();
+        if pair_len > self.config.log.record_len_max() {
+            return Err(bad("together they are larger than a segment"));
+        }
+        let mut scratch = vec![0u128; pair_len.div_ceil(16)];
+        // SAFETY: u128 has no invalid bit patterns and u8 has alignment 1.
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(scratch.as_mut_ptr().cast::<u8>(), scratch.len() * 16)
+        };
+        bytes[..tombstone.len()].copy_from_slice(tombstone);
+        bytes[tombstone.len()..pair_len].copy_from_slice(item);
+        let (RecordCheck::Valid(first), RecordCheck::Valid(second)) =
+            (check_record(bytes, 0), check_record(bytes, tombstone.len()))
+        else {
+            return Err(bad("not two valid records"));
+        };
+        // SAFETY: both passed `check_record` just now, on these bytes.
+        let same_key = match unsafe { (first.body_unchecked(), second.body_unchecked()) } {
+            (Body::Delete(delete), Body::Put(put)) => delete.key.as_ref() == put.key.as_ref(),
+            _ => false,
+        };
+        if !same_key || second.lsn != first.lsn + 1 || first.total_len != tombstone.len() {
+            return Err(bad(
+                "the second is not the put of the same key at the next LSN",
+            ));
+        }
+        self.apply_one(tombstone, pair_len)?;
+        self.apply_one(item, item.len())
+    }
+
+    /// Appends one copied record with `room` bytes free for it in the tail (see
+    /// [`Log::append_copy`]) and changes the index as recovery would.
+    fn apply_one(&mut self, record: &[u8], room: usize) -> Result<Written, StoreError> {
         let appended = self
             .log
             .append_copy(record, room, AppendClass::Compaction)?;

@@ -14,7 +14,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use terrace_wal::constants::{RECORD_HEADER_LEN_BYTES, RECORD_LEN_OFFSET, RECORD_LSN_OFFSET};
-use terrace_wal::format::record_len;
+use terrace_wal::format::{is_item_follows, record_len};
 
 use super::sync_set::Signal;
 
@@ -349,6 +349,29 @@ fn apply(store: &mut ShardStore, mut records: &[u8], in_snapshot: bool) -> Resul
                 return Err(format!("LSN {lsn} after {last}: records are missing"));
             }
             store.skip_to(lsn).map_err(|e| e.to_string())?;
+        }
+        if is_item_follows(record) {
+            // A tombstone that counts only with the item after it: the two go in together
+            // (the sender keeps them in one frame), or neither.
+            let rest = &records[len..];
+            let item = rest
+                .get(..RECORD_HEADER_LEN_BYTES)
+                .map(|header| {
+                    let mut word = [0u8; 4];
+                    word.copy_from_slice(&header[RECORD_LEN_OFFSET..RECORD_LEN_OFFSET + 4]);
+                    record_len(u32::from_le_bytes(word) as usize)
+                })
+                .and_then(|item_len| rest.get(..item_len))
+                .ok_or(format!(
+                    "the frame ends after the tombstone at LSN {lsn}, before the item that \
+                     must follow it"
+                ))?;
+            store
+                .apply_copy_pair(record, item)
+                .map_err(|e| format!("cannot apply LSNs {lsn} and {}: {e}", lsn + 1))?;
+            last = lsn + 1;
+            records = &rest[item.len()..];
+            continue;
         }
         store
             .apply_copy(record)

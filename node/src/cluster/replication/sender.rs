@@ -14,6 +14,7 @@ use std::os::fd::{FromRawFd as _, IntoRawFd as _};
 use std::rc::Rc;
 use std::time::Duration;
 use terrace_wal::constants::SEGMENT_HEADER_LEN_BYTES;
+use terrace_wal::format::is_item_follows;
 
 /// Serves a replication connection the group port handed to this executor, until it ends.
 pub async fn serve(ctx: Rc<Context>, request: ReplicateRequest, stream: std::net::TcpStream) {
@@ -197,13 +198,17 @@ impl Stream<'_> {
                 let store = self.store.borrow();
                 let log = store.log();
                 let up_to = log.next_lsn() - 1;
-                while batch.len() < BATCH_BYTES {
+                // A tombstone whose item follows it never ends a frame: the passive applies
+                // the two together (see `Store::apply_copy_pair`).
+                let mut pair_open = false;
+                while batch.len() < BATCH_BYTES || pair_open {
                     match cursor.next(log, up_to) {
                         Ok(Some((lsn, record))) => {
                             if first == 0 {
                                 first = lsn;
                             }
                             batch.extend_from_slice(record);
+                            pair_open = is_item_follows(record);
                         }
                         Ok(None) => break,
                         Err(behind) => return Err(behind.to_string()),
@@ -294,7 +299,8 @@ impl Stream<'_> {
                 }
                 let (from, lsn) = *batch.get_or_insert((offset, record.lsn));
                 batch_end = offset + record.total_len;
-                if batch_end - from >= BATCH_BYTES {
+                // Never between a tombstone and the item that follows it.
+                if batch_end - from >= BATCH_BYTES && !record.item_follows() {
                     let bytes = segment.slice(from, batch_end);
                     self.put(writer, Kind::Records, lsn, bytes).await?;
                     batch = None;
