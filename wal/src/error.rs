@@ -39,6 +39,22 @@ pub enum WalError {
         reason: String,
     },
 
+    /// A segment was written in a newer on-disk format than this build reads: by a newer
+    /// Terrace, not damaged.
+    #[error(
+        "segment {} is in on-disk format version {version}, newer than this build reads (up \
+         to {}): the data dir was written by a newer Terrace; run that version or a newer one \
+         on it (nothing was changed)",
+        path.display(),
+        crate::constants::FORMAT_VERSION
+    )]
+    NewerFormat {
+        /// The segment file.
+        path: PathBuf,
+        /// Its format version.
+        version: u32,
+    },
+
     /// The newest segment has a torn tail and the recovery policy does not allow cutting it.
     #[error(
         "torn tail in newest segment {} at byte offset {offset} ({garbage_bytes} bytes of \

@@ -611,11 +611,22 @@ fn a_needed_tombstone_before_a_largest_item_can_be_compacted() {
         let victim = store.borrow().log().tail().id();
         set(&store, &key, &vec![b'P'; item_max], 0).await;
         set(&store, b"after", b"x", 0).await;
-        assert!(store.borrow().log().segment(victim).expect("there").is_sealed());
+        assert!(
+            store
+                .borrow()
+                .log()
+                .segment(victim)
+                .expect("there")
+                .is_sealed()
+        );
         let compacted = store.borrow_mut().compact_some(victim, 0, usize::MAX);
         assert!(compacted.is_ok(), "{compacted:?}");
         assert_eq!(
-            store.borrow_mut().get(&key).expect("get").map(|i| i.value().len()),
+            store
+                .borrow_mut()
+                .get(&key)
+                .expect("get")
+                .map(|i| i.value().len()),
             Some(item_max)
         );
     });

@@ -165,3 +165,46 @@ fn a_sealed_version_1_tail_is_not_compacted_away() {
         assert!(reopened.get(b"keep").expect("get").is_some());
     });
 }
+
+/// A segment in a newer format than this build reads is refused as such, not as damage, and
+/// nothing is changed.
+#[test]
+fn a_log_in_a_newer_format_is_refused_as_newer_not_as_damage() {
+    use terrace_wal::constants::{FORMAT_VERSION, SEGMENT_HEADER_LEN_BYTES};
+    use terrace_wal::error::WalError;
+    use terrace_wal::format::{SegmentHeader, SegmentHeaderCheck};
+    use terrace_wal::log::RecoveryPolicy;
+    use terrace_wal::storage::SimStorage;
+    use terrace_wal::store::{Clock, Store};
+    run(|| async {
+        let disk = SimDisk::new();
+        let clock = ManualClock::new(1_700_000_000);
+        let config = small_config(64 << 10, Durability::Fsync);
+        let (mut store, _) = open_sim(&disk, config.clone(), &clock).await;
+        store.set(SetMode::Set, b"k", b"v", 0, 0).expect("set");
+        sync_all(&store).await;
+        drop(store);
+        let mut image = disk.durable_image();
+        let first = image.get_mut(&1).expect("segment 1");
+        let SegmentHeaderCheck::Valid(mut header) = SegmentHeader::check(first) else {
+            panic!("a valid header");
+        };
+        header.version = FORMAT_VERSION + 1;
+        first[..SEGMENT_HEADER_LEN_BYTES].copy_from_slice(&header.encode());
+        let newer = SimDisk::from_image(&image);
+        let opened = Store::open(
+            SimStorage::new(newer.clone()),
+            config,
+            std::rc::Rc::new(clock.clone()) as std::rc::Rc<dyn Clock>,
+            RecoveryPolicy::TruncateTornTail,
+        )
+        .await;
+        match opened {
+            Err(WalError::NewerFormat { version, .. }) => {
+                assert_eq!(version, FORMAT_VERSION + 1);
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        assert_eq!(newer.durable_image(), image, "nothing was changed");
+    });
+}

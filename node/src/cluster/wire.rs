@@ -25,8 +25,10 @@
 use super::state::{State, Status};
 use std::io::{self, BufRead, Write};
 
-/// Version of the group protocol.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Version of the group protocol. 3: replicated records carry flags (the log's format 2),
+/// and a tombstone whose item follows it travels with that item; a server of version 2
+/// would refuse such records mid-stream, so the handshake refuses it first.
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Longest line accepted.
 pub const LINE_LEN_MAX_BYTES: usize = 4096;
 /// Most config lines in a hello.

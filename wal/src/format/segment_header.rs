@@ -66,6 +66,23 @@ impl SegmentHeader {
         out
     }
 
+    /// The format version of a header written by a newer build than this one (magic and
+    /// checksum valid, version above `FORMAT_VERSION`), if it is one: its segment is not
+    /// damaged, only not readable by this build.
+    pub fn newer_version(bytes: &[u8]) -> Option<u32> {
+        let header = bytes.get(..SEGMENT_HEADER_LEN_BYTES)?;
+        let mut word = [0u8; 4];
+        word.copy_from_slice(&header[SEGMENT_HEADER_VERSION_OFFSET..SEGMENT_HEADER_LEN_OFFSET]);
+        let version = u32::from_le_bytes(word);
+        word.copy_from_slice(&header[SEGMENT_HEADER_CRC_OFFSET..]);
+        let crc_ok =
+            u32::from_le_bytes(word) == crc32fast::hash(&header[..SEGMENT_HEADER_CRC_OFFSET]);
+        (header[SEGMENT_HEADER_MAGIC_OFFSET..SEGMENT_HEADER_VERSION_OFFSET] == SEGMENT_MAGIC
+            && crc_ok
+            && version > FORMAT_VERSION)
+            .then_some(version)
+    }
+
     /// Decodes and checks the header at the start of `bytes`.
     pub fn check(bytes: &[u8]) -> SegmentHeaderCheck {
         let Some(header) = bytes.get(..SEGMENT_HEADER_LEN_BYTES) else {
@@ -216,6 +233,18 @@ mod tests {
                 "version {version}"
             );
         }
+        // A newer one is told apart from damage.
+        assert_eq!(
+            SegmentHeader::newer_version(&header(FORMAT_VERSION + 1).encode()),
+            Some(FORMAT_VERSION + 1)
+        );
+        assert_eq!(
+            SegmentHeader::newer_version(&header(FORMAT_VERSION).encode()),
+            None
+        );
+        let mut damaged = header(FORMAT_VERSION + 1).encode();
+        damaged[20] ^= 1;
+        assert_eq!(SegmentHeader::newer_version(&damaged), None);
     }
 
     #[test]

@@ -170,6 +170,16 @@ pub(crate) async fn recover<S: Storage, P: Send>(
         offset: damage.offset,
         reason: damage.reason,
     };
+    for (id, file) in &files {
+        // SAFETY: the mapping is `len` bytes and nothing writes it during recovery.
+        let bytes = unsafe { std::slice::from_raw_parts(file.as_mut_ptr(), file.len()) };
+        if let Some(version) = SegmentHeader::newer_version(bytes) {
+            return Err(WalError::NewerFormat {
+                path: storage.segment_path(*id),
+                version,
+            });
+        }
+    }
     let states = classify_headers(files.iter().map(|(id, file)| {
         // SAFETY: the mapping is `len` bytes and nothing writes it during recovery.
         let bytes = unsafe { std::slice::from_raw_parts(file.as_mut_ptr(), file.len()) };
