@@ -1518,19 +1518,7 @@ fn a_passive_keeps_a_tombstone_and_its_item_in_one_segment() {
         let clock = ManualClock::new(START);
         let (source, (replica, replica_disk)) = pair(&clock, CompactionMode::Paused).await;
         let item = vec![b'P'; 3000];
-        // K in segment 1, its tombstone (needed: segment 1 stays) in segment 2, K stored
-        // again after it.
-        set_filler(&source, "K", 0);
-        fill_segment(&source, "a", 0);
-        source
-            .borrow_mut()
-            .delete(b"K")
-            .expect("delete")
-            .expect("deleted");
-        let victim = source.borrow().log().tail().id();
-        let stored = source.borrow_mut().set(SetMode::Set, b"K", &item, 0, 0);
-        stored.expect("set");
-        fill_segment(&source, "b", 0);
+        let victim = stored_again_after_its_tombstone(&source, &item);
         // The tail with room for the tombstone and not for the item after it.
         while source.borrow().log().tail().free_bytes() > 3000 {
             set_filler(&source, "c", 0);
@@ -1577,6 +1565,20 @@ fn a_replica_copies_the_stale_mark() {
     });
 }
 
+/// `K` in one segment, its tombstone (needed while that segment is left) in the next, and
+/// `K` stored again as `item` after it; the tombstone's segment is sealed. Returns it.
+fn stored_again_after_its_tombstone(source: &Rc<RefCell<Store<SimStorage>>>, item: &[u8]) -> u64 {
+    set_filler(source, "K", 0);
+    fill_segment(source, "a", 0);
+    let deleted = source.borrow_mut().delete(b"K");
+    deleted.expect("delete").expect("deleted");
+    let victim = source.borrow().log().tail().id();
+    let stored = source.borrow_mut().set(SetMode::Set, b"K", item, 0, 0);
+    stored.expect("set");
+    fill_segment(source, "b", 0);
+    victim
+}
+
 /// Builds, in `source`, a tombstone of `K` that compaction copied with `K`'s `item` after it
 /// (`RECORD_FLAG_ITEM_FOLLOWS`); `replica` has every record before that pair. Returns the
 /// source's records from the pair on, and the pair's index among them.
@@ -1585,17 +1587,7 @@ async fn compaction_pair(
     replica: &Rc<RefCell<Store<SimStorage>>>,
     item: &[u8],
 ) -> (Vec<Vec<u8>>, usize) {
-    set_filler(source, "K", 0);
-    fill_segment(source, "a", 0);
-    source
-        .borrow_mut()
-        .delete(b"K")
-        .expect("delete")
-        .expect("deleted");
-    let victim = source.borrow().log().tail().id();
-    let stored = source.borrow_mut().set(SetMode::Set, b"K", item, 0, 0);
-    stored.expect("set");
-    fill_segment(source, "b", 0);
+    let victim = stored_again_after_its_tombstone(source, item);
     catch_up(&source.borrow(), &mut replica.borrow_mut());
     let from = source.borrow().log().next_lsn();
     let progress = source
@@ -1691,17 +1683,7 @@ fn a_passive_keeps_the_pair_together_after_item_size_max_was_lowered() {
         replica.set_compaction_mode(CompactionMode::ReclaimOnly);
         let replica = Rc::new(RefCell::new(replica));
         let large = vec![b'L'; 6000];
-        set_filler(&source, "K", 0);
-        fill_segment(&source, "a", 0);
-        source
-            .borrow_mut()
-            .delete(b"K")
-            .expect("delete")
-            .expect("deleted");
-        let victim = source.borrow().log().tail().id();
-        let stored = source.borrow_mut().set(SetMode::Set, b"K", &large, 0, 0);
-        stored.expect("set");
-        fill_segment(&source, "b", 0);
+        let victim = stored_again_after_its_tombstone(&source, &large);
         catch_up(&source.borrow(), &mut replica.borrow_mut());
         let source_store = Rc::into_inner(source).expect("one owner").into_inner();
         sync_all(&source_store).await;

@@ -715,11 +715,14 @@ mod tests {
         };
         assert!(record.is_stale());
         // Flags a put never carries, with a checksum that matches them.
-        let payload_len = u32_at(dst, RECORD_LEN_OFFSET) as usize;
-        for flags in [2u8, 0x80, RECORD_FLAG_STALE | 4] {
+        let set_flags = |dst: &mut [u8], flags: u8| {
+            let payload_len = u32_at(dst, RECORD_LEN_OFFSET) as usize;
             dst[RECORD_FLAGS_OFFSET] = flags;
             let crc = record_crc(dst, &dst[RECORD_HEADER_LEN_BYTES..][..payload_len]);
             dst[..4].copy_from_slice(&crc.to_le_bytes());
+        };
+        for flags in [2u8, 0x80, RECORD_FLAG_STALE | 4] {
+            set_flags(dst, flags);
             assert!(
                 matches!(
                     check_record(dst, 0),
@@ -735,10 +738,7 @@ mod tests {
             since_segment: 1,
         };
         write_record(dst, 1, &delete).expect("fits");
-        let payload_len = u32_at(dst, RECORD_LEN_OFFSET) as usize;
-        dst[RECORD_FLAGS_OFFSET] = RECORD_FLAG_STALE;
-        let crc = record_crc(dst, &dst[RECORD_HEADER_LEN_BYTES..][..payload_len]);
-        dst[..4].copy_from_slice(&crc.to_le_bytes());
+        set_flags(dst, RECORD_FLAG_STALE);
         assert!(matches!(
             check_record(dst, 0),
             RecordCheck::Invalid(InvalidRecord::UnknownFlags { .. })
