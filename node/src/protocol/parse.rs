@@ -399,12 +399,12 @@ pub(super) fn key_ok(key: &[u8]) -> bool {
     !key.is_empty() && key.len() <= KEY_LEN_MAX_BYTES && key.iter().all(|&b| b > b' ' && b != 0x7f)
 }
 
-/// A signed decimal that fits memcached's 32-bit `exptime`/`vlen` (its `safe_strtol`: a
-/// leading `+` is fine, as in `set k 0 0 +1`).
 /// The longest data block memcached takes the length of (`INT_MAX - 2`): with its `\r\n` it
 /// fits in an i32.
 pub(super) const DATA_LEN_MAX: i64 = i32::MAX as i64 - 2;
 
+/// A signed decimal that fits memcached's 32-bit `exptime`/`vlen` (its `safe_strtol`: a
+/// leading `+` is fine, as in `set k 0 0 +1`).
 fn parse_i32(token: &[u8]) -> Option<i64> {
     number::parse_i32(token).map(i64::from)
 }
