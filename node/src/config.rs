@@ -584,6 +584,25 @@ impl Settings {
                     "use at least 1 KiB and at most half of storage.segment_size",
                 )
             })?;
+        // A mirror group replicates a record, and a compaction's tombstone with the item
+        // after it, in one frame.
+        let replicated = terrace_wal::format::record::put_record_len_max(
+            terrace_wal::constants::KEY_LEN_MAX_BYTES,
+            item_size_max_bytes,
+        ) + terrace_wal::format::record::small_record_len_max(
+            terrace_wal::constants::KEY_LEN_MAX_BYTES,
+        );
+        if mirrored && replicated > crate::cluster::replication::frame::FRAME_PAYLOAD_MAX_BYTES {
+            return Err(error(
+                "storage.item_size_max",
+                format!("{item_size_max_bytes} bytes"),
+                &format!(
+                    "a mirror group sends the largest item and a tombstone in one replication \
+                     frame of at most {} MiB: use 63MiB or less",
+                    crate::cluster::replication::frame::FRAME_PAYLOAD_MAX_BYTES >> 20
+                ),
+            ));
+        }
         // Each shard needs room for its tail, a spare, and one segment for compaction.
         // "auto" chooses within the capacity (at least one shard).
         let capacity_min = match shards {
@@ -1047,6 +1066,34 @@ pub(crate) mod tests {
 
     fn load(text: &str, name: Option<&str>) -> Result<Settings, ConfigError> {
         Settings::from_toml("test.toml", text, name, &Overrides::default())
+    }
+
+    /// The largest item a mirror group takes fits a replication frame with a tombstone
+    /// before it; one server alone may take larger ones. (Found by a review: a group took
+    /// 512 MiB items that could never be replicated.)
+    #[test]
+    fn a_mirror_groups_largest_item_fits_a_replication_frame() {
+        let large = |item: &str| {
+            format!("segment_size = \"1GiB\"\nitem_size_max = \"{item}\"\ncapacity = \"16GiB\"")
+        };
+        let group = TWO.replace("segment_size = \"4MiB\"", &large("512MiB"));
+        let refused = load(&group, Some("s1")).expect_err("too large for a frame");
+        assert!(
+            refused.to_string().contains("storage.item_size_max"),
+            "{refused}"
+        );
+        let group = TWO.replace("segment_size = \"4MiB\"", &large("63MiB"));
+        let settings = load(&group, Some("s1")).expect("fits a frame");
+        let pair =
+            terrace_wal::format::record::put_record_len_max(250, settings.item_size_max_bytes)
+                + terrace_wal::format::record::small_record_len_max(250);
+        assert!(pair <= crate::cluster::replication::frame::FRAME_PAYLOAD_MAX_BYTES);
+        let alone = format!(
+            "[storage]\n{}\n[[servers]]\nname = \"s1\"\nhost = \"127.0.0.1\"\n\
+             client_port = 11300\ndata = \"/tmp/s1\"\n",
+            large("512MiB")
+        );
+        load(&alone, None).expect("one server alone may take it");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use rand::{Rng as _, SeedableRng as _};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use terrace_wal::constants::RECORD_LSN_OFFSET;
+use terrace_wal::constants::{RECORD_HEADER_LEN_BYTES, RECORD_LEN_OFFSET, RECORD_LSN_OFFSET};
 use terrace_wal::error::{StoreError, WalError};
 use terrace_wal::format::is_item_follows;
 use terrace_wal::log::Durability;
@@ -636,15 +636,33 @@ fn a_copy_that_is_not_the_next_record_or_is_damaged_is_refused() {
         };
         // Out of order.
         refused(replica.apply_copy(&records[1]));
-        // Damaged: one flipped bit anywhere in the record (header, payload, padding).
-        for at in 0..records[0].len() {
+        // Damaged: one flipped bit anywhere in the record's header or payload.
+        let covered = {
+            let mut word = [0u8; 4];
+            word.copy_from_slice(&records[0][RECORD_LEN_OFFSET..RECORD_LEN_OFFSET + 4]);
+            RECORD_HEADER_LEN_BYTES + u32::from_le_bytes(word) as usize
+        };
+        for at in 0..covered {
             let mut damaged = records[0].clone();
             damaged[at] ^= 0x10;
             refused(replica.apply_copy(&damaged));
         }
-        // Nothing changed: the true records apply in order.
+        // Nothing changed: the true records apply in order, the first with a bit flipped in
+        // its padding (outside the CRC, it carries nothing: written as zeros).
         assert_eq!(replica.log().next_lsn(), 1);
-        for record in &records {
+        assert!(covered < records[0].len(), "the first record has padding");
+        let mut padded = records[0].clone();
+        *padded.last_mut().expect("bytes") ^= 0x10;
+        replica
+            .apply_copy(&padded)
+            .expect("apply with damaged padding");
+        let landed = replica.log().tail().slice(64, 64 + records[0].len());
+        assert_eq!(
+            landed,
+            &records[0][..],
+            "the padding is zero where it landed"
+        );
+        for record in &records[1..] {
             replica.apply_copy(record).expect("apply");
         }
         assert_eq!(items(&source), items(&replica));
@@ -1711,5 +1729,30 @@ fn a_passive_keeps_the_pair_together_after_item_size_max_was_lowered() {
             Some(large.len())
         );
         holds_and_recovers(replica, &replica_disk, &clock, &expected, "lowered").await;
+    });
+}
+
+/// A pair whose item has a bit flipped in its padding (outside the CRC: a flip there on the
+/// active's disk survives its recovery) is applied whole, the padding written as zeros: it
+/// was once refused after the tombstone went in, which left the tombstone alone. (Found by a
+/// review.)
+#[test]
+fn a_pair_whose_item_has_damaged_padding_is_applied_whole() {
+    run(|| async {
+        let clock = ManualClock::new(START);
+        let (source, (replica, replica_disk)) = pair(&clock, CompactionMode::ReclaimOnly).await;
+        // 308 bytes: the item's record has padding.
+        let (records, at) = compaction_pair(&source, &replica, &[b'P'; 308]).await;
+        let mut item = records[at + 1].clone();
+        *item.last_mut().expect("bytes") ^= 0x55;
+        catch_up_to(&records[..at], &mut replica.borrow_mut());
+        replica
+            .borrow_mut()
+            .apply_copy_pair(&records[at], &item)
+            .expect("applied whole");
+        catch_up(&source.borrow(), &mut replica.borrow_mut());
+        let expected = items(&source.borrow());
+        assert_eq!(expected.get(&b"K"[..]).map(|i| i.0.len()), Some(308));
+        holds_and_recovers(replica, &replica_disk, &clock, &expected, "padding").await;
     });
 }

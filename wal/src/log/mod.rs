@@ -535,22 +535,20 @@ impl<S: Storage> Log<S> {
             let dst = &mut dst[..len];
             dst.copy_from_slice(record);
             match crate::format::check_record(dst, 0) {
-                // Padding is outside the CRC: a copy must bring it zero, as it was written.
-                crate::format::RecordCheck::Valid(r)
-                    if r.total_len == len
-                        && dst[RECORD_HEADER_LEN_BYTES + r.payload.len()..]
-                            .iter()
-                            .all(|&b| b == 0) =>
-                {
+                // Padding is outside the CRC and carries nothing: written as zeros here,
+                // whatever the copy brought (a bit flipped there on the source's disk, which
+                // its recovery does not look at, must not stop its replication).
+                crate::format::RecordCheck::Valid(r) if r.total_len == len => {
+                    let payload_end = RECORD_HEADER_LEN_BYTES + r.payload.len();
+                    dst[payload_end..].fill(0);
                     Some(len)
                 }
                 other => {
                     invalid = Some(match other {
                         crate::format::RecordCheck::Invalid(reason) => reason.to_string(),
-                        crate::format::RecordCheck::Valid(r) if r.total_len != len => {
+                        crate::format::RecordCheck::Valid(r) => {
                             format!("a record of {} bytes in {len}", r.total_len)
                         }
-                        crate::format::RecordCheck::Valid(_) => "non-zero padding".to_string(),
                         crate::format::RecordCheck::End => "a zero header".to_string(),
                     });
                     // The bytes after the records stay zero (segment invariant).

@@ -173,8 +173,8 @@ impl<S: Storage> Store<S> {
         }
     }
 
-    /// The segment most worth compacting now: sealed, durable, not retired, not the tail,
-    /// with the least live data, below the threshold.
+    /// The segment most worth compacting now: sealed, durable, not retired, with the least
+    /// live data, below the threshold.
     pub fn compaction_victim(&self) -> Option<SegmentId> {
         let now = self.clock.now_secs();
         let durable = self.log.commit().durable_lsn();
@@ -206,16 +206,14 @@ impl<S: Storage> Store<S> {
             .map(|s| (s.id(), s.live_bytes() == 0))
     }
 
-    /// Whether a segment may go, were nothing in it needed: sealed, durable, not retired, and
-    /// not the log's tail. A tail is sealed only as a recovered version-1 segment (it takes
-    /// no more records, see `FORMAT_VERSION_OLDEST_READ`); it is the newest segment, whose
-    /// last LSN the next one follows after a restart, so it stays until a newer one exists.
+    /// Whether a segment may be compacted or reclaimed: sealed, durable, not retired. (A
+    /// sealed tail, a recovered version-1 segment, may be: what compaction copies out of it
+    /// starts a newer segment. Its file goes only once one exists: `removable_segments`.)
     fn may_remove(&self, segment: &Segment<S::File>, durable: u64) -> bool {
         segment.is_sealed()
             && !segment.is_retired()
             && !segment.header_pending()
             && segment.last_lsn() <= durable
-            && segment.id() != self.log.tail().id()
     }
 
     /// The time a passive's reclaim judges expiry by: [`RECLAIM_EXPIRY_GRACE_SECS`] ago.
@@ -648,11 +646,15 @@ impl<S: Storage> Store<S> {
         }
     }
 
-    /// Retired segments no pin holds: their files can go.
+    /// Retired segments no pin holds: their files can go. Never the log's tail: it is the
+    /// newest segment, whose last LSN the next record follows after a restart. A tail is
+    /// sealed only as a recovered version-1 segment (it takes no more records, see
+    /// `FORMAT_VERSION_OLDEST_READ`); retired, it stays until a newer segment exists.
     pub fn removable_segments(&self) -> Vec<SegmentId> {
+        let tail = self.log.tail().id();
         self.log
             .segments()
-            .filter(|s| s.is_retired() && !s.is_pinned())
+            .filter(|s| s.is_retired() && !s.is_pinned() && s.id() != tail)
             .map(|s| s.id())
             .collect()
     }
@@ -660,10 +662,13 @@ impl<S: Storage> Store<S> {
     /// Evicts the oldest unpinned sealed segment with every item in it (temporary-swap-only
     /// when full). Returns whether there was one.
     pub(crate) fn evict_oldest(&mut self) -> Result<bool, StoreError> {
+        // Never the tail (sealed only as a recovered version-1 segment: see
+        // `removable_segments`).
+        let tail = self.log.tail().id();
         let Some(victim) = self
             .log
             .segments()
-            .find(|s| s.is_sealed() && !s.is_pinned())
+            .find(|s| s.is_sealed() && !s.is_pinned() && s.id() != tail)
             .map(Rc::clone)
         else {
             return Ok(false);

@@ -1128,7 +1128,11 @@ impl<S: Storage> Store<S> {
             (Body::Delete(delete), Body::Put(put)) => delete.key.as_ref() == put.key.as_ref(),
             _ => false,
         };
-        if !same_key || second.lsn != first.lsn + 1 || first.total_len != tombstone.len() {
+        if !same_key
+            || second.lsn != first.lsn + 1
+            || first.total_len != tombstone.len()
+            || second.total_len != item.len()
+        {
             return Err(bad(
                 "the second is not the put of the same key at the next LSN",
             ));
