@@ -1312,12 +1312,18 @@ impl<S: Storage> Store<S> {
         Ok(StoreOutcome::Stored(written))
     }
 
-    /// memcached's get/gets: the live item for `key`.
-    pub fn get(&mut self, key: &[u8]) -> Result<Option<Item<S::File>>, StoreError> {
+    /// What every one-key operation but `set` starts with: the key checked, the clock read,
+    /// a delayed `flush_all` brought into effect if due; the key's hash and the time.
+    fn begin(&mut self, key: &[u8]) -> Result<(u64, u32), StoreError> {
         check_key(key)?;
         let now = self.clock.now_secs();
         self.tick(now);
-        let hash = self.state.index.hash(key);
+        Ok((self.state.index.hash(key), now))
+    }
+
+    /// memcached's get/gets: the live item for `key`.
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<Item<S::File>>, StoreError> {
+        let (hash, now) = self.begin(key)?;
         Ok(self
             .state
             .index
@@ -1343,10 +1349,7 @@ impl<S: Storage> Store<S> {
 
     /// memcached's delete.
     pub fn delete(&mut self, key: &[u8]) -> Result<Changed, StoreError> {
-        check_key(key)?;
-        let now = self.clock.now_secs();
-        self.tick(now);
-        let hash = self.state.index.hash(key);
+        let (hash, now) = self.begin(key)?;
         if self.live_entry(hash, key, now).is_none() {
             return Ok(None);
         }
@@ -1372,10 +1375,7 @@ impl<S: Storage> Store<S> {
 
     /// memcached's touch: a new expiry for the live item, keeping its CAS.
     pub fn touch(&mut self, key: &[u8], exptime: i64) -> Result<Changed, StoreError> {
-        check_key(key)?;
-        let now = self.clock.now_secs();
-        self.tick(now);
-        let hash = self.state.index.hash(key);
+        let (hash, now) = self.begin(key)?;
         if self.live_entry(hash, key, now).is_none() {
             return Ok(None);
         }
@@ -1404,10 +1404,7 @@ impl<S: Storage> Store<S> {
     /// if given, as its new expiry (memcached's rules). One put record: the item's value,
     /// flags and the stale mark, so that the mark survives a restart.
     pub fn invalidate(&mut self, key: &[u8], exptime: Option<i64>) -> Result<Changed, StoreError> {
-        check_key(key)?;
-        let now = self.clock.now_secs();
-        self.tick(now);
-        let hash = self.state.index.hash(key);
+        let (hash, now) = self.begin(key)?;
         let Some(entry) = self.live_entry(hash, key, now) else {
             return Ok(None);
         };
@@ -1459,10 +1456,7 @@ impl<S: Storage> Store<S> {
         key: &[u8],
         delta: Delta,
     ) -> Result<Option<(u64, Written)>, StoreError> {
-        check_key(key)?;
-        let now = self.clock.now_secs();
-        self.tick(now);
-        let hash = self.state.index.hash(key);
+        let (hash, now) = self.begin(key)?;
         let Some(entry) = self.live_entry(hash, key, now) else {
             return Ok(None);
         };

@@ -331,18 +331,7 @@ impl Follower<'_> {
 fn apply(store: &mut ShardStore, mut records: &[u8], in_snapshot: bool) -> Result<u64, String> {
     let mut last = store.log().next_lsn() - 1;
     while !records.is_empty() {
-        let header = records
-            .get(..RECORD_HEADER_LEN_BYTES)
-            .ok_or("a frame ends inside a record header")?;
-        let word = |at: usize, n: usize| -> u64 {
-            header[at..at + n]
-                .iter()
-                .rev()
-                .fold(0u64, |acc, &b| (acc << 8) | u64::from(b))
-        };
-        let len = record_len(word(RECORD_LEN_OFFSET, 4) as usize);
-        let lsn = word(RECORD_LSN_OFFSET, 8);
-        let record = records.get(..len).ok_or("a frame ends inside a record")?;
+        let (record, lsn) = first_record(records)?;
         let next = store.log().next_lsn();
         if lsn > next {
             if !in_snapshot {
@@ -350,36 +339,46 @@ fn apply(store: &mut ShardStore, mut records: &[u8], in_snapshot: bool) -> Resul
             }
             store.skip_to(lsn).map_err(|e| e.to_string())?;
         }
+        records = &records[record.len()..];
         if is_item_follows(record) {
             // A tombstone that counts only with the item after it: the two go in together
             // (the sender keeps them in one frame), or neither.
-            let rest = &records[len..];
-            let item = rest
-                .get(..RECORD_HEADER_LEN_BYTES)
-                .map(|header| {
-                    let mut word = [0u8; 4];
-                    word.copy_from_slice(&header[RECORD_LEN_OFFSET..RECORD_LEN_OFFSET + 4]);
-                    record_len(u32::from_le_bytes(word) as usize)
-                })
-                .and_then(|item_len| rest.get(..item_len))
-                .ok_or(format!(
+            let (item, _) = first_record(records).map_err(|_| {
+                format!(
                     "the frame ends after the tombstone at LSN {lsn}, before the item that \
                      must follow it"
-                ))?;
+                )
+            })?;
             store
                 .apply_copy_pair(record, item)
                 .map_err(|e| format!("cannot apply LSNs {lsn} and {}: {e}", lsn + 1))?;
             last = lsn + 1;
-            records = &rest[item.len()..];
+            records = &records[item.len()..];
             continue;
         }
         store
             .apply_copy(record)
             .map_err(|e| format!("cannot apply LSN {lsn}: {e}"))?;
         last = lsn;
-        records = &records[len..];
     }
     Ok(last)
+}
+
+/// The whole record at the start of a frame's `records`, and its LSN (read from its header,
+/// not checked: `apply_copy` checks it where it lands).
+fn first_record(records: &[u8]) -> Result<(&[u8], u64), String> {
+    let header = records
+        .get(..RECORD_HEADER_LEN_BYTES)
+        .ok_or("a frame ends inside a record header")?;
+    let word = |at: usize, n: usize| -> u64 {
+        header[at..at + n]
+            .iter()
+            .rev()
+            .fold(0u64, |acc, &b| (acc << 8) | u64::from(b))
+    };
+    let len = record_len(word(RECORD_LEN_OFFSET, 4) as usize);
+    let record = records.get(..len).ok_or("a frame ends inside a record")?;
+    Ok((record, word(RECORD_LSN_OFFSET, 8)))
 }
 
 fn percent(done: u64, total: u64) -> u64 {
